@@ -1,0 +1,34 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with code 1.
+
+Each message names what was received and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgetlError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in edgetl."""
+
+
+class DataError(EdgetlError):
+    """The dataset folder cannot be used as given."""
+
+
+class ModelNotFoundError(EdgetlError):
+    """A model name that the registry does not know."""
+
+
+class WeightsUnavailableError(EdgetlError):
+    """Pretrained weights cannot be had (no network, missing file, unreadable file)."""
+
+
+class ExportMismatchError(EdgetlError):
+    """An exported file disagrees with its source model beyond the declared tolerance."""
+
+
+class OutputExistsError(EdgetlError):
+    """The output folder already holds files that would be overwritten."""
+
+
+class ModelFileError(EdgetlError):
+    """A model file that cannot be loaded or run (missing, truncated, not a model)."""

@@ -1,0 +1,165 @@
+"""The model registry: one decorator registers a model; `create_model` is the one way in.
+
+Every registered model is built the same way, as one flat functional tf_keras graph (flat so
+that tfmot's QAT and pruning can wrap every layer; a nested pretrained sub-model is refused by
+`quantize_model`):
+
+    image (float32, raw RGB 0..255, HxWx3)
+      -> "preprocess"      ImagePreprocessing: channel order and normalisation of the config
+      -> backbone          the family's layers, returning a feature map
+      -> "features"        GlobalAveragePooling2D
+      -> "dropout"         Dropout
+      -> "logits"          Dense(num_classes)
+      -> "probabilities"   Softmax (float32)
+
+so normalisation lives inside every exported file and an app cannot get it wrong, the pooled
+features can be cached for head training, and distillation can read "logits".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from pathlib import Path
+from typing import Callable, Protocol
+
+from edgetl.errors import ModelNotFoundError
+
+# Layer names shared by every model: other stages find the parts of a model by these.
+INPUT_NAME = "image"
+PREPROCESS_LAYER = "preprocess"
+FEATURES_LAYER = "features"
+DROPOUT_LAYER = "dropout"
+LOGITS_LAYER = "logits"
+PROBABILITIES_LAYER = "probabilities"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Facts about one model variant. Everything downstream reads preprocessing from here."""
+
+    name: str
+    family: str
+    input_size: int
+    # Normalisation applied inside the graph to raw 0..255 RGB: (x[channel_order] - mean) / std.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str  # "RGB" or "BGR": the order the backbone expects after preprocessing
+    params: int  # count_params() with a 1000-class head (a test checks it against the build)
+    licence: str
+    weights_source: str  # where the ImageNet weights come from, in words
+    # Name of the first backbone layer unfrozen when fine-tuning the top of the backbone.
+    unfreeze_from: str
+    # Declared tolerance for float exports: max |p_export - p_keras| over held-out images.
+    export_atol: float = 1e-4
+    description: str = ""
+
+    @property
+    def preprocessing(self) -> str:
+        """A one-line description of the in-graph normalisation, for listings and model cards."""
+        m = ", ".join(f"{v:g}" for v in self.mean)
+        s = ", ".join(f"{v:g}" for v in self.std)
+        return f"{self.channel_order} (x - [{m}]) / [{s}]"
+
+
+class WeightsProvider(Protocol):
+    def available_offline(self) -> bool: ...
+
+    def describe_missing(self) -> str: ...
+
+    def load(self, model, weights: str | Path, include_head: bool) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredModel:
+    config: ModelConfig
+    # Builds the backbone on the preprocessed tensor and returns its feature map (NHWC).
+    build_backbone: Callable
+    # Loads "imagenet" or a user file into a model made by create_model; None: no pretrained weights.
+    weights: WeightsProvider | None
+
+
+_REGISTRY: dict[str, RegisteredModel] = {}
+
+
+def register_model(config: ModelConfig, weights: WeightsProvider | None = None):
+    """Decorator: register `build_backbone(preprocessed_tensor) -> feature_map` under config.name."""
+
+    def decorate(build_backbone: Callable) -> Callable:
+        if config.name in _REGISTRY:
+            raise ValueError(f"model {config.name!r} is registered twice")
+        _REGISTRY[config.name] = RegisteredModel(config, build_backbone, weights)
+        return build_backbone
+
+    return decorate
+
+
+def _ensure_registered() -> None:
+    # Importing the family modules runs their @register_model decorators. None of them imports
+    # TensorFlow at module level, so listing models stays instant.
+    from edgetl.models import efficientnet_lite, keras_applications, tiny  # noqa: F401
+
+
+def list_models(pattern: str = "*", include_test: bool = False) -> list[str]:
+    _ensure_registered()
+    names = sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return [n for n in names if include_test or _REGISTRY[n].config.family != "test"]
+
+
+def get_registered(name: str) -> RegisteredModel:
+    _ensure_registered()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(list_models(include_test=True))
+        raise ModelNotFoundError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def get_config(name: str) -> ModelConfig:
+    return get_registered(name).config
+
+
+def weights_available_offline(name: str) -> bool:
+    entry = get_registered(name)
+    return entry.weights is not None and entry.weights.available_offline()
+
+
+def offline_models() -> list[str]:
+    return [n for n in list_models() if weights_available_offline(n)]
+
+
+def create_model(
+    name: str,
+    weights: str | Path | None = "imagenet",
+    num_classes: int = 1000,
+    dropout: float = 0.2,
+    input_size: int | None = None,
+):
+    """Build registered model `name` as a flat tf_keras classifier on raw 0..255 RGB input.
+
+    weights: "imagenet" (the registry's pretrained weights; raises WeightsUnavailableError with
+    what to do when they cannot be had, never falls back to random weights), a path to a weights
+    file, or None (random initialisation, for tests and from-scratch training).
+    The ImageNet classifier head is loaded too when num_classes == 1000.
+    input_size: override the config's input size (e.g. a smaller student for a slow device).
+    """
+    entry = get_registered(name)
+    cfg = entry.config
+    from edgetl._compat import keras
+    from edgetl.models._layers import ImagePreprocessing
+
+    size = input_size or cfg.input_size
+    inputs = keras.Input((size, size, 3), dtype="float32", name=INPUT_NAME)
+    x = ImagePreprocessing(cfg.mean, cfg.std, cfg.channel_order, name=PREPROCESS_LAYER)(inputs)
+    feature_map = entry.build_backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(feature_map)
+    x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
+    x = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
+    outputs = keras.layers.Softmax(name=PROBABILITIES_LAYER, dtype="float32")(x)
+    model = keras.Model(inputs, outputs, name=name)
+
+    if weights is not None:
+        if entry.weights is None:
+            raise ModelNotFoundError(f"model {name!r} has no pretrained weights; pass weights=None")
+        entry.weights.load(model, weights, include_head=num_classes == 1000)
+    return model

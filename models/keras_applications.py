@@ -1,0 +1,1 @@
+"""ResNet50 and MobileNetV3 (placeholder: being written)."""

@@ -1,0 +1,54 @@
+"""Tiny test variants, registered like real models so every code path runs in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgetl.errors import WeightsUnavailableError
+from edgetl.models._registry import ModelConfig, register_model
+
+
+class _FileOnlyWeights:
+    """Tiny models have no ImageNet weights; a weights file saved from one can be loaded."""
+
+    def available_offline(self) -> bool:
+        return False
+
+    def describe_missing(self) -> str:
+        return "test models have no pretrained weights; pass weights=None or a weights file"
+
+    def load(self, model, weights: str | Path, include_head: bool) -> None:
+        if weights == "imagenet":
+            raise WeightsUnavailableError(self.describe_missing())
+        model.load_weights(str(weights))
+
+
+@register_model(
+    ModelConfig(
+        name="tiny_cnn",
+        family="test",
+        input_size=32,
+        mean=(127.5, 127.5, 127.5),
+        std=(127.5, 127.5, 127.5),
+        channel_order="RGB",
+        params=39_200,
+        licence="Apache-2.0 (edgetl)",
+        weights_source="none (random initialisation; for tests)",
+        unfreeze_from="tiny_conv2",
+        description="three conv layers; exercises every pipeline path in seconds",
+    ),
+    weights=_FileOnlyWeights(),
+)
+def tiny_cnn(x):
+    from edgetl._compat import keras
+
+    layers = keras.layers
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="tiny_conv0")(x)
+    x = layers.BatchNormalization(name="tiny_bn0")(x)
+    x = layers.ReLU(6.0, name="tiny_relu0")(x)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="tiny_conv1")(x)
+    x = layers.BatchNormalization(name="tiny_bn1")(x)
+    x = layers.ReLU(6.0, name="tiny_relu1")(x)
+    x = layers.Conv2D(32, 3, padding="same", use_bias=False, name="tiny_conv2")(x)
+    x = layers.BatchNormalization(name="tiny_bn2")(x)
+    return layers.ReLU(6.0, name="tiny_relu2")(x)
