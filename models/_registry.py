@@ -41,11 +41,12 @@ class ModelConfig:
     name: str
     family: str
     input_size: int
-    # Normalisation applied inside the graph to raw 0..255 RGB: (x[channel_order] - mean) / std.
+    # Normalisation applied inside the graph to raw 0..255 RGB: the channels are put in
+    # channel_order first, then (x - mean) / std with mean and std given in that order.
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str  # "RGB" or "BGR": the order the backbone expects after preprocessing
-    params: int  # count_params() with a 1000-class head (a test checks it against the build)
+    params: int  # count_params() with a 1000-class head on our pooled features (a test checks it)
     licence: str
     weights_source: str  # where the ImageNet weights come from, in words
     # Name of the first backbone layer unfrozen when fine-tuning the top of the backbone.

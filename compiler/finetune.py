@@ -1,0 +1,211 @@
+"""Teacher fine-tuning: the classic two stages of transfer learning.
+
+1. Head: the backbone is frozen, so its pooled features are computed once per image and cached;
+   a new classifier head is trained on them (one forward pass per image for the whole stage).
+2. Top: the top of the backbone (from the config's `unfreeze_from` layer) is unfrozen and
+   trained with the head at a low learning rate on augmented images. Batch-norm layers stay
+   frozen (inference-mode statistics): with small batches, updating them ruins the pretrained
+   features. Early stopping on validation accuracy; the best weights seen, stage 1 included,
+   are the ones kept.
+
+Runs under the current tf.distribute strategy (the default one on a single device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgetl._compat import keras, tf
+from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.progress import console, progress_bar
+from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER
+
+
+@dataclasses.dataclass
+class StageResult:
+    epochs_run: int
+    best_epoch: int  # 0 means the stage never beat what it started from
+    best_val_accuracy: float
+    seconds_per_epoch: float = 0.0
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    head: StageResult
+    top: StageResult
+    unfrozen_layers: int
+    trainable_params: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping on validation accuracy that keeps the best weights, ties broken by loss.
+
+    Unlike keras' EarlyStopping it starts from a baseline (the weights before this stage) and
+    restores it when no epoch beats it, so a stage can never make the model worse on val.
+    """
+
+    def __init__(self, patience: int, baseline: tuple[float, float] | None = None, label: str = ""):
+        super().__init__()
+        self.patience = patience
+        self.best = baseline or (-1.0, np.inf)  # (val_accuracy, val_loss)
+        self.label = label
+        self.best_epoch = 0
+        self.epochs_run = 0
+        self._best_weights = None
+        self._wait = 0
+
+    def on_train_begin(self, logs=None):
+        self._best_weights = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        acc, loss = float(logs["val_accuracy"]), float(logs["val_loss"])
+        self.epochs_run = epoch + 1
+        better = acc > self.best[0] or (acc == self.best[0] and loss < self.best[1])
+        if better:
+            self.best, self.best_epoch, self._wait = (acc, loss), epoch + 1, 0
+            self._best_weights = self.model.get_weights()
+        else:
+            self._wait += 1
+            if self._wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.model.set_weights(self._best_weights)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A bar over epochs with the latest figures; Keras' own progbar is off."""
+
+    def __init__(self, advance):
+        super().__init__()
+        self.advance = advance
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        status = "  ".join(
+            f"{k} {logs[k]:.3f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs
+        )
+        self.advance(1, status=status)
+
+
+def extract_features(model, images: np.ndarray, batch_size: int, description: str) -> np.ndarray:
+    """Pooled backbone features of every image: one forward pass each."""
+    features_model = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
+    forward = tf.function(lambda x: features_model(x, training=False))
+    out = []
+    with progress_bar(description, len(images)) as advance:
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            out.append(forward(tf.constant(batch, tf.float32)).numpy())
+            advance(len(batch))
+    return np.concatenate(out)
+
+
+def augment(image, label):
+    """Random resized crop, horizontal flip and mild photometric jitter, on 0..255 floats."""
+    size = tf.shape(image)[:2]
+    image = tf.cast(image, tf.float32)
+    begin, crop, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        min_object_covered=0.0,
+        area_range=(0.6, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.image.resize(tf.slice(image, begin, crop), size)
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.random_brightness(image, 0.1 * 255.0)
+    image = tf.image.random_contrast(image, 0.85, 1.15)
+    return tf.clip_by_value(image, 0.0, 255.0), label
+
+
+def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
+    import time
+
+    start = time.perf_counter()
+    with progress_bar(description, epochs) as advance:
+        model.fit(
+            *data,
+            batch_size=batch_size,
+            validation_data=val,
+            epochs=epochs,
+            callbacks=[keep_best, EpochProgress(advance)],
+            verbose=0,
+        )
+    elapsed = time.perf_counter() - start
+    return StageResult(
+        epochs_run=keep_best.epochs_run,
+        best_epoch=keep_best.best_epoch,
+        best_val_accuracy=keep_best.best[0],
+        seconds_per_epoch=elapsed / max(keep_best.epochs_run, 1),
+    )
+
+
+def set_trainable_top(model, unfreeze_from: str) -> int:
+    """Freeze everything below `unfreeze_from` and every batch-norm layer; return #unfrozen layers."""
+    names = [layer.name for layer in model.layers]
+    if unfreeze_from not in names:
+        raise ValueError(f"{model.name}: no layer named {unfreeze_from!r} to unfreeze from")
+    start = names.index(unfreeze_from)
+    unfrozen = 0
+    for i, layer in enumerate(model.layers):
+        # A frozen BatchNormalization layer runs in inference mode in tf_keras.
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        unfrozen += bool(layer.trainable and layer.weights)
+    return unfrozen
+
+
+def finetune(model, unfreeze_from: str, config: CompileConfig, train, val, strategy=None) -> FinetuneResult:
+    """Fine-tune `model` (made by create_model inside `strategy`'s scope) in place.
+
+    unfreeze_from: the first backbone layer trained in stage 2 (the model config's).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    (x_train, y_train), (x_val, y_val) = train, val
+    loss = keras.losses.SparseCategoricalCrossentropy()
+
+    # Stage 1: head on cached features.
+    f_train = extract_features(model, x_train, config.batch_size, "features (train)")
+    f_val = extract_features(model, x_val, config.batch_size, "features (val)")
+    with strategy.scope():
+        features_in = keras.Input(f_train.shape[1:], name="cached_features")
+        x = model.get_layer(DROPOUT_LAYER)(features_in)
+        x = model.get_layer(LOGITS_LAYER)(x)
+        head = keras.Model(features_in, model.get_layer(PROBABILITIES_LAYER)(x), name="head")
+        head.compile(keras.optimizers.Adam(config.head_learning_rate), loss, metrics=["accuracy"])
+    head_keep = KeepBest(patience=max(3 * config.patience, 8))
+    head_result = _fit(
+        head, (f_train, y_train), (f_val, y_val), config.head_epochs, head_keep, "head (frozen backbone)", config.batch_size
+    )
+
+    # Stage 2: the top of the backbone, on augmented images.
+    with strategy.scope():
+        unfrozen = set_trainable_top(model, unfreeze_from)
+        model.compile(keras.optimizers.Adam(config.finetune_learning_rate), loss, metrics=["accuracy"])
+    baseline_loss, baseline_acc = model.evaluate(x_val, y_val, batch_size=config.batch_size, verbose=0)
+    top_keep = KeepBest(patience=config.patience, baseline=(baseline_acc, baseline_loss))
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: {baseline_acc:.3f}")
+    top_result = _fit(
+        model,
+        (training_dataset(x_train, y_train, config.batch_size, config.seed),),
+        (x_val, y_val),
+        config.finetune_epochs,
+        top_keep,
+        "fine-tune top of backbone",
+    )
+    return FinetuneResult(head_result, top_result, unfrozen, trainable)

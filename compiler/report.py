@@ -1,0 +1,119 @@
+"""The compile report: report.json, confusion_matrix.png and the summary printed at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from edgetl.compiler.atomic import atomic_path, atomic_write_text
+from edgetl.compiler.progress import console
+
+REPORT_FILE = "report.json"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+def write_report(report: dict, out: Path) -> Path:
+    path = Path(out) / REPORT_FILE
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    n = len(classes)
+    side = max(4.0, 0.55 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=110)
+    # Colour by the row-normalised rate so small and large classes read alike; print raw counts.
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def print_summary(report: dict) -> None:
+    ds = report["dataset"]
+    classes = ds["classes"]
+    console.rule("[bold]edgetl compile report")
+    counts = ds["counts"]
+    split_totals = ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
+    console.print(f"dataset  {ds['root']}: {len(classes)} classes, {split_totals} images")
+    if ds["skipped"]:
+        console.print(f"[yellow]skipped {len(ds['skipped'])} unreadable files:")
+        for item in ds["skipped"][:10]:
+            console.print(f"  {item['path']}: {item['reason']}")
+        if len(ds["skipped"]) > 10:
+            console.print(f"  ... and {len(ds['skipped']) - 10} more (see report.json)")
+    for warning in ds["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+    t = report["teacher"]
+    tr = t["training"]
+    console.print(
+        f"teacher  {t['model']} ({t['params']:,} params, {t['input_size']} px): head val acc "
+        f"{tr['head']['best_val_accuracy']:.3f} (epoch {tr['head']['best_epoch']}/{tr['head']['epochs_run']}), "
+        f"fine-tuned val acc {tr['top']['best_val_accuracy']:.3f} "
+        f"(epoch {tr['top']['best_epoch']}/{tr['top']['epochs_run']}; 0 = stage 1 kept)"
+    )
+
+    table = Table(title="artefacts on the held-out test split", title_justify="left")
+    for col in ("file", "runtime", "size", "test accuracy", "macro F1", "top-1 agreement", "max |Δp|"):
+        table.add_column(col, justify="left" if col in ("file", "runtime") else "right")
+    for a in report["artifacts"]:
+        parity = a.get("parity")
+        table.add_row(
+            a["file"],
+            a["runtime"],
+            _mb(a["size_bytes"]),
+            f"{a['test']['accuracy']:.2%}",
+            f"{a['test']['macro_f1']:.3f}",
+            f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
+            f"{parity['max_abs_diff']:.1e}" if parity else "",
+        )
+    console.print(table)
+
+    deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
+    per_class = Table(title=f"per class ({deployed['file']})", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for row in deployed["test"]["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    console.print(per_class)
+
+    cm = deployed["test"]["confusion_matrix"]
+    if len(classes) <= 20:
+        cm_table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm_table.add_column("")
+        for j in range(len(classes)):
+            cm_table.add_column(str(j), justify="right")
+        for i, name in enumerate(classes):
+            cm_table.add_row(f"{i} {name}", *[(str(v) if v else ".") for v in cm[i]])
+        console.print(cm_table)
+
+    timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
+    console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
+    console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny generated datasets, and where the shared real data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGETL_SHARED", REPO.parent / "shared"))
+FLOWERS12 = SHARED / "datasets" / "flowers12"
+
+
+def write_color_dataset(root: Path, classes=("red", "green", "blue"), per_class=12, size=32, seed=0) -> Path:
+    """Class folders of noisy solid-colour images: learnable in seconds by a tiny model."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (220, 220, 30)}
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(base[name]) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def color_dataset(tmp_path) -> Path:
+    return write_color_dataset(tmp_path / "colors")

@@ -1,0 +1,114 @@
+"""The model registry: names, declared facts, graph shape, weights errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgetl.errors import ModelNotFoundError, WeightsUnavailableError
+from edgetl.models import (
+    DROPOUT_LAYER,
+    FEATURES_LAYER,
+    LOGITS_LAYER,
+    PREPROCESS_LAYER,
+    PROBABILITIES_LAYER,
+    create_model,
+    get_config,
+    list_models,
+)
+
+REAL_MODELS = [
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+]
+
+
+def test_required_models_are_registered():
+    assert set(REAL_MODELS) <= set(list_models())
+    assert "tiny_cnn" not in list_models()  # test variants are listed only on request
+    assert "tiny_cnn" in list_models(include_test=True)
+    assert list_models("efficientnet_lite*") == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_listing_models_does_not_import_tensorflow():
+    code = "import sys, edgetl.models as m; m.list_models(); m.offline_models(); assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ModelNotFoundError, match="efficientnet_lite0"):
+        get_config("resnet5O")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "tiny_cnn"])
+def test_declared_params_match_the_built_model(name):
+    model = create_model(name, weights=None, num_classes=1000)
+    assert model.count_params() == get_config(name).params
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "tiny_cnn"])
+def test_every_model_is_one_flat_graph_with_the_shared_layer_names(name):
+    from edgetl._compat import keras
+
+    model = create_model(name, weights=None, num_classes=5)
+    names = [layer.name for layer in model.layers]
+    assert names[1] == PREPROCESS_LAYER
+    assert names[-4:] == [FEATURES_LAYER, DROPOUT_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER]
+    assert get_config(name).unfreeze_from in names
+    # No nested models: tfmot's quantize_model refuses them.
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert model.output_shape == (None, 5)
+
+
+def test_preprocessing_is_inside_the_graph():
+    model = create_model("resnet50", weights=None, num_classes=3)
+    pixels = np.full((1, 224, 224, 3), (10.0, 20.0, 30.0), np.float32)
+    normalised = model.get_layer(PREPROCESS_LAYER)(pixels).numpy()
+    # caffe style: RGB -> BGR, minus the BGR means
+    np.testing.assert_allclose(normalised[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-5)
+
+
+def test_missing_keras_weights_name_the_file_and_the_offline_models(tmp_path, monkeypatch):
+    from edgetl.models import keras_applications
+
+    # An empty cache and a download that fails as it does without network.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+
+    def no_network(*args, **kwargs):
+        raise OSError("URL fetch failure: no network")
+
+    from edgetl._compat import keras
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_model("resnet50", weights="imagenet", num_classes=3)
+    message = str(info.value)
+    assert keras_applications._RESNET50_WEIGHTS.file_name in message
+    assert str(tmp_path / "keras" / "models") in message
+    assert "efficientnet_lite0" in message  # what works offline
+
+
+def test_a_user_weights_file_is_loaded(tmp_path):
+    from edgetl._compat import keras
+
+    source = create_model("mobilenet_v3_small", weights=None, num_classes=3)
+    backbone = keras.Model(source.input, source.get_layer(FEATURES_LAYER).input)
+    path = tmp_path / "my_mobilenet_notop.h5"
+    backbone.save_weights(str(path))
+    loaded = create_model("mobilenet_v3_small", weights=path, num_classes=3)
+    for a, b in zip(backbone.weights, keras.Model(loaded.input, loaded.get_layer(FEATURES_LAYER).input).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_wrong_weights_file_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "not_weights.h5"
+    bogus.write_bytes(b"not an h5 file")
+    with pytest.raises(WeightsUnavailableError, match="not_weights.h5"):
+        create_model("resnet50", weights=bogus, num_classes=3)
