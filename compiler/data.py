@@ -46,13 +46,14 @@ SPLITS = ("train", "val", "test")
 # What a deployed app has to do to an image before feeding it to an exported model. It is
 # written into the export's metadata, so it must describe `load_image` exactly.
 RESIZE_POLICY = (
-    "Decode with EXIF orientation applied; convert to 8-bit RGB (alpha composited onto white, "
-    "16-bit values scaled by 255/65535, 0-1 floats by 255, palette/grayscale/CMYK "
-    "converted); resize the whole image to SIZE x SIZE with bilinear interpolation (Pillow BILINEAR, which is antialiased "
-    "when shrinking), stretching it: no crop, no padding, aspect ratio not kept. Pixel values "
-    "stay 0-255 uint8 in RGB order. JPEGs at least 4x larger than SIZE on both sides are first "
-    "decoded at a reduced 1/2, 1/4 or 1/8 scale by libjpeg (Pillow Image.draft), keeping at "
-    "least 2x SIZE before the bilinear resize."
+    "Decode with EXIF orientation applied; convert to 8-bit RGB (alpha composited onto "
+    "white, 16-bit values scaled by 255/65535, 0-1 floats by 255, palette/grayscale/CMYK "
+    "converted); resize the whole image to SIZE x SIZE with bilinear interpolation "
+    "(Pillow BILINEAR, which is antialiased when shrinking), stretching it: no crop, no "
+    "padding, aspect ratio not kept. Pixel values stay 0-255 uint8 in RGB order. JPEGs at "
+    "least 4x larger than SIZE on both sides are first decoded at a reduced 1/2, 1/4 or 1/8 "
+    "scale by libjpeg (Pillow Image.draft), keeping at least 2x SIZE before the bilinear "
+    "resize."
 )
 
 # Two workers: the target machines have 2 cores, and Pillow releases the GIL while decoding

@@ -8,7 +8,16 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
+def _console(stderr: bool) -> Console:
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and folds every table; logs are wide.
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 120
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+# Progress and stage headings go to stderr; the final summary to stdout (`> summary.txt` works).
+console = _console(stderr=True)
+summary_console = _console(stderr=False)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import numpy as np
 from rich.table import Table
 
 from edgetl.compiler.atomic import atomic_path, atomic_write_text
-from edgetl.compiler.progress import console
+from edgetl.compiler.progress import summary_console as console
 
 REPORT_FILE = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
