@@ -88,7 +88,9 @@ def compile_model(config: CompileConfig) -> dict:
         val = _load_split(dataset.splits["val"], size, "load val")
         training = finetune(teacher, model_config.unfreeze_from, config, train, val, strategy)
         with atomic_path(out / TEACHER_FILE) as tmp:
-            teacher.save(tmp)
+            # Saved through an uncompiled twin (same layers) so no optimizer state is written:
+            # the teacher file is a reference model, not a training checkpoint.
+            keras.Model(teacher.inputs, teacher.outputs, name=teacher.name).save(tmp)
 
     with timer.stage("export", "exporting TFLite and ONNX"):
         unverified = {

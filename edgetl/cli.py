@@ -111,27 +111,34 @@ def models_command(
     from rich.console import Console
     from rich.table import Table
 
-    from edgetl.models import get_config, list_models, weights_available_offline
+    from edgetl.models import get_config, list_models
     from edgetl.models._registry import get_registered
 
-    table = Table(title="edgetl model registry")
-    for col in ("name", "input", "preprocessing (in graph)", "params", "licence", "ImageNet weights", "offline"):
-        table.add_column(col, overflow="fold")
+    table = Table(title="edgetl model registry (edgetl compile --teacher NAME)", title_justify="left")
+    for col in ("name", "input", "params", "preprocessing (inside the graph)", "licence", "ImageNet weights from", "offline"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    missing = False
     for name in list_models(include_test=all_models):
-        cfg = get_config(name)
-        offline = weights_available_offline(name)
-        entry = get_registered(name)
-        hint = "" if offline or entry.weights is None else f"\n{entry.weights.describe_missing().split(':')[0]}"
+        cfg, weights = get_config(name), get_registered(name).weights
+        offline = weights is not None and weights.available_offline()
+        missing |= weights is not None and not offline
         table.add_row(
             name,
             f"{cfg.input_size} px",
-            cfg.preprocessing,
             f"{cfg.params / 1e6:.2f}M",
+            cfg.preprocessing,
             cfg.licence,
             cfg.weights_source,
-            ("yes" if offline else "no") + hint,
+            "[green]yes[/]" if offline else "[yellow]no[/]",
         )
-    Console(width=max(140, Console().width)).print(table)
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    if missing:
+        console.print(
+            "Models marked 'no' download their weights on first use; without network, put the file "
+            "the error names in ~/.keras/models or pass --teacher-weights FILE.",
+            highlight=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

