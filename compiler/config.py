@@ -21,6 +21,16 @@ class CompileConfig:
     finetune_epochs: int = 8
     finetune_learning_rate: float = 1e-4
     patience: int = 3
+    # Distillation: the student that is deployed ("none": deploy the teacher itself).
+    student: str = "efficientnet_lite0"
+    student_size: int | None = None  # None: the student's own input size
+    student_weights: str = "imagenet"
+    distill_epochs: int = 12
+    distill_learning_rate: float = 3e-4
+    temperature: float = 4.0
+    alpha: float = 0.7  # share of the teacher's soft targets in the loss (0: labels only)
+    unlabeled: Path | None = None  # images without labels, used for the soft term alone
+    baseline: bool = True  # also train the student without the teacher, for the ablation
     batch_size: int = 32
     dropout: float = 0.2
     val_fraction: float = 0.15
@@ -31,13 +41,20 @@ class CompileConfig:
     def __post_init__(self):
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
+        if self.unlabeled is not None:
+            object.__setattr__(self, "unlabeled", Path(self.unlabeled))
 
     @property
-    def weights_arg(self) -> str | None:
-        """teacher_weights as create_model takes it."""
-        return None if self.teacher_weights.lower() == "none" else self.teacher_weights
+    def distills(self) -> bool:
+        return self.student.lower() != "none"
+
+    @staticmethod
+    def weights_arg(weights: str) -> str | None:
+        """A weights option as create_model takes it ("none" -> random initialisation)."""
+        return None if weights.lower() == "none" else weights
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
+        d["unlabeled"] = str(self.unlabeled) if self.unlabeled else None
         return d

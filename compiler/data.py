@@ -608,3 +608,23 @@ def scan_dataset(
         carved={s: f for s, f in carved.items()},
         seed=seed,
     )
+
+
+def scan_unlabeled(root: str | os.PathLike) -> tuple[list[Sample], list[SkippedFile]]:
+    """Every decodable image below `root` (any depth, no class folders), with label -1.
+
+    For distillation: the teacher labels these (e.g. photos from the deployment device's own
+    camera), so they need no class. Unreadable files are returned as skipped, like scan_dataset.
+    """
+    given = Path(root).expanduser()
+    if not given.is_dir():
+        raise DataError(f"unlabelled image folder '{given}' does not exist or is not a folder")
+    root = given.resolve()
+    files = _files_below(root)
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        reasons = list(pool.map(_check_file, files))
+    samples = [Sample(p, -1) for p, r in zip(files, reasons) if r is None]
+    skipped = [SkippedFile(p.relative_to(root), r) for p, r in zip(files, reasons) if r is not None]
+    if not samples:
+        raise DataError(f"unlabelled image folder '{root}' holds no readable images ({len(files)} files checked)")
+    return samples, skipped

@@ -49,18 +49,21 @@ class KeepBest(keras.callbacks.Callback):
     restores it when no epoch beats it, so a stage can never make the model worse on val.
     """
 
-    def __init__(self, patience: int, baseline: tuple[float, float] | None = None, label: str = ""):
+    def __init__(self, patience: int, baseline: tuple[float, float] | None = None, target=None):
         super().__init__()
         self.patience = patience
         self.best = baseline or (-1.0, np.inf)  # (val_accuracy, val_loss)
-        self.label = label
+        # The model whose weights are kept: the trained model itself by default, the student
+        # alone when a distillation wrapper is trained (the teacher's weights never change).
+        self.target = target
         self.best_epoch = 0
         self.epochs_run = 0
         self._best_weights = None
         self._wait = 0
 
     def on_train_begin(self, logs=None):
-        self._best_weights = self.model.get_weights()
+        self.target = self.target or self.model
+        self._best_weights = self.target.get_weights()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -69,14 +72,14 @@ class KeepBest(keras.callbacks.Callback):
         better = acc > self.best[0] or (acc == self.best[0] and loss < self.best[1])
         if better:
             self.best, self.best_epoch, self._wait = (acc, loss), epoch + 1, 0
-            self._best_weights = self.model.get_weights()
+            self._best_weights = self.target.get_weights()
         else:
             self._wait += 1
             if self._wait >= self.patience:
                 self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        self.model.set_weights(self._best_weights)
+        self.target.set_weights(self._best_weights)
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -108,7 +111,11 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
 
 
 def augment(image, label):
-    """Random resized crop, horizontal flip and mild photometric jitter, on 0..255 floats."""
+    """Random resized crop, horizontal flip and mild photometric jitter, on 0..255 floats.
+
+    The output keeps the input's size; a distillation step resizes the one view to the teacher's
+    and the student's input sizes, so both see the same crop.
+    """
     size = tf.shape(image)[:2]
     image = tf.cast(image, tf.float32)
     begin, crop, _ = tf.image.sample_distorted_bounding_box(
@@ -169,43 +176,62 @@ def set_trainable_top(model, unfreeze_from: str) -> int:
     return unfrozen
 
 
+def train_head(model, config: CompileConfig, train, val, strategy=None, label: str = "head") -> StageResult:
+    """Stage 1: a new head on the frozen backbone's cached features (one forward pass per image)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    (x_train, y_train), (x_val, y_val) = train, val
+    f_train = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
+    f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
+    with strategy.scope():
+        features_in = keras.Input(f_train.shape[1:], name="cached_features")
+        x = model.get_layer(DROPOUT_LAYER)(features_in)
+        x = model.get_layer(LOGITS_LAYER)(x)
+        head = keras.Model(features_in, model.get_layer(PROBABILITIES_LAYER)(x), name="head")
+        head.compile(
+            keras.optimizers.Adam(config.head_learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+    keep = KeepBest(patience=max(3 * config.patience, 8))
+    return _fit(head, (f_train, y_train), (f_val, y_val), config.head_epochs, keep, f"{label}: head (frozen backbone)", config.batch_size)
+
+
+def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):
+    """Unfreeze the top, compile, and measure where stage 2 starts from on val.
+
+    trained: the compiled model that fit() will train (a distillation wrapper around `model`).
+    """
+    unfrozen = set_trainable_top(model, unfreeze_from)
+    compile_with()
+    loss, acc = (trained or model).evaluate(*val, batch_size=batch_size, verbose=0)
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: {acc:.3f}")
+    return unfrozen, trainable, (float(acc), float(loss))
+
+
 def finetune(model, unfreeze_from: str, config: CompileConfig, train, val, strategy=None) -> FinetuneResult:
     """Fine-tune `model` (made by create_model inside `strategy`'s scope) in place.
 
     unfreeze_from: the first backbone layer trained in stage 2 (the model config's).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    (x_train, y_train), (x_val, y_val) = train, val
-    loss = keras.losses.SparseCategoricalCrossentropy()
+    head_result = train_head(model, config, train, val, strategy, label="teacher")
 
-    # Stage 1: head on cached features.
-    f_train = extract_features(model, x_train, config.batch_size, "features (train)")
-    f_val = extract_features(model, x_val, config.batch_size, "features (val)")
-    with strategy.scope():
-        features_in = keras.Input(f_train.shape[1:], name="cached_features")
-        x = model.get_layer(DROPOUT_LAYER)(features_in)
-        x = model.get_layer(LOGITS_LAYER)(x)
-        head = keras.Model(features_in, model.get_layer(PROBABILITIES_LAYER)(x), name="head")
-        head.compile(keras.optimizers.Adam(config.head_learning_rate), loss, metrics=["accuracy"])
-    head_keep = KeepBest(patience=max(3 * config.patience, 8))
-    head_result = _fit(
-        head, (f_train, y_train), (f_val, y_val), config.head_epochs, head_keep, "head (frozen backbone)", config.batch_size
-    )
+    def compile_model():
+        with strategy.scope():
+            model.compile(
+                keras.optimizers.Adam(config.finetune_learning_rate),
+                keras.losses.SparseCategoricalCrossentropy(),
+                metrics=["accuracy"],
+            )
 
-    # Stage 2: the top of the backbone, on augmented images.
-    with strategy.scope():
-        unfrozen = set_trainable_top(model, unfreeze_from)
-        model.compile(keras.optimizers.Adam(config.finetune_learning_rate), loss, metrics=["accuracy"])
-    baseline_loss, baseline_acc = model.evaluate(x_val, y_val, batch_size=config.batch_size, verbose=0)
-    top_keep = KeepBest(patience=config.patience, baseline=(baseline_acc, baseline_loss))
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: {baseline_acc:.3f}")
+    unfrozen, trainable, start = prepare_top(model, unfreeze_from, compile_model, val, config.batch_size)
     top_result = _fit(
         model,
-        (training_dataset(x_train, y_train, config.batch_size, config.seed),),
-        (x_val, y_val),
+        (training_dataset(*train, config.batch_size, config.seed),),
+        val,
         config.finetune_epochs,
-        top_keep,
-        "fine-tune top of backbone",
+        KeepBest(patience=config.patience, baseline=start),
+        "teacher: fine-tune top of backbone",
     )
     return FinetuneResult(head_result, top_result, unfrozen, trainable)

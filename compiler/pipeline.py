@@ -1,30 +1,41 @@
 """`compile_model`: from a folder of labelled images to checked TFLite and ONNX files.
 
 The CLI builds a CompileConfig and calls this; so can any Python program. Stages, in order:
-data (decode-check, split, load) -> teacher (two-stage fine-tuning) -> export (TFLite, ONNX)
--> verify (each file run in its runtime against the Keras model on the test split) -> report.
+
+  data      decode-check every file, split, load
+  teacher   two-stage fine-tuning of the teacher (compiler/finetune.py)
+  student   head on cached features, then distillation from the teacher (compiler/distill.py)
+  baseline  the same student trained on the labels alone, same budget (the ablation)
+  export    TFLite and ONNX of the deployed model (the student, or the teacher with --student none)
+  verify    each file run in its runtime against its Keras model on the test split
+  report    report.json, confusion_matrix.png, the printed summary
+
 Everything is written into `config.out` only, atomically; a file that fails its check keeps an
 `.unverified` name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgetl import __version__
 from edgetl.compiler.config import CompileConfig
-from edgetl.compiler.data import RESIZE_POLICY, load_images, scan_dataset
+from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, console, progress_bar
 from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, OutputExistsError
-from edgetl.models import get_config
+from edgetl.models import ModelConfig, get_config
 from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
 
 TEACHER_FILE = "teacher.keras"
+STUDENT_FILE = "student.keras"
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 
@@ -44,104 +55,274 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _load_split(samples, size: int, description: str):
-    with progress_bar(description, len(samples)) as advance:
-        return load_images(samples, size, progress=advance)
+class ImageCache:
+    """Each split decoded and resized once per input size, however many models need it."""
+
+    def __init__(self, dataset: Dataset, unlabeled=()):
+        self.samples = {**dataset.splits, "unlabeled": list(unlabeled)}
+        self._arrays: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (split, size)
+        if key not in self._arrays:
+            samples = self.samples[split]
+            with progress_bar(f"load {split} ({size} px)", len(samples)) as advance:
+                self._arrays[key] = load_images(samples, size, progress=advance)
+        return self._arrays[key]
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model that came out of a training stage, with what the report needs about it."""
+
+    role: str  # "teacher", "student", "baseline"
+    name: str
+    config: ModelConfig
+    model: object  # tf_keras.Model
+    input_size: int
+    training: dict
+    test_probs: np.ndarray | None = None
+
+    def summary(self, y_test, classes) -> dict:
+        from edgetl.models import count_macs
+
+        return {
+            "model": self.name,
+            "input_size": self.input_size,
+            "params": int(self.model.count_params()),
+            "macs": count_macs(self.model),
+            "preprocessing": self.config.preprocessing + " (inside the exported graphs)",
+            "training": self.training,
+            "test": classification_metrics(y_test, self.test_probs, classes),
+        }
 
 
 def compile_model(config: CompileConfig) -> dict:
     """Run the whole pipeline; return the report (also written to `config.out/report.json`)."""
     start = time.perf_counter()
     timer = StageTimer()
-    model_config = get_config(config.teacher)  # an unknown name fails before any work
+    teacher_config = get_config(config.teacher)  # unknown names fail before any work
+    student_config = get_config(config.student) if config.distills else None
     out = prepare_output(config.out, config.overwrite)
 
     with timer.stage("data", f"checking images in {config.data}"):
         dataset = scan_dataset(
             config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
         )
+        unlabeled, unlabeled_skipped = scan_unlabeled(config.unlabeled) if config.unlabeled else ([], [])
         for warning in dataset.warnings:
             console.print(f"[yellow]warning:[/] {warning}")
-        if dataset.skipped:
-            console.print(f"[yellow]skipping {len(dataset.skipped)} unreadable files (listed in the report)")
+        if dataset.skipped or unlabeled_skipped:
+            n = len(dataset.skipped) + len(unlabeled_skipped)
+            console.print(f"[yellow]skipping {n} unreadable files (listed in the report)")
+    images = ImageCache(dataset, unlabeled)
+    classes = dataset.classes
 
     from edgetl._compat import keras, tf
-    from edgetl.compiler.atomic import atomic_path
-    from edgetl.compiler.export import export_onnx, export_tflite
-    from edgetl.compiler.finetune import finetune
-    from edgetl.compiler.verify import compare
-    from edgetl.models import create_model
-    from edgetl.runtime import open_session
-    from edgetl.runtime.keras_model import KerasSession
 
     keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.get_strategy()
-    classes = dataset.classes
-    size = model_config.input_size
 
-    with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({size} px)"):
-        with strategy.scope():
-            teacher = create_model(
-                config.teacher, weights=config.weights_arg, num_classes=len(classes), dropout=config.dropout
-            )
-        train = _load_split(dataset.splits["train"], size, "load train")
-        val = _load_split(dataset.splits["val"], size, "load val")
-        training = finetune(teacher, model_config.unfreeze_from, config, train, val, strategy)
-        with atomic_path(out / TEACHER_FILE) as tmp:
-            # Saved through an uncompiled twin (same layers) so no optimizer state is written:
-            # the teacher file is a reference model, not a training checkpoint.
-            keras.Model(teacher.inputs, teacher.outputs, name=teacher.name).save(tmp)
+    with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
+        teacher = _train_teacher(config, teacher_config, images, len(classes), strategy)
+        _save_keras(teacher.model, out / TEACHER_FILE)
 
-    with timer.stage("export", "exporting TFLite and ONNX"):
+    deployed, baseline = teacher, None
+    if config.distills:
+        size = config.student_size or student_config.input_size
+        with timer.stage("student", f"distilling {config.teacher} into {config.student} ({size} px)"):
+            deployed, head_weights = _train_student(config, student_config, size, teacher, images, len(classes), strategy)
+            _save_keras(deployed.model, out / STUDENT_FILE)
+        if config.baseline:
+            with timer.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
+                baseline = _train_baseline(config, student_config, size, head_weights, images, len(classes), strategy)
+
+    with timer.stage("export", f"exporting {config.student if config.distills else config.teacher} to TFLite and ONNX"):
+        from edgetl.compiler.export import export_onnx, export_tflite
+
         unverified = {
-            TFLITE_FILE: export_tflite(teacher, out / "model.unverified.tflite"),
-            ONNX_FILE: export_onnx(teacher, out / "model.unverified.onnx"),
+            TFLITE_FILE: export_tflite(deployed.model, out / "model.unverified.tflite"),
+            ONNX_FILE: export_onnx(deployed.model, out / "model.unverified.onnx"),
         }
 
-    with timer.stage("verify", "checking every artefact on the test split"):
-        x_test, y_test = _load_split(dataset.splits["test"], size, "load test")
-        reference = KerasSession(model=teacher).predict(x_test, config.batch_size)
-        artifacts = [_artifact(out / TEACHER_FILE, "keras", reference, y_test, classes, parity=None)]
-        for final_name, path in unverified.items():
-            session = open_session(path)
-            probs = session.predict(x_test, config.batch_size)
-            parity = compare(final_name, session.runtime, probs, reference, model_config.export_atol)
-            if not parity.passed:
-                raise ExportMismatchError(f"{parity.describe_failure()}; the file is kept as {path}")
-            os.replace(path, out / final_name)
-            artifacts.append(_artifact(out / final_name, session.runtime, probs, y_test, classes, parity.to_json()))
+    with timer.stage("verify", "checking every model and file on the test split"):
+        artifacts = _verify(config, out, teacher, deployed, baseline, unverified, images, classes)
 
-    ModelInfo(labels=tuple(classes), input_size=size, resize_policy=RESIZE_POLICY, model=config.teacher).write(out)
-    deployed = next(a for a in artifacts if a["file"] == TFLITE_FILE)
+    ModelInfo(labels=tuple(classes), input_size=deployed.input_size, resize_policy=RESIZE_POLICY, model=deployed.name).write(out)
+    deployed_file = next(a for a in artifacts if a["file"] == TFLITE_FILE)
     plot_confusion_matrix(
-        deployed["test"]["confusion_matrix"],
+        deployed_file["test"]["confusion_matrix"],
         classes,
-        f"{TFLITE_FILE} on the test split: accuracy {deployed['test']['accuracy']:.1%}",
+        f"{TFLITE_FILE} ({deployed.name}) on the test split: accuracy {deployed_file['test']['accuracy']:.1%}",
         out / CONFUSION_PNG,
     )
-    report = {
-        "edgetl_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "out": str(out),
-        "config": config.to_json(),
-        "dataset": dataset.to_report(),
-        "teacher": {
-            "model": config.teacher,
-            "params": int(teacher.count_params()),
-            "input_size": size,
-            "preprocessing": model_config.preprocessing + " (inside the exported graphs)",
-            "weights": str(config.teacher_weights),
-            "training": training.to_json(),
-        },
-        "artifacts": artifacts,
-        "deployed": {"tflite": TFLITE_FILE, "onnx": ONNX_FILE},
-        "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
-        "total_s": round(time.perf_counter() - start, 2),
-        "files": [TFLITE_FILE, ONNX_FILE, TEACHER_FILE, LABELS_FILE, INFO_FILE, "report.json", CONFUSION_PNG],
-    }
+    report = _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
     write_report(report, out)
     print_summary(report)
     return report
+
+
+def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: ImageCache, num_classes: int, strategy):
+    from edgetl.compiler.finetune import finetune
+    from edgetl.models import create_model
+
+    size = model_config.input_size
+    with strategy.scope():
+        model = create_model(
+            config.teacher, weights=config.weights_arg(config.teacher_weights), num_classes=num_classes, dropout=config.dropout
+        )
+    training = finetune(model, model_config.unfreeze_from, config, images.get("train", size), images.get("val", size), strategy)
+    return TrainedModel("teacher", config.teacher, model_config, model, size, training.to_json())
+
+
+def _new_student(config: CompileConfig, size: int, num_classes: int, strategy):
+    from edgetl.models import create_model
+
+    with strategy.scope():
+        return create_model(
+            config.student,
+            weights=config.weights_arg(config.student_weights),
+            num_classes=num_classes,
+            dropout=config.dropout,
+            input_size=size,
+        )
+
+
+def _student_views(config: CompileConfig, teacher: TrainedModel | None, size: int, images: ImageCache):
+    """Training pixels at the larger input size (one view, resized for each model), plus unlabelled."""
+    view_size = max(size, teacher.input_size) if teacher is not None else size
+    x, y = images.get("train", view_size)
+    if teacher is not None and images.samples["unlabeled"]:
+        xu, yu = images.get("unlabeled", view_size)
+        x, y = np.concatenate([x, xu]), np.concatenate([y, yu])
+    return x, y
+
+
+def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
+    return dict(
+        unfreeze_from=model_config.unfreeze_from,
+        epochs=config.distill_epochs,
+        learning_rate=config.distill_learning_rate,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        temperature=config.temperature,
+        seed=config.seed,
+    )
+
+
+def _train_student(config, model_config, size, teacher: TrainedModel, images: ImageCache, num_classes, strategy):
+    from edgetl.compiler.distill import train_student
+    from edgetl.compiler.finetune import train_head
+
+    student = _new_student(config, size, num_classes, strategy)
+    val = images.get("val", size)
+    head = train_head(student, config, images.get("train", size), val, strategy, label="student")
+    head_weights = student.get_weights()  # the baseline starts from exactly here
+    result = train_student(
+        student,
+        teacher.model,
+        train_views=_student_views(config, teacher, size, images),
+        val=val,
+        alpha=config.alpha,
+        label="student: distillation",
+        strategy=strategy,
+        **_student_kwargs(config, model_config),
+    )
+    training = {"head": dataclasses.asdict(head), "distillation": result.to_json()}
+    return TrainedModel("student", config.student, model_config, student, size, training), head_weights
+
+
+def _train_baseline(config, model_config, size, head_weights, images: ImageCache, num_classes, strategy):
+    from edgetl.compiler.distill import train_student
+
+    baseline = _new_student(config, size, num_classes, strategy)
+    baseline.set_weights(head_weights)
+    result = train_student(
+        baseline,
+        None,
+        train_views=_student_views(config, None, size, images),
+        val=images.get("val", size),
+        alpha=0.0,
+        label="baseline: labels only",
+        strategy=strategy,
+        **_student_kwargs(config, model_config),
+    )
+    return TrainedModel("baseline", config.student, model_config, baseline, size, {"labels_only": result.to_json()})
+
+
+def _verify(config, out: Path, teacher, deployed, baseline, unverified: dict, images: ImageCache, classes) -> list[dict]:
+    from edgetl.compiler.verify import compare
+    from edgetl.runtime import open_session
+    from edgetl.runtime.keras_model import KerasSession
+
+    for trained in filter(None, (teacher, deployed, baseline)):
+        if trained.test_probs is None:
+            x_test, _ = images.get("test", trained.input_size)
+            trained.test_probs = KerasSession(model=trained.model).predict(x_test, config.batch_size)
+
+    x_test, y_test = images.get("test", deployed.input_size)
+    artifacts = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None)]
+    if deployed is not teacher:
+        artifacts.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None))
+    for final_name, path in unverified.items():
+        session = open_session(path)
+        probs = session.predict(x_test, config.batch_size)
+        parity = compare(final_name, session.runtime, probs, deployed.test_probs, deployed.config.export_atol)
+        if not parity.passed:
+            raise ExportMismatchError(f"{parity.describe_failure()}; the file is kept as {path}")
+        os.replace(path, out / final_name)
+        artifacts.append(_artifact(out / final_name, session.runtime, probs, y_test, classes, parity.to_json()))
+    return artifacts
+
+
+def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start) -> dict:
+    _, y_test = images.get("test", deployed.input_size)
+    classes = dataset.classes
+    dataset_report = dataset.to_report()
+    if config.unlabeled:
+        dataset_report["unlabeled"] = {
+            "root": str(config.unlabeled),
+            "images": len(images.samples["unlabeled"]),
+            "skipped": [{"path": s.path.as_posix(), "reason": s.reason} for s in unlabeled_skipped],
+        }
+    models = {"teacher": teacher.summary(y_test, classes)}
+    if deployed is not teacher:
+        models["student"] = deployed.summary(y_test, classes)
+    if baseline is not None:
+        models["baseline"] = baseline.summary(y_test, classes)
+    comparison = None
+    if baseline is not None:
+        gain = models["student"]["test"]["accuracy"] - models["baseline"]["test"]["accuracy"]
+        comparison = {
+            "distillation_gain_accuracy": gain,
+            "distillation_gain_macro_f1": models["student"]["test"]["macro_f1"] - models["baseline"]["test"]["macro_f1"],
+            "student_minus_teacher_accuracy": models["student"]["test"]["accuracy"] - models["teacher"]["test"]["accuracy"],
+        }
+    files = [TFLITE_FILE, ONNX_FILE, TEACHER_FILE] + ([STUDENT_FILE] if deployed is not teacher else [])
+    return {
+        "edgetl_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "out": str(config.out),
+        "config": config.to_json(),
+        "dataset": dataset_report,
+        "models": models,
+        "distillation": comparison,
+        "artifacts": artifacts,
+        "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
+        "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
+        "total_s": round(time.perf_counter() - start, 2),
+        "files": files + [LABELS_FILE, INFO_FILE, "report.json", CONFUSION_PNG],
+    }
+
+
+def _save_keras(model, path: Path) -> None:
+    from edgetl._compat import keras
+    from edgetl.compiler.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        # Saved through an uncompiled twin (same layers) so no optimizer state is written:
+        # the file is a reference model, not a training checkpoint.
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
 
 
 def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | None) -> dict:
@@ -150,13 +331,7 @@ def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | N
         "format": path.suffix.lstrip("."),
         "runtime": runtime,
         "precision": "float32",
-        "size_bytes": _size(path),
+        "size_bytes": path.stat().st_size,
         "test": classification_metrics(y_true, probs, classes),
         "parity": parity,
     }
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size

@@ -51,6 +51,19 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, p
     return Path(path)
 
 
+def _best_val(training: dict) -> float:
+    """The best validation accuracy any stage of a model's training reached."""
+    found = [v["best_val_accuracy"] for v in _walk(training) if "best_val_accuracy" in v]
+    return max(found) if found else float("nan")
+
+
+def _walk(d):
+    if isinstance(d, dict):
+        yield d
+        for v in d.values():
+            yield from _walk(v)
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
@@ -71,14 +84,29 @@ def print_summary(report: dict) -> None:
     for warning in ds["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
 
-    t = report["teacher"]
-    tr = t["training"]
-    console.print(
-        f"teacher  {t['model']} ({t['params']:,} params, {t['input_size']} px): head val acc "
-        f"{tr['head']['best_val_accuracy']:.3f} (epoch {tr['head']['best_epoch']}/{tr['head']['epochs_run']}), "
-        f"fine-tuned val acc {tr['top']['best_val_accuracy']:.3f} "
-        f"(epoch {tr['top']['best_epoch']}/{tr['top']['epochs_run']}; 0 = stage 1 kept)"
-    )
+    models = report["models"]
+    model_table = Table(title="models on the held-out test split", title_justify="left")
+    for col in ("role", "model", "input", "params", "MACs", "test accuracy", "macro F1", "best val accuracy"):
+        model_table.add_column(col, justify="left" if col in ("role", "model") else "right")
+    for role, m in models.items():
+        model_table.add_row(
+            role,
+            m["model"],
+            f"{m['input_size']} px",
+            f"{m['params'] / 1e6:.2f}M",
+            f"{m['macs'] / 1e6:.1f}M",
+            f"{m['test']['accuracy']:.2%}",
+            f"{m['test']['macro_f1']:.3f}",
+            f"{_best_val(m['training']):.3f}",
+        )
+    console.print(model_table)
+    if report.get("distillation"):
+        d = report["distillation"]
+        console.print(
+            f"distillation paid {d['distillation_gain_accuracy'] * 100:+.1f} points of test accuracy over the "
+            f"same student trained without the teacher; student vs teacher: "
+            f"{d['student_minus_teacher_accuracy'] * 100:+.1f} points"
+        )
 
     table = Table(title="artefacts on the held-out test split", title_justify="left")
     for col in ("file", "runtime", "size", "test accuracy", "macro F1", "top-1 agreement", "max |Δp|"):
@@ -97,11 +125,15 @@ def print_summary(report: dict) -> None:
     console.print(table)
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
-    per_class = Table(title=f"per class ({deployed['file']})", title_justify="left")
-    for col in ("class", "precision", "recall", "F1", "support"):
+    others = [role for role in models if role != report["deployed"]["model"]]
+    per_class = Table(title=f"per class ({deployed['file']}; F1 of the other models beside it)", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", *[f"F1 {r}" for r in others], "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
-    for row in deployed["test"]["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    for i, row in enumerate(deployed["test"]["per_class"]):
+        other_f1 = [f"{models[r]['test']['per_class'][i]['f1']:.3f}" for r in others]
+        per_class.add_row(
+            row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", *other_f1, str(row["support"])
+        )
     console.print(per_class)
 
     cm = deployed["test"]["confusion_matrix"]

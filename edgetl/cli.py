@@ -56,13 +56,31 @@ def compile_command(
     finetune_epochs: Annotated[
         int, typer.Option(min=0, help="Max epochs of fine-tuning the top of the backbone (0 skips it).")
     ] = 8,
+    student: Annotated[
+        str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.")
+    ] = "efficientnet_lite0",
+    student_size: Annotated[
+        Optional[int], typer.Option(min=32, help="Student input size in px (e.g. 160 or 128 for a slow device).")
+    ] = None,
+    student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.")] = "imagenet",
+    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation (early stopping on val).")] = 12,
+    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.")] = 4.0,
+    alpha: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of the teacher's soft targets in the loss (0: labels only).")
+    ] = 0.7,
+    unlabeled: Annotated[
+        Optional[Path], typer.Option(help="Folder of unlabelled images (e.g. from the device) for the soft loss alone.")
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).")
+    ] = True,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.")] = 0.15,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of splits, initialisation and augmentation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace edgetl's files in an existing --out.")] = False,
 ):
-    """Fine-tune a teacher on DATA and export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
+    """Fine-tune a teacher on DATA, distil it into a student, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
     from edgetl.compiler.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
 
@@ -73,6 +91,14 @@ def compile_command(
         teacher_weights=teacher_weights,
         head_epochs=head_epochs,
         finetune_epochs=finetune_epochs,
+        student=student,
+        student_size=student_size,
+        student_weights=student_weights,
+        distill_epochs=distill_epochs,
+        temperature=temperature,
+        alpha=alpha,
+        unlabeled=unlabeled,
+        baseline=baseline,
         batch_size=batch_size,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
@@ -99,7 +125,17 @@ def demo_command(
     data = make_demo_dataset(out / "data")
     typer.echo(f"demo images written to {data}/ (4 classes of textures, one truncated JPEG)", err=True)
     compile_model(
-        CompileConfig(data=data, out=out / "compiled", teacher=teacher, head_epochs=20, finetune_epochs=2, overwrite=True)
+        CompileConfig(
+            data=data,
+            out=out / "compiled",
+            teacher=teacher,
+            student="efficientnet_lite0",
+            student_size=160,
+            head_epochs=20,
+            finetune_epochs=2,
+            distill_epochs=2,
+            overwrite=True,
+        )
     )
 
 

@@ -6,6 +6,7 @@
 Importing this package does not import TensorFlow; `create_model` does.
 """
 
+from edgetl.models._complexity import count_macs
 from edgetl.models._registry import (
     DROPOUT_LAYER,
     FEATURES_LAYER,
@@ -30,6 +31,7 @@ __all__ = [
     "PREPROCESS_LAYER",
     "PROBABILITIES_LAYER",
     "ModelConfig",
+    "count_macs",
     "create_model",
     "get_config",
     "list_models",

@@ -12,7 +12,9 @@ from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, OutputExistsError
 from edgetl.runtime import open_session
 
-FAST = dict(teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2)
+FAST = dict(teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
+# A tiny student at a smaller input size than its teacher: the distillation path, with resizing.
+DISTIL = {**FAST, "student": "tiny_cnn", "student_weights": "none", "student_size": 24, "distill_epochs": 2}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +31,13 @@ def compiled(tmp_path_factory):
     rgba[..., 2], rgba[..., 3] = 220, 255  # an opaque blue PNG with an alpha channel: used
     Image.fromarray(rgba, "RGBA").save(data / "blue" / "with_alpha.png")
     out = root / "out"
-    report = compile_model(CompileConfig(data=data, out=out, **FAST))
+    report = compile_model(CompileConfig(data=data, out=out, **DISTIL))
     return out, report
 
 
 def test_compile_writes_every_artefact(compiled):
     out, report = compiled
-    for name in ("model.tflite", "model.onnx", "teacher.keras", "labels.txt", "model_info.json", "report.json", "confusion_matrix.png"):
+    for name in ("model.tflite", "model.onnx", "teacher.keras", "student.keras", "labels.txt", "model_info.json", "report.json", "confusion_matrix.png"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*unverified*")) and not list(out.glob(".*"))  # no temporary leftovers
     assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
@@ -49,13 +51,17 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
     used = {s.path.name for split in ("train", "val", "test") for s in _scan(report)[split]}
     assert "with_alpha.png" in used
     by_file = {a["file"]: a for a in report["artifacts"]}
-    assert set(by_file) == {"teacher.keras", "model.tflite", "model.onnx"}
+    assert set(by_file) == {"teacher.keras", "student.keras", "model.tflite", "model.onnx"}
     for name in ("model.tflite", "model.onnx"):
         parity = by_file[name]["parity"]
         assert parity["passed"] and parity["max_abs_diff"] <= parity["tolerance"]
         test = by_file[name]["test"]
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
-    assert set(report["timings_s"]) == {"data", "teacher", "export", "verify"}
+    assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "export", "verify"}
+    assert set(report["models"]) == {"teacher", "student", "baseline"}
+    assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
+    gain = report["distillation"]["distillation_gain_accuracy"]
+    assert gain == report["models"]["student"]["test"]["accuracy"] - report["models"]["baseline"]["test"]["accuracy"]
 
 
 def test_the_pipeline_learns(compiled):
@@ -73,11 +79,11 @@ def _scan(report):
 
 def test_exports_take_raw_pixels_and_agree_with_keras(compiled):
     out, _ = compiled
-    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
-    reference = open_session(out / "teacher.keras").run(pixels)
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 24, 24, 3)).astype(np.uint8)
+    reference = open_session(out / "student.keras").run(pixels)  # the deployed model
     for name in ("model.tflite", "model.onnx"):
         session = open_session(out / name)
-        assert session.input_size == 32 and session.info().labels == ("blue", "green", "red")
+        assert session.input_size == 24 and session.info().labels == ("blue", "green", "red")
         probs = session.run(pixels)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         np.testing.assert_allclose(probs, reference, atol=1e-4)
@@ -89,6 +95,17 @@ def test_existing_output_is_not_overwritten_without_asking(compiled):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         compile_model(CompileConfig(data=out, out=out, **FAST))
     assert (out / "model.tflite").read_bytes() == before
+
+
+def test_without_a_student_the_teacher_is_deployed(tmp_path):
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=10)
+    report = compile_model(CompileConfig(data=data, out=tmp_path / "out", **FAST))
+    assert set(report["models"]) == {"teacher"} and report["distillation"] is None
+    assert report["deployed"]["model"] == "teacher"
+    assert not (tmp_path / "out" / "student.keras").exists()
+    assert open_session(tmp_path / "out" / "model.tflite").input_size == 32
 
 
 def test_one_class_is_a_data_error(tmp_path):
