@@ -30,8 +30,11 @@ def compiled(tmp_path_factory):
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., 2], rgba[..., 3] = 220, 255  # an opaque blue PNG with an alpha channel: used
     Image.fromarray(rgba, "RGBA").save(data / "blue" / "with_alpha.png")
+    # Unlabelled images, as from the device's camera: they feed the distillation loss alone.
+    unlabeled = write_color_dataset(root / "camera", per_class=4, seed=5)
+    (unlabeled / "blue" / "empty.jpg").write_bytes(b"")
     out = root / "out"
-    report = compile_model(CompileConfig(data=data, out=out, **DISTIL))
+    report = compile_model(CompileConfig(data=data, out=out, unlabeled=unlabeled, **DISTIL))
     return out, report
 
 
@@ -62,6 +65,16 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]
     assert gain == report["models"]["student"]["test"]["accuracy"] - report["models"]["baseline"]["test"]["accuracy"]
+
+
+def test_unlabelled_images_reach_the_distillation_only(compiled):
+    _, report = compiled
+    assert report["dataset"]["unlabeled"]["images"] == 12
+    assert [s["path"] for s in report["dataset"]["unlabeled"]["skipped"]] == ["blue/empty.jpg"]
+    distillation = report["models"]["student"]["training"]["distillation"]
+    assert distillation["unlabelled_images"] == 12 and distillation["labelled_images"] == 43
+    baseline = report["models"]["baseline"]["training"]["labels_only"]
+    assert baseline["unlabelled_images"] == 0 and baseline["alpha"] == 0.0
 
 
 def test_the_pipeline_learns(compiled):

@@ -1,0 +1,94 @@
+"""Distillation temperature / mixing-weight sweep: how the defaults were chosen.
+
+    python benchmarks/distill_sweep.py DATA TEACHER.keras [--temperatures 2,4,8] [--alphas 0.5,0.7,0.9]
+
+TEACHER.keras is the fine-tuned teacher of an `edgetl compile` of DATA (its registry name is the
+model's name); the splits are edgetl's defaults, so val and test are the compile's. The student is head-initialised once, then each (T, alpha) pair trains
+from that same start with the same budget; alpha 0 is the no-teacher baseline. Prints val and
+test accuracy per pair (the default is chosen on val, never on test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.data import scan_dataset
+from edgetl.compiler.pipeline import ImageCache, TrainedModel, _student_views, _new_student
+from edgetl.models import get_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("teacher", type=Path)
+    parser.add_argument("--temperatures", default="2,4,8")
+    parser.add_argument("--alphas", default="0.5,0.7,0.9")
+    parser.add_argument("--student", default="efficientnet_lite0")
+    parser.add_argument("--student-size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=12)
+    args = parser.parse_args()
+
+    from edgetl.compiler.distill import train_student
+    from edgetl.compiler.finetune import train_head
+    from edgetl.runtime.keras_model import KerasSession, load_keras_model
+
+    teacher_model = load_keras_model(args.teacher)
+    config = CompileConfig(
+        data=args.data,
+        out=Path("unused"),
+        teacher=teacher_model.name,
+        student=args.student,
+        student_size=args.student_size,
+        distill_epochs=args.epochs,
+    )
+    dataset = scan_dataset(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    images = ImageCache(dataset)
+    teacher_cfg = get_config(config.teacher)
+    teacher = TrainedModel("teacher", config.teacher, teacher_cfg, teacher_model, teacher_cfg.input_size, {})
+    student_cfg = get_config(config.student)
+    size = config.student_size or student_cfg.input_size
+
+    student = _new_student(config, size, len(dataset.classes), None)
+    val = images.get("val", size)
+    x_test, y_test = images.get("test", size)
+    train_head(student, config, images.get("train", size), val, label="student")
+    head_weights = student.get_weights()
+    t_test = KerasSession(model=teacher_model).predict(images.get("test", teacher.input_size)[0])
+    print(f"teacher {config.teacher}: test accuracy {(t_test.argmax(1) == y_test).mean():.4f}")
+
+    pairs = [(0.0, 1.0)] + [
+        (float(a), float(t)) for t in args.temperatures.split(",") for a in args.alphas.split(",")
+    ]
+    rows = []
+    for alpha, temperature in pairs:
+        student.set_weights(head_weights)
+        start = time.perf_counter()
+        result = train_student(
+            student,
+            teacher_model if alpha > 0 else None,
+            unfreeze_from=student_cfg.unfreeze_from,
+            train_views=_student_views(config, teacher if alpha > 0 else None, size, images),
+            val=val,
+            epochs=config.distill_epochs,
+            learning_rate=config.distill_learning_rate,
+            batch_size=config.batch_size,
+            patience=config.patience,
+            temperature=temperature,
+            alpha=alpha,
+            seed=config.seed,
+            label=f"alpha {alpha} T {temperature}",
+        )
+        test_acc = float((KerasSession(model=student).predict(x_test).argmax(1) == y_test).mean())
+        rows.append((alpha, temperature, result.stage.best_val_accuracy, test_acc, result.stage.epochs_run, time.perf_counter() - start))
+        print(f"alpha {alpha:.2f}  T {temperature:4.1f}  val {rows[-1][2]:.4f}  test {test_acc:.4f}  epochs {rows[-1][4]}  {rows[-1][5]:.0f}s", flush=True)
+
+    print("\nalpha  T     val acc  test acc  epochs  seconds")
+    for alpha, t, val_acc, test_acc, epochs, secs in rows:
+        print(f"{alpha:5.2f}  {t:4.1f}  {val_acc:7.4f}  {test_acc:8.4f}  {epochs:6d}  {secs:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
