@@ -37,12 +37,16 @@ class CompileConfig:
     test_fraction: float = 0.15
     seed: int = 0
     overwrite: bool = False
+    # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
+    cache_dir: Path | None = None
+    use_cache: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
-        if self.unlabeled is not None:
-            object.__setattr__(self, "unlabeled", Path(self.unlabeled))
+        for name in ("unlabeled", "cache_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
 
     @property
     def distills(self) -> bool:
@@ -57,4 +61,5 @@ class CompileConfig:
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["unlabeled"] = str(self.unlabeled) if self.unlabeled else None
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         return d

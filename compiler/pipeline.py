@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import __version__
+from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
 from edgetl.compiler.config import CompileConfig
 from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluate import classification_metrics
@@ -82,6 +83,7 @@ class TrainedModel:
     input_size: int
     training: dict
     test_probs: np.ndarray | None = None
+    cached: bool = False  # reused from the stage cache rather than trained in this run
 
     def summary(self, y_test, classes) -> dict:
         from edgetl.models import count_macs
@@ -93,6 +95,7 @@ class TrainedModel:
             "macs": count_macs(self.model),
             "preprocessing": self.config.preprocessing + " (inside the exported graphs)",
             "training": self.training,
+            "cached": self.cached,
             "test": classification_metrics(y_test, self.test_probs, classes),
         }
 
@@ -117,6 +120,8 @@ def compile_model(config: CompileConfig) -> dict:
             console.print(f"[yellow]skipping {n} unreadable files (listed in the report)")
     images = ImageCache(dataset, unlabeled)
     classes = dataset.classes
+    cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
+    keys = _stage_keys(config, dataset, unlabeled)
 
     from edgetl._compat import keras, tf
 
@@ -124,18 +129,25 @@ def compile_model(config: CompileConfig) -> dict:
     strategy = tf.distribute.get_strategy()
 
     with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
-        teacher = _train_teacher(config, teacher_config, images, len(classes), strategy)
+        teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy))
         _save_keras(teacher.model, out / TEACHER_FILE)
 
     deployed, baseline = teacher, None
     if config.distills:
         size = config.student_size or student_config.input_size
         with timer.stage("student", f"distilling {config.teacher} into {config.student} ({size} px)"):
-            deployed, head_weights = _train_student(config, student_config, size, teacher, images, len(classes), strategy)
+            head = _cached(
+                cache, "student_head", keys["student_head"], lambda: _train_student_head(config, student_config, size, images, len(classes), strategy)
+            )
+            deployed = _cached(
+                cache, "student", keys["student"], lambda: _distil(config, student_config, head, teacher, images, len(classes), strategy)
+            )
             _save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
             with timer.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
-                baseline = _train_baseline(config, student_config, size, head_weights, images, len(classes), strategy)
+                baseline = _cached(
+                    cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy)
+                )
 
     with timer.stage("export", f"exporting {config.student if config.distills else config.teacher} to TFLite and ONNX"):
         from edgetl.compiler.export import export_onnx, export_tflite
@@ -210,44 +222,114 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
     )
 
 
-def _train_student(config, model_config, size, teacher: TrainedModel, images: ImageCache, num_classes, strategy):
-    from edgetl.compiler.distill import train_student
+def _train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
+    """The student with a new head trained on its cached features: where distillation and the
+    baseline both start from."""
     from edgetl.compiler.finetune import train_head
 
     student = _new_student(config, size, num_classes, strategy)
-    val = images.get("val", size)
-    head = train_head(student, config, images.get("train", size), val, strategy, label="student")
-    head_weights = student.get_weights()  # the baseline starts from exactly here
+    head = train_head(student, config, images.get("train", size), images.get("val", size), strategy, label="student")
+    return TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
+
+
+def _from_head(head: TrainedModel, config, num_classes, strategy):
+    """A fresh student with the head stage's weights (the cached head model stays untouched)."""
+    from edgetl.models import create_model
+
+    with strategy.scope():
+        model = create_model(config.student, weights=None, num_classes=num_classes, dropout=config.dropout, input_size=head.input_size)
+    model.set_weights(head.model.get_weights())
+    return model
+
+
+def _distil(config, model_config, head: TrainedModel, teacher: TrainedModel, images: ImageCache, num_classes, strategy):
+    from edgetl.compiler.distill import train_student
+
+    student = _from_head(head, config, num_classes, strategy)
     result = train_student(
         student,
         teacher.model,
-        train_views=_student_views(config, teacher, size, images),
-        val=val,
+        train_views=_student_views(config, teacher, head.input_size, images),
+        val=images.get("val", head.input_size),
         alpha=config.alpha,
         label="student: distillation",
         strategy=strategy,
         **_student_kwargs(config, model_config),
     )
-    training = {"head": dataclasses.asdict(head), "distillation": result.to_json()}
-    return TrainedModel("student", config.student, model_config, student, size, training), head_weights
+    training = {**head.training, "distillation": result.to_json()}
+    return TrainedModel("student", config.student, model_config, student, head.input_size, training)
 
 
-def _train_baseline(config, model_config, size, head_weights, images: ImageCache, num_classes, strategy):
+def _train_baseline(config, model_config, head: TrainedModel, images: ImageCache, num_classes, strategy):
     from edgetl.compiler.distill import train_student
 
-    baseline = _new_student(config, size, num_classes, strategy)
-    baseline.set_weights(head_weights)
+    baseline = _from_head(head, config, num_classes, strategy)
     result = train_student(
         baseline,
         None,
-        train_views=_student_views(config, None, size, images),
-        val=images.get("val", size),
+        train_views=_student_views(config, None, head.input_size, images),
+        val=images.get("val", head.input_size),
         alpha=0.0,
         label="baseline: labels only",
         strategy=strategy,
         **_student_kwargs(config, model_config),
     )
-    return TrainedModel("baseline", config.student, model_config, baseline, size, {"labels_only": result.to_json()})
+    training = {**head.training, "labels_only": result.to_json()}
+    return TrainedModel("baseline", config.student, model_config, baseline, head.input_size, training)
+
+
+def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
+    """What each training stage's result depends on, hashed (see compiler/cache.py)."""
+    data = stage_key(
+        "data",
+        content=hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root),
+        splits={split: [(s.path.relative_to(dataset.root).as_posix(), s.label) for s in samples] for split, samples in dataset.splits.items()},
+        classes=dataset.classes,
+    )
+    common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed)
+    head = dict(head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate)
+    teacher = stage_key(
+        "teacher",
+        **common,
+        **head,
+        model=config.teacher,
+        weights=_weights_id(config.teacher_weights),
+        finetune_epochs=config.finetune_epochs,
+        finetune_learning_rate=config.finetune_learning_rate,
+    )
+    keys = {"data": data, "teacher": teacher}
+    if config.distills:
+        student_head = stage_key(
+            "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
+        )
+        training = dict(head=student_head, epochs=config.distill_epochs, learning_rate=config.distill_learning_rate)
+        unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
+        keys["student_head"] = student_head
+        keys["student"] = stage_key(
+            "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash
+        )
+        keys["baseline"] = stage_key("baseline", **training)
+    return keys
+
+
+def _weights_id(weights: str) -> str:
+    """A weights option as it matters for caching: a file by its content, a name by itself."""
+    path = Path(weights)
+    return hash_files([path], path.parent) if path.is_file() else weights
+
+
+def _cached(cache: StageCache, stage: str, key: str, train) -> TrainedModel:
+    """Train, or reuse the stage's cached result when its inputs are unchanged."""
+    hit = cache.load(stage, key)
+    if hit is not None:
+        model, record = hit
+        console.print(f"    reusing cached {stage} ({key}) from {cache.root}")
+        return TrainedModel(
+            record["role"], record["name"], get_config(record["name"]), model, record["input_size"], record["training"], cached=True
+        )
+    trained = train()
+    cache.store(stage, key, trained.model, {"role": trained.role, "name": trained.name, "input_size": trained.input_size, "training": trained.training})
+    return trained
 
 
 def _verify(config, out: Path, teacher, deployed, baseline, unverified: dict, images: ImageCache, classes) -> list[dict]:

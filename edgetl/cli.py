@@ -79,6 +79,12 @@ def compile_command(
     test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of splits, initialisation and augmentation.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace edgetl's files in an existing --out.")] = False,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Stage cache folder. [default: $EDGETL_CACHE or ~/.cache/edgetl]")
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")
+    ] = True,
 ):
     """Fine-tune a teacher on DATA, distil it into a student, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
     from edgetl.compiler.config import CompileConfig
@@ -104,6 +110,8 @@ def compile_command(
         test_fraction=test_fraction,
         seed=seed,
         overwrite=overwrite,
+        cache_dir=cache_dir,
+        use_cache=cache,
     )
     compile_model(config)
 

@@ -12,7 +12,7 @@ from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, OutputExistsError
 from edgetl.runtime import open_session
 
-FAST = dict(teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
+FAST = dict(use_cache=False, teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
 # A tiny student at a smaller input size than its teacher: the distillation path, with resizing.
 DISTIL = {**FAST, "student": "tiny_cnn", "student_weights": "none", "student_size": 24, "distill_epochs": 2}
 
@@ -127,3 +127,25 @@ def test_one_class_is_a_data_error(tmp_path):
     data = write_color_dataset(tmp_path / "one", classes=("red",))
     with pytest.raises(DataError, match="class"):
         compile_model(CompileConfig(data=data, out=tmp_path / "out", **FAST))
+
+
+def test_unchanged_stages_come_from_the_cache(tmp_path):
+    import dataclasses
+
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=10)
+    config = CompileConfig(data=data, out=tmp_path / "first", **{**DISTIL, "use_cache": True, "cache_dir": tmp_path / "cache"})
+    first = compile_model(config)
+    assert not any(m["cached"] for m in first["models"].values())
+
+    # Only the distillation temperature changes: the teacher, the student's head and the
+    # baseline (which never sees the teacher) are reused; the student is distilled again.
+    second = compile_model(dataclasses.replace(config, out=tmp_path / "second", temperature=2.0))
+    cached = {role: m["cached"] for role, m in second["models"].items()}
+    assert cached == {"teacher": True, "student": False, "baseline": True}
+    assert second["models"]["teacher"]["test"] == first["models"]["teacher"]["test"]
+
+    third = compile_model(dataclasses.replace(config, out=tmp_path / "third"))
+    assert all(m["cached"] for m in third["models"].values())
+    assert third["models"]["student"]["test"] == first["models"]["student"]["test"]

@@ -1,0 +1,95 @@
+"""Stage cache: a trained model is reused when the inputs and settings of its stage are unchanged.
+
+Each expensive stage (teacher fine-tuning, student head, distillation, baseline, QAT, pruning)
+has a key: the hash of everything that determines its result (the dataset's content hash and
+split settings, the stage's own settings, the keys of the stages it starts from). Its model is
+stored under `<cache root>/<stage>-<key>/`, written to a temporary folder and renamed, so a
+compile interrupted with Ctrl-C resumes from the last finished stage, and changing only the
+quantization re-runs neither training stage.
+
+The cache lives outside the output folder (default `$XDG_CACHE_HOME/edgetl` or
+`~/.cache/edgetl`, `EDGETL_CACHE` or `--cache-dir` to move it) so that a new `--out` reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CACHE_FORMAT = 1  # bump when a cached stage's meaning changes
+
+
+def default_cache_root() -> Path:
+    if os.environ.get("EDGETL_CACHE"):
+        return Path(os.environ["EDGETL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "edgetl"
+
+
+def stage_key(stage: str, **inputs) -> str:
+    """A short, stable hash of a stage's inputs (JSON-serialisable values)."""
+    payload = json.dumps({"stage": stage, "format": CACHE_FORMAT, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def hash_files(paths, root: Path) -> str:
+    """Content hash of files (their bytes and their paths relative to root), in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class StageCache:
+    """Keras models and their stage records, keyed by stage_key. `root=None` disables caching."""
+
+    MODEL = "model.keras"
+    RECORD = "record.json"
+
+    def __init__(self, root: Path | None):
+        self.root = Path(root) if root is not None else None
+
+    def _dir(self, stage: str, key: str) -> Path:
+        return self.root / f"{stage}-{key}"
+
+    def load(self, stage: str, key: str):
+        """(model, record) of a finished stage, or None."""
+        if self.root is None:
+            return None
+        folder = self._dir(stage, key)
+        if not (folder / self.RECORD).is_file():
+            return None
+        from edgetl.runtime.keras_model import load_keras_model
+
+        try:
+            record = json.loads((folder / self.RECORD).read_text())
+            return load_keras_model(folder / self.MODEL), record
+        except Exception:  # a damaged entry is a cache miss, never an error
+            return None
+
+    def store(self, stage: str, key: str, model, record: dict) -> None:
+        if self.root is None:
+            return
+        from edgetl._compat import keras
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self._dir(stage, key)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=self.root))
+        try:
+            # An uncompiled twin: no optimizer state, and QAT/pruning wrappers saved as they are.
+            keras.Model(model.inputs, model.outputs, name=model.name).save(tmp / self.MODEL)
+            (tmp / self.RECORD).write_text(json.dumps(record, indent=2, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
