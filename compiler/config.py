@@ -31,6 +31,19 @@ class CompileConfig:
     alpha: float = 0.7  # share of the teacher's soft targets in the loss (0: labels only)
     unlabeled: Path | None = None  # images without labels, used for the soft term alone
     baseline: bool = True  # also train the student without the teacher, for the ablation
+    # Quantization and pruning (compiler/optimize.py).
+    # None = the target's choice, else the default (see resolved()).
+    quantize: str | None = None  # auto (fastest within the gate), fp32, fp16, dynamic, int8
+    io_dtype: str | None = None  # input/output type of full-integer files: uint8, int8 or float32
+    calibration_size: int = 128  # class-balanced training images for int8 ranges
+    qat: bool = False  # also build a quantization-aware-trained int8 file
+    qat_epochs: int = 3
+    qat_learning_rate: float = 1e-5
+    prune: float = 0.0  # target sparsity of magnitude pruning (0: none)
+    prune_epochs: int = 4
+    max_accuracy_drop: float = 1.0  # points of val accuracy a quantized file may lose vs fp32
+    target: str | None = None  # a device profile (compiler/targets.py)
+    threads: int | None = None  # latency measurement threads (default: the target's, capped by cores)
     batch_size: int = 32
     dropout: float = 0.2
     val_fraction: float = 0.15
@@ -47,6 +60,30 @@ class CompileConfig:
         for name in ("unlabeled", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
+
+    def resolved(self) -> "CompileConfig":
+        """Every setting decided: the target's profile fills what the user left open."""
+        from edgetl.compiler.targets import get_target
+
+        target = get_target(self.target) if self.target else None
+        return dataclasses.replace(
+            self,
+            quantize=self.quantize or (target.quantize if target else "auto"),
+            io_dtype=self.io_dtype or (target.io_dtype if target else "uint8"),
+            student_size=self.student_size or (target.student_size if target and self.distills else None),
+            threads=self.threads or (target.threads if target else None),
+        )
+
+    def validate(self) -> None:
+        from edgetl.errors import EdgetlError
+
+        choices = {"quantize": ("auto", "fp32", "fp16", "dynamic", "int8"), "io_dtype": ("uint8", "int8", "float32")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise EdgetlError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+        if not 0.0 <= self.prune < 1.0:
+            raise EdgetlError(f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
 
     @property
     def distills(self) -> bool:

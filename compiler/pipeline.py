@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,9 +28,11 @@ import numpy as np
 from edgetl import __version__
 from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
 from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.targets import get_target
 from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, console, progress_bar
+from edgetl.compiler.html_report import HTML_FILE, write_html_report
 from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, OutputExistsError
 from edgetl.models import ModelConfig, get_config
@@ -104,6 +107,9 @@ def compile_model(config: CompileConfig) -> dict:
     """Run the whole pipeline; return the report (also written to `config.out/report.json`)."""
     start = time.perf_counter()
     timer = StageTimer()
+    config.validate()
+    config = config.resolved()
+    target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
     out = prepare_output(config.out, config.overwrite)
@@ -149,27 +155,40 @@ def compile_model(config: CompileConfig) -> dict:
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy)
                 )
 
-    with timer.stage("export", f"exporting {config.student if config.distills else config.teacher} to TFLite and ONNX"):
+    with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)"):
         from edgetl.compiler.export import export_onnx, export_tflite
 
         unverified = {
-            TFLITE_FILE: export_tflite(deployed.model, out / "model.unverified.tflite"),
-            ONNX_FILE: export_onnx(deployed.model, out / "model.unverified.onnx"),
+            "tflite": export_tflite(deployed.model, out / "model.unverified.tflite"),
+            "onnx": export_onnx(deployed.model, out / "model.unverified.onnx"),
         }
 
-    with timer.stage("verify", "checking every model and file on the test split"):
-        artifacts = _verify(config, out, teacher, deployed, baseline, unverified, images, classes)
+    with timer.stage("verify", "checking the float exports against their Keras model on the test split"):
+        _predict_keras(config, images, teacher, deployed, baseline)
+        float_files = _verify_float(out, deployed, unverified, images, config.batch_size)
 
-    ModelInfo(labels=tuple(classes), input_size=deployed.input_size, resize_policy=RESIZE_POLICY, model=deployed.name).write(out)
-    deployed_file = next(a for a in artifacts if a["file"] == TFLITE_FILE)
+    with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
+        optimizer = _optimize(config, target, out, teacher, deployed, images, float_files)
+
+    with timer.stage("package", "deployed files, metadata, app handoff"):
+        deployed_files = _package(config, target, out, deployed, optimizer, classes, images)
+
+    artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
+    deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
     plot_confusion_matrix(
-        deployed_file["test"]["confusion_matrix"],
+        deployed_artifact["test"]["confusion_matrix"],
         classes,
-        f"{TFLITE_FILE} ({deployed.name}) on the test split: accuracy {deployed_file['test']['accuracy']:.1%}",
+        f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) on the test split: "
+        f"accuracy {deployed_artifact['test']['accuracy']:.1%}",
         out / CONFUSION_PNG,
     )
     report = _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
+    report["deployed"].update(deployed_files["deployed"])
+    report["target"] = target.to_json() if target else None
+    report["optimization"] = {"trained": optimizer.trained, "calibration_images": config.calibration_size, "threads": optimizer.threads}
+    report["app"] = deployed_files.get("app")
     write_report(report, out)
+    write_html_report(report, out)
     print_summary(report)
     return report
 
@@ -332,29 +351,197 @@ def _cached(cache: StageCache, stage: str, key: str, train) -> TrainedModel:
     return trained
 
 
-def _verify(config, out: Path, teacher, deployed, baseline, unverified: dict, images: ImageCache, classes) -> list[dict]:
-    from edgetl.compiler.verify import compare
-    from edgetl.runtime import open_session
+def _predict_keras(config, images: ImageCache, *trained_models) -> None:
+    """Each Keras model's probabilities on the test split, at its own input size."""
     from edgetl.runtime.keras_model import KerasSession
 
-    for trained in filter(None, (teacher, deployed, baseline)):
+    for trained in filter(None, trained_models):
         if trained.test_probs is None:
             x_test, _ = images.get("test", trained.input_size)
             trained.test_probs = KerasSession(model=trained.model).predict(x_test, config.batch_size)
 
-    x_test, y_test = images.get("test", deployed.input_size)
-    artifacts = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None)]
-    if deployed is not teacher:
-        artifacts.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None))
-    for final_name, path in unverified.items():
+
+def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: ImageCache, batch_size: int) -> dict:
+    """Run each float export in its runtime against the Keras model; a miss fails the compile."""
+    from edgetl.compiler.optimize import VARIANTS_DIR
+    from edgetl.compiler.verify import compare
+    from edgetl.runtime import open_session
+
+    x_test, _ = images.get("test", deployed.input_size)
+    verified = {}
+    for fmt, path in unverified.items():
         session = open_session(path)
-        probs = session.predict(x_test, config.batch_size)
-        parity = compare(final_name, session.runtime, probs, deployed.test_probs, deployed.config.export_atol)
+        probs = session.predict(x_test, batch_size)
+        parity = compare(path.name, session.runtime, probs, deployed.test_probs, deployed.config.export_atol)
         if not parity.passed:
             raise ExportMismatchError(f"{parity.describe_failure()}; the file is kept as {path}")
-        os.replace(path, out / final_name)
-        artifacts.append(_artifact(out / final_name, session.runtime, probs, y_test, classes, parity.to_json()))
-    return artifacts
+        final = out / VARIANTS_DIR / f"model.fp32.{fmt}"
+        final.parent.mkdir(exist_ok=True)
+        os.replace(path, final)
+        verified[fmt] = final
+    return verified
+
+
+def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict):
+    from edgetl.compiler.optimize import Optimizer
+
+    distilled = deployed is not teacher
+    cores = os.cpu_count() or 1
+    threads = config.threads or min(target.threads if target else 4, cores)
+    optimizer = Optimizer(
+        float_model=deployed.model,
+        teacher_model=teacher.model if distilled else None,
+        train_views=_student_views(config, teacher if distilled else None, deployed.input_size, images),
+        config=config,
+        images=images,
+        size=deployed.input_size,
+        out=out,
+        threads=threads,
+    )
+    optimizer.add_float(float_files["tflite"], float_files["onnx"])
+    mode = config.quantize
+    if mode == "auto":
+        optimizer.add_ptq()
+        if config.qat:
+            optimizer.ensure("int8-qat")
+        optimizer.apply_gate()
+        int8 = next(c for c in optimizer.candidates if c.name == "int8")
+        if int8.gate != "passed" and not config.qat:
+            console.print(f"    post-training int8 {int8.gate}: trying quantization-aware training")
+            optimizer.ensure("int8-qat")
+    elif mode != "fp32":
+        optimizer.settle(mode)
+        if config.qat and mode == "int8":
+            optimizer.ensure("int8-qat")
+    if config.prune > 0:
+        pruned, sparsity = optimizer.pruned_model()
+        suffix = f"-pruned{round(sparsity * 100)}"
+        optimizer.add_ptq(pruned, suffix, sparsity, precisions=("fp32",))
+        if mode in ("auto", "int8"):
+            optimizer.ensure("int8-qat", pruned, suffix, sparsity)  # pruning-preserving QAT
+        elif mode in ("fp16", "dynamic"):
+            optimizer.add_ptq(pruned, suffix, sparsity, precisions=(mode,))
+    if mode in ("auto", "int8"):
+        optimizer.add_onnx_int8(float_files["onnx"])
+    if mode == "fp16" or (target and target.ops == "onnx-tensorrt"):
+        optimizer.add_onnx_fp16(float_files["onnx"])
+    optimizer.apply_gate()
+    return optimizer
+
+
+def _package(config, target, out: Path, deployed: TrainedModel, optimizer, classes, images: ImageCache) -> dict:
+    """Copy the chosen files to model.tflite / model.onnx with metadata; check the target; app handoff."""
+    from edgetl.compiler.atomic import atomic_write_bytes
+    from edgetl.compiler.constraints import check_target
+    from edgetl.compiler.handoff import write_handoff
+    from edgetl.compiler.metadata import add_onnx_metadata, add_tflite_metadata, onnx_classifier_props
+
+    pinned = None if config.quantize == "auto" else config.quantize
+    tflite, why_tflite = optimizer.choose("tflite", pinned, prefer_pruned=config.prune > 0)
+    onnx_pinned = "fp16" if target and target.ops == "onnx-tensorrt" else (
+        pinned if optimizer.has(pinned or "", "onnx") else ("fp32" if pinned else None)
+    )
+    onnx_choice, why_onnx = optimizer.choose("onnx", onnx_pinned, prefer_pruned=False)
+
+    info = ModelInfo(labels=tuple(classes), input_size=deployed.input_size, resize_policy=RESIZE_POLICY, model=deployed.name)
+    info.write(out)
+    description = f"{deployed.name} image classifier ({len(classes)} classes) made by edgetl {__version__}"
+    common = dict(name=deployed.name, description=description, version=__version__, author="edgetl", license="see the training data's licence")
+    atomic_write_bytes(
+        out / TFLITE_FILE,
+        add_tflite_metadata(tflite.path.read_bytes(), labels=list(classes), model_info=info.to_json(), **common),
+    )
+    shutil.copyfile(onnx_choice.path, out / ".model.onnx.tmp")
+    add_onnx_metadata(out / ".model.onnx.tmp", onnx_classifier_props(labels=list(classes), input_size=deployed.input_size, model_info=info.to_json(), **common))
+    os.replace(out / ".model.onnx.tmp", out / ONNX_FILE)
+
+    result = {
+        "deployed": {
+            "tflite_variant": tflite.file,
+            "onnx_variant": onnx_choice.file,
+            "why": f"model.tflite is {tflite.name}: {why_tflite}. model.onnx is {onnx_choice.name}: {why_onnx}.",
+            "io": tflite.io,
+        }
+    }
+    if target is not None:
+        check_target(target, out / TFLITE_FILE, out / ONNX_FILE)
+        fastest = min((tflite, onnx_choice), key=lambda c: c.latency_p50_ms)
+        primary = {"tflite": TFLITE_FILE, "onnx": ONNX_FILE}
+        if target.name == "x86-cpu":
+            chosen_file = primary[fastest.format]
+            reason = f"{chosen_file} measured faster here ({fastest.latency_p50_ms:.2f} ms p50)"
+        else:
+            chosen_file = primary[target.formats[0]]
+            reason = f"{target.runtime} takes {target.formats[0].upper()}"
+        result["deployed"]["target_file"] = chosen_file
+        result["deployed"]["why"] = f"For {target.name}: {chosen_file} ({reason}). " + result["deployed"]["why"]
+
+    # App handoff: snippets for the TFLite file and golden vectors from its real outputs.
+    x_test, y_test = images.get("test", deployed.input_size)
+    picks = _golden_indices(y_test, len(classes))
+    result["app"] = write_handoff(
+        out,
+        model_file=TFLITE_FILE,
+        model=deployed.name,
+        target=target.name if target else "any TFLite runtime",
+        threads=target.threads if target else 4,
+        size=deployed.input_size,
+        resize=RESIZE_POLICY,
+        io=tflite.io,
+        golden_images=x_test[picks],
+        golden_labels=[classes[y_test[i]] for i in picks],
+        golden_probs=tflite.test_probs[picks],
+        labels=list(classes),
+    )
+    return result
+
+
+def _golden_indices(y: np.ndarray, num_classes: int, count: int = 6) -> list[int]:
+    """One test image of each of the first `count` classes (deterministic)."""
+    picks = []
+    for label in range(num_classes):
+        where = np.flatnonzero(y == label)
+        if len(where):
+            picks.append(int(where[0]))
+        if len(picks) == count:
+            break
+    return picks
+
+
+def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, images: ImageCache, classes) -> list[dict]:
+    from edgetl.compiler.optimize import gzip_size
+    from edgetl.compiler.verify import compare
+
+    _, y_test = images.get("test", deployed.input_size)
+    rows = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None)]
+    if deployed is not teacher:
+        rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None))
+    fp32_accuracy = {}
+    variant_rows = []
+    for c in optimizer.candidates:
+        runtime = "litert" if c.format == "tflite" else "onnxruntime"
+        parity = compare(c.file, runtime, c.test_probs, deployed.test_probs, deployed.config.export_atol if c.precision == "fp32" else 1.0)
+        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, parity.to_json())
+        row.update(
+            file=c.file,
+            precision=c.precision,
+            sparsity=c.sparsity,
+            origin=c.origin,
+            gzip_bytes=gzip_size(c.path),
+            latency_p50_ms=c.latency_p50_ms,
+            val_accuracy=c.val_accuracy,
+            gate=c.gate,
+        )
+        if c.name == "fp32":
+            fp32_accuracy[c.format] = row["test"]["accuracy"]
+        variant_rows.append(row)
+    for row in variant_rows:
+        row["accuracy_delta"] = row["test"]["accuracy"] - fp32_accuracy[row["format"]]
+    by_file = {row["file"]: row for row in variant_rows}
+    for final, variant in ((TFLITE_FILE, deployed_files["deployed"]["tflite_variant"]), (ONNX_FILE, deployed_files["deployed"]["onnx_variant"])):
+        row = dict(by_file[variant], file=final, size_bytes=(out / final).stat().st_size, gzip_bytes=gzip_size(out / final), variant=variant)
+        rows.append(row)
+    return rows + variant_rows
 
 
 def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start) -> dict:
@@ -393,7 +580,7 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
         "total_s": round(time.perf_counter() - start, 2),
-        "files": files + [LABELS_FILE, INFO_FILE, "report.json", CONFUSION_PNG],
+        "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, "variants/", "app/"],
     }
 
 

@@ -108,21 +108,27 @@ def print_summary(report: dict) -> None:
             f"{d['student_minus_teacher_accuracy'] * 100:+.1f} points"
         )
 
-    table = Table(title="artefacts on the held-out test split", title_justify="left")
-    for col in ("file", "runtime", "size", "test accuracy", "macro F1", "top-1 agreement", "max |Δp|"):
-        table.add_column(col, justify="left" if col in ("file", "runtime") else "right")
+    table = Table(title="artefacts on the held-out test split (latency: batch 1, this machine)", title_justify="left")
+    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "test acc", "Δ vs fp32", "top-1 agree", "gate (val)"):
+        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
     for a in report["artifacts"]:
         parity = a.get("parity")
+        delta = a.get("accuracy_delta")
         table.add_row(
             a["file"],
             a["runtime"],
+            a.get("precision", ""),
+            f"{a['sparsity']:.0%}" if a.get("sparsity") else "",
             _mb(a["size_bytes"]),
+            _mb(a["gzip_bytes"]) if a.get("gzip_bytes") else "",
+            f"{a['latency_p50_ms']:.2f} ms" if a.get("latency_p50_ms") is not None else "",
             f"{a['test']['accuracy']:.2%}",
-            f"{a['test']['macro_f1']:.3f}",
+            f"{delta * 100:+.2f}" if delta is not None else "",
             f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
-            f"{parity['max_abs_diff']:.1e}" if parity else "",
+            (a.get("gate") or "").split(":")[0],
         )
     console.print(table)
+    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}")
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
     others = [role for role in models if role != report["deployed"]["model"]]

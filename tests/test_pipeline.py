@@ -12,9 +12,9 @@ from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, OutputExistsError
 from edgetl.runtime import open_session
 
-FAST = dict(use_cache=False, teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
+FAST = dict(use_cache=False, quantize="fp32", teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
 # A tiny student at a smaller input size than its teacher: the distillation path, with resizing.
-DISTIL = {**FAST, "student": "tiny_cnn", "student_weights": "none", "student_size": 24, "distill_epochs": 2}
+DISTIL = {**FAST, "quantize": None, "student": "tiny_cnn", "student_weights": "none", "student_size": 24, "distill_epochs": 2}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,14 @@ def compiled(tmp_path_factory):
 
 def test_compile_writes_every_artefact(compiled):
     out, report = compiled
-    for name in ("model.tflite", "model.onnx", "teacher.keras", "student.keras", "labels.txt", "model_info.json", "report.json", "confusion_matrix.png"):
+    for name in (
+        "model.tflite", "model.onnx", "teacher.keras", "student.keras", "labels.txt", "model_info.json",
+        "report.json", "report.html", "confusion_matrix.png", "app/Classifier.kt", "app/Classifier.swift",
+        "app/golden/expected.json", "variants/model.fp32.tflite", "variants/model.int8.tflite",
+    ):
         assert (out / name).is_file(), name
-    assert not list(out.glob("*unverified*")) and not list(out.glob(".*"))  # no temporary leftovers
+    # No temporary leftovers anywhere.
+    assert not list(out.rglob("*unverified*")) and not list(out.rglob(".*"))
     assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
 
@@ -54,13 +59,17 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
     used = {s.path.name for split in ("train", "val", "test") for s in _scan(report)[split]}
     assert "with_alpha.png" in used
     by_file = {a["file"]: a for a in report["artifacts"]}
-    assert set(by_file) == {"teacher.keras", "student.keras", "model.tflite", "model.onnx"}
-    for name in ("model.tflite", "model.onnx"):
+    assert {"teacher.keras", "student.keras", "model.tflite", "model.onnx"} <= set(by_file)
+    # The float exports are checked against the Keras model within its declared tolerance.
+    for name in ("variants/model.fp32.tflite", "variants/model.fp32.onnx"):
         parity = by_file[name]["parity"]
-        assert parity["passed"] and parity["max_abs_diff"] <= parity["tolerance"]
+        assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
+    # Each deployed file is one of the measured variants, with that variant's figures.
+    for name, variant in (("model.tflite", report["deployed"]["tflite_variant"]), ("model.onnx", report["deployed"]["onnx_variant"])):
+        assert by_file[name]["test"] == by_file[variant]["test"] and by_file[variant]["gate"] == "passed"
         test = by_file[name]["test"]
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
-    assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "export", "verify"}
+    assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "export", "verify", "optimize", "package"}
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]
