@@ -28,6 +28,7 @@ import numpy as np
 from edgetl import __version__
 from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
 from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.recipe import MANIFEST_FILE, RECIPE_FILE, recipe_text, write_manifest, write_recipe
 from edgetl.compiler.targets import get_target
 from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluate import classification_metrics
@@ -44,19 +45,38 @@ TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 
 
-def prepare_output(out: Path, overwrite: bool) -> Path:
-    """Refuse to write into a folder that already holds files, unless asked to."""
+RUN_MARKER = ".edgetl-incomplete"  # present while a compile writes into --out
+
+
+def prepare_output(out: Path, overwrite: bool, run_id: str | None = None) -> Path:
+    """Refuse to write into a folder that already holds files, unless asked to.
+
+    A folder left by an interrupted compile of the same recipe (its marker holds `run_id`) is
+    resumed without asking: its files are edgetl's own and unfinished.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file, not a folder")
+    marker = out / RUN_MARKER
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-        raise OutputExistsError(
-            f"output folder {out} already holds files ({held}); pass --overwrite to replace "
-            "edgetl's files there, or choose another --out"
-        )
+        resuming = run_id is not None and marker.is_file() and marker.read_text().strip() == run_id
+        if not resuming:
+            held = ", ".join(sorted(p.name for p in out.iterdir() if p.name != RUN_MARKER)[:5])
+            raise OutputExistsError(
+                f"output folder {out} already holds files ({held}); pass --overwrite to replace "
+                "edgetl's files there, or choose another --out"
+            )
+        console.print(f"resuming the interrupted compile in {out} (finished stages come from the cache)")
     out.mkdir(parents=True, exist_ok=True)
+    if run_id is not None:
+        marker.write_text(run_id + "\n")
     return out
+
+
+def run_id(config: CompileConfig) -> str:
+    """Identity of a compile's settings (overwrite aside), for resuming."""
+    settings = {k: v for k, v in config.to_json().items() if k != "overwrite"}
+    return stage_key("run", **settings)
 
 
 class ImageCache:
@@ -103,8 +123,11 @@ class TrainedModel:
         }
 
 
-def compile_model(config: CompileConfig) -> dict:
-    """Run the whole pipeline; return the report (also written to `config.out/report.json`)."""
+def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
+    """Run the whole pipeline; return the report (also written to `config.out/report.json`).
+
+    dry_run: only resolve the recipe and say which stages would run (and which are cached).
+    """
     start = time.perf_counter()
     timer = StageTimer()
     config.validate()
@@ -112,7 +135,9 @@ def compile_model(config: CompileConfig) -> dict:
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
-    out = prepare_output(config.out, config.overwrite)
+    if dry_run:
+        return plan(config)
+    out = prepare_output(config.out, config.overwrite, run_id(config))
 
     with timer.stage("data", f"checking images in {config.data}"):
         dataset = scan_dataset(
@@ -189,8 +214,32 @@ def compile_model(config: CompileConfig) -> dict:
     report["app"] = deployed_files.get("app")
     write_report(report, out)
     write_html_report(report, out)
+    write_recipe(config, out)
+    write_manifest(out, dataset, keys, keys["data_content"])
+    (out / RUN_MARKER).unlink(missing_ok=True)
     print_summary(report)
     return report
+
+
+def plan(config: CompileConfig) -> dict:
+    """The resolved recipe and the stages a compile would run, with what the cache already holds."""
+    from edgetl.compiler.progress import summary_console
+
+    dataset = scan_dataset(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
+    keys = _stage_keys(config, dataset, unlabeled)
+    cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
+    stages = []
+    for stage in ("teacher", "student_head", "student", "baseline"):
+        if stage in keys and (stage != "baseline" or config.baseline):
+            cached = cache.root is not None and (cache.root / f"{stage}-{keys[stage]}" / StageCache.RECORD).is_file()
+            stages.append({"stage": stage, "key": keys[stage], "cached": cached})
+    stages += [{"stage": s, "key": None, "cached": False} for s in ("export", "verify", "optimize", "package")]
+    summary_console.print(recipe_text(config), markup=False, highlight=False)
+    summary_console.print("stages:")
+    for s in stages:
+        summary_console.print(f"  {s['stage']:<13} {'cached, reused' if s['cached'] else 'would run'}", highlight=False)
+    return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report()}
 
 
 def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: ImageCache, num_classes: int, strategy):
@@ -299,9 +348,10 @@ def _train_baseline(config, model_config, head: TrainedModel, images: ImageCache
 
 def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
     """What each training stage's result depends on, hashed (see compiler/cache.py)."""
+    content = hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root)
     data = stage_key(
         "data",
-        content=hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root),
+        content=content,
         splits={split: [(s.path.relative_to(dataset.root).as_posix(), s.label) for s in samples] for split, samples in dataset.splits.items()},
         classes=dataset.classes,
     )
@@ -316,7 +366,7 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         finetune_epochs=config.finetune_epochs,
         finetune_learning_rate=config.finetune_learning_rate,
     )
-    keys = {"data": data, "teacher": teacher}
+    keys = {"data_content": content, "data": data, "teacher": teacher}
     if config.distills:
         student_head = stage_key(
             "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
@@ -580,7 +630,7 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
         "total_s": round(time.perf_counter() - start, 2),
-        "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, "variants/", "app/"],
+        "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, RECIPE_FILE, MANIFEST_FILE, "variants/", "app/"],
     }
 
 

@@ -42,78 +42,119 @@ def _global_options(
         raise typer.Exit(0)
 
 
+# compile's options, grouped in --help by what they tune. Their defaults equal CompileConfig's
+# (tests/test_cli.py checks it), and with --recipe only the options given on the line count.
 @app.command("compile")
 def compile_command(
-    data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class>/* or DATA/train|val|test/<class>/*.")],
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output folder. [default: build/<DATA's name>]")
+    ctx: typer.Context,
+    data: Annotated[
+        Optional[Path], typer.Argument(help="Image folder: DATA/<class>/* or DATA/train|val|test/<class>/*.", show_default=False)
     ] = None,
-    teacher: Annotated[str, typer.Option(help="Registry model to fine-tune (see `edgetl models`).")] = "resnet50",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder. \\[default: build/<DATA's name>]")] = None,
+    target: Annotated[
+        Optional[str], typer.Option(help="Device profile (see `edgetl targets`): sets precision, I/O types, student size.")
+    ] = None,
+    recipe: Annotated[
+        Optional[Path], typer.Option(help="Replay a recipe.yaml; options given beside it change just those settings.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the stages that would run.")] = False,
+    teacher: Annotated[str, typer.Option(help="Registry model to fine-tune (see `edgetl models`).", rich_help_panel="Teacher")] = "resnet50",
     teacher_weights: Annotated[
-        str, typer.Option(help="'imagenet' or a weights file (e.g. a Keras no-top .h5 for resnet50).")
+        str, typer.Option(help="'imagenet', a weights file (e.g. a Keras no-top .h5), or 'none'.", rich_help_panel="Teacher")
     ] = "imagenet",
-    head_epochs: Annotated[int, typer.Option(min=1, help="Max epochs of head training on cached features.")] = 40,
+    head_epochs: Annotated[int, typer.Option(min=1, help="Max epochs of head training on cached features.", rich_help_panel="Teacher")] = 40,
     finetune_epochs: Annotated[
-        int, typer.Option(min=0, help="Max epochs of fine-tuning the top of the backbone (0 skips it).")
+        int, typer.Option(min=0, help="Max epochs fine-tuning the top of the backbone (0 skips it).", rich_help_panel="Teacher")
     ] = 8,
     student: Annotated[
-        str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.")
+        str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.", rich_help_panel="Student")
     ] = "efficientnet_lite0",
     student_size: Annotated[
-        Optional[int], typer.Option(min=32, help="Student input size in px (e.g. 160 or 128 for a slow device).")
+        Optional[int], typer.Option(min=32, help="Student input px (e.g. 160 or 128 for a slow device). \\[default: the target's, else the model's]", rich_help_panel="Student")
     ] = None,
-    student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.")] = "imagenet",
-    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation (early stopping on val).")] = 12,
-    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.")] = 4.0,
+    student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = "imagenet",
+    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation (early stopping on val).", rich_help_panel="Student")] = 12,
+    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = 4.0,
     alpha: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of the teacher's soft targets in the loss (0: labels only).")
+        float, typer.Option(min=0.0, max=1.0, help="Teacher's share of the loss (0: labels only).", rich_help_panel="Student")
     ] = 0.7,
     unlabeled: Annotated[
-        Optional[Path], typer.Option(help="Folder of unlabelled images (e.g. from the device) for the soft loss alone.")
+        Optional[Path], typer.Option(help="Unlabelled images (e.g. from the device) for the soft loss alone.", rich_help_panel="Student")
     ] = None,
     baseline: Annotated[
-        bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).")
+        bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).", rich_help_panel="Student")
     ] = True,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.")] = 0.15,
-    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Seed of splits, initialisation and augmentation.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace edgetl's files in an existing --out.")] = False,
-    cache_dir: Annotated[
-        Optional[Path], typer.Option(help="Stage cache folder. [default: $EDGETL_CACHE or ~/.cache/edgetl]")
+    quantize: Annotated[
+        Optional[str], typer.Option(help="auto (fastest within the gate), fp32, fp16, dynamic or int8. \\[default: the target's, else auto]", rich_help_panel="Quantization and pruning")
     ] = None,
-    cache: Annotated[
-        bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")
-    ] = True,
+    io_dtype: Annotated[
+        Optional[str], typer.Option(help="I/O type of int8 files: uint8, int8 or float32. \\[default: the target's, else uint8]", rich_help_panel="Quantization and pruning")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(min=1, help="Class-balanced training images that calibrate int8.", rich_help_panel="Quantization and pruning")] = 128,
+    qat: Annotated[bool, typer.Option("--qat", help="Also build a quantization-aware-trained int8 file.", rich_help_panel="Quantization and pruning")] = False,
+    prune: Annotated[float, typer.Option(min=0.0, max=0.95, help="Target sparsity of magnitude pruning, e.g. 0.5 (0: none).", rich_help_panel="Quantization and pruning")] = 0.0,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
+    ] = 1.0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Data")] = 32,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.", rich_help_panel="Data")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of splits, initialisation and augmentation.", rich_help_panel="Data")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = True,
 ):
-    """Fine-tune a teacher on DATA, distil it into a student, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
+    """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
     from edgetl.compiler.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
+    from edgetl.compiler.recipe import load_recipe
+    from edgetl.errors import EdgetlError
 
-    config = CompileConfig(
-        data=data,
-        out=out or Path("build") / (data.resolve().name or "model"),
-        teacher=teacher,
-        teacher_weights=teacher_weights,
-        head_epochs=head_epochs,
-        finetune_epochs=finetune_epochs,
-        student=student,
-        student_size=student_size,
-        student_weights=student_weights,
-        distill_epochs=distill_epochs,
-        temperature=temperature,
-        alpha=alpha,
-        unlabeled=unlabeled,
-        baseline=baseline,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        cache_dir=cache_dir,
-        use_cache=cache,
-    )
-    compile_model(config)
+    given = {
+        "data": data, "out": out, "target": target, "teacher": teacher, "teacher_weights": teacher_weights,
+        "head_epochs": head_epochs, "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
+        "student_weights": student_weights, "distill_epochs": distill_epochs, "temperature": temperature, "alpha": alpha,
+        "unlabeled": unlabeled, "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
+        "calibration_size": calibration_size, "qat": qat, "prune": prune, "max_accuracy_drop": max_accuracy_drop,
+        "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "seed": seed, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
+    }
+    if recipe is not None:
+        settings = load_recipe(recipe)
+        cli_name = {"use_cache": "cache"}
+        for name, value in given.items():
+            source = ctx.get_parameter_source(cli_name.get(name, name))
+            if source is not None and source.name == "COMMANDLINE":
+                settings[name] = value
+        if "overwrite" not in settings or not overwrite:
+            settings["overwrite"] = overwrite
+    else:
+        if data is None:
+            raise EdgetlError("compile needs DATA (a folder of class folders) or --recipe FILE")
+        settings = given
+    if settings.get("out") is None:
+        settings["out"] = Path("build") / (Path(settings["data"]).resolve().name or "model")
+    compile_model(CompileConfig(**settings), dry_run=dry_run)
+
+
+@app.command("targets")
+def targets_command():
+    """List the device targets: what each one builds and checks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgetl.compiler.targets import TARGETS
+
+    table = Table(title="edgetl targets (edgetl compile DATA --target NAME)", title_justify="left", show_lines=True)
+    for col in ("target", "builds", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
+        table.add_column(col)
+    for t in TARGETS.values():
+        table.add_row(
+            f"[bold]{t.name}[/]\n{t.summary}", " + ".join(t.formats), t.quantize, t.io_dtype, t.ops, str(t.threads), str(t.student_size),
+            f"{t.runtime}\n[dim]{t.notes}[/]",
+        )
+    Console(width=None if Console().is_terminal else 160).print(table)
 
 
 @app.command("demo")
@@ -183,6 +224,17 @@ def models_command(
             "the error names in ~/.keras/models or pass --teacher-weights FILE.",
             highlight=False,
         )
+
+
+def _register_runtime_commands() -> None:
+    # Thin commands over edgetl.benchmarks and edgetl.runtime; importing them is cheap.
+    from edgetl.benchmarks.commands import bench_command, predict_command
+
+    app.command("predict")(predict_command)
+    app.command("bench")(bench_command)
+
+
+_register_runtime_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

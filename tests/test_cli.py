@@ -60,3 +60,63 @@ def test_one_class_folder_fails_in_one_line(tmp_path, capsys):
     assert code == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "class" in last and "Traceback" not in err
+
+
+def test_compile_option_defaults_are_the_config_defaults():
+    """With --recipe only explicit options override, so the CLI must not invent its own defaults."""
+    import dataclasses
+    import inspect
+
+    from edgetl.cli import compile_command
+    from edgetl.compiler.config import CompileConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
+    renamed = {"cache": "use_cache"}
+    for name, parameter in inspect.signature(compile_command).parameters.items():
+        field = renamed.get(name, name)
+        if field in defaults and name not in ("out",):
+            assert parameter.default == defaults[field], name
+
+
+def test_targets_lists_every_profile(capsys):
+    from edgetl.compiler.targets import TARGETS
+
+    code, out, _ = run_cli("targets", capsys=capsys)
+    assert code == 0
+    for name in ("android-cpu", "android-gpu", "edgetpu", "raspberry-pi", "jetson", "x86-cpu"):
+        assert name in TARGETS and name in out
+
+
+def test_dry_run_prints_the_resolved_recipe_and_writes_nothing(tmp_path, capsys):
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli("compile", str(data), "--out", str(out), "--target", "raspberry-pi", "--dry-run", capsys=capsys)
+    assert code == 0
+    assert "quantize: int8" in stdout and "student_size: 160" in stdout and "io_dtype: uint8" in stdout
+    assert "teacher" in stdout and "would run" in stdout
+    assert not out.exists()
+
+
+def test_a_recipe_replays_with_one_change(tmp_path, capsys):
+    import yaml
+
+    from conftest import write_color_dataset
+    from edgetl.compiler.config import CompileConfig
+
+    data = write_color_dataset(tmp_path / "data")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**CompileConfig(data=data, out=tmp_path / "o", teacher="tiny_cnn").to_json(), "seed": 7}))
+    code, stdout, _ = run_cli("compile", "--recipe", str(recipe), "--quantize", "fp16", "--dry-run", capsys=capsys)
+    assert code == 0
+    assert "quantize: fp16" in stdout and "seed: 7" in stdout and "teacher: tiny_cnn" in stdout
+
+
+def test_bad_recipe_and_bad_target_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("teacher: tiny_cnn\nlearning_rat: 3\n")
+    code, _, err = run_cli("compile", "--recipe", str(bad), capsys=capsys)
+    assert code == 1 and "learning_rat" in err.strip().splitlines()[-1]
+    code, _, err = run_cli("compile", ".", "--target", "android-npu", "--dry-run", capsys=capsys)
+    assert code == 1 and "android-npu" in err.strip().splitlines()[-1]
