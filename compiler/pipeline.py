@@ -476,6 +476,7 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
     if mode == "fp16" or (target and target.ops == "onnx-tensorrt"):
         optimizer.add_onnx_fp16(float_files["onnx"])
     optimizer.apply_gate()
+    optimizer.time_all()
     return optimizer
 
 
@@ -536,7 +537,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
         target=target.name if target else "any TFLite runtime",
         threads=target.threads if target else 4,
         size=deployed.input_size,
-        resize=RESIZE_POLICY,
+        resize="the whole image stretched to the input size (no crop), bilinear; RGB 0..255 (model_info.json has the details)",
         io=tflite.io,
         golden_images=x_test[picks],
         golden_labels=[classes[y_test[i]] for i in picks],

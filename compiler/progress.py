@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 def _console(stderr: bool) -> Console:
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and folds every table; logs are wide.
     probe = Console(stderr=stderr)
-    width = None if probe.is_terminal else 120
+    width = None if probe.is_terminal else 150
     return Console(stderr=stderr, highlight=False, width=width)
 
 

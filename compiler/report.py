@@ -109,7 +109,7 @@ def print_summary(report: dict) -> None:
         )
 
     table = Table(title="artefacts on the held-out test split (latency: batch 1, this machine)", title_justify="left")
-    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "test acc", "Δ vs fp32", "top-1 agree", "gate (val)"):
+    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "test acc", "Δ fp32", "agree", "gate"):
         table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
     for a in report["artifacts"]:
         parity = a.get("parity")
@@ -125,7 +125,7 @@ def print_summary(report: dict) -> None:
             f"{a['test']['accuracy']:.2%}",
             f"{delta * 100:+.2f}" if delta is not None else "",
             f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
-            (a.get("gate") or "").split(":")[0],
+            (a.get("gate") or "").split(":")[0],  # "passed" / "failed"; the why is in report.json
         )
     console.print(table)
     console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}")
