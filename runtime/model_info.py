@@ -26,6 +26,13 @@ class ModelInfo:
     channel_order: str = "RGB"
     # What had to be guessed because the model did not come with edgetl's files.
     assumed: tuple[str, ...] = ()
+    # Where the labels and input contract were read from: a file path, "inside the model",
+    # or "assumed".
+    source: str = "assumed"
+
+    @property
+    def made_by_edgetl(self) -> bool:
+        return not self.assumed
 
     def to_json(self) -> dict:
         return {
@@ -63,21 +70,60 @@ class ModelInfo:
         atomic_write_text(folder / LABELS_FILE, "".join(f"{label}\n" for label in self.labels))
 
 
-def find_model_info(model_path: Path, input_size: int, num_classes: int) -> ModelInfo:
-    """The info edgetl wrote beside `model_path`, or a clearly labelled guess."""
+def find_model_info(
+    model_path: Path,
+    input_size: int,
+    num_classes: int,
+    embedded: dict | None = None,
+    layout: str = "NHWC",
+) -> ModelInfo:
+    """The info that came with `model_path`, or a clearly labelled guess.
+
+    Looked up in order: `embedded` (what the file carries inside itself: a model_info dict or
+    {"labels": [...]}), `model_info.json` beside the file, `labels.txt` beside the file. Info
+    whose labels or input size do not fit the file is ignored, and the guess says why.
+    """
     folder = Path(model_path).parent
+    assumed: list[str] = []
+    candidates: list[tuple[str, dict | None]] = []
+    if embedded and "input" in embedded:
+        candidates.append(("inside the model", embedded))
     info_file = folder / INFO_FILE
     if info_file.is_file():
         try:
-            info = ModelInfo.from_json(json.loads(info_file.read_text()))
+            candidates.append((str(info_file), json.loads(info_file.read_text(encoding="utf-8"))))
+        except (OSError, ValueError):
+            assumed.append(f"{INFO_FILE} beside the model is unreadable, so it was ignored")
+    for source, data in candidates:
+        try:
+            info = ModelInfo.from_json(data)
         except (ValueError, KeyError, TypeError, IndexError):
-            info = None
-        if info is not None and len(info.labels) == num_classes:
-            return info
-    assumed = [f"input is RGB 0..255 resized (stretched) to {input_size}x{input_size}"]
+            assumed.append(f"{source} is not a valid {INFO_FILE}, so it was ignored")
+            continue
+        if len(info.labels) != num_classes:
+            assumed.append(f"{source} lists {len(info.labels)} labels but the model has {num_classes} outputs, so it was ignored")
+        elif info.input_size != input_size:
+            assumed.append(f"{source} is for {info.input_size} px input but the model takes {input_size} px, so it was ignored")
+        else:
+            return dataclasses.replace(info, source=source)
+
+    assumed.insert(0, f"input is RGB 0..255 resized (stretched) to {input_size}x{input_size}, normalisation inside the model")
+    if layout != "NHWC":
+        assumed.append(f"input layout {layout}: pixels are transposed to it")
+    labels, source = [], "assumed"
+    if embedded and embedded.get("labels") and len(embedded["labels"]) == num_classes:
+        labels, source = [str(x) for x in embedded["labels"]], "inside the model"
     labels_file = folder / LABELS_FILE
-    labels = [ln.strip() for ln in labels_file.read_text().splitlines() if ln.strip()] if labels_file.is_file() else []
-    if len(labels) != num_classes:
+    if not labels and labels_file.is_file():
+        try:
+            lines = [ln.strip() for ln in labels_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError):
+            lines = []
+        if len(lines) == num_classes:
+            labels, source = lines, str(labels_file)
+        else:
+            assumed.append(f"{labels_file} has {len(lines)} labels but the model has {num_classes} outputs, so it was ignored")
+    if not labels:
         labels = [f"class_{i}" for i in range(num_classes)]
         assumed.append(f"no {LABELS_FILE} with {num_classes} lines beside the model: labels are class indices")
     return ModelInfo(
@@ -85,4 +131,5 @@ def find_model_info(model_path: Path, input_size: int, num_classes: int) -> Mode
         input_size=input_size,
         resize_policy="bilinear, whole image stretched to the input size (assumed)",
         assumed=tuple(assumed),
+        source=source,
     )

@@ -1,0 +1,561 @@
+"""`edgetl bench`: latency, load time, memory and accuracy per file x runtime x threads.
+
+    from edgetl.benchmarks.harness import BenchConfig, run_bench
+    report = run_bench(BenchConfig(models=(Path("build/flowers"),), threads=(1, 2)))
+
+Each case runs in a fresh worker process (`edgetl.benchmarks._worker`), so import time, model
+load time and peak memory are that case's alone and `cores` pinning covers the runtime's
+threads. Latency is per `Session.invoke` on an input prepared once (copy in, inference, copy
+out): the model on its runtime, not the Python around it (`benchmarks/overhead.py` checks that
+against the raw interpreter). Accuracy (with `data`) runs on the same
+decoded images `edgetl compile` uses (`compiler.data.load_images`), so it reproduces the
+compile report's figures; it is measured in every case (thread counts may change float
+results in the last bits, so each row's accuracy is its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import DataError, EdgetlError, ModelFileError
+
+BENCH_JSON = "bench.json"
+BENCH_PNG = "bench.png"
+EVAL_BATCH = 32  # `edgetl compile`'s default batch; its report's batch_size wins when present
+_CASE_TIMEOUT_S = 900
+
+
+class BenchSettingsError(EdgetlError):
+    """A bench option that cannot be used as given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    models: tuple[Path, ...]
+    data: Path | None = None
+    threads: tuple[int, ...] | None = None  # None: every usable (or pinned) core
+    runtimes: tuple[str, ...] | None = None  # None: every default runtime for each format
+    cores: tuple[int, ...] | None = None  # pin each worker to these CPU cores
+    batch: int = 1
+    warmup: int = 10
+    runs: int = 100
+    min_time: float = 0.0
+    out: Path | None = None  # None: <first model's folder>/bench
+    chart: bool = True
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["models"] = [str(p) for p in self.models]
+        d["data"] = str(self.data) if self.data else None
+        d["out"] = str(self.out) if self.out else None
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+RUNTIME_GROUPS = {"cpu": "every CPU runtime", "gpu": "every GPU runtime", "all": "every runtime"}
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """"1,2,4" or "0-3,6" -> ints (ranges only where `what` is cores)."""
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part and what == "cores":
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            example = "0 or 0,1 or 0-3" if what == "cores" else "1,2,4"
+            raise BenchSettingsError(f"--{what} {text!r} is not a list of numbers; pass e.g. {example}") from None
+    if not out:
+        raise BenchSettingsError(f"--{what} is empty; pass e.g. {'0' if what == 'cores' else '1,2'}")
+    if what == "threads" and min(out) < 1:
+        raise BenchSettingsError(f"--threads {text!r}: thread counts must be at least 1")
+    return tuple(dict.fromkeys(out))
+
+
+def resolve_runtimes(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Validate a --runtime filter; groups (cpu, gpu, all) expand to runtime names."""
+    from edgetl.runtime import RUNTIMES
+
+    if not names:
+        return None
+    out: list[str] = []
+    for name in names:
+        name = name.strip().lower()
+        if name in RUNTIMES:
+            out.append(name)
+        elif name in ("cpu", "gpu"):
+            out.extend(n for n, s in RUNTIMES.items() if s.device == name and s.format != "keras")
+        elif name == "all":
+            out.extend(RUNTIMES)
+        else:
+            raise BenchSettingsError(
+                f"--runtime {name!r} is not a runtime; one of {', '.join(RUNTIMES)} (or cpu, gpu, all)"
+            )
+    return tuple(dict.fromkeys(out))
+
+
+def check_cores(cores: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    from edgetl.benchmarks.environment import usable_cores
+
+    if not cores:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise BenchSettingsError("--cores needs sched_setaffinity, which this platform does not have (Linux only)")
+    usable = usable_cores()
+    bad = [c for c in cores if c not in usable]
+    if bad:
+        raise BenchSettingsError(
+            f"--cores {','.join(map(str, bad))}: not a core this process may use "
+            f"(usable: {_ranges(usable)})"
+        )
+    return tuple(sorted(set(cores)))
+
+
+def _ranges(values: list[int]) -> str:
+    values = sorted(values)
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def discover_models(paths: tuple[Path, ...], include_keras: bool = False) -> list[Path]:
+    """The model files named, and every .tflite/.onnx in each folder named (Keras too if asked)."""
+    from edgetl.runtime import model_format
+
+    if not paths:
+        raise ModelFileError("no model given; pass .tflite/.onnx files or a folder that holds them")
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise ModelFileError(f"model file or folder not found: {path}")
+        if path.is_dir() and model_format(path) is None:
+            inside = []
+            for child in sorted(path.iterdir()):
+                if child.name.startswith("."):  # hidden, or a temporary name of an atomic write
+                    continue
+                fmt = model_format(child)
+                if fmt in ("tflite", "onnx") or (fmt == "keras" and include_keras):
+                    inside.append(child)
+            if not inside:
+                raise ModelFileError(f"no .tflite or .onnx file in folder {path}; pass the folder edgetl compile wrote")
+            found.extend(inside)
+        else:
+            if model_format(path) is None:
+                raise ModelFileError(
+                    f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; expected a .tflite, "
+                    ".onnx, .keras or .h5 file, a SavedModel folder, or a folder holding them"
+                )
+            found.append(path)
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def file_precision(path: Path, fmt: str) -> str:
+    """fp32 / fp16 / int8 / dynamic-range int8, read from the file's tensors or ops."""
+    try:
+        if fmt == "tflite":
+            from edgetl.runtime.litert import open_interpreter
+
+            kinds = [np.dtype(t["dtype"]).name for t in open_interpreter(path, 1).get_tensor_details()]
+            n = max(len(kinds), 1)
+            ints = sum(k in ("int8", "uint8") for k in kinds)
+            if ints / n > 0.5:
+                return "int8"
+            if "int16" in kinds and ints:
+                return "int16x8"
+            if ints:
+                return "dynamic-range int8"
+            return "fp16" if "float16" in kinds else "fp32"
+        if fmt == "onnx":
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            ops = {node.op_type for node in model.graph.node}
+            if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}:
+                return "dynamic-range int8"
+            if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
+                return "int8"
+            if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+                return "fp16"
+            return "fp32"
+        return "fp32"
+    except Exception:  # noqa: BLE001 - a label for the table, never worth failing for
+        return "?"
+
+
+def _size_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+@dataclasses.dataclass
+class _Artefact:
+    path: Path
+    format: str
+    size_bytes: int
+    precision: str
+    input_size: int
+    input_dtype: str
+    labels: tuple[str, ...]
+    labels_source: str
+    assumed: tuple[str, ...]
+    compile_report: dict | None
+
+
+def _probe(path: Path) -> _Artefact:
+    """Open the file once here, so a broken file fails before any benchmark runs."""
+    from edgetl.runtime import model_format, open_session
+
+    fmt = model_format(path)
+    session = open_session(path, threads=1)
+    info = session.info()
+    report = None
+    report_file = path.parent / "report.json"
+    if report_file.is_file():
+        try:
+            report = json.loads(report_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            report = None
+    art = _Artefact(
+        path=path,
+        format=fmt,
+        size_bytes=_size_bytes(path),
+        precision=file_precision(path, fmt),
+        input_size=session.input_size,
+        input_dtype=session.input_dtype,
+        labels=tuple(info.labels),
+        labels_source=info.source,
+        assumed=tuple(info.assumed),
+        compile_report=report,
+    )
+    del session
+    return art
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EvalData:
+    root: Path
+    classes: list[str]
+    labels: np.ndarray  # index into `classes`, per image
+    paths: list[Path]
+    split: str  # what was used, in words
+    skipped: list[dict]
+
+
+def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
+    """Images to score from `root`: DIR/<class>/*, or DATA/train|val|test/<class>/* (its test split).
+
+    For a DATA folder without test/, the test split is carved from train/ exactly as
+    `edgetl compile` did (its seed and fractions, from the report beside the model).
+    """
+    from edgetl.compiler.data import scan_dataset
+
+    root = Path(root).expanduser()
+    ds = scan_dataset(root, val_fraction=0.0, test_fraction=0.0)
+    if ds.layout == "class-folders":
+        samples, split = ds.splits["train"], f"every image in the class folders of {ds.root}"
+    elif ds.splits["test"]:
+        samples, split = ds.splits["test"], f"the test/ split of {ds.root}"
+    else:
+        cfg = compile_config or {}
+        seed = int(cfg.get("seed", 0))
+        val, test = float(cfg.get("val_fraction", 0.15)), float(cfg.get("test_fraction", 0.15))
+        ds = scan_dataset(root, val_fraction=val, test_fraction=test, seed=seed)
+        samples = ds.splits["test"]
+        split = (f"the test split carved from {ds.root}/train (seed {seed}, val {val:g}, test {test:g}, "
+                 f"as edgetl compile{' did' if compile_config else ' does by default'})")
+    if not samples:
+        raise DataError(f"no usable images to score in {ds.root}; pass a folder of class folders with images")
+    return EvalData(
+        root=ds.root,
+        classes=list(ds.classes),
+        labels=np.array([s.label for s in samples], dtype=np.int64),
+        paths=[s.path for s in samples],
+        split=split,
+        skipped=[{"path": s.path.as_posix(), "reason": s.reason} for s in ds.skipped],
+    )
+
+
+def map_labels(data: EvalData, art: _Artefact) -> np.ndarray:
+    """Data labels -> the model's output indices, matched by class name."""
+    if art.labels_source == "assumed":
+        raise DataError(
+            f"{art.path} comes without labels (no model_info.json or labels.txt beside it), so the "
+            f"class folders of {data.root} cannot be matched to its outputs; put a labels.txt (one "
+            "name per line, in output order) beside it"
+        )
+    index = {label: i for i, label in enumerate(art.labels)}
+    unknown = [c for c in data.classes if c not in index]
+    if unknown:
+        shown = ", ".join(f"'{c}'" for c in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        known = ", ".join(art.labels[:8]) + (", ..." if len(art.labels) > 8 else "")
+        raise DataError(
+            f"class folder {shown} in {data.root} is not a class of {art.path.name} (its labels: "
+            f"{known}); remove that folder from --data or bench a model trained on it"
+        )
+    return np.array([index[data.classes[y]] for y in data.labels], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+def default_out(config: BenchConfig, files: list[Path]) -> Path:
+    if config.out:
+        return Path(config.out)
+    first = Path(config.models[0]).expanduser()
+    folder = first if first.is_dir() and not (first / "saved_model.pb").is_file() else files[0].parent
+    return folder / "bench"
+
+
+def plan_cases(arts: list[_Artefact], runtimes: tuple[str, ...] | None, threads: tuple[int, ...]) -> list[dict]:
+    from edgetl.runtime import RUNTIMES
+
+    cases = []
+    for art in arts:
+        names = [n for n, s in RUNTIMES.items() if s.format == art.format and (n in runtimes if runtimes else s.default)]
+        for name in names:
+            if RUNTIMES[name].device == "gpu":
+                cases.append({"art": art, "runtime": name, "threads": None})
+            else:
+                cases.extend({"art": art, "runtime": name, "threads": t} for t in threads)
+    return cases
+
+
+def run_worker(spec: dict, workdir: Path, index: int, timeout: float) -> dict:
+    """Run one case (see `_worker.run_case` for `spec`) in a fresh process; always a result dict."""
+    spec_file, result_file = workdir / f"case{index}.json", workdir / f"case{index}.result.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    cmd = [sys.executable, "-m", "edgetl.benchmarks._worker", str(spec_file), str(result_file)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"timed out after {timeout:.0f} s"}
+    if result_file.is_file():
+        try:
+            return json.loads(result_file.read_text(encoding="utf-8"))
+        except ValueError:
+            pass
+    tail = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
+    return {"status": "failed", "reason": f"worker exited with code {proc.returncode}: {tail[0][:200]}"}
+
+
+def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -> dict:
+    """Run every case; write bench.json (and bench.png) atomically; return the report."""
+    from edgetl import __version__
+    from edgetl.benchmarks import environment
+    from edgetl.benchmarks.environment import usable_cores
+    from edgetl.compiler.atomic import atomic_write_text
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    started = time.perf_counter()
+    for name, value, low in (("batch", config.batch, 1), ("runs", config.runs, 1), ("warmup", config.warmup, 0)):
+        if value < low:
+            raise BenchSettingsError(f"--{name} must be at least {low}, got {value}")
+    runtimes = resolve_runtimes(config.runtimes)
+    cores = check_cores(config.cores)
+    env = environment.collect(list(cores) if cores else None)  # before any work of ours loads the CPU
+    threads = config.threads or (len(cores) if cores else len(usable_cores()),)
+    files = discover_models(config.models, include_keras=bool(runtimes and "keras" in runtimes))
+    out_dir = default_out(config, files)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")
+    arts = [_probe(f) for f in files]
+    cases = plan_cases(arts, runtimes, tuple(threads))
+    if not cases:
+        kinds = ", ".join(sorted({a.format for a in arts}))
+        raise BenchSettingsError(f"--runtime {','.join(runtimes or ())} runs none of the files given ({kinds} files)")
+
+    data = None
+    y_by_file: dict[Path, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
+        workdir = Path(tmp)
+        npy: dict[int, Path] = {}
+        if config.data:
+            data = scan_eval_data(config.data, (arts[0].compile_report or {}).get("config"))
+            for art in arts:
+                y_by_file[art.path] = map_labels(data, art)
+            npy = _load_eval_images(data, {a.input_size for a in arts}, workdir, log)
+
+        log(f"benchmarking {len(cases)} case(s) on {environment.one_line(env)}")
+        for warning in env["warnings"]:
+            log(f"warning: {warning}")
+        rows = []
+        for i, case in enumerate(cases, 1):
+            art, runtime, n_threads = case["art"], case["runtime"], case["threads"]
+            spec = {
+                "path": str(art.path),
+                "runtime": runtime,
+                "threads": n_threads,
+                "cores": list(cores) if cores else None,
+                "batch": config.batch,
+                "warmup": config.warmup,
+                "runs": config.runs,
+                "min_time": config.min_time,
+                "input_npy": str(npy[art.input_size]) + ".first.npy" if art.input_size in npy else None,
+                "eval_npy": str(npy[art.input_size]) if art.input_size in npy else None,
+                "eval_batch": _eval_batch(art),
+            }
+            label = f"[{i}/{len(cases)}] {art.path.name} {runtime}" + (f" threads={n_threads}" if n_threads else "")
+            result = run_worker(spec, workdir, i, _CASE_TIMEOUT_S + 2 * config.min_time)
+            row = _row(art, runtime, n_threads, result, cores)
+            if "predictions" in result and art.path in y_by_file:
+                preds = np.asarray(result["predictions"], dtype=np.int64)
+                truth = y_by_file[art.path]
+                row["accuracy"] = {"value": float((preds == truth).mean()), "images": int(truth.size),
+                                   "correct": int((preds == truth).sum())}
+            rows.append(row)
+            log(f"{label}: {_short(row)}")
+
+    report = {
+        "edgetl_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {**config.to_json(), "threads": list(threads), "runtimes": list(runtimes) if runtimes else None,
+                     "eval_batch": sorted({_eval_batch(a) for a in arts}),
+                     "latency": "per Session.invoke on an input prepared once: copy in, inference, copy out"},
+        "environment": env,
+        "data": None if data is None else {
+            "root": str(data.root), "images": int(data.labels.size), "classes": data.classes,
+            "used": data.split, "skipped": data.skipped,
+        },
+        "files": [
+            {"file": a.path.name, "path": str(a.path), "format": a.format, "size_bytes": a.size_bytes,
+             "precision": a.precision, "input_size": a.input_size, "input_dtype": a.input_dtype,
+             "labels_from": a.labels_source, "assumed": list(a.assumed),
+             "compile_accuracy": _compile_accuracy(a)}
+            for a in arts
+        ],
+        "results": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "load_average_end": _load_average(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["outputs"] = {"json": str(out_dir / BENCH_JSON)}
+    if config.chart and any(r["status"] == "ok" for r in rows):
+        from edgetl.benchmarks.chart import plot_bench
+
+        report["outputs"]["chart"] = str(plot_bench(report, out_dir / BENCH_PNG))
+    atomic_write_text(out_dir / BENCH_JSON, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _load_eval_images(data: EvalData, sizes: set[int], workdir: Path, log) -> dict[int, Path]:
+    from edgetl.compiler.data import Sample, load_images
+    from edgetl.compiler.progress import progress_bar
+
+    samples = [Sample(p, int(y)) for p, y in zip(data.paths, data.labels)]
+    out = {}
+    for size in sorted(sizes):
+        with progress_bar(f"load {len(samples)} images at {size} px", len(samples)) as advance:
+            images, _ = load_images(samples, size, progress=advance)
+        path = workdir / f"eval_{size}.npy"
+        np.save(path, images)
+        np.save(str(path) + ".first.npy", images[:1])
+        out[size] = path
+    log(f"scoring on {data.labels.size} images: {data.split}"
+        + (f" ({len(data.skipped)} unreadable file(s) skipped)" if data.skipped else ""))
+    return out
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _eval_batch(art: _Artefact) -> int:
+    """The batch size the compile evaluated this file with (float results may depend on it)."""
+    value = ((art.compile_report or {}).get("config") or {}).get("batch_size")
+    return int(value) if isinstance(value, int) and value > 0 else EVAL_BATCH
+
+
+def _compile_accuracy(art: _Artefact) -> float | None:
+    """The test accuracy `edgetl compile` reported for this very file, if its report is beside it."""
+    for a in (art.compile_report or {}).get("artifacts", []):
+        if a.get("file") == art.path.name and isinstance(a.get("test"), dict):
+            return a["test"].get("accuracy")
+    return None
+
+
+def _row(art: _Artefact, runtime: str, threads: int | None, result: dict, cores) -> dict:
+    row = {
+        "file": art.path.name,
+        "path": str(art.path),
+        "format": art.format,
+        "precision": art.precision,
+        "size_bytes": art.size_bytes,
+        "runtime": runtime,
+        "threads": threads,
+        "status": result.get("status", "failed"),
+    }
+    if row["status"] != "ok":
+        row["reason"] = result.get("reason", "unknown")
+        return row
+    keep = ("import_s", "load_s", "first_run_ms", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+            "min_ms", "max_ms", "throughput_ips", "peak_rss_mb", "model_memory_mb", "rss_before_load_mb", "cores",
+            "eval_s")
+    row.update({k: result[k] for k in keep if k in result})
+    session = result.get("session", {})
+    row["device"] = session.get("device")
+    row["input_dtype"] = session.get("input_dtype")
+    if session.get("providers"):
+        row["providers"] = session["providers"]
+    notes = []
+    if session.get("note"):
+        notes.append(session["note"])
+    if row["device"] == "gpu":
+        notes.append("load includes GPU init/engine build; first run apart")
+    if threads and cores and threads > len(cores):
+        notes.append(f"{threads} threads on {len(cores)} pinned core(s)")
+    if notes:
+        row["note"] = "; ".join(notes)
+    return row
+
+
+def _short(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['reason']}"
+    acc = f", accuracy {row['accuracy']['value']:.2%}" if row.get("accuracy") else ""
+    return f"p50 {row['p50_ms']:.3f} ms, load {row['load_s']:.2f} s{acc}"

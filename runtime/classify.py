@@ -1,0 +1,73 @@
+"""Top-k classification of image files with any session: what `edgetl predict` prints.
+
+Images are decoded and resized by `compiler.data.load_image`, the exact policy the compile
+used (and wrote into model_info.json), so a file gets the scores the compile report implies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import DataError
+from edgetl.runtime._session import Session
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    path: Path
+    top: tuple[tuple[str, float], ...]  # (label, probability), best first
+
+    def to_json(self) -> dict:
+        return {"image": str(self.path), "top": [{"label": lb, "probability": round(p, 6)} for lb, p in self.top]}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def looks_like_probabilities(scores: np.ndarray, atol: float = 1e-2) -> bool:
+    """Non-negative rows that sum to 1 (within what a quantized output keeps)."""
+    if scores.size == 0:
+        return True
+    return bool((scores >= -1e-6).all() and np.allclose(scores.sum(axis=1), 1.0, atol=atol))
+
+
+def classify_files(
+    session: Session, images: list[Path], top_k: int = 3, batch_size: int = 32
+) -> tuple[list[Prediction], list[str], list[str]]:
+    """(predictions for the readable images, one line per unreadable image, notes on assumptions)."""
+    from edgetl.compiler.data import load_image
+
+    size = session.input_size
+    labels = session.info().labels
+    good: list[Path] = []
+    pixels: list[np.ndarray] = []
+    failures: list[str] = []
+    for path in images:
+        path = Path(path)
+        if path.is_dir():
+            failures.append(f"'{path}' is a folder, not an image")
+            continue
+        try:
+            pixels.append(load_image(path, size))
+            good.append(path)
+        except DataError as exc:
+            failures.append(str(exc).split("; pass")[0].removeprefix("cannot read image "))
+    notes: list[str] = []
+    if not good:
+        return [], failures, notes
+    scores = session.predict(np.stack(pixels), batch_size=batch_size)
+    if not looks_like_probabilities(scores):
+        scores = softmax(scores.astype(np.float64)).astype(np.float32)
+        notes.append("the model's outputs are not probabilities (rows do not sum to 1): softmax applied")
+    k = max(1, min(top_k, scores.shape[1]))
+    predictions = []
+    for path, row in zip(good, scores):
+        order = np.argsort(-row, kind="stable")[:k]
+        predictions.append(Prediction(path, tuple((labels[i], float(row[i])) for i in order)))
+    return predictions, failures, notes
