@@ -100,15 +100,18 @@ def _scan(report):
 
 
 def test_exports_take_raw_pixels_and_agree_with_keras(compiled):
-    out, _ = compiled
+    out, report = compiled
     pixels = np.random.default_rng(1).integers(0, 256, (4, 24, 24, 3)).astype(np.uint8)
     reference = open_session(out / "student.keras").run(pixels)  # the deployed model
+    for name in ("variants/model.fp32.tflite", "variants/model.fp32.onnx"):
+        np.testing.assert_allclose(open_session(out / name).run(pixels), reference, atol=1e-4)
+    # The deployed files may be quantized: they still take raw pixels and carry their labels.
     for name in ("model.tflite", "model.onnx"):
         session = open_session(out / name)
         assert session.input_size == 24 and session.info().labels == ("blue", "green", "red")
         probs = session.run(pixels)
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-        np.testing.assert_allclose(probs, reference, atol=1e-4)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.02)
+        np.testing.assert_allclose(probs, reference, atol=0.1)
 
 
 def test_existing_output_is_not_overwritten_without_asking(compiled):
