@@ -50,6 +50,11 @@ def test_compile_writes_every_artefact(compiled):
     assert not list(out.rglob("*unverified*")) and not list(out.rglob(".*"))
     assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    page = (out / "report.html").read_text()
+    # Self-contained: opens offline, images inline, nothing fetched.
+    assert "<script" not in page and "src='http" not in page and "href='http" not in page
+    assert page.count("data:image/png;base64,") >= 2  # the trade-off chart and the confusion matrix
+    assert report["deployed"]["why"].split(":")[0] in page
 
 
 def test_report_lists_skipped_files_and_checks_each_export(compiled):
