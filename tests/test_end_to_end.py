@@ -66,15 +66,14 @@ def test_mediapipe_names_the_flowers_as_the_report_scores_them(android_cpu):
     from mediapipe.tasks.python import BaseOptions, vision
 
     out, report = android_cpu
-    classifier = vision.ImageClassifier.create_from_options(
-        vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(out / "model.tflite")), max_results=1)
-    )
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(out / "model.tflite")), max_results=1)
     photos = sorted((FLOWERS12 / "test").glob("*/*.jpg"))
     correct = 0
-    for photo in photos:
-        top = classifier.classify(mp.Image.create_from_file(str(photo))).classifications[0].categories[0]
-        assert top.category_name  # names come from the file's metadata alone
-        correct += top.category_name == photo.parent.name
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for photo in photos:
+            top = classifier.classify(mp.Image.create_from_file(str(photo))).classifications[0].categories[0]
+            assert top.category_name  # names come from the file's metadata alone
+            correct += top.category_name == photo.parent.name
     deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
     assert len(photos) == 240
     assert correct / len(photos) == pytest.approx(deployed["test"]["accuracy"], abs=1 / 240 + 1e-9)
