@@ -39,13 +39,17 @@ class Session(abc.ABC):
         self.threads: int | None = None
         self.layout = "NHWC"
 
-    @property
-    @abc.abstractmethod
-    def input_size(self) -> int: ...
+    # Every runtime sets these two while it loads the file (from its input and output shapes).
+    _size: int
+    _classes: int
 
     @property
-    @abc.abstractmethod
-    def num_classes(self) -> int: ...
+    def input_size(self) -> int:
+        return self._size
+
+    @property
+    def num_classes(self) -> int:
+        return self._classes
 
     @property
     @abc.abstractmethod

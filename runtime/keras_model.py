@@ -37,14 +37,6 @@ class KerasSession(Session):
         )
 
     @property
-    def input_size(self) -> int:
-        return self._size
-
-    @property
-    def num_classes(self) -> int:
-        return self._classes
-
-    @property
     def input_dtype(self) -> str:
         return "float32"
 

@@ -136,14 +136,6 @@ class _TFLiteIO:
             raise ModelFileError(f"{self.path}: input dtype {dtype.name} is not an image input type")
 
     @property
-    def input_size(self) -> int:
-        return self._size
-
-    @property
-    def num_classes(self) -> int:
-        return self._classes
-
-    @property
     def input_dtype(self) -> str:
         return np.dtype(self._in["dtype"]).name
 

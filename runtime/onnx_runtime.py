@@ -122,14 +122,6 @@ class OnnxRuntimeSession(Session):
         self._input_name, self._output_names = self._input.name, [self._output.name]
 
     @property
-    def input_size(self) -> int:
-        return self._size
-
-    @property
-    def num_classes(self) -> int:
-        return self._classes
-
-    @property
     def input_dtype(self) -> str:
         return _DTYPES[self._input.type]
 
