@@ -175,9 +175,12 @@ def convert_tflite(
     `calibration_sample`). io_dtype "uint8"/"int8" makes the input and output tensors integer;
     "float32" keeps float I/O with Quantize/Dequantize ops at the ends.
 
-    A quantization-aware model (compress.quantize_aware) converts with the ranges it learned;
-    calibration is then still used for the few tensors without fake-quant (the float
-    preprocessing layer, the input) and is required for integer I/O.
+    A quantization-aware model (compress.quantize_aware / prune_preserving_qat) converts to
+    int8 only, with the ranges it learned; calibration is still required (the converter
+    demands it for integer-only kernels) and gives the few tensors without fake-quant their
+    ranges (the input and the float preprocessing layer). Without calibration the converter
+    would leave the preprocessing and the first convolution in float. Weight channels that
+    pruning emptied get a usable range first (compress.conversion_copy).
 
     compact: re-serialise quantized files with identical quantization vectors stored once
     (`compact_tflite`: lossless, about 7% smaller for a per-channel int8 EfficientNet-Lite0).
@@ -198,6 +201,10 @@ def convert_tflite(
             f"a quantization-aware model converts to int8 only (got {precision.value}); "
             "convert the float model for other precisions"
         )
+    if is_quantization_aware(model):
+        from edgetl.compiler.compress import conversion_copy
+
+        model = conversion_copy(model)  # all-zero (pruned) weight channels: a usable range
 
     with _quiet(), warnings.catch_warnings():
         # Integer I/O: "Statistics for quantized inputs were expected, but not specified" is
@@ -408,13 +415,14 @@ def quantize_onnx(
     out: Path,
     calibration: np.ndarray,
     per_channel: bool = True,
-    activation_type: str = "int8",
+    activation_type: str = "uint8",
     calibrate_method: str = "minmax",
 ) -> Path:
     """ONNX Runtime static quantization of a float ONNX file, QDQ format, written atomically.
 
     `quant_pre_process` (shape inference and graph optimisation) runs first; weights are int8
-    (per output channel when per_channel), activations `activation_type` ("int8" or "uint8"),
+    (per output channel when per_channel), activations `activation_type` ("uint8", the U8S8
+    kernels: EfficientNet-Lite0 1.4x faster here than with "int8" at equal accuracy and size),
     ranges from `calibration` (uint8 pixels NHWC) by `calibrate_method` ("minmax", "entropy" or
     "percentile"). The input stays float32 raw pixels: a QuantizeLinear follows it.
     """

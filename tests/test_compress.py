@@ -161,6 +161,17 @@ def test_an_all_zero_weight_channel_converts_with_its_bias_intact(data):
     assert all(np.all(w.numpy()[:4] == 0) for w in ranges.values())  # the QAT model is untouched
     out = open_session(Q.write_tflite(data["dir"] / "dead.tflite", int8)).predict(data["x_test"])
     assert np.abs(out - probs).max() <= 0.05
+    # the biases the file stores for the second convolution (batch norm folded in) are the float
+    # model's, dead channels included (without the fix they are clamped at +-2^31 and wrong)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=int8)
+    conv = [op for op in interp._get_ops_details() if op["op_name"] == "CONV_2D"][1]
+    (bias,) = [t for t in interp.get_tensor_details() if t["index"] == conv["inputs"][2]]
+    stored = interp.get_tensor(bias["index"]) * bias["quantization_parameters"]["scales"]
+    bn = model.get_layer("tiny_bn1")
+    gamma, beta, mean, var = (w.numpy() for w in bn.weights)
+    np.testing.assert_allclose(stored, beta - mean * gamma / np.sqrt(var + bn.epsilon), atol=1e-4)
     fixed = C.conversion_copy(qat)
     widened = [w for w in C.find_layer(fixed, "tiny_conv1").weights if "kernel_max" in w.name][0].numpy()
     assert np.all(widened[:4] > 0) and np.array_equal(widened[4:], ranges["kernel_max:0"].numpy()[4:])
