@@ -176,7 +176,7 @@ class Optimizer:
         from edgetl.compiler import compress
 
         views = self.train_views
-        begin, end = compress.pruning_steps(len(views[0]), self.config.batch_size, ramp_epochs=max(1, self.config.prune_epochs - 1))
+        begin, end = compress.pruning_steps(len(views[0]), self.config.batch_size, ramp_epochs=max(1, self.config.prune_epochs / 2))
         pruned = compress.prune(self.float_model, self.config.prune, begin, end)
         result = compress.fine_tune(
             pruned,
@@ -184,7 +184,7 @@ class Optimizer:
             train_views=views,
             val=self.images.get("val", self.size),
             epochs=self.config.prune_epochs,
-            learning_rate=self.config.qat_learning_rate,
+            learning_rate=self.config.prune_learning_rate,
             batch_size=self.config.batch_size,
             temperature=self.config.temperature,
             alpha=self.config.alpha if self.teacher_model is not None else 0.0,

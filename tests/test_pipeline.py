@@ -166,3 +166,23 @@ def test_unchanged_stages_come_from_the_cache(tmp_path):
     third = compile_model(dataclasses.replace(config, out=tmp_path / "third"))
     assert all(m["cached"] for m in third["models"].values())
     assert third["models"]["student"]["test"] == first["models"]["student"]["test"]
+
+
+def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path):
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=12)
+    config = CompileConfig(
+        data=data, out=tmp_path / "out", **{**FAST, "quantize": "int8", "prune": 0.5, "prune_epochs": 2, "qat_epochs": 1}
+    )
+    report = compile_model(config)
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    pruned = [a for a in report["artifacts"] if a["file"].startswith("variants/") and a.get("sparsity")]
+    assert {a["precision"] for a in pruned} == {"fp32", "int8"}
+    assert all(0.45 <= a["sparsity"] <= 0.55 for a in pruned)
+    # The deployed file is the pruned int8 one when it passes the gate; the report says why either way.
+    deployed = by_file[report["deployed"]["tflite_variant"]]
+    assert "pruning" in report["optimization"]["trained"]
+    if deployed["gate"] == "passed" and any(a["gate"] == "passed" for a in pruned if a["precision"] == "int8"):
+        assert deployed.get("sparsity")
+    assert report["deployed"]["why"]
