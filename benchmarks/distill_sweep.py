@@ -51,7 +51,9 @@ def main() -> None:
     student_cfg = get_config(config.student)
     size = config.student_size or student_cfg.input_size
 
-    student = _new_student(config, size, len(dataset.classes), None)
+    from edgetl._compat import tf
+
+    student = _new_student(config, size, len(dataset.classes), tf.distribute.get_strategy())
     val = images.get("val", size)
     x_test, y_test = images.get("test", size)
     train_head(student, config, images.get("train", size), val, label="student")
