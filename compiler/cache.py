@@ -76,6 +76,29 @@ class StageCache:
         except Exception:  # a damaged entry is a cache miss, never an error
             return None
 
+    def load_files(self, stage: str, key: str, names: list[str]) -> dict[str, Path] | None:
+        """Paths of files a finished stage stored (e.g. verified exports), or None."""
+        if self.root is None:
+            return None
+        folder = self._dir(stage, key)
+        paths = {name: folder / name for name in names}
+        return paths if all(p.is_file() for p in paths.values()) else None
+
+    def store_files(self, stage: str, key: str, files: dict[str, Path]) -> None:
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self._dir(stage, key)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=self.root))
+        try:
+            for name, path in files.items():
+                shutil.copyfile(path, tmp / name)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def store(self, stage: str, key: str, model, record: dict) -> None:
         if self.root is None:
             return

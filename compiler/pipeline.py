@@ -180,17 +180,28 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy)
                 )
 
-    with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)"):
+    # The float exports depend only on the deployed model: a replay that changes only the
+    # quantization takes them (already verified once) from the cache.
+    export_key = stage_key("export", model=keys["student" if deployed is not teacher else "teacher"])
+    exported = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"])
+    with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
         from edgetl.compiler.export import export_onnx, export_tflite
 
-        unverified = {
-            "tflite": export_tflite(deployed.model, out / "model.unverified.tflite"),
-            "onnx": export_onnx(deployed.model, out / "model.unverified.onnx"),
-        }
+        if exported:
+            unverified = {fmt: out / f"model.unverified.{fmt}" for fmt in ("tflite", "onnx")}
+            for fmt, path in unverified.items():
+                shutil.copyfile(exported[f"model.fp32.{fmt}"], path)
+        else:
+            unverified = {
+                "tflite": export_tflite(deployed.model, out / "model.unverified.tflite"),
+                "onnx": export_onnx(deployed.model, out / "model.unverified.onnx"),
+            }
 
     with timer.stage("verify", "checking the float exports against their Keras model on the test split"):
         _predict_keras(config, images, teacher, deployed, baseline)
         float_files = _verify_float(out, deployed, unverified, images, config.batch_size)
+        if not exported:
+            cache.store_files("export", export_key, {f"model.fp32.{fmt}": path for fmt, path in float_files.items()})
 
     with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
         optimizer = _optimize(config, target, out, teacher, deployed, images, float_files)
