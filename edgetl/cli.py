@@ -74,10 +74,10 @@ def compile_command(
     ] = None,
     student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = "imagenet",
     distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation (early stopping on val).", rich_help_panel="Student")] = 12,
-    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = 4.0,
+    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = 2.0,
     alpha: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Teacher's share of the loss (0: labels only).", rich_help_panel="Student")
-    ] = 0.7,
+    ] = 0.5,
     unlabeled: Annotated[
         Optional[Path], typer.Option(help="Unlabelled images (e.g. from the device) for the soft loss alone.", rich_help_panel="Student")
     ] = None,
