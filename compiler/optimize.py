@@ -287,7 +287,9 @@ class Optimizer:
             wanted = [pinned] + FALLBACK.get(pinned, [])
             tried = []
             for name in wanted:
-                match = [c for c in passing if c.name.split("-pruned")[0] == name]
+                # A pruned file counts as the precision it computes in (pruning-preserving QAT is
+                # how a pruned model becomes int8).
+                match = [c for c in passing if c.name.split("-pruned")[0] == name or (c.pruned and c.precision == name)]
                 if match:
                     chosen = min(match, key=lambda c: c.latency_p50_ms)
                     if tried:
