@@ -158,7 +158,7 @@ def test_unchanged_stages_come_from_the_cache(tmp_path):
 
     # Only the distillation temperature changes: the teacher, the student's head and the
     # baseline (which never sees the teacher) are reused; the student is distilled again.
-    second = compile_model(dataclasses.replace(config, out=tmp_path / "second", temperature=2.0))
+    second = compile_model(dataclasses.replace(config, out=tmp_path / "second", temperature=config.temperature + 1.0))
     cached = {role: m["cached"] for role, m in second["models"].items()}
     assert cached == {"teacher": True, "student": False, "baseline": True}
     assert second["models"]["teacher"]["test"] == first["models"]["teacher"]["test"]
