@@ -66,3 +66,11 @@ def test_pruning_asked_for_prefers_a_pruned_file_that_passes(tmp_path):
     )
     chosen, why = opt.choose("tflite", pinned="int8", prefer_pruned=True)
     assert chosen.name == "int8-qat-pruned50" and "as asked for" in why
+
+
+def test_latencies_within_noise_go_to_the_smaller_file(tmp_path):
+    opt = make_optimizer(tmp_path, [("fp32", "tflite", 0.98, 1.72, None), ("int8", "tflite", 0.976, 1.95, None)])
+    chosen, why = opt.choose("tflite", pinned=None, prefer_pruned=False)
+    assert chosen.name == "int8" and "smallest" in why
+    opt = make_optimizer(tmp_path, [("fp32", "tflite", 0.98, 1.0, None), ("int8", "tflite", 0.976, 1.95, None)])
+    assert opt.choose("tflite", pinned=None, prefer_pruned=False)[0].name == "fp32"
