@@ -176,43 +176,15 @@ def _calibration_images(folder: Path | None, size: int, log) -> np.ndarray:
 
 
 def _tflite_int8(model, calib: np.ndarray) -> bytes:
-    try:
-        from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.quantize import convert_tflite
 
-        return convert_tflite(model, "int8", calibration=calib, io_dtype="uint8")
-    except ImportError:  # the quantization stage is not there: the same conversion, inline
-        from edgetl._compat import tf
-
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([im[None].astype(np.float32)] for im in calib)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-        return converter.convert()
+    return convert_tflite(model, "int8", calibration=calib, io_dtype="uint8")
 
 
 def _onnx_int8(float_onnx: Path, out: Path, calib: np.ndarray) -> None:
-    try:
-        from edgetl.compiler.quantize import quantize_onnx
+    from edgetl.compiler.quantize import quantize_onnx
 
-        quantize_onnx(float_onnx, out, calib)
-    except ImportError:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        class Reader:
-            def __init__(self):
-                self.it = iter([{"image": im[None].astype(np.float32)} for im in calib])
-
-            def get_next(self):
-                return next(self.it, None)
-
-        pre = out.with_suffix(".pre.onnx")
-        quant_pre_process(str(float_onnx), str(pre))
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        pre.unlink()
+    quantize_onnx(float_onnx, out, calib)
 
 
 def build_models(work: Path, calib_dir: Path | None, log) -> dict[str, Path]:
