@@ -13,6 +13,7 @@ The cache lives outside the output folder (default `$XDG_CACHE_HOME/edgetl` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,35 +85,33 @@ class StageCache:
         paths = {name: folder / name for name in names}
         return paths if all(p.is_file() for p in paths.values()) else None
 
-    def store_files(self, stage: str, key: str, files: dict[str, Path]) -> None:
-        if self.root is None:
-            return
+    @contextlib.contextmanager
+    def _entry(self, stage: str, key: str):
+        """Yield a temporary folder that becomes the stage's entry only if the block succeeds."""
         self.root.mkdir(parents=True, exist_ok=True)
         final = self._dir(stage, key)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=self.root))
         try:
-            for name, path in files.items():
-                shutil.copyfile(path, tmp / name)
+            yield tmp
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def store_files(self, stage: str, key: str, files: dict[str, Path]) -> None:
+        if self.root is None:
+            return
+        with self._entry(stage, key) as tmp:
+            for name, path in files.items():
+                shutil.copyfile(path, tmp / name)
 
     def store(self, stage: str, key: str, model, record: dict) -> None:
         if self.root is None:
             return
         from edgetl._compat import keras
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self._dir(stage, key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=self.root))
-        try:
+        with self._entry(stage, key) as tmp:
             # An uncompiled twin: no optimizer state, and QAT/pruning wrappers saved as they are.
             keras.Model(model.inputs, model.outputs, name=model.name).save(tmp / self.MODEL)
             (tmp / self.RECORD).write_text(json.dumps(record, indent=2, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
