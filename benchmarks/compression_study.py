@@ -1,7 +1,7 @@
 """Compression study on real data: what post-training quantization, QAT and pruning cost and buy.
 
     python -m edgetl.benchmarks.compression_study --student S.keras [--teacher T.keras] \
-        --data /work/shared/datasets/flowers12 --work /tmp/q/study [--steps ptq,calib,qat,prune]
+        --data /work/shared/datasets/flowers12 --work /tmp/q/study [--steps ptq,calib,qat,prune,cluster]
 
 Prints (and writes to WORK/results.json) one row per artefact: test accuracy and its change
 from the float model, size on disk, gzip size, LiteRT / ONNX Runtime latency p50 (batch 1,
@@ -236,6 +236,39 @@ class Study:
         self.row(f"tflite pruned {a.sparsity:g} + PQAT int8", path, "tflite", "int8 (PQAT)",
                  {"sparsity": sparsity_of(pqat), "train": result.to_json(), "seconds": time.perf_counter() - t})
 
+    def cluster(self):
+        """Sparsity-preserving clustering of the pruned model (WORK/pruned_S.keras, from the prune
+        step), then pruning- and cluster-preserving QAT (PCQAT) to an int8 TFLite."""
+        from edgetl.compiler.compress import (
+            cluster, cluster_preserving_qat, distinct_values, sparsity_of, strip_clusters,
+        )
+        from edgetl.compiler.quantize import convert_tflite, write_tflite
+        from edgetl.runtime.keras_model import load_keras_model
+
+        a = self.args
+        saved = self.work / f"pruned_{a.sparsity:g}.keras"
+        if not saved.exists():
+            raise SystemExit(f"{saved} is missing: run the prune step first")
+        stripped = load_keras_model(saved)
+        cal = self.calibration(a.calibration)
+        tag = f"pruned {a.sparsity:g} + {a.clusters} clusters"
+        t = time.perf_counter()
+        clustered = cluster(stripped, a.clusters)
+        result = self._fine_tune(clustered, a.cluster_epochs, a.cluster_lr, f"cluster {a.clusters}")
+        plain = strip_clusters(clustered)
+        info = {"sparsity": sparsity_of(plain), "distinct_values": distinct_values(plain),
+                "train": result.to_json(), "seconds": time.perf_counter() - t}
+        path = write_tflite(self.work / f"pruned{a.sparsity:g}_c{a.clusters}_ptq_int8.tflite",
+                            convert_tflite(plain, "int8", cal, "uint8"))
+        self.row(f"tflite {tag} int8 PTQ", path, "tflite", "int8", info)
+        t = time.perf_counter()
+        pcqat = cluster_preserving_qat(plain, cal if a.calibrate_qat else None)
+        result = self._fine_tune(pcqat, a.qat_epochs, float(a.qat_lr.split(",")[0]), "PCQAT")
+        path = write_tflite(self.work / f"pruned{a.sparsity:g}_c{a.clusters}_pcqat_int8.tflite",
+                            convert_tflite(pcqat, "int8", cal, "uint8"))
+        self.row(f"tflite {tag} + PCQAT int8", path, "tflite", "int8 (PCQAT)",
+                 {"sparsity": sparsity_of(pcqat), "train": result.to_json(), "seconds": time.perf_counter() - t})
+
     def gzipcurve(self):
         """gzip size of the int8 file against sparsity, by one-shot magnitude pruning (no training:
         the size depends on the zeros, not on the accuracy recovered by fine-tuning)."""
@@ -300,6 +333,9 @@ def main(argv=None):
     p.add_argument("--prune-epochs", type=int, default=6)
     p.add_argument("--prune-ramp-epochs", type=float, default=3.0)
     p.add_argument("--prune-lr", type=float, default=1e-4)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--cluster-epochs", type=int, default=2)
+    p.add_argument("--cluster-lr", type=float, default=1e-5)
     p.add_argument("--calibrate-qat", type=int, default=1, help="start QAT ranges from calibration (1) or not (0)")
     p.add_argument("--reuse-pruned", type=int, default=1, help="reuse WORK/pruned_S.keras when it exists")
     args = p.parse_args(argv)

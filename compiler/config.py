@@ -49,6 +49,10 @@ class CompileConfig:
     prune: float = 0.0  # target sparsity of magnitude pruning (0: none)
     prune_epochs: int = 6
     prune_learning_rate: float = 1e-4
+    # Sparsity-preserving weight clustering of the pruned model, then PCQAT (0: none).
+    cluster: int = 0  # shared values per kernel, e.g. 16
+    cluster_epochs: int = 2
+    cluster_learning_rate: float = 1e-5
     max_accuracy_drop: float = 1.0  # points of val accuracy a quantized file may lose vs fp32
     target: str | None = None  # a device profile (compiler/targets.py)
     threads: int | None = None  # latency measurement threads (default: the target's, capped by cores)
@@ -92,6 +96,10 @@ class CompileConfig:
                 raise EdgetlError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
         if not 0.0 <= self.prune < 1.0:
             raise EdgetlError(f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
+        if self.cluster and not 2 <= self.cluster <= 256:
+            raise EdgetlError(f"--cluster {self.cluster} must be a number of shared values in [2, 256], e.g. 16")
+        if self.cluster and self.prune == 0:
+            raise EdgetlError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
 
     @property
     def distills(self) -> bool:

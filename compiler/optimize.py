@@ -143,34 +143,46 @@ class Optimizer:
             onnx.save(converted, str(tmp))
         return self._add(Candidate("fp16", "onnx", "fp16", path, "fp16 weights and compute, float32 I/O"))
 
-    def add_qat(self, model=None, suffix: str = "", sparsity: float | None = None, prune_preserving: bool = False):
-        """QAT (or pruning-preserving QAT) fine-tuning, then a full-integer TFLite."""
+    def add_qat(self, model=None, suffix: str = "", sparsity: float | None = None, preserve: str | None = None):
+        """QAT fine-tuning, then a full-integer TFLite. preserve: None, "pruning" (PQAT: the
+        zeros stay) or "clusters" (PCQAT: the zeros and the shared values stay)."""
         from edgetl.compiler import compress
         from edgetl.compiler.quantize import convert_tflite
 
         model = model or self.float_model
-        make = compress.prune_preserving_qat if prune_preserving else compress.quantize_aware
+        make, what = {
+            None: (compress.quantize_aware, "QAT"),
+            "pruning": (compress.prune_preserving_qat, "pruning-preserving QAT"),
+            "clusters": (compress.cluster_preserving_qat, "pruning- and cluster-preserving QAT"),
+        }[preserve]
         qat = make(model, self.calibration, batch_size=self.config.batch_size)
-        label = ("pruning-preserving QAT" if prune_preserving else "QAT") + (" + distillation" if self.teacher_model else "")
-        result = compress.fine_tune(
-            qat,
-            teacher=self.teacher_model,
-            train_views=self.train_views,
-            val=self.images.get("val", self.size),
-            epochs=self.config.qat_epochs,
-            learning_rate=self.config.qat_learning_rate,
-            batch_size=self.config.batch_size,
-            temperature=self.config.temperature,
-            alpha=self.config.alpha if self.teacher_model is not None else 0.0,
-            seed=self.config.seed,
-            label=label,
-        )
+        label = what + (" + distillation" if self.teacher_model else "")
+        result = self._fine_tune(qat, self.config.qat_epochs, self.config.qat_learning_rate, what)
         name = f"int8-qat{suffix}"  # with a pruning suffix it is pruning-preserving QAT (see origin)
         self.trained[name] = result.to_json()
         with progress_bar(f"TFLite {name}", 1) as advance:
             data = convert_tflite(qat, "int8", calibration=self.calibration, io_dtype=self.config.io_dtype)
             advance()
         return self._add(Candidate(name, "tflite", "int8", self.folder / f"model.{name}.tflite", label, sparsity), data)
+
+    def _fine_tune(self, model, epochs: int, learning_rate: float, label: str):
+        """compress.fine_tune on the train views, distilled from the teacher when there is one."""
+        from edgetl.compiler import compress
+
+        distilled = self.teacher_model is not None
+        return compress.fine_tune(
+            model,
+            teacher=self.teacher_model,
+            train_views=self.train_views,
+            val=self.images.get("val", self.size),
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=self.config.batch_size,
+            temperature=self.config.temperature,
+            alpha=self.config.alpha if distilled else 0.0,
+            seed=self.config.seed,
+            label=label + (" + distillation" if distilled else ""),
+        )
 
     def pruned_model(self):
         """Magnitude pruning to the target sparsity (fine-tuned, distilled), stripped."""
@@ -179,32 +191,30 @@ class Optimizer:
         views = self.train_views
         begin, end = compress.pruning_steps(len(views[0]), self.config.batch_size, ramp_epochs=max(1, self.config.prune_epochs / 2))
         pruned = compress.prune(self.float_model, self.config.prune, begin, end)
-        result = compress.fine_tune(
-            pruned,
-            teacher=self.teacher_model,
-            train_views=views,
-            val=self.images.get("val", self.size),
-            epochs=self.config.prune_epochs,
-            learning_rate=self.config.prune_learning_rate,
-            batch_size=self.config.batch_size,
-            temperature=self.config.temperature,
-            alpha=self.config.alpha if self.teacher_model is not None else 0.0,
-            seed=self.config.seed,
-            label=f"pruning to {self.config.prune:.0%}" + (" + distillation" if self.teacher_model else ""),
-        )
+        result = self._fine_tune(pruned, self.config.prune_epochs, self.config.prune_learning_rate, f"pruning to {self.config.prune:.0%}")
         self.trained["pruning"] = result.to_json()
         stripped = compress.strip(pruned)
         return stripped, compress.sparsity_of(stripped)
 
+    def clustered_model(self, model):
+        """Sparsity-preserving weight clustering of a pruned model (fine-tuned, distilled), stripped."""
+        from edgetl.compiler import compress
+
+        clustered = compress.cluster(model, self.config.cluster)
+        result = self._fine_tune(clustered, self.config.cluster_epochs, self.config.cluster_learning_rate, f"clustering to {self.config.cluster} values")
+        self.trained["clustering"] = result.to_json()
+        return compress.strip_clusters(clustered)
+
     def has(self, name: str, fmt: str = "tflite") -> bool:
         return any(c.name == name and c.format == fmt for c in self.candidates)
 
-    def ensure(self, name: str, model=None, suffix: str = "", sparsity: float | None = None) -> None:
-        """Build TFLite candidate `name` (fp16, dynamic, int8, int8-qat) unless it exists."""
+    def ensure(self, name: str, model=None, suffix: str = "", sparsity: float | None = None, preserve: str | None = None) -> None:
+        """Build TFLite candidate `name` (fp16, dynamic, int8, int8-qat) unless it exists.
+        preserve: what QAT must keep (add_qat); default: the zeros when `sparsity` is given."""
         if self.has(name + suffix):
             return
         if name == "int8-qat":
-            self.add_qat(model, suffix, sparsity, prune_preserving=bool(sparsity))
+            self.add_qat(model, suffix, sparsity, preserve=preserve or ("pruning" if sparsity else None))
         elif name != "fp32":
             self.add_ptq(model, suffix, sparsity, precisions=(name,))
 

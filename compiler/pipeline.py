@@ -477,9 +477,14 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
     if config.prune > 0:
         pruned, sparsity = optimizer.pruned_model()
         suffix = f"-pruned{round(sparsity * 100)}"
+        preserve = "pruning"  # PQAT
+        if config.cluster:
+            pruned = optimizer.clustered_model(pruned)
+            suffix += f"-clustered{config.cluster}"
+            preserve = "clusters"  # PCQAT
         optimizer.add_ptq(pruned, suffix, sparsity, precisions=("fp32",))
         if mode in ("auto", "int8"):
-            optimizer.ensure("int8-qat", pruned, suffix, sparsity)  # pruning-preserving QAT
+            optimizer.ensure("int8-qat", pruned, suffix, sparsity, preserve)
         elif mode in ("fp16", "dynamic"):
             optimizer.add_ptq(pruned, suffix, sparsity, precisions=(mode,))
     if mode in ("auto", "int8"):

@@ -93,6 +93,9 @@ def compile_command(
     calibration_size: Annotated[int, typer.Option(min=1, help="Class-balanced training images that calibrate int8.", rich_help_panel="Quantization and pruning")] = 128,
     qat: Annotated[bool, typer.Option("--qat", help="Also build a quantization-aware-trained int8 file.", rich_help_panel="Quantization and pruning")] = False,
     prune: Annotated[float, typer.Option(min=0.0, max=0.95, help="Target sparsity of magnitude pruning, e.g. 0.5 (0: none).", rich_help_panel="Quantization and pruning")] = 0.0,
+    cluster: Annotated[
+        int, typer.Option(min=0, help="After --prune, share each kernel's weights among N values (e.g. 16; tfmot clustering, then PCQAT): a smaller gzip. 0: none.", rich_help_panel="Quantization and pruning")
+    ] = 0,
     max_accuracy_drop: Annotated[
         float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
     ] = 1.0,
@@ -116,7 +119,7 @@ def compile_command(
         "head_epochs": head_epochs, "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
         "student_weights": student_weights, "distill_epochs": distill_epochs, "temperature": temperature, "alpha": alpha,
         "unlabeled": unlabeled, "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
-        "calibration_size": calibration_size, "qat": qat, "prune": prune, "max_accuracy_drop": max_accuracy_drop,
+        "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
         "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
     }

@@ -42,6 +42,8 @@ def test_models_lists_the_registry(capsys):
         (["compile", ".", "--teacher", "resnet5O"], "unknown model 'resnet5O'"),
         (["compile", ".", "--bogus"], "--bogus"),
         (["compile", ".", "--batch-size", "0"], "--batch-size"),
+        (["compile", ".", "--cluster", "16"], "give --prune too"),
+        (["compile", ".", "--prune", "0.5", "--cluster", "1"], "--cluster 1 must be"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(args, message, capsys, tmp_path):

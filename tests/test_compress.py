@@ -245,6 +245,47 @@ def test_prune_preserving_qat_keeps_the_zeros_down_to_the_int8_file(data):
     assert np.mean(probs.argmax(1) == data["y_test"]) >= 0.95
 
 
+
+def test_clustering_keeps_the_zeros_and_shares_values_down_to_the_int8_file(data):
+    begin, end = C.pruning_steps(len(data["train"][1]), 16, ramp_epochs=1)
+    pruned = C.prune(data["model"], 0.5, begin, end)
+    _fine_tune(pruned, data, epochs=2, learning_rate=1e-3)
+    stripped = C.strip(pruned)
+    zeros_before = [stripped.get_layer(n).kernel.numpy() == 0 for n in ("tiny_conv0", "tiny_conv1", "tiny_conv2")]
+    before = _snapshot(stripped)
+    assert C.distinct_values(stripped) > 100
+
+    clustered = C.cluster(stripped, 8)
+    _fine_tune(clustered, data, epochs=2, learning_rate=1e-4, teacher=data["model"])
+    plain = C.strip_clusters(clustered)
+    assert _same(before, stripped.get_weights())  # the pruned model is untouched
+    assert [layer.name for layer in plain.layers] == [layer.name for layer in stripped.layers]
+    assert C.distinct_values(plain) <= 8
+    for name, zeros in zip(("tiny_conv0", "tiny_conv1", "tiny_conv2"), zeros_before):
+        # preserve_sparsity: the pruned zeros stay where they were, and no new ones appear
+        np.testing.assert_array_equal(plain.get_layer(name).kernel.numpy() == 0, zeros, err_msg=name)
+    np.testing.assert_allclose(_predict(plain, data["x_test"]), _predict(clustered, data["x_test"]), atol=1e-5)
+
+    calibration = Q.calibration_sample(*data["train"], 32)
+    pcqat = C.cluster_preserving_qat(plain, calibration)
+    _fine_tune(pcqat, data, epochs=2, learning_rate=1e-4, teacher=data["model"])
+    assert C.sparsity_of(pcqat) == pytest.approx(0.5, abs=0.01)
+    int8 = Q.convert_tflite(pcqat, "int8", calibration, "uint8")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=int8)
+    kernels = [interp.get_tensor(op["inputs"][1]) for op in interp._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert len(kernels) == 3 and all(k.dtype == np.int8 for k in kernels)
+    for kernel in kernels:  # OHWI, one scale per output channel: at most 8 codes besides 0
+        assert max(len(np.unique(channel[channel != 0])) for channel in kernel) <= 8
+    zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros == pytest.approx(0.5, abs=0.02)
+    probs = open_session(Q.write_tflite(data["dir"] / "pcqat.tflite", int8)).predict(data["x_test"])
+    assert np.mean(probs.argmax(1) == data["y_test"]) >= 0.95
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        C.cluster(stripped, 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
 def test_qat_wraps_every_layer_of_the_big_registry_models(name):

@@ -168,12 +168,14 @@ def test_unchanged_stages_come_from_the_cache(tmp_path):
     assert third["models"]["student"]["test"] == first["models"]["student"]["test"]
 
 
-def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path):
+@pytest.mark.parametrize("cluster", [0, 8])
+def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path, cluster):
     from conftest import write_color_dataset
 
     data = write_color_dataset(tmp_path / "data", per_class=12)
     config = CompileConfig(
-        data=data, out=tmp_path / "out", **{**FAST, "quantize": "int8", "prune": 0.5, "prune_epochs": 2, "qat_epochs": 1}
+        data=data, out=tmp_path / "out",
+        **{**FAST, "quantize": "int8", "prune": 0.5, "prune_epochs": 2, "qat_epochs": 1, "cluster": cluster, "cluster_epochs": 1},
     )
     report = compile_model(config)
     by_file = {a["file"]: a for a in report["artifacts"]}
@@ -183,6 +185,8 @@ def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path):
     # The deployed file is the pruned int8 one when it passes the gate; the report says why either way.
     deployed = by_file[report["deployed"]["tflite_variant"]]
     assert "pruning" in report["optimization"]["trained"]
+    assert ("clustering" in report["optimization"]["trained"]) == bool(cluster)
+    assert all(("clustered8" in a["file"]) == bool(cluster) for a in pruned)
     if deployed["gate"] == "passed" and any(a["gate"] == "passed" for a in pruned if a["precision"] == "int8"):
         assert deployed.get("sparsity")
     assert report["deployed"]["why"]
