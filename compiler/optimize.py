@@ -43,6 +43,10 @@ class Candidate:
     latency_p50_ms: float | None = None
     io: dict | None = None
     gate: str = ""  # "passed" or why it failed
+    # Test probabilities of the Keras model the file was converted from, when that is not the
+    # float model (a pruned or clustered copy): parity is checked against it, not the original.
+    reference_probs: np.ndarray | None = None
+    reference: str = "float Keras model"
 
     @property
     def file(self) -> str:
@@ -80,6 +84,7 @@ class Optimizer:
         self.candidates: list[Candidate] = []
         self.trained: dict[str, dict] = {}  # QAT / pruning fine-tuning records, for the report
         self._calibration = None
+        self._reference_probs: dict[int, np.ndarray] = {}
 
     # -- inputs -------------------------------------------------------------------------
     @property
@@ -90,6 +95,18 @@ class Optimizer:
             x, y = self.images.get("train", self.size)
             self._calibration = calibration_sample(x, y, self.config.calibration_size, self.config.seed)
         return self._calibration
+
+    def _source(self, candidate: Candidate, model, suffix: str) -> Candidate:
+        """Record that `candidate` was converted from `model` (the copy that `suffix` names, e.g.
+        "-pruned50") when that is not the float model, with its test probabilities for parity."""
+        if model is not None and model is not self.float_model:
+            if id(model) not in self._reference_probs:
+                x_test, _ = self.images.get("test", self.size)
+                probs = model.predict(x_test.astype(np.float32), batch_size=self.config.batch_size, verbose=0)
+                self._reference_probs[id(model)] = probs
+            candidate.reference_probs = self._reference_probs[id(model)]
+            candidate.reference = f"{suffix.strip('-') or 'derived'} Keras model"
+        return candidate
 
     # -- candidates ---------------------------------------------------------------------
     def _add(self, candidate: Candidate, data: bytes | None = None) -> Candidate:
@@ -109,6 +126,7 @@ class Optimizer:
     def add_ptq(self, model=None, suffix: str = "", sparsity: float | None = None, precisions=("fp16", "dynamic", "int8")):
         from edgetl.compiler.quantize import convert_tflite
 
+        source = model
         model = model or self.float_model
         for precision in precisions:
             calibration = self.calibration if precision == "int8" else None
@@ -117,19 +135,33 @@ class Optimizer:
                 data = convert_tflite(model, precision, calibration=calibration, io_dtype=io_dtype)
                 advance()
             name = f"{precision}{suffix}"
-            self._add(
-                Candidate(name, "tflite", precision, self.folder / f"model.{name}.tflite", "post-training quantization", sparsity),
-                data,
-            )
+            candidate = Candidate(name, "tflite", precision, self.folder / f"model.{name}.tflite", "post-training quantization", sparsity)
+            self._add(self._source(candidate, source, suffix), data)
 
-    def add_onnx_int8(self, float_onnx: Path, name: str = "int8", sparsity: float | None = None):
+    def add_onnx_int8(self, float_onnx: Path, name: str = "int8", sparsity: float | None = None, model=None):
+        """ONNX Runtime static QDQ of `float_onnx`; model: the Keras model it was exported from,
+        when that is not the float model (a pruned copy)."""
         from edgetl.compiler.quantize import quantize_onnx
 
         path = self.folder / f"model.{name}.onnx"
         with progress_bar(f"ONNX {name} (static QDQ)", 1) as advance:
             quantize_onnx(float_onnx, path, self.calibration, per_channel=True)
             advance()
-        return self._add(Candidate(name, "onnx", "int8", path, "ONNX Runtime static QDQ, per channel", sparsity))
+        candidate = Candidate(name, "onnx", "int8", path, "ONNX Runtime static QDQ, per channel", sparsity)
+        return self._add(self._source(candidate, model, name.removeprefix("int8")))
+
+    def add_onnx_compressed(self, model, suffix: str, sparsity: float | None):
+        """A pruned (and clustered) model as ONNX: the float export, then its int8 QDQ file.
+
+        The float file is an intermediate, not a candidate (the pruned fp32 TFLite already shows
+        what pruning costs in float); it is written beside the variants and removed."""
+        from edgetl.compiler.export import export_onnx
+
+        float_onnx = export_onnx(model, self.folder / f".model.fp32{suffix}.onnx")
+        try:
+            return self.add_onnx_int8(float_onnx, f"int8{suffix}", sparsity, model=model)
+        finally:
+            float_onnx.unlink(missing_ok=True)
 
     def add_onnx_fp16(self, float_onnx: Path):
         import onnx
@@ -155,6 +187,7 @@ class Optimizer:
             "pruning": (compress.prune_preserving_qat, "pruning-preserving QAT"),
             "clusters": (compress.cluster_preserving_qat, "pruning- and cluster-preserving QAT"),
         }[preserve]
+        source = model
         qat = make(model, self.calibration, batch_size=self.config.batch_size)
         label = what + (" + distillation" if self.teacher_model else "")
         result = self._fine_tune(qat, self.config.qat_epochs, self.config.qat_learning_rate, what)
@@ -163,7 +196,8 @@ class Optimizer:
         with progress_bar(f"TFLite {name}", 1) as advance:
             data = convert_tflite(qat, "int8", calibration=self.calibration, io_dtype=self.config.io_dtype)
             advance()
-        return self._add(Candidate(name, "tflite", "int8", self.folder / f"model.{name}.tflite", label, sparsity), data)
+        candidate = Candidate(name, "tflite", "int8", self.folder / f"model.{name}.tflite", label, sparsity)
+        return self._add(self._source(candidate, source, suffix), data)
 
     def _fine_tune(self, model, epochs: int, learning_rate: float, label: str):
         """compress.fine_tune on the train views, distilled from the teacher when there is one."""

@@ -485,6 +485,7 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         optimizer.add_ptq(pruned, suffix, sparsity, precisions=("fp32",))
         if mode in ("auto", "int8"):
             optimizer.ensure("int8-qat", pruned, suffix, sparsity, preserve)
+            optimizer.add_onnx_compressed(pruned, suffix, sparsity)
         elif mode in ("fp16", "dynamic"):
             optimizer.add_ptq(pruned, suffix, sparsity, precisions=(mode,))
     if mode in ("auto", "int8"):
@@ -508,7 +509,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
     onnx_pinned = "fp16" if target and target.ops == "onnx-tensorrt" else (
         pinned if optimizer.has(pinned or "", "onnx") else ("fp32" if pinned else None)
     )
-    onnx_choice, why_onnx = optimizer.choose("onnx", onnx_pinned, prefer_pruned=False)
+    onnx_choice, why_onnx = optimizer.choose("onnx", onnx_pinned, prefer_pruned=config.prune > 0)
 
     info = ModelInfo(labels=tuple(classes), input_size=deployed.input_size, resize_policy=RESIZE_POLICY, model=deployed.name)
     info.write(out)
@@ -587,8 +588,9 @@ def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, im
     variant_rows = []
     for c in optimizer.candidates:
         runtime = "litert" if c.format == "tflite" else "onnxruntime"
-        parity = compare(c.file, runtime, c.test_probs, deployed.test_probs, deployed.config.export_atol if c.precision == "fp32" else 1.0)
-        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, parity.to_json())
+        reference = deployed.test_probs if c.reference_probs is None else c.reference_probs
+        parity = compare(c.file, runtime, c.test_probs, reference, deployed.config.export_atol if c.precision == "fp32" else 1.0)
+        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, {**parity.to_json(), "against": c.reference})
         row.update(
             file=c.file,
             precision=c.precision,

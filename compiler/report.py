@@ -128,6 +128,7 @@ def print_summary(report: dict) -> None:
             (a.get("gate") or "").split(":")[0],  # "passed" / "failed"; the why is in report.json
         )
     console.print(table)
+    console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
     console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}")
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])

@@ -180,13 +180,19 @@ def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path, cluster):
     report = compile_model(config)
     by_file = {a["file"]: a for a in report["artifacts"]}
     pruned = [a for a in report["artifacts"] if a["file"].startswith("variants/") and a.get("sparsity")]
-    assert {a["precision"] for a in pruned} == {"fp32", "int8"}
     assert all(0.45 <= a["sparsity"] <= 0.55 for a in pruned)
     # The deployed file is the pruned int8 one when it passes the gate; the report says why either way.
     deployed = by_file[report["deployed"]["tflite_variant"]]
     assert "pruning" in report["optimization"]["trained"]
     assert ("clustering" in report["optimization"]["trained"]) == bool(cluster)
     assert all(("clustered8" in a["file"]) == bool(cluster) for a in pruned)
+    # The pruned model is exported to ONNX too, and each pruned file's parity is checked
+    # against the pruned Keras model it came from (the float exports match it exactly).
+    assert {(a["runtime"], a["precision"]) for a in pruned} == {("litert", "fp32"), ("litert", "int8"), ("onnxruntime", "int8")}
+    assert all("pruned50" in a["parity"]["against"] for a in pruned)
+    pruned_fp32 = next(a for a in pruned if a["precision"] == "fp32")
+    assert pruned_fp32["parity"]["passed"] and pruned_fp32["parity"]["top1_agreement"] == 1.0
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out" / "variants").iterdir())
     if deployed["gate"] == "passed" and any(a["gate"] == "passed" for a in pruned if a["precision"] == "int8"):
         assert deployed.get("sparsity")
     assert report["deployed"]["why"]
