@@ -475,7 +475,13 @@ def cluster_preserving_qat(model, calibration: np.ndarray | None = None, batch_s
     """QAT that keeps both the zeros and the shared values of a pruned, clustered, stripped
     model (tfmot's PCQAT: the weight quantizers train the centroids, not single weights).
     calibration: as in quantize_aware."""
-    return quantize_aware(model, calibration, scheme=_cluster_preserve_scheme(True), batch_size=batch_size)
+    import warnings
+
+    with warnings.catch_warnings():
+        # tfmot warns for every quantized layer we did not cluster (the head, depthwise
+        # kernels): "No clustering performed on layer quant_logits. Too many centroids".
+        warnings.filterwarnings("ignore", message="No clustering performed on layer")
+        return quantize_aware(model, calibration, scheme=_cluster_preserve_scheme(True), batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------
