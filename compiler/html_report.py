@@ -117,8 +117,8 @@ def render(report: dict, out: Path) -> str:
             f"<td class='n'>{_points(delta)}</td>"
             f"<td class='n'>{_mb(a['size_bytes'])}</td><td class='n'>{_mb(a.get('gzip_bytes'))}</td>"
             f"<td class='n'>{_ms(a.get('latency_p50_ms'))}</td>"
-            f"<td class='n' title=\"against the {_e(parity.get('against', 'float Keras model')) if parity else ''}\">"
-            f"{_pct(parity.get('top1_agreement')) if parity else '(reference)'}</td></tr>"
+            + (f"<td class='n' title=\"against the {_e(parity.get('against', 'float Keras model'))}\">" if parity else "<td class='n'>")
+            + f"{_pct(parity.get('top1_agreement')) if parity else '(reference)'}</td></tr>"
         )
     parts.append("</table><p class='muted'>Top-1 agreement is with the Keras model each file was converted "
                  "from: for a pruned file, the pruned model.</p>")
