@@ -280,8 +280,14 @@ def test_clustering_keeps_the_zeros_and_shares_values_down_to_the_int8_file(data
         assert max(len(np.unique(channel[channel != 0])) for channel in kernel) <= 8
     zeros = sum(int(np.count_nonzero(k == 0)) for k in kernels) / sum(k.size for k in kernels)
     assert zeros == pytest.approx(0.5, abs=0.02)
-    probs = open_session(Q.write_tflite(data["dir"] / "pcqat.tflite", int8)).predict(data["x_test"])
+    path = Q.write_tflite(data["dir"] / "pcqat.tflite", int8)
+    probs = open_session(path).predict(data["x_test"])
     assert np.mean(probs.argmax(1) == data["y_test"]) >= 0.95
+    from edgetl.benchmarks.file_anatomy import anatomy
+
+    filters = anatomy(path)["conv kxk filters"]  # what the benchmark script reports
+    assert filters["codes"] <= 8 and filters["zeros"] == pytest.approx(zeros)
+    assert filters["bytes"] == sum(k.size for k in kernels)
     with pytest.raises(ValueError, match="at least 2 clusters"):
         C.cluster(stripped, 1)
 
