@@ -31,7 +31,13 @@ def recipe_text(config: CompileConfig) -> str:
     import yaml
 
     header = "# edgetl recipe: `edgetl compile --recipe THIS_FILE` builds it again; options given beside it win.\n"
-    return header + yaml.safe_dump(config.to_json(), sort_keys=False)
+    settings = config.to_json()
+    # Inputs as absolute paths: a recipe replayed from another folder must find the same data.
+    # `out` stays as given (a replay usually names its own).
+    for name in ("data", "unlabeled", "cache_dir"):
+        if settings.get(name):
+            settings[name] = str(Path(settings[name]).resolve())
+    return header + yaml.safe_dump(settings, sort_keys=False)
 
 
 def write_recipe(config: CompileConfig, out: Path) -> Path:

@@ -115,6 +115,25 @@ def test_a_recipe_replays_with_one_change(tmp_path, capsys):
     assert "quantize: fp16" in stdout and "seed: 7" in stdout and "teacher: tiny_cnn" in stdout
 
 
+def test_a_recipe_names_its_data_so_it_replays_from_any_folder(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from conftest import write_color_dataset
+    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.recipe import recipe_text
+
+    write_color_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    text = recipe_text(CompileConfig(data="data", out="o", teacher="tiny_cnn"))
+    assert yaml.safe_load(text)["data"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "recipe.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, stdout, err = run_cli("compile", "--recipe", "recipe.yaml", "--dry-run", capsys=capsys)
+    assert code == 0, err
+    assert f"data: {tmp_path / 'data'}" in stdout
+
+
 def test_bad_recipe_and_bad_target_are_one_line_errors(tmp_path, capsys):
     bad = tmp_path / "recipe.yaml"
     bad.write_text("teacher: tiny_cnn\nlearning_rat: 3\n")
