@@ -1,7 +1,10 @@
-"""Compression with tfmot: quantization-aware training, magnitude pruning, and both at once.
+"""Compression with tfmot: quantization-aware training, magnitude pruning, weight clustering,
+and their combinations (tfmot's collaborative optimization).
 
 Every technique is a function that returns a new model and never touches its input (tfmot's
-style): `quantize_aware`, `prune`, `strip`, `prune_preserving_qat`. `fine_tune` then trains
+style): `quantize_aware`, `prune`, `strip`, `prune_preserving_qat`, `cluster`,
+`strip_clusters`, `cluster_preserving_qat`. The chain for the smallest download is prune ->
+strip -> cluster -> strip_clusters -> cluster_preserving_qat (PCQAT). `fine_tune` then trains
 the returned model in place for a few epochs, with the distillation loss when a teacher is
 given (compiler.distill's `Distiller`), keeping the best weights seen on validation accuracy.
 
@@ -485,7 +488,7 @@ def cluster_preserving_qat(model, calibration: np.ndarray | None = None, batch_s
 
 
 # --------------------------------------------------------------------------------------------
-# Fine-tuning (QAT, pruning, PQAT), with distillation when a teacher exists
+# Fine-tuning (QAT, pruning, clustering, PQAT, PCQAT), with distillation when a teacher exists
 # --------------------------------------------------------------------------------------------
 
 
