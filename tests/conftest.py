@@ -32,6 +32,18 @@ def write_color_dataset(root: Path, classes=("red", "green", "blue"), per_class=
     return root
 
 
+BASE_COLOURS = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220), (220, 220, 30)])
+
+
+def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy solid-colour pixels in memory (uint8), the classes in turn; pixels span (nearly)
+    0..255, so int8 calibration sees the whole range."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(BASE_COLOURS)
+    x = BASE_COLOURS[y][:, None, None, :] + rng.normal(0, 25, (n, size, size, 3))
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
 @pytest.fixture
 def color_dataset(tmp_path) -> Path:
     return write_color_dataset(tmp_path / "colors")

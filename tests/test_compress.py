@@ -15,14 +15,7 @@ from edgetl.compiler import compress as C
 from edgetl.compiler import quantize as Q
 from edgetl.runtime import open_session
 
-BASE_COLOURS = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220), (220, 220, 30)])
-
-
-def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % len(BASE_COLOURS)
-    x = BASE_COLOURS[y][:, None, None, :] + rng.normal(0, 25, (n, size, size, 3))
-    return np.clip(x, 0, 255).astype(np.uint8), y
+from conftest import BASE_COLOURS, colour_images
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +236,6 @@ def test_prune_preserving_qat_keeps_the_zeros_down_to_the_int8_file(data):
     path = Q.write_tflite(data["dir"] / "pqat.tflite", int8)
     probs = open_session(path).predict(data["x_test"])
     assert np.mean(probs.argmax(1) == data["y_test"]) >= 0.95
-
 
 
 def test_clustering_keeps_the_zeros_and_shares_values_down_to_the_int8_file(data):

@@ -14,15 +14,7 @@ import pytest
 from edgetl.compiler import quantize as Q
 from edgetl.runtime import open_session
 
-BASE_COLOURS = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220), (220, 220, 30)])
-
-
-def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy solid-colour images, classes in turn; pixels span (nearly) 0..255."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % len(BASE_COLOURS)
-    x = BASE_COLOURS[y][:, None, None, :] + rng.normal(0, 25, (n, size, size, 3))
-    return np.clip(x, 0, 255).astype(np.uint8), y
+from conftest import BASE_COLOURS, colour_images
 
 
 def train_tiny(x, y, seed=0):
