@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-CACHE_FORMAT = 1  # bump when a cached stage's meaning changes
+CACHE_FORMAT = 2  # bump when a cached stage's meaning changes
 
 
 def default_cache_root() -> Path:
@@ -55,6 +55,7 @@ class StageCache:
 
     MODEL = "model.keras"
     RECORD = "record.json"
+    ARRAYS = "arrays.npz"  # what a later stage needs besides the model (e.g. fold models)
 
     def __init__(self, root: Path | None):
         self.root = Path(root) if root is not None else None
@@ -63,7 +64,7 @@ class StageCache:
         return self.root / f"{stage}-{key}"
 
     def load(self, stage: str, key: str):
-        """(model, record) of a finished stage, or None."""
+        """(model, record, arrays) of a finished stage, or None; arrays is {} when none were stored."""
         if self.root is None:
             return None
         folder = self._dir(stage, key)
@@ -73,7 +74,13 @@ class StageCache:
 
         try:
             record = json.loads((folder / self.RECORD).read_text())
-            return load_keras_model(folder / self.MODEL), record
+            arrays = {}
+            if (folder / self.ARRAYS).is_file():
+                import numpy as np
+
+                with np.load(folder / self.ARRAYS, allow_pickle=False) as data:
+                    arrays = {name: data[name] for name in data.files}
+            return load_keras_model(folder / self.MODEL), record, arrays
         except Exception:  # a damaged entry is a cache miss, never an error
             return None
 
@@ -106,7 +113,7 @@ class StageCache:
             for name, path in files.items():
                 shutil.copyfile(path, tmp / name)
 
-    def store(self, stage: str, key: str, model, record: dict) -> None:
+    def store(self, stage: str, key: str, model, record: dict, arrays: dict | None = None) -> None:
         if self.root is None:
             return
         from edgetl._compat import keras
@@ -114,4 +121,8 @@ class StageCache:
         with self._entry(stage, key) as tmp:
             # An uncompiled twin: no optimizer state, and QAT/pruning wrappers saved as they are.
             keras.Model(model.inputs, model.outputs, name=model.name).save(tmp / self.MODEL)
+            if arrays:
+                import numpy as np
+
+                np.savez(tmp / self.ARRAYS, **arrays)
             (tmp / self.RECORD).write_text(json.dumps(record, indent=2, default=str))

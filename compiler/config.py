@@ -14,9 +14,7 @@ class CompileConfig:
     # "imagenet" (the registry's pretrained weights), a path to a weights file, or "none" for
     # random initialisation (explicit only: edgetl never falls back to random weights).
     teacher_weights: str = "imagenet"
-    # Stage 1: a new head trained on cached features of the frozen backbone (cheap epochs).
-    head_epochs: int = 40
-    head_learning_rate: float = 1e-3
+    # Stage 1: the linear probe on cached features of the frozen backbone (compiler/probe.py).
     # Stage 2: the top of the backbone unfrozen, low learning rate, batch-norm statistics frozen.
     finetune_epochs: int = 8
     finetune_learning_rate: float = 1e-4
@@ -62,6 +60,14 @@ class CompileConfig:
     dropout: float = 0.2
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Small data (compiler/crossval.py): below `cv_below` labelled training images, choices
+    # (probe or fine-tuning, and for how many epochs) are made by `folds`-fold cross-validation
+    # and nothing is carved for val or test; the deployed model is refit on all of them.
+    # "holdout" or "cv" force one way. 600: a 15% val split of fewer than ~90 images moves by
+    # more than a point per image, too coarse to pick epochs or the probe on its own.
+    selection: str = "auto"
+    cv_below: int = 600
+    folds: int = 5
     seed: int = 0
     overwrite: bool = False
     # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
@@ -91,11 +97,19 @@ class CompileConfig:
     def validate(self) -> None:
         from edgetl.errors import EdgetlError
 
-        choices = {"quantize": ("auto", "fp32", "fp16", "dynamic", "int8"), "io_dtype": ("uint8", "int8", "float32")}
+        choices = {
+            "quantize": ("auto", "fp32", "fp16", "dynamic", "int8"),
+            "io_dtype": ("uint8", "int8", "float32"),
+            "selection": ("auto", "cv", "holdout"),
+        }
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise EdgetlError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
+        if not 2 <= self.folds <= 20:
+            raise EdgetlError(f"--folds {self.folds} must be a number of cross-validation folds in [2, 20], e.g. 5")
+        if self.cv_below < 0:
+            raise EdgetlError(f"--cv-below {self.cv_below} must be a number of images (0 or more), e.g. 600")
         if not 0.0 <= self.prune < 1.0:
             raise EdgetlError(f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
         if self.cluster and not 2 <= self.cluster <= 256:

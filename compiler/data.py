@@ -113,6 +113,10 @@ class Dataset:
     # Splits that were carved automatically: split -> fraction of the source pool it took.
     carved: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    # How choices are made and accuracy estimated: "holdout" (the val split picks, the test
+    # split scores) or "cv" (k-fold cross-validation on all labelled training images: no val
+    # split, and no carved test split; a given test/ still scores).
+    selection: str = "holdout"
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +147,7 @@ class Dataset:
             },
             "skipped": [{"path": p.path.as_posix(), "reason": p.reason} for p in self.skipped],
             "warnings": list(self.warnings),
+            "selection": self.selection,
             "resize_policy": RESIZE_POLICY,
         }
 
@@ -411,6 +416,8 @@ def scan_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
+    selection: str = "holdout",
+    cv_below: int = 0,
     progress: Callable[[int], object] | None = None,
 ) -> Dataset:
     """Find classes and images under `root`, decode-check every file, and build the splits.
@@ -549,6 +556,17 @@ def scan_dataset(
             )
         usable[key] = good
 
+    # Small data: no split is carved, cross-validation makes the choices (compiler/crossval.py).
+    groups = ("train", "val") if layout == "splits" else ("all",)
+    pool = sum(len(usable.get((g, c), [])) for g in groups for c in classes)
+    use_cv = selection == "cv" or (selection == "auto" and pool < cv_below)
+    if use_cv:
+        val_fraction = test_fraction = 0.0
+        if "val" in layout_dirs:  # a given val/ is labelled data: cross-validation uses it too
+            for cls in classes:
+                usable[("train", cls)] = sorted(usable[("train", cls)] + usable.pop(("val", cls)))
+            del layout_dirs["val"]
+
     # Build the splits: keep given ones, carve missing ones per class.
     label = {c: i for i, c in enumerate(classes)}
     per_split: dict[str, dict[str, list[Path]]] = {s: {} for s in SPLITS}
@@ -605,8 +623,9 @@ def scan_dataset(
         splits=splits,
         skipped=skipped,
         warnings=warnings,
-        carved={s: f for s, f in carved.items()},
+        carved={s: f for s, f in carved.items() if f > 0},
         seed=seed,
+        selection="cv" if use_cv else "holdout",
     )
 
 

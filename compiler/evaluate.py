@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgetl.compiler.stats import wilson_interval
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
@@ -36,6 +38,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     return {
         "images": int(len(y_true)),
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
+        "correct": int(tp.sum()),
+        "ci95": list(wilson_interval(int(tp.sum()), int(len(y_true)))),
         "macro_f1": float(f1.mean()) if len(classes) else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

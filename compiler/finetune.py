@@ -1,12 +1,16 @@
 """Teacher fine-tuning: the classic two stages of transfer learning.
 
 1. Head: the backbone is frozen, so its pooled features are computed once per image and cached;
-   a new classifier head is trained on them (one forward pass per image for the whole stage).
+   the head is the linear probe on them (logistic regression, its regularisation chosen by
+   cross-validation on the training images: compiler/probe.py). It is a candidate on its own
+   and where stage 2 starts (LP-FT).
 2. Top: the top of the backbone (from the config's `unfreeze_from` layer) is unfrozen and
    trained with the head at a low learning rate on augmented images. Batch-norm layers stay
    frozen (inference-mode statistics): with small batches, updating them ruins the pretrained
    features. Early stopping on validation accuracy; the best weights seen, stage 1 included,
-   are the ones kept.
+   are the ones kept, so fine-tuning replaces the probe only when it scores higher on val.
+   (Below CompileConfig.cv_below images there is no val split: compiler/cv_training.py makes
+   the same choice by cross-validation.)
 
 Runs under the current tf.distribute strategy (the default one on a single device).
 """
@@ -32,8 +36,21 @@ class StageResult:
 
 
 @dataclasses.dataclass
+class ProbeResult:
+    """The linear probe that heads the model: its C and its scores."""
+
+    C: float
+    folds: int
+    cv_accuracy: float  # pooled out-of-fold accuracy on the training images at the chosen C
+    cv_images: int
+    cv_accuracy_by_C: dict
+    val_accuracy: float | None  # on the val split, when there is one
+    seconds: float
+
+
+@dataclasses.dataclass
 class FinetuneResult:
-    head: StageResult
+    head: ProbeResult
     top: StageResult
     unfrozen_layers: int
     trainable_params: int
@@ -176,24 +193,42 @@ def set_trainable_top(model, unfreeze_from: str) -> int:
     return unfrozen
 
 
-def train_head(model, config: CompileConfig, train, val, strategy=None, label: str = "head") -> StageResult:
-    """Stage 1: a new head on the frozen backbone's cached features (one forward pass per image)."""
-    strategy = strategy or tf.distribute.get_strategy()
+def train_head(model, config: CompileConfig, train, val, strategy=None, label: str = "head", features=None) -> tuple[ProbeResult, object]:
+    """Stage 1: the linear probe on the frozen backbone's pooled features, written into the
+    model's "logits" layer. Returns the record and the Probe (with its out-of-fold scores).
+
+    features: the training images' pooled features when already computed.
+    """
+    import time
+
+    from edgetl.compiler.probe import fit_probe, set_head
+
+    start = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = train, val
-    f_train = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
-    f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
-    with strategy.scope():
-        features_in = keras.Input(f_train.shape[1:], name="cached_features")
-        x = model.get_layer(DROPOUT_LAYER)(features_in)
-        x = model.get_layer(LOGITS_LAYER)(x)
-        head = keras.Model(features_in, model.get_layer(PROBABILITIES_LAYER)(x), name="head")
-        head.compile(
-            keras.optimizers.Adam(config.head_learning_rate),
-            keras.losses.SparseCategoricalCrossentropy(),
-            metrics=["accuracy"],
-        )
-    keep = KeepBest(patience=max(3 * config.patience, 8))
-    return _fit(head, (f_train, y_train), (f_val, y_val), config.head_epochs, keep, f"{label}: head (frozen backbone)", config.batch_size)
+    if features is None:
+        features = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
+    num_classes = model.get_layer(LOGITS_LAYER).units
+    probe = fit_probe(features, y_train, num_classes, folds=config.folds, seed=config.seed)
+    set_head(model, probe)
+    val_accuracy = None
+    if len(x_val):
+        f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
+        val_accuracy = float(np.mean(probe.predict_proba(f_val).argmax(1) == y_val))
+    cv_accuracy = probe.cv_accuracy[probe.C]
+    console.print(
+        f"    {label}: linear probe C={probe.C:g}, {probe.folds}-fold CV accuracy on {len(y_train)} training images "
+        f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "")
+    )
+    record = ProbeResult(
+        C=probe.C,
+        folds=probe.folds,
+        cv_accuracy=cv_accuracy,
+        cv_images=int(len(y_train)),
+        cv_accuracy_by_C={f"{c:g}": round(a, 4) for c, a in probe.cv_accuracy.items()},
+        val_accuracy=val_accuracy,
+        seconds=time.perf_counter() - start,
+    )
+    return record, probe
 
 
 def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):
@@ -215,7 +250,7 @@ def finetune(model, unfreeze_from: str, config: CompileConfig, train, val, strat
     unfreeze_from: the first backbone layer trained in stage 2 (the model config's).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    head_result = train_head(model, config, train, val, strategy, label="teacher")
+    head_result, _ = train_head(model, config, train, val, strategy, label="teacher")
 
     def compile_model():
         with strategy.scope():

@@ -80,13 +80,22 @@ def run_id(config: CompileConfig) -> str:
 
 
 class ImageCache:
-    """Each split decoded and resized once per input size, however many models need it."""
+    """Each split decoded and resized once per input size, however many models need it.
+
+    With cross-validation there is no val split and maybe no test split: asking for one gives
+    the training images instead (export parity, the quantization gate and the golden images need
+    some images; they measure fidelity to the float model, not generalisation). `held_out`
+    says which splits are real, and the report says so next to every figure.
+    """
 
     def __init__(self, dataset: Dataset, unlabeled=()):
         self.samples = {**dataset.splits, "unlabeled": list(unlabeled)}
+        self.held_out = {split: bool(self.samples.get(split)) for split in ("val", "test")}
         self._arrays: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if split in self.held_out and not self.held_out[split]:
+            split = "train"
         key = (split, size)
         if key not in self._arrays:
             samples = self.samples[split]
@@ -107,6 +116,9 @@ class TrainedModel:
     training: dict
     test_probs: np.ndarray | None = None
     cached: bool = False  # reused from the stage cache rather than trained in this run
+    # Arrays a later stage needs besides the model (the teacher's fold models under
+    # cross-validation), stored with it in the stage cache.
+    extras: dict | None = None
 
     def summary(self, y_test, classes) -> dict:
         from edgetl.models import count_macs
@@ -141,8 +153,14 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
 
     with timer.stage("data", f"checking images in {config.data}"):
         dataset = scan_dataset(
-            config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+            config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+            selection=config.selection, cv_below=config.cv_below,
         )
+        if dataset.selection == "cv":
+            console.print(
+                f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
+                "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
+            )
         unlabeled, unlabeled_skipped = scan_unlabeled(config.unlabeled) if config.unlabeled else ([], [])
         for warning in dataset.warnings:
             console.print(f"[yellow]warning:[/] {warning}")
@@ -160,7 +178,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
     strategy = tf.distribute.get_strategy()
 
     with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
-        teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy))
+        teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection))
         _save_keras(teacher.model, out / TEACHER_FILE)
 
     deployed, baseline = teacher, None
@@ -171,13 +189,13 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
                 cache, "student_head", keys["student_head"], lambda: _train_student_head(config, student_config, size, images, len(classes), strategy)
             )
             deployed = _cached(
-                cache, "student", keys["student"], lambda: _distil(config, student_config, head, teacher, images, len(classes), strategy)
+                cache, "student", keys["student"], lambda: _distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
             _save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
             with timer.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
                 baseline = _cached(
-                    cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy)
+                    cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
 
     # The float exports depend only on the deployed model: a replay that changes only the
@@ -236,7 +254,10 @@ def plan(config: CompileConfig) -> dict:
     """The resolved recipe and the stages a compile would run, with what the cache already holds."""
     from edgetl.compiler.progress import summary_console
 
-    dataset = scan_dataset(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    dataset = scan_dataset(
+        config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
+        selection=config.selection, cv_below=config.cv_below,
+    )
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
     keys = _stage_keys(config, dataset, unlabeled)
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
@@ -253,8 +274,7 @@ def plan(config: CompileConfig) -> dict:
     return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report()}
 
 
-def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: ImageCache, num_classes: int, strategy):
-    from edgetl.compiler.finetune import finetune
+def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: ImageCache, num_classes: int, strategy, selection: str = "holdout"):
     from edgetl.models import create_model
 
     size = model_config.input_size
@@ -262,8 +282,81 @@ def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: Ima
         model = create_model(
             config.teacher, weights=config.weights_arg(config.teacher_weights), num_classes=num_classes, dropout=config.dropout
         )
+    if selection == "cv":
+        return _train_teacher_cv(config, model_config, model, images, num_classes, strategy)
+    from edgetl.compiler.finetune import finetune
+
     training = finetune(model, model_config.unfreeze_from, config, images.get("train", size), images.get("val", size), strategy)
-    return TrainedModel("teacher", config.teacher, model_config, model, size, training.to_json())
+    record = training.to_json()
+    record["selection"] = _holdout_selection(record["head"]["val_accuracy"], record["top"], images.samples["val"])
+    return TrainedModel("teacher", config.teacher, model_config, model, size, record)
+
+
+def _holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dict:
+    """What the val split chose between the probe and the trained model, in the CV record's terms."""
+    from edgetl.compiler.stats import Accuracy
+
+    n = len(val_samples)
+    kept = stage["best_epoch"] == 0
+    chosen = probe_val if kept else stage["best_val_accuracy"]
+    return {
+        "method": f"held-out validation split ({n} images)",
+        "chosen_epochs": stage["best_epoch"],
+        "probe_kept": kept,
+        "estimate": Accuracy(round((chosen or 0.0) * n), n).to_json(),
+        "probe": Accuracy(round((probe_val or 0.0) * n), n).to_json(),
+    }
+
+
+def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, images: ImageCache, num_classes: int, strategy):
+    """Teacher on small data: probe, cross-validated fine-tuning curve, refit on all images."""
+    import time
+
+    from edgetl.compiler.cv_training import finetune_cv, fit_fixed, trainable_weights
+    from edgetl.compiler.finetune import extract_features, set_trainable_top, train_head, training_dataset
+
+    start = time.perf_counter()
+    size = model_config.input_size
+    x, y = images.get("train", size)
+    pretrained = model.get_weights()
+    features = extract_features(model, x, config.batch_size, "teacher: features")
+    head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features)
+    # The backbone as pretrained plus each fold's probe is where each fold starts.
+    model.set_weights(pretrained)
+    choice, fold_weights, splits = finetune_cv(
+        model, unfreeze_from=model_config.unfreeze_from, x=x, y=y, features=features, probe=probe,
+        num_classes=num_classes, epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate,
+        batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
+    )
+    from edgetl.compiler.probe import set_head
+
+    set_head(model, probe)
+    _say_choice("teacher", choice)
+    if choice.epochs:
+        set_trainable_top(model, model_config.unfreeze_from)
+        with strategy.scope():
+            from edgetl._compat import keras
+
+            model.compile(keras.optimizers.Adam(config.finetune_learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        fit_fixed(model, training_dataset(x, y, config.batch_size, config.seed), choice.epochs, f"teacher: refit on all {len(y)} images")
+    record = {
+        "head": dataclasses.asdict(head),
+        "selection": choice.to_json(),
+        "oof_probs": None,
+        "seconds": time.perf_counter() - start,
+    }
+    trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)
+    trained.extras = {"fold_weights": fold_weights, "folds": [held.tolist() for _, held in splits]}
+    return trained
+
+
+def _say_choice(role: str, choice) -> None:
+    curve = " ".join(f"{a:.1%}" for a in choice.accuracy_by_epoch)
+    console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe): {curve}")
+    if choice.probe_kept:
+        console.print(f"    {role}: the probe is kept ({choice.estimate.describe()}); training did not beat it in cross-validation")
+    else:
+        console.print(f"    {role}: {choice.epochs} epochs chosen, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
 
 
 def _new_student(config: CompileConfig, size: int, num_classes: int, strategy):
@@ -302,12 +395,12 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
 
 
 def _train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
-    """The student with a new head trained on its cached features: where distillation and the
+    """The student headed by its linear probe (cached features): where distillation and the
     baseline both start from."""
     from edgetl.compiler.finetune import train_head
 
     student = _new_student(config, size, num_classes, strategy)
-    head = train_head(student, config, images.get("train", size), images.get("val", size), strategy, label="student")
+    head, _ = train_head(student, config, images.get("train", size), images.get("val", size), strategy, label="student")
     return TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
 
 
@@ -321,40 +414,89 @@ def _from_head(head: TrainedModel, config, num_classes, strategy):
     return model
 
 
-def _distil(config, model_config, head: TrainedModel, teacher: TrainedModel, images: ImageCache, num_classes, strategy):
+def _distil(config, model_config, head: TrainedModel, teacher: TrainedModel, images: ImageCache, num_classes, strategy, selection="holdout"):
+    return _train_from_head(config, model_config, head, teacher, images, num_classes, strategy, selection)
+
+
+def _train_baseline(config, model_config, head: TrainedModel, images: ImageCache, num_classes, strategy, selection="holdout"):
+    return _train_from_head(config, model_config, head, None, images, num_classes, strategy, selection)
+
+
+def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, selection):
+    """Distillation (teacher given) or the labels-only baseline (teacher None), from the probe head."""
     from edgetl.compiler.distill import train_student
 
+    role, key = ("student", "distillation") if teacher is not None else ("baseline", "labels_only")
+    description = "student: distillation" if teacher is not None else "baseline: labels only"
     student = _from_head(head, config, num_classes, strategy)
+    if selection == "cv":
+        record = _train_from_head_cv(config, model_config, head, student, teacher, images, num_classes, strategy, description)
+        training = {**head.training, key: record}
+        return TrainedModel(role, config.student, model_config, student, head.input_size, training)
     result = train_student(
         student,
-        teacher.model,
+        teacher.model if teacher is not None else None,
         train_views=_student_views(config, teacher, head.input_size, images),
         val=images.get("val", head.input_size),
-        alpha=config.alpha,
-        label="student: distillation",
+        alpha=config.alpha if teacher is not None else 0.0,
+        label=description,
         strategy=strategy,
         **_student_kwargs(config, model_config),
     )
-    training = {**head.training, "distillation": result.to_json()}
-    return TrainedModel("student", config.student, model_config, student, head.input_size, training)
+    record = result.to_json()
+    record["selection"] = _holdout_selection(head.training["head"]["val_accuracy"], record["stage"], images.samples["val"])
+    training = {**head.training, key: record}
+    return TrainedModel(role, config.student, model_config, student, head.input_size, training)
 
 
-def _train_baseline(config, model_config, head: TrainedModel, images: ImageCache, num_classes, strategy):
-    from edgetl.compiler.distill import train_student
+def _train_from_head_cv(config, model_config, head: TrainedModel, student, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, description):
+    """Cross-validated distillation curve from the probe head, then the refit on all images."""
+    import time
 
-    baseline = _from_head(head, config, num_classes, strategy)
-    result = train_student(
-        baseline,
-        None,
-        train_views=_student_views(config, None, head.input_size, images),
-        val=images.get("val", head.input_size),
-        alpha=0.0,
-        label="baseline: labels only",
-        strategy=strategy,
-        **_student_kwargs(config, model_config),
+    from edgetl._compat import keras
+    from edgetl.compiler.cv_training import distill_cv, fit_fixed
+    from edgetl.compiler.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.finetune import extract_features, set_trainable_top
+    from edgetl.compiler.probe import fit_probe_at
+    from edgetl.models import get_config as model_config_of
+
+    start = time.perf_counter()
+    size = head.input_size
+    x, y = images.get("train", size)
+    features = extract_features(student, x, config.batch_size, f"{description}: features")
+    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"])  # C as the head stage chose it
+    view_size = max(size, teacher.input_size) if teacher is not None else size
+    x_views, _ = images.get("train", view_size)
+    unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None
+    fold_weights = (teacher.extras or {}).get("fold_weights") if teacher is not None else None
+    if teacher is not None and fold_weights is None:
+        raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
+    from edgetl.compiler.crossval import stratified_folds
+
+    splits = stratified_folds(y, config.folds, config.seed)
+    alpha = config.alpha if teacher is not None else 0.0
+    choice = distill_cv(
+        student, teacher.model if teacher is not None else None,
+        unfreeze_from=model_config.unfreeze_from,
+        teacher_unfreeze_from=model_config_of(teacher.name).unfreeze_from if teacher is not None else None,
+        teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
+        features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
+        learning_rate=config.distill_learning_rate, batch_size=config.batch_size, temperature=config.temperature,
+        alpha=alpha, seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
     )
-    training = {**head.training, "labels_only": result.to_json()}
-    return TrainedModel("baseline", config.student, model_config, baseline, head.input_size, training)
+    _say_choice(description.split(":")[0], choice)
+    if choice.epochs:
+        keras.utils.set_random_seed(config.seed)
+        distiller = Distiller(logits_model(student), logits_model(teacher.model) if teacher is not None else None, config.temperature, alpha)
+        set_trainable_top(student, model_config.unfreeze_from)
+        with strategy.scope():
+            distiller.compile(optimizer=keras.optimizers.Adam(config.distill_learning_rate))
+        xv, yv = _student_views(config, teacher, size, images)
+        fit_fixed(distiller, distillation_dataset(xv, yv, config.batch_size, config.seed), choice.epochs,
+                  f"{description}: refit on all {len(y)} images")
+    return {"selection": choice.to_json(), "temperature": config.temperature, "alpha": alpha,
+            "labelled_images": int(len(y)), "unlabelled_images": 0 if unlabeled is None else int(len(unlabeled)),
+            "seconds": time.perf_counter() - start}
 
 
 def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
@@ -366,8 +508,9 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         splits={split: [(s.path.relative_to(dataset.root).as_posix(), s.label) for s in samples] for split, samples in dataset.splits.items()},
         classes=dataset.classes,
     )
-    common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed)
-    head = dict(head_epochs=config.head_epochs, head_learning_rate=config.head_learning_rate)
+    common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed,
+                  selection=dataset.selection, folds=config.folds)
+    head = dict(head="linear probe, C by cross-validation")
     teacher = stage_key(
         "teacher",
         **common,
@@ -402,14 +545,33 @@ def _cached(cache: StageCache, stage: str, key: str, train) -> TrainedModel:
     """Train, or reuse the stage's cached result when its inputs are unchanged."""
     hit = cache.load(stage, key)
     if hit is not None:
-        model, record = hit
+        model, record, arrays = hit
         console.print(f"    reusing cached {stage} ({key}) from {cache.root}")
         return TrainedModel(
-            record["role"], record["name"], get_config(record["name"]), model, record["input_size"], record["training"], cached=True
+            record["role"], record["name"], get_config(record["name"]), model, record["input_size"], record["training"],
+            cached=True, extras=_extras_from_arrays(arrays),
         )
     trained = train()
-    cache.store(stage, key, trained.model, {"role": trained.role, "name": trained.name, "input_size": trained.input_size, "training": trained.training})
+    record = {"role": trained.role, "name": trained.name, "input_size": trained.input_size, "training": trained.training}
+    cache.store(stage, key, trained.model, record, _extras_to_arrays(trained.extras))
     return trained
+
+
+def _extras_to_arrays(extras: dict | None) -> dict:
+    """Fold models as flat named arrays (w<fold>_<index>), for the stage cache."""
+    if not extras or not extras.get("fold_weights"):
+        return {}
+    return {f"w{f}_{i}": w for f, weights in enumerate(extras["fold_weights"]) for i, w in enumerate(weights)}
+
+
+def _extras_from_arrays(arrays: dict) -> dict | None:
+    if not arrays:
+        return None
+    folds: dict[int, dict[int, np.ndarray]] = {}
+    for name, value in arrays.items():
+        fold, index = name[1:].split("_")
+        folds.setdefault(int(fold), {})[int(index)] = value
+    return {"fold_weights": [[ws[i] for i in sorted(ws)] for _, ws in sorted(folds.items())]}
 
 
 def _predict_keras(config, images: ImageCache, *trained_models) -> None:

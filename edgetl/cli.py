@@ -62,9 +62,8 @@ def compile_command(
     teacher_weights: Annotated[
         str, typer.Option(help="'imagenet', a weights file (e.g. a Keras no-top .h5), or 'none'.", rich_help_panel="Teacher")
     ] = "imagenet",
-    head_epochs: Annotated[int, typer.Option(min=1, help="Max epochs of head training on cached features.", rich_help_panel="Teacher")] = 40,
     finetune_epochs: Annotated[
-        int, typer.Option(min=0, help="Max epochs fine-tuning the top of the backbone (0 skips it).", rich_help_panel="Teacher")
+        int, typer.Option(min=0, help="Max epochs fine-tuning the top of the backbone, from the linear probe (0: the probe alone).", rich_help_panel="Teacher")
     ] = 8,
     student: Annotated[
         str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.", rich_help_panel="Student")
@@ -73,7 +72,7 @@ def compile_command(
         Optional[int], typer.Option(min=32, help="Student input px (e.g. 160 or 128 for a slow device). \\[default: the target's, else the model's]", rich_help_panel="Student")
     ] = None,
     student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = "imagenet",
-    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation (early stopping on val).", rich_help_panel="Student")] = 12,
+    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation from the student's probe (chosen on val, or by cross-validation on small data).", rich_help_panel="Student")] = 12,
     temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = 2.0,
     alpha: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Teacher's share of the loss (0: labels only).", rich_help_panel="Student")
@@ -103,7 +102,12 @@ def compile_command(
     batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Data")] = 32,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = 0.15,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.", rich_help_panel="Data")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Seed of splits, initialisation and augmentation.", rich_help_panel="Data")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of splits, folds, initialisation and augmentation.", rich_help_panel="Data")] = 0,
+    selection: Annotated[
+        str, typer.Option(help="How the probe, fine-tuning and epochs are chosen and accuracy estimated: auto (cross-validation below --cv-below images, else a val split), cv or holdout.", rich_help_panel="Data")
+    ] = "auto",
+    cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = 600,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds.", rich_help_panel="Data")] = 5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = True,
@@ -116,12 +120,12 @@ def compile_command(
 
     given = {
         "data": data, "out": out, "target": target, "teacher": teacher, "teacher_weights": teacher_weights,
-        "head_epochs": head_epochs, "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
+        "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
         "student_weights": student_weights, "distill_epochs": distill_epochs, "temperature": temperature, "alpha": alpha,
         "unlabeled": unlabeled, "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
         "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
         "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "seed": seed, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
+        "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
     }
     if recipe is not None:
         settings = load_recipe(recipe)
@@ -183,7 +187,6 @@ def demo_command(
             teacher=teacher,
             student="efficientnet_lite0",
             student_size=160,
-            head_epochs=20,
             finetune_epochs=2,
             distill_epochs=2,
             overwrite=True,

@@ -12,7 +12,7 @@ from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, OutputExistsError
 from edgetl.runtime import open_session
 
-FAST = dict(use_cache=False, quantize="fp32", teacher="tiny_cnn", teacher_weights="none", head_epochs=30, head_learning_rate=0.05, finetune_epochs=2, student="none")
+FAST = dict(use_cache=False, selection="holdout", quantize="fp32", teacher="tiny_cnn", teacher_weights="none", finetune_epochs=2, student="none")
 # A tiny student at a smaller input size than its teacher: the distillation path, with resizing.
 DISTIL = {**FAST, "quantize": None, "student": "tiny_cnn", "student_weights": "none", "student_size": 24, "distill_epochs": 2}
 

@@ -1,0 +1,135 @@
+"""Honest figures and small-data selection: intervals, folds, the probe, the epoch choice (no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.compiler.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.probe import fit_probe, fit_probe_at
+from edgetl.compiler.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
+
+
+@pytest.mark.parametrize(
+    "correct, n, low, high",
+    [
+        # Published values: Newcombe (1998), Table I, and Brown, Cai and DasGupta (2001).
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+        (10, 10, 0.7225, 1.0),
+    ],
+)
+def test_wilson_interval_matches_published_values(correct, n, low, high):
+    got = wilson_interval(correct, n)
+    assert got == pytest.approx((low, high), abs=5e-4)
+
+
+def test_wilson_interval_is_inside_unit_range_and_narrows_with_n():
+    for n in (1, 5, 37, 240, 10_000):
+        for k in sorted({0, n // 3, n}):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+    assert np.diff([np.subtract(*wilson_interval(n * 9 // 10, n)[::-1]) for n in (10, 100, 1000)]).max() < 0
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_accuracy_describes_itself_with_interval_and_n():
+    text = describe_accuracy(0.975, 240)
+    assert text.startswith("97.5% (95% CI ") and text.endswith("n=240)")
+    assert Accuracy(234, 240).to_json()["ci95"] == list(wilson_interval(234, 240))
+
+
+def test_paired_difference_matches_newcombe_example():
+    # Newcombe (1998) Table II, example (a): 36 both, 12 A only, 2 B only, 0 neither: method 10 gives
+    # +0.0569 to +0.3404 for the difference 0.2.
+    a = [True] * 48 + [False] * 2
+    b = [True] * 36 + [False] * 12 + [True] * 2
+    d = paired_difference(a, b)
+    assert d.difference == pytest.approx(0.2)
+    assert (d.low, d.high) == pytest.approx((0.0569, 0.3404), abs=5e-4)
+    assert d.significant and "better" in d.verdict("A", "B")
+
+
+def test_one_image_of_a_hundred_is_noise():
+    a = [True] * 95 + [False] * 5
+    b = [True] * 94 + [False] * 6
+    d = paired_difference(a, b)
+    assert not d.significant and "within noise" in d.verdict("A", "B")
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_folds_are_disjoint_cover_everything_stratified_and_seeded(k):
+    labels = np.repeat(np.arange(4), [10, 23, 7, 40])
+    folds = stratified_folds(labels, k, seed=3)
+    assert len(folds) == k
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held.tolist()) == list(range(len(labels)))  # every image held out exactly once
+    for train, h in folds:
+        assert not set(train) & set(h) and len(train) + len(h) == len(labels)
+        # Each class's share of a held-out fold is within one image of its share overall.
+        for cls, total in enumerate(np.bincount(labels)):
+            assert abs((labels[h] == cls).sum() - total / k) <= 1
+    again = stratified_folds(labels, k, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    other = stratified_folds(labels, k, seed=4)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+
+
+def test_folds_shrink_to_the_smallest_class():
+    labels = np.array([0] * 3 + [1] * 30)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert len(folds) == 3  # every fold's training part keeps class 0
+    assert all((labels[train] == 0).any() for train, _ in folds)
+
+
+def test_epoch_choice_keeps_the_probe_unless_training_is_strictly_better():
+    probe_row = np.array([True] * 80 + [False] * 20)
+    worse = np.array([True] * 70 + [False] * 30)
+    tie = probe_row.copy()
+    choice = choose_epochs(np.stack([probe_row, worse, tie]), folds=5)
+    assert choice.probe_kept and choice.epochs == 0
+    better = np.array([True] * 90 + [False] * 10)
+    choice = choose_epochs(np.stack([probe_row, worse, better, better]), folds=5)
+    assert choice.epochs == 2  # the fewest epochs among the best
+    assert choice.estimate.correct == 90 and choice.probe.correct == 80
+    assert choice.versus_probe["significant"] in (True, False)
+
+
+def _blobs(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (classes, dim)) * 3
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = centres[y] + rng.normal(0, spread, (len(y), dim)) * 4 + 50  # an offset: weights must absorb it
+    return x.astype(np.float32), y
+
+
+def test_probe_learns_separable_features_and_its_weights_work_on_raw_features():
+    x, y = _blobs(30, 4, 16, seed=0, spread=0.3)
+    probe = fit_probe(x, y, 4, folds=5, seed=0)
+    assert probe.cv_accuracy[probe.C] > 0.95 and probe.oof_probs.shape == (len(y), 4)
+    xt, yt = _blobs(30, 4, 16, seed=0, spread=0.3)
+    assert np.mean((xt @ probe.kernel + probe.bias).argmax(1) == yt) > 0.95
+    assert probe.kernel.shape == (16, 4) and probe.kernel.dtype == np.float32
+
+
+def test_probe_regularises_more_when_features_are_noise():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (60, 200)).astype(np.float32)
+    y = np.repeat(np.arange(3), 20)
+    probe = fit_probe(x, y, 3, folds=5, seed=0)
+    # Nothing to learn: out-of-fold accuracy stays near chance whatever C is.
+    assert max(probe.cv_accuracy.values()) < 0.6
+    separable, ys = _blobs(20, 3, 200, seed=2, spread=0.2)
+    assert fit_probe(separable, ys, 3, folds=5, seed=0).cv_accuracy[fit_probe(separable, ys, 3).C] > 0.9
+
+
+def test_probe_handles_two_classes_and_a_class_missing_from_a_fold_part():
+    x, y = _blobs(10, 2, 8, seed=3, spread=0.3)
+    probe = fit_probe(x, y, 2, folds=5, seed=0)
+    assert probe.cv_accuracy[probe.C] > 0.9
+    # A fit without class 2 never predicts it.
+    at = fit_probe_at(x, y, 3, C=1.0)
+    assert (at.predict_proba(x).argmax(1) != 2).all()
