@@ -163,8 +163,45 @@ def create_model(
     outputs = keras.layers.Softmax(name=PROBABILITIES_LAYER, dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
 
-    if weights is not None:
+    if weights is not None and Path(str(weights)).suffix == ".keras":
+        transfer_from_model(model, Path(weights))
+    elif weights is not None:
         if entry.weights is None:
             raise ModelNotFoundError(f"model {name!r} has no pretrained weights; pass weights=None")
         entry.weights.load(model, weights, include_head=num_classes == 1000)
     return model
+
+
+def transfer_from_model(model, path: Path) -> bool:
+    """Start `model` from an earlier fine-tuned model of the same architecture (source task to
+    target task): every layer's weights by name; the classifier head too when the classes
+    number the same, else a new head. Returns whether the head was taken.
+
+    Raises WeightsUnavailableError when the file is not the same architecture.
+    """
+    from edgetl.errors import ModelFileError, WeightsUnavailableError
+    from edgetl.runtime.keras_model import load_keras_model
+
+    try:
+        source = load_keras_model(path)
+    except ModelFileError as exc:
+        raise WeightsUnavailableError(str(exc)) from None
+    layers = {layer.name: layer for layer in source.layers}
+    head = model.get_layer(LOGITS_LAYER)
+    head_fits = LOGITS_LAYER in layers and [w.shape for w in layers[LOGITS_LAYER].get_weights()] == [w.shape for w in head.get_weights()]
+    plan = []
+    for layer in model.layers:
+        if not layer.weights or (layer.name == LOGITS_LAYER and not head_fits):
+            continue
+        theirs = layers.get(layer.name)
+        ours = [w.shape for w in layer.get_weights()]
+        if theirs is None or [w.shape for w in theirs.get_weights()] != ours:
+            raise WeightsUnavailableError(
+                f"{path} is not a {model.name} model (layer {layer.name!r} "
+                + ("is missing" if theirs is None else "has other shapes")
+                + "); pass a model that edgetl trained from the same registry model"
+            )
+        plan.append((layer, theirs.get_weights()))
+    for layer, weights in plan:  # checked first, assigned after: never half-loaded
+        layer.set_weights(weights)
+    return head_fits

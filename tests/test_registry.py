@@ -112,3 +112,29 @@ def test_a_wrong_weights_file_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not an h5 file")
     with pytest.raises(WeightsUnavailableError, match="not_weights.h5"):
         create_model("resnet50", weights=bogus, num_classes=3)
+
+
+def test_a_fine_tuned_model_starts_the_next_task_with_a_new_head(tmp_path):
+    """Source task to target task: --teacher-weights build/a/teacher.keras with other classes."""
+    import numpy as np
+
+    from edgetl.errors import WeightsUnavailableError
+
+    source = create_model("tiny_cnn", weights=None, num_classes=2)
+    path = tmp_path / "teacher.keras"
+    source.save(path)
+    target = create_model("tiny_cnn", weights=path, num_classes=4)
+    for layer in source.layers:
+        if layer.weights and layer.name != LOGITS_LAYER:
+            for mine, theirs in zip(target.get_layer(layer.name).get_weights(), layer.get_weights()):
+                np.testing.assert_array_equal(mine, theirs)
+    assert target.get_layer(LOGITS_LAYER).get_weights()[0].shape[-1] == 4
+    same = create_model("tiny_cnn", weights=path, num_classes=2)  # same classes: the head comes too
+    np.testing.assert_array_equal(same.get_layer(LOGITS_LAYER).get_weights()[0], source.get_layer(LOGITS_LAYER).get_weights()[0])
+    from edgetl._compat import keras
+
+    other = tmp_path / "other.keras"
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(inputs))).save(other)
+    with pytest.raises(WeightsUnavailableError, match="is not a tiny_cnn model"):
+        create_model("tiny_cnn", weights=other, num_classes=4)
