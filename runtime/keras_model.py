@@ -23,6 +23,10 @@ class KerasSession(Session):
 
     def __init__(self, path: Path | None = None, model=None, threads: int | None = None, trust_model: bool = False):
         super().__init__(Path(path) if path else Path("<in memory>"))
+        if model is None:  # refuse a hostile file before TensorFlow starts (and logs)
+            from edgetl.runtime.model_safety import refuse_code_in_model_file
+
+            refuse_code_in_model_file(self.path, trust_model)
         if threads:
             _set_tf_threads(threads)
         self.threads = threads
@@ -62,8 +66,6 @@ def load_keras_model(path: Path, trust_model: bool = False):
     (UnsafeModelError) when it holds code that loading would run (runtime/model_safety.py);
     .keras files also load in Keras' safe mode.
     """
-    from edgetl._compat import keras
-    from edgetl.models import _layers  # noqa: F401  (registers ImagePreprocessing)
     from edgetl.runtime.model_safety import TRUST_HINT, refuse_code_in_model_file
 
     path = Path(path)
@@ -71,7 +73,10 @@ def load_keras_model(path: Path, trust_model: bool = False):
         raise ModelFileError(f"model file not found: {path}")
     if path.is_dir() and not is_saved_model(path):
         raise ModelFileError(f"{path} is a folder but not a SavedModel (no saved_model.pb in it)")
-    refuse_code_in_model_file(path, trust_model)
+    refuse_code_in_model_file(path, trust_model)  # before TensorFlow: nothing of the file runs
+
+    from edgetl._compat import keras
+    from edgetl.models import _layers  # noqa: F401  (registers ImagePreprocessing)
     try:
         if path.suffix.lower() == ".keras":
             return keras.models.load_model(str(path), compile=False, safe_mode=not trust_model)

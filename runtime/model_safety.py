@@ -58,6 +58,7 @@ def _config_findings(config, where: str) -> list[str]:
         module = node.get("module")
         if class_name == "Lambda":  # its function, bytecode and module are one finding
             found.append(f"a Lambda layer{f' {name!r}' if name else ''} (Python code) in {where}")
+            return
         elif class_name == "__lambda__":
             found.append(f"a serialised Python lambda (marshalled bytecode) in {where}")
         elif "lambda" in (node.get("function_type"), node.get("output_shape_type")):
@@ -156,9 +157,13 @@ def _graph_findings(meta_graph) -> list[str]:
 
 
 def _saved_model_findings(folder: Path) -> list[str]:
-    from edgetl._compat import tf  # noqa: F401  (the protobuf modules below come with TensorFlow)
     from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
+
+    from edgetl.runtime.litert import native_stderr
+
+    with native_stderr():  # TensorFlow's start-up lines must not join a one-line refusal
+        from edgetl._compat import tf  # noqa: F401  (the protobuf modules below come with it)
+        from tensorflow.core.protobuf import saved_model_pb2
 
     found: list[str] = []
     saved_model = saved_model_pb2.SavedModel()
