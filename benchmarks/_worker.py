@@ -42,7 +42,9 @@ def run_case(spec: dict) -> dict:
 
     start = time.perf_counter()
     try:
-        session = open_session(spec["path"], runtime=runtime, threads=spec.get("threads"))
+        session = open_session(
+            spec["path"], runtime=runtime, threads=spec.get("threads"), trust_model=bool(spec.get("trust_model"))
+        )
     except RuntimeUnavailableError as exc:
         return {**result, "status": "skipped", "reason": str(exc)}
     except EdgetlError as exc:

@@ -59,6 +59,14 @@ def bench_command(
         typer.Option("--out", "-o", help="Folder for bench.json and bench.png. \\[default: the model's folder/bench]"),
     ] = None,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png.")] = True,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Load a Keras model (.h5, SavedModel, .keras) even if it holds code (Lambda layers, "
+            "bytecode) that runs when it is opened. Only for files whose source you trust.",
+        ),
+    ] = False,
 ):
     """Latency (p50/p90/p99), load time, memory, size and accuracy per file × runtime × threads."""
     from edgetl.benchmarks.harness import BenchConfig, parse_int_list, run_bench
@@ -77,6 +85,7 @@ def bench_command(
         min_time=min_time,
         out=out,
         chart=chart,
+        trust_model=trust_model,
     )
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     print_table(report)
@@ -101,6 +110,14 @@ def predict_command(
     ] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: the runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Load a Keras model (.h5, SavedModel, .keras) even if it holds code (Lambda layers, "
+            "bytecode) that runs when it is opened. Only for files whose source you trust.",
+        ),
+    ] = False,
 ):
     """Top-k labels and probabilities for each image, read from the model's model_info.json / labels.txt."""
     from edgetl.errors import DataError, ModelFileError
@@ -109,7 +126,7 @@ def predict_command(
 
     if runtime is not None and runtime not in RUNTIMES:
         raise ModelFileError(f"--runtime {runtime!r} is not a runtime; one of {', '.join(RUNTIMES)}")
-    session = open_session(model, runtime=runtime, threads=threads)
+    session = open_session(model, runtime=runtime, threads=threads, trust_model=trust_model)
     try:
         info = session.info()
         predictions, failures, notes = classify_files(session, images, top_k=top_k)

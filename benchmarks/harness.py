@@ -53,6 +53,7 @@ class BenchConfig:
     min_time: float = 0.0
     out: Path | None = None  # None: <first model's folder>/bench
     chart: bool = True
+    trust_model: bool = False  # load Keras models that hold code (runtime/model_safety.py)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -237,12 +238,12 @@ class _Artefact:
     compile_report: dict | None
 
 
-def _probe(path: Path) -> _Artefact:
+def _probe(path: Path, trust_model: bool = False) -> _Artefact:
     """Open the file once here, so a broken file fails before any benchmark runs."""
     from edgetl.runtime import model_format, open_session
 
     fmt = model_format(path)
-    session = open_session(path, threads=1)
+    session = open_session(path, threads=1, trust_model=trust_model)
     info = session.info()
     report = None
     report_file = path.parent / "report.json"
@@ -401,7 +402,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     out_dir = default_out(config, files)
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")
-    arts = [_probe(f) for f in files]
+    arts = [_probe(f, config.trust_model) for f in files]
     cases = plan_cases(arts, runtimes, tuple(threads))
     if not cases:
         kinds = ", ".join(sorted({a.format for a in arts}))
@@ -436,6 +437,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
                 "input_npy": str(npy[art.input_size]) + ".first.npy" if art.input_size in npy else None,
                 "eval_npy": str(npy[art.input_size]) if art.input_size in npy else None,
                 "eval_batch": _eval_batch(art),
+                "trust_model": config.trust_model,
             }
             label = f"[{i}/{len(cases)}] {art.path.name} {runtime}" + (f" threads={n_threads}" if n_threads else "")
             result = run_worker(spec, workdir, i, _CASE_TIMEOUT_S + 2 * config.min_time)

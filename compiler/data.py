@@ -209,6 +209,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+# Decompression-bomb limit: a few kB of PNG can declare gigapixels. Pillow refuses images over
+# 2 x Image.MAX_IMAGE_PIXELS (179 Mpx by default) on open, but that is a global any library may
+# switch off (None), so edgetl checks its own limit, Pillow's default, before decoding.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+
 def _decode_rgb(path: Path, target: int | None = None) -> Image.Image:
     """Fully decode `path` into an 8-bit RGB image, upright per its EXIF orientation.
 
@@ -216,6 +222,10 @@ def _decode_rgb(path: Path, target: int | None = None) -> Image.Image:
     Raises whatever Pillow raises on bad data; callers turn that into a reason.
     """
     with Image.open(path) as im:
+        if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded yet
+            raise Image.DecompressionBombError(
+                f"{im.width}x{im.height} = {im.width * im.height} pixels, over the limit of {MAX_IMAGE_PIXELS}"
+            )
         if target is not None and im.format == "JPEG":
             # Ask for >= 2x the target so the bilinear resize still has real pixels to
             # average: the result stays close to a full-resolution decode + resize.

@@ -748,13 +748,6 @@ def read_tflite_metadata(path_or_bytes) -> dict:
     result["input_kind"] = {"FLOAT32": "float_raw_pixels", "UINT8": "uint8"}.get(in_type, in_type.lower())
     result["input_size"] = in_shape[1:3] if len(in_shape) == 4 else None
 
-    files: dict[str, bytes] = {}
-    try:
-        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
-            files = {n: zf.read(n) for n in zf.namelist()}
-    except zipfile.BadZipFile:
-        pass
-    result["files"] = sorted(files)
     label_files = [
         f["name"]
         for sub in result["subgraphs"]
@@ -762,6 +755,26 @@ def read_tflite_metadata(path_or_bytes) -> dict:
         for f in tensor["associated_files"]
         if f["type"] == "TENSOR_AXIS_LABELS"
     ]
+    # Only the entries used are read, into memory (never extracted: an entry name such as
+    # "../../x" reaches no folder), and none that would inflate past the size limit.
+    from edgetl.runtime.litert import MAX_ASSOCIATED_FILE_BYTES
+
+    names: list[str] = []
+    files: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
+            names = zf.namelist()
+            for info in zf.infolist():
+                if info.filename in (*label_files[:1], MODEL_INFO_FILE):
+                    if info.file_size > MAX_ASSOCIATED_FILE_BYTES:
+                        raise MetadataError(
+                            f"{what}: associated file {info.filename} would inflate to {info.file_size} bytes "
+                            f"(limit {MAX_ASSOCIATED_FILE_BYTES}); refusing to read it"
+                        )
+                    files[info.filename] = zf.read(info)
+    except zipfile.BadZipFile:
+        pass
+    result["files"] = sorted(set(names))
     result["labels"] = None
     if label_files:
         if label_files[0] not in files:

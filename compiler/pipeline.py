@@ -135,14 +135,17 @@ class TrainedModel:
         }
 
 
-def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
+def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: bool = False) -> dict:
     """Run the whole pipeline; return the report (also written to `config.out/report.json`).
 
     dry_run: only resolve the recipe and say which stages would run (and which are cached).
+    trust_model: accept weights files that are full Keras models holding code (Lambda layers,
+    bytecode); without it they are refused before any work (runtime/model_safety.py).
     """
     start = time.perf_counter()
     timer = StageTimer()
     config.validate()
+    _check_weights_files(config, trust_model)
     config = config.resolved()
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
@@ -533,6 +536,18 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         )
         keys["baseline"] = stage_key("baseline", **training)
     return keys
+
+
+def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:
+    """Refuse a weights file that is a full Keras model holding code, unless trusted.
+
+    Loading weights reads tensors only, but a file that carries code is not what a weights
+    option should be given, and predict/bench refuse the same file: one rule everywhere."""
+    from edgetl.runtime.model_safety import refuse_code_in_model_file
+
+    for weights in (config.teacher_weights, config.student_weights if config.distills else None):
+        if weights and weights.lower() not in ("imagenet", "none") and Path(weights).exists():
+            refuse_code_in_model_file(Path(weights), trust_model)
 
 
 def _weights_id(weights: str) -> str:

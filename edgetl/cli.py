@@ -111,6 +111,14 @@ def compile_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = True,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Accept a --teacher-weights/--student-weights file that is a full Keras model holding code "
+            "(Lambda layers, bytecode). Never read from a recipe.",
+        ),
+    ] = False,
 ):
     """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
     from edgetl.compiler.config import CompileConfig
@@ -142,7 +150,9 @@ def compile_command(
         settings = given
     if settings.get("out") is None:
         settings["out"] = Path("build") / (Path(settings["data"]).resolve().name or "model")
-    compile_model(CompileConfig(**settings), dry_run=dry_run)
+    # trust_model is an argument, not a setting: a recipe (itself a file someone may hand over)
+    # can never grant it.
+    compile_model(CompileConfig(**settings), dry_run=dry_run, trust_model=trust_model)
 
 
 @app.command("targets")

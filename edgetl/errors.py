@@ -32,3 +32,8 @@ class OutputExistsError(EdgetlError):
 
 class ModelFileError(EdgetlError):
     """A model file that cannot be loaded or run (missing, truncated, not a model)."""
+
+
+class UnsafeModelError(ModelFileError):
+    """A model file that would run code from itself when loaded (a Lambda layer, marshalled
+    bytecode, a module import, a file-writing graph op); refused unless the user trusts it."""

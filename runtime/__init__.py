@@ -65,11 +65,15 @@ def runtimes_for(path: str | Path) -> list[str]:
     return [n for n, s in RUNTIMES.items() if s.format == fmt]
 
 
-def open_session(path: str | Path, runtime: str | None = None, threads: int | None = None) -> Session:
+def open_session(
+    path: str | Path, runtime: str | None = None, threads: int | None = None, trust_model: bool = False
+) -> Session:
     """Load `path` in the runtime its suffix implies (or the one named).
 
-    Raises ModelFileError for a missing, truncated or non-model file (one line each), and
-    RuntimeUnavailableError for a runtime that cannot run here (e.g. no GPU provider).
+    Raises ModelFileError for a missing, truncated or non-model file (one line each),
+    UnsafeModelError for a Keras model that would run code from itself when loaded (unless
+    `trust_model`), and RuntimeUnavailableError for a runtime that cannot run here (e.g. no
+    GPU provider).
     """
     path = Path(path)
     fmt = model_format(path)
@@ -103,7 +107,7 @@ def open_session(path: str | Path, runtime: str | None = None, threads: int | No
         return OnnxRuntimeSession(path, threads=threads, runtime=runtime)
     from edgetl.runtime.keras_model import KerasSession
 
-    return KerasSession(path, threads=threads)
+    return KerasSession(path, threads=threads, trust_model=trust_model)
 
 
 __all__ = [

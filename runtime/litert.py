@@ -35,6 +35,10 @@ from edgetl.runtime._session import (
 )
 
 _TFLITE_ID = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+# Associated files (labels.txt, model_info.json) are read into memory, never extracted to disk,
+# so a crafted entry name ("../../x") cannot write anywhere; an entry that would inflate past
+# this many bytes (a zip bomb) is not read at all. 1000 labels are about 10 kB.
+MAX_ASSOCIATED_FILE_BYTES = 16 << 20
 
 
 @contextlib.contextmanager
@@ -107,7 +111,8 @@ def embedded_tflite_info(path: Path) -> dict | None:
         if not zipfile.is_zipfile(path):
             return None
         with zipfile.ZipFile(path) as zf:
-            names = {Path(n).name: n for n in zf.namelist()}
+            names = {Path(n).name: n for n in zf.namelist()
+                     if zf.getinfo(n).file_size <= MAX_ASSOCIATED_FILE_BYTES}
             if "model_info.json" in names:
                 return json.loads(zf.read(names["model_info.json"]).decode("utf-8"))
             if "labels.txt" in names:
