@@ -78,13 +78,16 @@ def sklearn_probe(f_train, y_train, f_test, seed: int):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from threadpoolctl import threadpool_limits
+
     folds = min(5, int(np.bincount(y_train).min()))
     search = GridSearchCV(
         make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)),
         {"logisticregression__C": C_GRID},
         cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
     )
-    with warnings.catch_warnings():
+    # One BLAS thread: small matrices, and threads contending with other processes slow it 20x.
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
         search.fit(f_train, y_train)
     return search.predict(f_test), search.best_params_["logisticregression__C"]
