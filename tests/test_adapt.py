@@ -1,0 +1,121 @@
+"""Adaptation to unlabelled target images (compiler/adapt.py) on a tiny model.
+
+A tiny_cnn trained for a second on noisy solid colours (100% accurate on clean held-out
+images) meets a "target camera": the same colours darkened, washed out and with a cast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.compiler import adapt as A
+from edgetl.compiler.corruptions import apply_steps
+
+from conftest import colour_images
+from test_quantize import train_tiny
+
+CAMERA = [("brightness", -0.2), ("contrast", 0.6), ("colour_cast", 0.2)]
+INT8_ATOL = 0.03  # max |p - p_float| of an int8 TFLite (tests/test_quantize.py)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x, y = colour_images(96, seed=0)
+    model = train_tiny(x, y)
+    target, target_y = colour_images(40, seed=2)
+    return {"model": model, "target": apply_steps(target, CAMERA, seed=0), "target_y": target_y, "x": x, "y": y}
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {w.name: w.numpy().copy() for w in model.weights}
+
+
+def test_bn_adaptation_changes_only_the_moving_statistics(setup):
+    model = setup["model"]
+    before = _weights(model)
+    adapted, result = A.adapt_batch_norm(model, setup["target"], batch_size=16)
+    after = _weights(adapted)
+    assert result.bn_layers == 3 and result.images == 40
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    moving = {name for name in before if "moving_mean" in name or "moving_variance" in name}
+    assert changed == moving, f"changed beyond the moving statistics: {sorted(changed - moving)}"
+    assert all(np.array_equal(v, model.get_weights()[i]) for i, v in enumerate(before.values()))  # input untouched
+    # The layers keep their settings (a frozen layer stays frozen, momentum as before).
+    for src, dst in zip(A.batch_norm_layers(model), A.batch_norm_layers(adapted)):
+        assert (src.momentum, src.trainable) == (dst.momentum, dst.trainable)
+
+
+def test_bn_statistics_are_those_of_the_target_images_pooled_over_uneven_batches(setup):
+    """The first batch norm's input does not depend on any other batch norm: its adapted
+    statistics must equal the mean and variance of that input over all 40 target images,
+    though they were read in batches of 16, 16 and 8."""
+    from edgetl._compat import keras
+
+    model = setup["model"]
+    adapted, _ = A.adapt_batch_norm(model, setup["target"], batch_size=16)
+    conv = keras.Model(model.input, model.get_layer("tiny_conv0").output)
+    activations = conv.predict(setup["target"].astype(np.float32), verbose=0).reshape(-1, 8).astype(np.float64)
+    bn = adapted.get_layer("tiny_bn0")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), activations.var(0), rtol=2e-3, atol=1e-5)
+
+
+def test_bn_adaptation_folds_into_the_int8_file(setup, tmp_path):
+    """The int8 TFLite of the adapted model (calibrated on target images) gives the adapted
+    float model's outputs within the int8 tolerance, while the adaptation itself moved the
+    outputs by more than that: the new statistics are in the file, not lost in conversion."""
+    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.runtime import open_session
+
+    model, target = setup["model"], setup["target"]
+    adapted, _ = A.adapt_batch_norm(model, target, batch_size=16)
+    x_eval = target.astype(np.float32)
+    p_source = model.predict(x_eval, verbose=0)
+    p_adapted = adapted.predict(x_eval, verbose=0)
+    assert np.abs(p_adapted - p_source).max() > 5 * INT8_ATOL  # the adaptation matters here
+    path = tmp_path / "adapted.int8.tflite"
+    path.write_bytes(convert_tflite(adapted, "int8", A.calibration_images(target, 32, seed=0), "uint8"))
+    p_int8 = open_session(path, threads=1).predict(target)
+    diff = float(np.abs(p_int8 - p_adapted).max())
+    assert diff <= INT8_ATOL, f"int8 file vs adapted float model: max |dp| = {diff:.4f} > {INT8_ATOL}"
+    assert np.mean(p_int8.argmax(1) == p_adapted.argmax(1)) == 1.0
+
+
+def test_self_training_changes_only_the_batch_norm_scale_and_shift(setup):
+    model = setup["model"]
+    start, _ = A.adapt_batch_norm(model, setup["target"], batch_size=16)
+    before = _weights(start)
+    tuned, result = A.self_train(start, setup["target"], epochs=2, learning_rate=1e-2, batch_size=16)
+    after = _weights(tuned)
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    affine = {name for name in before if "gamma" in name or "beta" in name}
+    assert changed and changed <= affine, f"changed beyond the batch-norm scale and shift: {sorted(changed - affine)}"
+    assert result.epochs == 2 and len(result.pseudo_label_agreement) == 2
+    assert all(np.array_equal(before[n], w.numpy()) for n, w in ((w.name, w) for w in start.weights))  # input untouched
+
+
+def test_centroid_pseudo_labels_follow_the_clusters_not_the_wrong_argmax():
+    """Two tight clusters in feature space; the classifier mislabels a third of cluster 0."""
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal([5, 0], 0.1, (30, 2)), rng.normal([0, 5], 0.1, (30, 2))])
+    probs = np.zeros((60, 2))
+    probs[:30, 0], probs[30:, 1] = 0.9, 0.9
+    probs[:10] = [0.4, 0.6]  # wrong, but not confident
+    probs[:, :] /= probs.sum(1, keepdims=True)
+    labels = A.centroid_pseudo_labels(features, probs)
+    assert labels[:30].tolist() == [0] * 30 and labels[30:].tolist() == [1] * 30
+
+
+def test_auto_without_target_labels_uses_the_default_and_with_them_the_best(setup):
+    model, target, target_y = setup["model"], setup["target"], setup["target_y"]
+    clean_val = colour_images(32, seed=3)
+    chosen, report = A.choose_and_adapt(model, "auto", target, clean_val=clean_val, max_drop=100.0, batch_size=16, epochs=1)
+    assert report["method"] == A.ADAPT_DEFAULT and report["tried"][0]["method"] == A.ADAPT_DEFAULT
+    chosen, report = A.choose_and_adapt(model, "auto", target, clean_val=clean_val, target_val=(target, target_y), batch_size=16, epochs=1)
+    tried = {r["method"]: r["target_val_accuracy"] for r in report["tried"]}
+    assert set(tried) == set(A.METHODS)
+    assert tried[report["method"]] == max(tried.values())
+    same, report = A.choose_and_adapt(model, "none", target, clean_val=clean_val)
+    assert same is model and report["method"] == "none"
