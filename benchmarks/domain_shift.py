@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
 
     methods = [m for m in args.methods.split(",") if m]
     int8_methods = [m for m in args.int8.split(",") if m]
+    source = calibration_sample(x_train, y_train, 192, args.seed)  # as a compile passes (pipeline._adaptation_source)
     clean_correct, n = accuracy(predict(model, x_test), y_test)
     clean = clean_correct / n
     print(f"clean test, no adaptation: {describe_accuracy(clean, n)}")
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
         print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
         rows = {}
         for method in methods:
-            adapted, record = adapt(model, method, target_train, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate)
+            adapted, record = adapt(model, method, target_train, source=source, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate)
             shifted_acc = accuracy(predict(adapted, target_test), y_test)[0] / n
             clean_acc = accuracy(predict(adapted, x_test), y_test)[0] / n
             row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}

@@ -5,7 +5,7 @@ never changed), so the adapted model is what gets exported, quantized and checke
 
   none  the model as trained.
   bn    AdaBN (Li et al., 2016): every batch-norm layer's moving mean and variance re-estimated
-        on the target images; nothing else changes. In the exported graph batch norm is folded
+        on the target images (relative to the source images); nothing else changes. In the exported graph batch norm is folded
         into the convolutions, so the adapted file costs nothing extra at inference, and its
         int8 ranges are calibrated on target images too (`calibration_images`).
   shot  AdaBN, then SHOT's objective (Liang et al., ICML 2020): information maximisation (each
@@ -15,9 +15,9 @@ never changed), so the adapted model is what gets exported, quantized and checke
         with the batch-norm layers in inference mode: on a few hundred images this cannot
         wander far from the source model, and it folds into the int8 file like AdaBN.
 
-Moving statistics are pooled exactly over all target images, one forward pass per batch in
-training mode (as PyTorch's SWA `update_bn`), not blended with the source statistics by a
-momentum: the target images are the device's own.
+The statistics are matched relative to the source (training) images, not replaced by the
+target's (adapt_batch_norm says why): on the target images each batch-norm layer then
+produces what it produced on the source images, in mean and variance per channel.
 """
 
 from __future__ import annotations
@@ -61,45 +61,100 @@ def copy_model(model):
     return clone
 
 
-def adapt_batch_norm(model, images: np.ndarray, batch_size: int = 32):
-    """AdaBN: a copy of `model` whose batch-norm moving statistics are those of `images`.
+STATS_IMAGES = 192  # images per statistics pass (one batch: memory, not time, is the limit)
 
-    Each batch runs in training mode (every batch-norm layer normalises with the batch's own
-    statistics, so a layer sees its inputs as they will be once its predecessors are adapted);
-    momentum 0 makes each layer's moving variables hold that batch's mean and variance, which
-    are read back and pooled: mean = sum n_b mu_b / N, var = sum n_b (var_b + mu_b^2) / N - mean^2.
-    Returns (adapted copy, AdaptResult). Only moving_mean and moving_variance differ.
+
+def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(images) <= n:
+        return images
+    return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
+
+
+def source_statistics(model, images: np.ndarray, batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per batch-norm layer, the (mean, variance) per channel of its input when `model` runs
+    as it is (inference mode) on `images`: what each layer saw on the source data."""
+    layers = batch_norm_layers(model)
+    probe = keras.Model(model.input, [layer.input for layer in layers])
+
+    @tf.function
+    def moments(x):
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        axes = lambda t: list(range(len(t.shape) - 1))  # noqa: E731 - every axis but channels
+        return [tf.reduce_mean(t, axes(t)) for t in outs], [tf.reduce_mean(t * t, axes(t)) for t in outs]
+
+    sums = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+    squares = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        means, mean_squares = moments(tf.constant(batch, tf.float32))
+        for j in range(len(layers)):
+            sums[j] += len(batch) * means[j].numpy()
+            squares[j] += len(batch) * mean_squares[j].numpy()
+    n = len(images)
+    return [(sums[j] / n, np.maximum(squares[j] / n - (sums[j] / n) ** 2, 0.0)) for j in range(len(layers))]
+
+
+def adapt_batch_norm(model, images: np.ndarray, source: np.ndarray | None = None, *, max_images: int = STATS_IMAGES,
+                     batch_size: int = 32, seed: int = 0):
+    """AdaBN: a copy of `model` whose batch-norm moving statistics are re-estimated on the
+    target `images`, so that on them every batch-norm layer's output has the per-channel mean
+    and variance the original model's had on the `source` images. Only moving_mean and
+    moving_variance change.
+
+    Plain AdaBN sets each layer's statistics to the target's, which is right only when the
+    model's statistics are those of its training data. edgetl's models are fine-tuned with
+    batch norm frozen at its ImageNet statistics, so plain AdaBN would renormalise what the
+    head learnt to read (measured on flowers12: 97.9% -> 28.7% clean). With `source` given,
+    for a layer with statistics (mu_I, var_I) whose input had (mu_S, var_S) on the source and
+    has (mu_T, var_T) on the target once the layers before it are adapted:
+        sqrt(var' + eps) = sqrt(var_T + eps) * sqrt(var_I + eps) / sqrt(var_S + eps)
+        mu' = mu_T - (mu_S - mu_I) * sqrt(var_T + eps) / sqrt(var_S + eps)
+    (mu_S = mu_I, var_S = var_I gives plain AdaBN; target = source gives the model back).
+    The target statistics come from ONE training-mode pass over (a seeded sample of up to
+    `max_images` of) the target images, the batch-norm scale and shift temporarily set so that
+    each layer already outputs what its adapted version will: so every layer sees its input as
+    it will be after adaptation, and the whole sample is the population (no momentum, no
+    per-batch noise). Returns (adapted copy, AdaptResult).
     """
     start = time.perf_counter()
     if len(images) == 0:
         raise ValueError("batch-norm adaptation needs at least one target image")
     adapted = copy_model(model)
     layers = batch_norm_layers(adapted)
-    saved = [(layer.momentum, layer.trainable) for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
+    if any(layer.gamma is None or layer.beta is None for layer in layers):
+        raise ValueError("batch-norm adaptation needs every batch-norm layer to have a scale and a shift")
+    sample = _sample(images, max_images, seed)
+    if source is not None:
+        reference = source_statistics(model, _sample(source, max_images, seed), batch_size)
+    else:
+        reference = [(layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy().astype(np.float64)) for layer in layers]
+    saved = [(layer.momentum, layer.trainable, layer.gamma.numpy(), layer.beta.numpy()) for layer in layers]
+    # In training mode a layer outputs gamma * z + beta with z batch-normalised; the adapted
+    # layer must output gamma * (a z + b) + beta, with a, b the source's normalised moments.
+    factors = []
+    for layer, (mu_s, var_s) in zip(layers, reference):
+        mu_i = layer.moving_mean.numpy().astype(np.float64)
+        sd_i = np.sqrt(layer.moving_variance.numpy().astype(np.float64) + layer.epsilon)
+        sd_s = np.sqrt(var_s + layer.epsilon)
+        a, b = sd_s / sd_i, (mu_s - mu_i) / sd_i
+        gamma, beta = layer.gamma.numpy().astype(np.float64), layer.beta.numpy().astype(np.float64)
+        layer.gamma.assign((gamma * a).astype(np.float32))
+        layer.beta.assign((beta + gamma * b).astype(np.float32))
+        layer.momentum = 0.0  # the moving statistics become this batch's
         layer.trainable = True  # a frozen tf_keras batch norm would ignore training=True
-    forward = tf.function(lambda x: adapted(x, training=True))
-    sums = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
-    squares = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
-    # A batch of one image on a 1x1 feature map has no variance: keep batches of two or more.
-    step = max(2, batch_size)
-    for i in range(0, len(images), step):
-        batch = images[i : i + step]
-        forward(tf.constant(batch, tf.float32))
-        for j, layer in enumerate(layers):
-            mu = layer.moving_mean.numpy().astype(np.float64)
-            var = layer.moving_variance.numpy().astype(np.float64)
-            sums[j] += len(batch) * mu
-            squares[j] += len(batch) * (var + mu * mu)
-    n = len(images)
-    for j, layer in enumerate(layers):
-        mean = sums[j] / n
-        layer.moving_mean.assign(mean.astype(np.float32))
-        layer.moving_variance.assign(np.maximum(squares[j] / n - mean * mean, 0.0).astype(np.float32))
-    for layer, (momentum, trainable) in zip(layers, saved):
+        factors.append((a, b))
+    adapted(tf.constant(sample, tf.float32), training=True)
+    for layer, (a, b), (momentum, trainable, gamma, beta) in zip(layers, factors, saved):
+        mu_t = layer.moving_mean.numpy().astype(np.float64)
+        sd_t = np.sqrt(layer.moving_variance.numpy().astype(np.float64) + layer.epsilon)
+        sd_new = sd_t / a
+        layer.moving_mean.assign((mu_t - b * sd_new).astype(np.float32))
+        layer.moving_variance.assign(np.maximum(sd_new**2 - layer.epsilon, 0.0).astype(np.float32))
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
         layer.momentum, layer.trainable = momentum, trainable
-    return adapted, AdaptResult("bn", n, time.perf_counter() - start, bn_layers=len(layers))
+    return adapted, AdaptResult("bn", len(sample), time.perf_counter() - start, bn_layers=len(layers))
 
 
 def _entropy(p, axis=-1):
@@ -172,14 +227,14 @@ def self_train(model, images: np.ndarray, *, epochs: int = 3, learning_rate: flo
     return adapted, result
 
 
-def adapt(model, method: str, images: np.ndarray, *, batch_size: int = 32, seed: int = 0, epochs: int = 3,
-          learning_rate: float = 1e-3):
+def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None = None, batch_size: int = 32, seed: int = 0,
+          epochs: int = 3, learning_rate: float = 1e-3):
     """The model adapted by `method` on the target `images` (a new model; "none" returns `model`)."""
     if method not in METHODS:
         raise ValueError(f"unknown adaptation {method!r}; one of {', '.join(METHODS)}")
     if method == "none":
         return model, AdaptResult("none", len(images), 0.0)
-    adapted, bn = adapt_batch_norm(model, images, batch_size)
+    adapted, bn = adapt_batch_norm(model, images, source, batch_size=batch_size, seed=seed)
     if method == "bn":
         return adapted, bn
     tuned, result = self_train(adapted, images, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed)
@@ -209,10 +264,11 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float | N
     return float(np.mean(KerasSession(model=model).predict(x, batch_size).argmax(1) == y))
 
 
-def choose_and_adapt(model, method: str, target: np.ndarray, *, clean_val, target_val=None, max_drop: float = 1.0,
-                     batch_size: int = 32, seed: int = 0, epochs: int = 3):
+def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarray | None, clean_val, target_val=None,
+                     max_drop: float = 1.0, batch_size: int = 32, seed: int = 0, epochs: int = 3):
     """Adapt `model` to the unlabelled `target` images by `method` ("auto" chooses); a new model.
 
+    source: training images (what the model's statistics are matched from; see adapt_batch_norm).
     clean_val: (x, y) labelled source images (the validation split), to check that adaptation
     keeps what the model knew; target_val: (x, y) labelled target images or None.
     auto with target_val: every method is tried and the most accurate there wins (a tie goes
@@ -230,7 +286,7 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, clean_val, targe
     rows, models = [], {}
     base_clean = _accuracy(model, *clean_val, batch_size)
     for name in tried:
-        adapted, result = adapt(model, name, target, batch_size=batch_size, seed=seed, epochs=epochs)
+        adapted, result = adapt(model, name, target, source=source, batch_size=batch_size, seed=seed, epochs=epochs)
         row = {**result.to_json(), "clean_val_accuracy": _accuracy(adapted, *clean_val, batch_size)}
         if target_val is not None:
             row["target_val_accuracy"] = _accuracy(adapted, *target_val, batch_size)

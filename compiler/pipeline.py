@@ -542,6 +542,7 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
             deployed.model,
             config.adapt,
             images.get("unlabeled", size)[0],
+            source=_adaptation_source(config, images, size),
             clean_val=images.get("val", size),
             target_val=target_val,
             max_drop=config.max_accuracy_drop,
@@ -556,6 +557,15 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
     deployed.training = {**deployed.training, record_key: report}
     _save_keras(model, out / (STUDENT_FILE if config.distills else TEACHER_FILE))
     return report
+
+
+def _adaptation_source(config: CompileConfig, images: ImageCache, size: int):
+    """Clean training images, class-balanced: what the model's batch-norm statistics are
+    matched from when it is adapted."""
+    from edgetl.compiler.quantize import calibration_sample
+
+    x, y = images.get("train", size)
+    return calibration_sample(x, y, 192, config.seed)
 
 
 def _load_target_val(config: CompileConfig, dataset: Dataset, size: int):

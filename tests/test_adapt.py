@@ -34,7 +34,7 @@ def _weights(model) -> dict[str, np.ndarray]:
 def test_bn_adaptation_changes_only_the_moving_statistics(setup):
     model = setup["model"]
     before = _weights(model)
-    adapted, result = A.adapt_batch_norm(model, setup["target"], batch_size=16)
+    adapted, result = A.adapt_batch_norm(model, setup["target"], setup["x"], batch_size=16)
     after = _weights(adapted)
     assert result.bn_layers == 3 and result.images == 40
     assert after.keys() == before.keys()
@@ -47,19 +47,35 @@ def test_bn_adaptation_changes_only_the_moving_statistics(setup):
         assert (src.momentum, src.trainable) == (dst.momentum, dst.trainable)
 
 
-def test_bn_statistics_are_those_of_the_target_images_pooled_over_uneven_batches(setup):
-    """The first batch norm's input does not depend on any other batch norm: its adapted
-    statistics must equal the mean and variance of that input over all 40 target images,
-    though they were read in batches of 16, 16 and 8."""
+def _bn_output_moments(model, x):
+    """Per batch-norm layer, the per-channel mean and std of its output (inference mode)."""
     from edgetl._compat import keras
 
-    model = setup["model"]
-    adapted, _ = A.adapt_batch_norm(model, setup["target"], batch_size=16)
-    conv = keras.Model(model.input, model.get_layer("tiny_conv0").output)
-    activations = conv.predict(setup["target"].astype(np.float32), verbose=0).reshape(-1, 8).astype(np.float64)
-    bn = adapted.get_layer("tiny_bn0")
-    np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), activations.var(0), rtol=2e-3, atol=1e-5)
+    layers = A.batch_norm_layers(model)
+    outs = keras.Model(model.input, [layer.output for layer in layers]).predict(x.astype(np.float32), verbose=0)
+    return [(o.reshape(-1, o.shape[-1]).mean(0), o.reshape(-1, o.shape[-1]).std(0)) for o in outs]
+
+
+def test_on_the_target_every_batch_norm_outputs_what_it_did_on_the_source(setup):
+    """The defining property: after adaptation, each batch norm's output on the target images
+    has the per-channel mean and spread the original model's had on the source images (all
+    three layers, though each one's input depends on the adapted layers before it)."""
+    model, target, source = setup["model"], setup["target"], setup["x"]
+    adapted, _ = A.adapt_batch_norm(model, target, source)
+    for (mu_a, sd_a), (mu_s, sd_s), (mu_u, sd_u) in zip(
+        _bn_output_moments(adapted, target), _bn_output_moments(model, source), _bn_output_moments(model, target)
+    ):
+        np.testing.assert_allclose(mu_a, mu_s, atol=2e-3 + 2e-3 * np.abs(mu_s).max())
+        np.testing.assert_allclose(sd_a, sd_s, rtol=5e-3, atol=1e-3)
+    # ... which the unadapted model does not do (the camera moved the statistics).
+    assert np.abs(mu_u - mu_s).max() > 0.1
+
+
+def test_adapting_to_the_source_itself_gives_the_model_back(setup):
+    model, source = setup["model"], setup["x"]
+    adapted, _ = A.adapt_batch_norm(model, source, source)
+    x = setup["target"].astype(np.float32)
+    np.testing.assert_allclose(adapted.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-3)
 
 
 def test_bn_adaptation_folds_into_the_int8_file(setup, tmp_path):
@@ -70,7 +86,7 @@ def test_bn_adaptation_folds_into_the_int8_file(setup, tmp_path):
     from edgetl.runtime import open_session
 
     model, target = setup["model"], setup["target"]
-    adapted, _ = A.adapt_batch_norm(model, target, batch_size=16)
+    adapted, _ = A.adapt_batch_norm(model, target, setup["x"])
     x_eval = target.astype(np.float32)
     p_source = model.predict(x_eval, verbose=0)
     p_adapted = adapted.predict(x_eval, verbose=0)
@@ -85,7 +101,7 @@ def test_bn_adaptation_folds_into_the_int8_file(setup, tmp_path):
 
 def test_self_training_changes_only_the_batch_norm_scale_and_shift(setup):
     model = setup["model"]
-    start, _ = A.adapt_batch_norm(model, setup["target"], batch_size=16)
+    start, _ = A.adapt_batch_norm(model, setup["target"], setup["x"])
     before = _weights(start)
     tuned, result = A.self_train(start, setup["target"], epochs=2, learning_rate=1e-2, batch_size=16)
     after = _weights(tuned)
@@ -111,11 +127,11 @@ def test_centroid_pseudo_labels_follow_the_clusters_not_the_wrong_argmax():
 def test_auto_without_target_labels_uses_the_default_and_with_them_the_best(setup):
     model, target, target_y = setup["model"], setup["target"], setup["target_y"]
     clean_val = colour_images(32, seed=3)
-    chosen, report = A.choose_and_adapt(model, "auto", target, clean_val=clean_val, max_drop=100.0, batch_size=16, epochs=1)
+    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], clean_val=clean_val, max_drop=100.0, batch_size=16, epochs=1)
     assert report["method"] == A.ADAPT_DEFAULT and report["tried"][0]["method"] == A.ADAPT_DEFAULT
-    chosen, report = A.choose_and_adapt(model, "auto", target, clean_val=clean_val, target_val=(target, target_y), batch_size=16, epochs=1)
+    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], clean_val=clean_val, target_val=(target, target_y), batch_size=16, epochs=1)
     tried = {r["method"]: r["target_val_accuracy"] for r in report["tried"]}
     assert set(tried) == set(A.METHODS)
     assert tried[report["method"]] == max(tried.values())
-    same, report = A.choose_and_adapt(model, "none", target, clean_val=clean_val)
+    same, report = A.choose_and_adapt(model, "none", target, source=setup["x"], clean_val=clean_val)
     assert same is model and report["method"] == "none"
