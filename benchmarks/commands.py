@@ -59,6 +59,9 @@ def bench_command(
         typer.Option("--out", "-o", help="Folder for bench.json and bench.png. \\[default: the model's folder/bench]"),
     ] = None,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png.")] = True,
+    corruptions: Annotated[
+        bool, typer.Option("--corruptions", help="Also score accuracy under camera corruptions (noise, blur, exposure, colour cast, JPEG, pixelate) of the --data images.")
+    ] = False,
 ):
     """Latency (p50/p90/p99), load time, memory, size and accuracy per file × runtime × threads."""
     from edgetl.benchmarks.harness import BenchConfig, parse_int_list, run_bench
@@ -77,9 +80,14 @@ def bench_command(
         min_time=min_time,
         out=out,
         chart=chart,
+        corruptions=corruptions,
     )
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     print_table(report)
+    for size, section in (report.get("robustness") or {}).items():
+        from edgetl.compiler.robustness import format_table
+
+        typer.echo(format_table(section))
     written = ", ".join(report["outputs"].values())
     typer.echo(f"wrote {written}", err=True)
     failed = [r for r in report["results"] if r["status"] == "failed"]

@@ -105,6 +105,22 @@ def session_predictor(session, batch_size: int = 32) -> Callable[[np.ndarray], n
     return lambda images: session.predict(images, batch_size)
 
 
+def format_table(section: dict) -> str:
+    """The table as plain text, for the console (`edgetl bench --corruptions`)."""
+    names = section["models"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"accuracy under camera corruptions, {section['images']} images ({section['images_from']}), "
+             f"mean of severities {', '.join(map(str, section['severities']))}",
+             f"{'corruption':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    rows = [("clean", section["clean"])] + [(r["corruption"], r["accuracy"]) for r in section["table"]]
+    rows.append(("mean corrupted", section["mean_corrupted"]))
+    for label, acc in rows:
+        lines.append(f"{label:<16}" + "".join(f"{acc[n]:>{width + 2}.1%}" for n in names))
+    w = section["weakest"]
+    lines.append(f"weakest for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}, {w['drop_from_clean'] * 100:.1f} points below clean)")
+    return "\n".join(lines)
+
+
 # -- report.html section ----------------------------------------------------------------------
 
 

@@ -135,3 +135,58 @@ def test_auto_without_target_labels_uses_the_default_and_with_them_the_best(setu
     assert tried[report["method"]] == max(tried.values())
     same, report = A.choose_and_adapt(model, "none", target, source=setup["x"], clean_val=clean_val)
     assert same is model and report["method"] == "none"
+
+
+def _write_images(folder, images, labels=None, names=("red", "green", "blue", "yellow")):
+    from PIL import Image
+
+    for i, image in enumerate(images):
+        sub = folder / (names[labels[i]] if labels is not None else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(sub / f"{i}.png")
+    return folder
+
+
+def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
+    """--unlabeled camera images + --target-val: the chosen method is applied before export
+    (the float files are checked against the adapted model), int8 is calibrated on the camera's
+    images, and report.json / report.html hold the corruption table."""
+    import json
+
+    from conftest import write_color_dataset
+    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.pipeline import compile_model
+
+    data = write_color_dataset(tmp_path / "data", classes=("red", "green", "blue", "yellow"), per_class=12)
+    camera, camera_y = colour_images(24, seed=7)
+    unlabeled = _write_images(tmp_path / "camera", apply_steps(camera, CAMERA, seed=0))
+    val, val_y = colour_images(16, seed=8)
+    target_val = _write_images(tmp_path / "target_val", apply_steps(val, CAMERA, seed=1), val_y)
+    report = compile_model(CompileConfig(
+        data=data, out=tmp_path / "out", unlabeled=unlabeled, target_val=target_val, adapt="auto", adapt_epochs=1,
+        use_cache=False, quantize="int8", teacher="tiny_cnn", teacher_weights="none", head_epochs=30,
+        head_learning_rate=0.05, finetune_epochs=1, student="none",
+    ))
+    adaptation = report["adaptation"]
+    assert {r["method"] for r in adaptation["tried"]} == set(A.METHODS) and adaptation["method"] in A.METHODS
+    assert "target_val_accuracy" in adaptation["tried"][0] and "training" in report["models"]["teacher"]
+    assert report["models"]["teacher"]["training"]["adaptation"]["method"] == adaptation["method"]
+    assert "adapt" in report["timings_s"] and "robustness" in report["timings_s"]
+    robustness = report["robustness"]
+    assert robustness["images_from"] == "the test split"
+    assert [r["corruption"] for r in robustness["table"]] == list(__import__("edgetl.compiler.corruptions", fromlist=["x"]).CORRUPTIONS)
+    assert robustness["models"][0].startswith("fp32") and any(m.startswith("int8") for m in robustness["models"])
+    assert robustness["weakest"]["corruption"] in {r["corruption"] for r in robustness["table"]}
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["robustness"]["table"] == robustness["table"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Robustness to camera corruptions" in page and robustness["weakest"]["corruption"] in page
+
+
+def test_adapt_without_unlabelled_images_is_a_clear_error(tmp_path):
+    from edgetl.compiler.config import CompileConfig
+    from edgetl.errors import EdgetlError
+
+    with pytest.raises(EdgetlError, match="--unlabeled"):
+        CompileConfig(data=tmp_path, out=tmp_path / "o", adapt="bn").validate()
+    with pytest.raises(EdgetlError, match="--adapt"):
+        CompileConfig(data=tmp_path, out=tmp_path / "o", adapt="tent").validate()
