@@ -67,6 +67,9 @@ def bench_command(
             "bytecode) that runs when it is opened. Only for files whose source you trust.",
         ),
     ] = False,
+    corruptions: Annotated[
+        bool, typer.Option("--corruptions", help="Also score accuracy under camera corruptions (noise, blur, exposure, colour cast, JPEG, pixelate) of the --data images.")
+    ] = False,
 ):
     """Latency (p50/p90/p99), load time, memory, size and accuracy per file × runtime × threads."""
     from edgetl.benchmarks.harness import BenchConfig, parse_int_list, run_bench
@@ -86,9 +89,14 @@ def bench_command(
         out=out,
         chart=chart,
         trust_model=trust_model,
+        corruptions=corruptions,
     )
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     print_table(report)
+    for size, section in (report.get("robustness") or {}).items():
+        from edgetl.compiler.robustness import format_table
+
+        typer.echo(format_table(section))
     written = ", ".join(report["outputs"].values())
     typer.echo(f"wrote {written}", err=True)
     failed = [r for r in report["results"] if r["status"] == "failed"]

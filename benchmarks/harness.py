@@ -54,6 +54,7 @@ class BenchConfig:
     out: Path | None = None  # None: <first model's folder>/bench
     chart: bool = True
     trust_model: bool = False  # load Keras models that hold code (runtime/model_safety.py)
+    corruptions: bool = False  # also score each file on the corruption suite of --data (compiler/robustness.py)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -419,6 +420,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
                 y_by_file[art.path] = map_labels(data, art)
             npy = _load_eval_images(data, {a.input_size for a in arts}, workdir, log)
 
+        if config.corruptions and not config.data:
+            raise BenchSettingsError("--corruptions scores accuracy under camera corruptions: give the labelled images with --data DIR")
+        robustness = _score_corruptions(arts, npy, y_by_file, max(threads), log) if config.corruptions else None
+
         log(f"benchmarking {len(cases)} case(s) on {environment.one_line(env)}")
         for warning in env["warnings"]:
             log(f"warning: {warning}")
@@ -469,6 +474,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
             for a in arts
         ],
         "results": rows,
+        "robustness": robustness,
         "wall_s": round(time.perf_counter() - started, 1),
         "load_average_end": _load_average(),
     }
@@ -480,6 +486,27 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
         report["outputs"]["chart"] = str(plot_bench(report, out_dir / BENCH_PNG))
     atomic_write_text(out_dir / BENCH_JSON, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _score_corruptions(arts: list[_Artefact], npy: dict[int, Path], y_by_file: dict, threads: int, log) -> dict:
+    """Each file on the corruption suite of the --data images, in this process (one suite per
+    input size, every file of that size in one table)."""
+    from edgetl.compiler.robustness import score_robustness, session_predictor
+    from edgetl.runtime import open_session
+
+    sections = {}
+    for size in sorted({a.input_size for a in arts}):
+        group = [a for a in arts if a.input_size == size]
+        names = {a.path: f"{a.path.name} ({a.precision})" for a in group}
+        predictors = {names[a.path]: session_predictor(open_session(a.path, threads=threads), _eval_batch(a)) for a in group}
+        section = score_robustness(predictors, np.load(npy[size]), y_by_file[group[0].path], images_from="the --data images")
+        for a in group[1:]:  # one label mapping per table: files of one size must agree on their classes
+            if not np.array_equal(y_by_file[a.path], y_by_file[group[0].path]):
+                raise BenchSettingsError(f"{a.path.name} orders its classes differently from {group[0].path.name}: bench them apart")
+        w = section["weakest"]
+        log(f"corruptions at {size} px: weakest for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}); {section['seconds']:.0f} s")
+        sections[str(size)] = section
+    return sections
 
 
 def _load_eval_images(data: EvalData, sizes: set[int], workdir: Path, log) -> dict[int, Path]:

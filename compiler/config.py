@@ -30,7 +30,15 @@ class CompileConfig:
     # the labels-only baseline 96.3%; the tie went to the milder (0.5, 2).
     temperature: float = 2.0
     alpha: float = 0.5  # share of the teacher's soft targets in the loss (0: labels only)
-    unlabeled: Path | None = None  # images without labels, used for the soft term alone
+    unlabeled: Path | None = None  # images without labels: the soft term, and adaptation (--adapt)
+    # Adaptation of the deployed model to the --unlabeled images (compiler/adapt.py): none, bn
+    # (AdaBN + int8 calibration on them), shot (AdaBN + SHOT self-training), or auto: with
+    # --target-val the best there, else the measured default (ADAPT_DEFAULT). Ignored without
+    # --unlabeled.
+    adapt: str = "auto"
+    target_val: Path | None = None  # a small labelled set from the target camera: chooses and reports
+    adapt_epochs: int = 3  # self-training epochs (shot)
+    robustness: bool = True  # score the deployed files on the corruption suite (compiler/robustness.py)
     baseline: bool = True  # also train the student without the teacher, for the ablation
     # Quantization and pruning (compiler/optimize.py).
     # None = the target's choice, else the default (see resolved()).
@@ -77,7 +85,7 @@ class CompileConfig:
     def __post_init__(self):
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
-        for name in ("unlabeled", "cache_dir"):
+        for name in ("unlabeled", "target_val", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
 
@@ -101,6 +109,7 @@ class CompileConfig:
             "quantize": ("auto", "fp32", "fp16", "dynamic", "int8"),
             "io_dtype": ("uint8", "int8", "float32"),
             "selection": ("auto", "cv", "holdout"),
+            "adapt": ("auto", "none", "bn", "shot"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -114,6 +123,10 @@ class CompileConfig:
             raise EdgetlError(f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
         if self.cluster and not 2 <= self.cluster <= 256:
             raise EdgetlError(f"--cluster {self.cluster} must be a number of shared values in [2, 256], e.g. 16")
+        if self.adapt not in ("auto", "none") and self.unlabeled is None:
+            raise EdgetlError(f"--adapt {self.adapt} adapts to images from the device: give them with --unlabeled DIR")
+        if self.target_val is not None and self.unlabeled is None:
+            raise EdgetlError("--target-val scores adaptation to the device's images: give those too with --unlabeled DIR")
         if self.cluster and self.prune == 0:
             raise EdgetlError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
 
@@ -130,5 +143,6 @@ class CompileConfig:
         d = dataclasses.asdict(self)
         d["data"], d["out"] = str(self.data), str(self.out)
         d["unlabeled"] = str(self.unlabeled) if self.unlabeled else None
+        d["target_val"] = str(self.target_val) if self.target_val else None
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         return d

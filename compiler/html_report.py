@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from edgetl.compiler.atomic import atomic_write_text
+from edgetl.compiler.robustness import render_section as render_robustness_section
 
 HTML_FILE = "report.html"
 
@@ -164,6 +165,7 @@ def render(report: dict, out: Path) -> str:
         parts.append("<p>Skipped files:</p><ul>" + "".join(
             f"<li><code>{_e(s['path'])}</code>: {_e(s['reason'])}</li>" for s in ds["skipped"]) + "</ul>")
 
+    parts.append(render_robustness_section(report))
     parts.append("<h2>Wall time per stage</h2><table>" + "".join(
         f"<tr><td>{_e(k)}</td><td class='n'>{v:.1f} s</td></tr>" for k, v in report["timings_s"].items()) + "</table>")
     parts.append("</body></html>")

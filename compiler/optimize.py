@@ -72,7 +72,7 @@ def measure_latency(session, image: np.ndarray, runs: int = 30, warmup: int = 5)
 class Optimizer:
     """Builds and measures candidates for one float model; `choose` applies the gate."""
 
-    def __init__(self, *, float_model, teacher_model, train_views, config, images, size: int, out: Path, threads: int):
+    def __init__(self, *, float_model, teacher_model, train_views, config, images, size: int, out: Path, threads: int, calibration=None):
         self.float_model = float_model
         self.teacher_model = teacher_model  # float Keras teacher for distillation during QAT/pruning, or None
         self.train_views = train_views  # (pixels, labels) as the distillation stage trains on
@@ -83,7 +83,7 @@ class Optimizer:
         self.threads = threads
         self.candidates: list[Candidate] = []
         self.trained: dict[str, dict] = {}  # QAT / pruning fine-tuning records, for the report
-        self._calibration = None
+        self._calibration = calibration  # None: a class-balanced sample of the training split
         self._reference_probs: dict[int, np.ndarray] = {}
 
     # -- inputs -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ TEACHER_FILE = "teacher.keras"
 STUDENT_FILE = "student.keras"
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
+VARIANTS_FP32_TFLITE = "variants/model.fp32.tflite"  # the verified float export (_verify_float)
 
 
 RUN_MARKER = ".edgetl-incomplete"  # present while a compile writes into --out
@@ -201,9 +202,16 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
 
+    adaptation = None
+    if config.unlabeled and config.adapt != "none":
+        with timer.stage("adapt", f"adapting {deployed.name} to the {len(unlabeled)} unlabelled images (--adapt {config.adapt})"):
+            adaptation = _adapt_deployed(config, deployed, images, dataset, out, cache, keys)
+
     # The float exports depend only on the deployed model: a replay that changes only the
     # quantization takes them (already verified once) from the cache.
     export_key = stage_key("export", model=keys["student" if deployed is not teacher else "teacher"])
+    if adaptation is not None:
+        export_key = stage_key("export", model=export_key, adapted=adaptation["key"])
     exported = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"])
     with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
         from edgetl.compiler.export import export_onnx, export_tflite
@@ -225,10 +233,15 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
             cache.store_files("export", export_key, {f"model.fp32.{fmt}": path for fmt, path in float_files.items()})
 
     with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
-        optimizer = _optimize(config, target, out, teacher, deployed, images, float_files)
+        optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
 
     with timer.stage("package", "deployed files, metadata, app handoff"):
         deployed_files = _package(config, target, out, deployed, optimizer, classes, images)
+
+    robustness = None
+    if config.robustness:
+        with timer.stage("robustness", "scoring the deployed files on camera corruptions"):
+            robustness = _robustness(config, out, deployed, optimizer, deployed_files, images)
 
     artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
     deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
@@ -244,6 +257,8 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     report["target"] = target.to_json() if target else None
     report["optimization"] = {"trained": optimizer.trained, "calibration_images": config.calibration_size, "threads": optimizer.threads}
     report["app"] = deployed_files.get("app")
+    report["adaptation"] = adaptation
+    report["robustness"] = robustness
     write_report(report, out)
     write_html_report(report, out)
     write_recipe(config, out)
@@ -620,7 +635,7 @@ def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: I
     return verified
 
 
-def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict):
+def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None):
     from edgetl.compiler.optimize import Optimizer
 
     distilled = deployed is not teacher
@@ -635,6 +650,7 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         size=deployed.input_size,
         out=out,
         threads=threads,
+        calibration=calibration,
     )
     optimizer.add_float(float_files["tflite"], float_files["onnx"])
     mode = config.quantize
@@ -672,6 +688,113 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
     optimizer.apply_gate()
     optimizer.time_all()
     return optimizer
+
+
+def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: ImageCache, dataset: Dataset, out: Path, cache, keys) -> dict:
+    """Replace the deployed model by its adaptation to the unlabelled images (compiler/adapt.py),
+    in place, so everything downstream (export, int8, checks) works on the adapted model; its
+    Keras file is saved again, as the reference the exports are checked against."""
+    from edgetl.compiler.adapt import choose_and_adapt
+
+    size = deployed.input_size
+    target_val = _load_target_val(config, dataset, size) if config.target_val else None
+    key = stage_key(
+        "adapt",
+        model=keys["student" if config.distills else "teacher"],
+        unlabeled=hash_files([s.path for s in images.samples["unlabeled"]], Path(config.unlabeled).resolve()),
+        method=config.adapt,
+        target_val=hash_files([p for p in sorted(Path(config.target_val).rglob("*")) if p.is_file()], Path(config.target_val)) if config.target_val else None,
+        epochs=config.adapt_epochs,
+        max_drop=config.max_accuracy_drop,
+        seed=config.seed,
+    )
+    record_key = "adaptation"
+    hit = cache.load("adapt", key)
+    if hit is not None:
+        model, record = hit
+        console.print(f"    reusing cached adaptation ({key}) from {cache.root}")
+        report = record["training"][record_key]
+    else:
+        model, report = choose_and_adapt(
+            deployed.model,
+            config.adapt,
+            images.get("unlabeled", size)[0],
+            source=_adaptation_source(config, images, size),
+            clean_val=images.get("val", size),
+            target_val=target_val,
+            max_drop=config.max_accuracy_drop,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            epochs=config.adapt_epochs,
+        )
+        cache.store("adapt", key, model, {"role": deployed.role, "name": deployed.name, "input_size": size, "training": {record_key: report}})
+    console.print(f"    adaptation: {report['method']} ({report['why']})")
+    report = {**report, "key": key}
+    deployed.model = model
+    deployed.training = {**deployed.training, record_key: report}
+    _save_keras(model, out / (STUDENT_FILE if config.distills else TEACHER_FILE))
+    return report
+
+
+def _adaptation_source(config: CompileConfig, images: ImageCache, size: int):
+    """Clean training images, class-balanced: what the model's batch-norm statistics are
+    matched from when it is adapted."""
+    from edgetl.compiler.quantize import calibration_sample
+
+    x, y = images.get("train", size)
+    return calibration_sample(x, y, 192, config.seed)
+
+
+def _load_target_val(config: CompileConfig, dataset: Dataset, size: int):
+    """--target-val DIR/<class>/*: labelled target images, classes matched to the training's by name."""
+    from edgetl.errors import DataError
+
+    target = scan_dataset(config.target_val, val_fraction=0.0, test_fraction=0.0, seed=config.seed)
+    samples = [s for split in target.splits.values() for s in split]
+    unknown = sorted(set(target.classes) - set(dataset.classes))
+    if unknown:
+        raise DataError(f"--target-val {config.target_val}: class folder(s) {', '.join(unknown[:5])} are not classes of the training data")
+    index = {name: i for i, name in enumerate(dataset.classes)}
+    x, y = load_images(samples, size)
+    return x, np.array([index[target.classes[label]] for label in y], dtype=np.int64)
+
+
+def _target_calibration(config: CompileConfig, adaptation: dict | None, images: ImageCache, deployed: TrainedModel):
+    """int8 ranges from the target images when the model was adapted to them (else None: the
+    optimizer's class-balanced training sample)."""
+    if adaptation is None or adaptation["method"] == "none":
+        return None
+    from edgetl.compiler.adapt import calibration_images
+
+    return calibration_images(images.get("unlabeled", deployed.input_size)[0], config.calibration_size, config.seed)
+
+
+def _robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimizer, deployed_files: dict, images: ImageCache) -> dict:
+    """The float export, the deployed TFLite (and a pruned one) on the corruption suite
+    (compiler/robustness.py), on the test split, or the training images when there is none."""
+    from edgetl.compiler.robustness import score_robustness, session_predictor
+    from edgetl.runtime import open_session
+
+    split = "test" if images.samples.get("test") else "train"
+    images_from = "the test split" if split == "test" else "the labelled training images (there is no test split)"
+    x, y = images.get(split, deployed.input_size)
+    by_file = {c.file: c for c in optimizer.candidates}
+    chosen = by_file[deployed_files["deployed"]["tflite_variant"]]
+    files = {"fp32 (float export)": out / VARIANTS_FP32_TFLITE}
+    pruned = [c for c in optimizer.candidates if c.format == "tflite" and c.pruned and c is not chosen and c.precision == chosen.precision]
+    if pruned:
+        files[f"{pruned[0].name} (not deployed)"] = pruned[0].path
+    if chosen.name != "fp32":
+        files[f"{chosen.name} ({TFLITE_FILE})"] = out / TFLITE_FILE
+    predictors = {name: session_predictor(open_session(path, threads=optimizer.threads), config.batch_size) for name, path in files.items()}
+    section = score_robustness(predictors, x, y, images_from=images_from, seed=config.seed)
+    section["files"] = {name: Path(path).relative_to(out).as_posix() for name, path in files.items()}
+    if section["available"] > section["images"]:
+        section["note"] = (f"A class-balanced, seeded subsample of {section['images']} of the {section['available']} images, "
+                           "to keep the suite to a small share of the compile.")
+    w = section["weakest"]
+    console.print(f"    weakest corruption for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}, {w['drop_from_clean'] * 100:.1f} points below clean; {section['seconds']:.0f} s)")
+    return section
 
 
 def _package(config, target, out: Path, deployed: TrainedModel, optimizer, classes, images: ImageCache) -> dict:

@@ -34,7 +34,7 @@ def recipe_text(config: CompileConfig) -> str:
     settings = config.to_json()
     # Inputs as absolute paths: a recipe replayed from another folder must find the same data.
     # `out` stays as given (a replay usually names its own).
-    for name in ("data", "unlabeled", "cache_dir"):
+    for name in ("data", "unlabeled", "target_val", "cache_dir"):
         if settings.get(name):
             settings[name] = str(Path(settings[name]).resolve())
     return header + yaml.safe_dump(settings, sort_keys=False)

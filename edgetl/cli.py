@@ -78,8 +78,18 @@ def compile_command(
         float, typer.Option(min=0.0, max=1.0, help="Teacher's share of the loss (0: labels only).", rich_help_panel="Student")
     ] = 0.5,
     unlabeled: Annotated[
-        Optional[Path], typer.Option(help="Unlabelled images (e.g. from the device) for the soft loss alone.", rich_help_panel="Student")
+        Optional[Path], typer.Option(help="Unlabelled images from the device's camera: the soft loss, and adaptation (--adapt).", rich_help_panel="Student")
     ] = None,
+    adapt: Annotated[
+        str, typer.Option(help="Adapt the deployed model to the --unlabeled images: none, bn (batch-norm statistics + int8 calibration on them), shot (bn + self-training), auto (the best on --target-val, else the measured default).", rich_help_panel="Domain adaptation")
+    ] = "auto",
+    target_val: Annotated[
+        Optional[Path], typer.Option(help="A few labelled images from the device (DIR/<class>/*): chooses the adaptation and reports target accuracy.", rich_help_panel="Domain adaptation")
+    ] = None,
+    adapt_epochs: Annotated[int, typer.Option(min=1, help="Self-training epochs of --adapt shot.", rich_help_panel="Domain adaptation")] = 3,
+    robustness: Annotated[
+        bool, typer.Option("--robustness/--no-robustness", help="Score the deployed files on camera corruptions (report: robustness).", rich_help_panel="Domain adaptation")
+    ] = True,
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).", rich_help_panel="Student")
     ] = True,
@@ -130,7 +140,8 @@ def compile_command(
         "data": data, "out": out, "target": target, "teacher": teacher, "teacher_weights": teacher_weights,
         "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
         "student_weights": student_weights, "distill_epochs": distill_epochs, "temperature": temperature, "alpha": alpha,
-        "unlabeled": unlabeled, "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
+        "unlabeled": unlabeled, "adapt": adapt, "target_val": target_val, "adapt_epochs": adapt_epochs, "robustness": robustness,
+        "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
         "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
         "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,

@@ -1,0 +1,172 @@
+"""Domain shift on flowers12: train on clean photos, deploy behind a simulated cheap camera.
+
+    python -m edgetl.benchmarks.domain_shift [--data ../shared/datasets/flowers12] [--model lite0.keras]
+
+One deployable model (EfficientNet-Lite0, 224 px: a head on its frozen ImageNet features, then a
+short fine-tune of the top; or `--model FILE.keras` to reuse one) is trained ONCE on the clean
+`train/` images (15% of them carved out, seeded, for early stopping). Then, for each simulated
+camera (`SHIFTS`: chains of compiler/corruptions.py steps, seeded), the clean `train/` images
+are passed through that camera and given WITHOUT labels to each adaptation method
+(compiler/adapt.py), always from the same trained model, and the adapted model is scored on
+the same camera's `test/` images and on the clean `test/` images. With `--int8` the deployed
+int8 TFLite of each method is scored too (calibrated on the camera's images when adapting,
+on clean training images otherwise, as a compile does).
+
+Printed per camera and method: shifted-test accuracy with its 95% Wilson interval
+(compiler/stats.py), the share of the points lost to the shift that the method recovers, the
+clean-test accuracy and its change, and the adaptation's wall time; then the total wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import os
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared from the main checkout, ../../shared from a worktree under wt/ ($EDGETL_SHARED wins).
+_SHARED = [Path(os.environ["EDGETL_SHARED"])] if "EDGETL_SHARED" in os.environ else [REPO.parent / "shared", REPO.parent.parent / "shared"]
+DEFAULT_DATA = next((p / "datasets" / "flowers12" for p in _SHARED if (p / "datasets" / "flowers12").is_dir()), _SHARED[0] / "datasets" / "flowers12")
+
+# Simulated cameras: (kind, parameter) steps applied in order (compiler/corruptions.apply_steps).
+SHIFTS = {
+    # Soft plastic lens, warm white balance, sensor noise, heavy JPEG: the issue's cheap camera.
+    "cheap_camera": [("defocus_blur", 3.0), ("colour_cast", 0.2), ("gaussian_noise", 0.05), ("jpeg", 15)],
+    # Under-exposed indoor shot: darker, photon noise, JPEG.
+    "low_light": [("brightness", -0.25), ("shot_noise", 20), ("jpeg", 30)],
+    # Hand-held in motion, compressed.
+    "motion": [("motion_blur", 12.0), ("jpeg", 20)],
+    # Cheap sensor in flat light: low contrast, over-exposed, cool cast.
+    "washed_out": [("contrast", 0.5), ("brightness", 0.15), ("colour_cast", 0.15)],
+}
+
+
+def train_model(data: Path, size: int, head_epochs: int, finetune_epochs: int, seed: int):
+    """EfficientNet-Lite0 on the clean training images (compiler/finetune.py's two stages)."""
+    from edgetl._compat import keras
+    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.data import load_images, scan_dataset
+    from edgetl.compiler.finetune import finetune
+    from edgetl.models import create_model, get_config
+
+    keras.utils.set_random_seed(seed)
+    dataset = scan_dataset(data, val_fraction=0.15, seed=seed)
+    config = CompileConfig(data=data, out=Path("/tmp"), head_epochs=head_epochs, finetune_epochs=finetune_epochs, seed=seed)
+    model = create_model("efficientnet_lite0", weights="imagenet", num_classes=len(dataset.classes), input_size=size)
+    train = load_images(dataset.splits["train"], size)
+    val = load_images(dataset.splits["val"], size)
+    finetune(model, get_config("efficientnet_lite0").unfreeze_from, config, train, val)
+    return model
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    return int(np.sum(probs.argmax(1) == y)), len(y)
+
+
+def int8_probs(model, calibration: np.ndarray, x: list[np.ndarray]) -> list[np.ndarray]:
+    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.runtime import open_session
+
+    import tempfile
+
+    data = convert_tflite(model, "int8", calibration=calibration, io_dtype="uint8")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(data)
+        session = open_session(path, threads=2)
+        return [session.predict(images, 32) for images in x]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", type=Path, help="a trained .keras model to start from (else one is trained)")
+    parser.add_argument("--save-model", type=Path, help="save the trained model here (to pass as --model later)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--head-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--methods", default="none,bn,shot")
+    parser.add_argument("--shifts", default=",".join(SHIFTS))
+    parser.add_argument("--int8", default="", help="methods whose int8 TFLite is scored too, e.g. none,bn")
+    parser.add_argument("--epochs", type=int, default=3, help="self-training epochs (shot)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="self-training learning rate (shot)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    from edgetl.compiler.adapt import adapt, calibration_images
+    from edgetl.compiler.corruptions import apply_steps
+    from edgetl.compiler.data import load_images, scan_dataset
+    from edgetl.compiler.quantize import calibration_sample
+    from edgetl.compiler.stats import describe_accuracy
+    from edgetl.runtime.keras_model import KerasSession, load_keras_model
+
+    wall = time.perf_counter()
+    dataset = scan_dataset(args.data, val_fraction=0.15, seed=args.seed)
+    x_train, y_train = load_images(dataset.splits["train"], args.size)
+    x_test, y_test = load_images(dataset.splits["test"], args.size)
+    t = time.perf_counter()
+    if args.model:
+        model = load_keras_model(args.model)
+        print(f"model: {args.model}")
+    else:
+        model = train_model(args.data, args.size, args.head_epochs, args.finetune_epochs, args.seed)
+        print(f"model: efficientnet_lite0 {args.size} px trained in {time.perf_counter() - t:.0f} s")
+        if args.save_model:
+            model.save(args.save_model)
+    predict = lambda m, x: KerasSession(model=m).predict(x, 32)  # noqa: E731
+
+    methods = [m for m in args.methods.split(",") if m]
+    int8_methods = [m for m in args.int8.split(",") if m]
+    source = calibration_sample(x_train, y_train, 192, args.seed)  # as a compile passes (pipeline._adaptation_source)
+    clean_correct, n = accuracy(predict(model, x_test), y_test)
+    clean = clean_correct / n
+    print(f"clean test, no adaptation: {describe_accuracy(clean, n)}")
+    results = {"clean": clean, "n_test": n, "shifts": {}}
+    for shift in [s for s in args.shifts.split(",") if s]:
+        steps = SHIFTS[shift]
+        target_train = apply_steps(x_train, steps, seed=args.seed)
+        target_test = apply_steps(x_test, steps, seed=args.seed + 1)
+        print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
+        rows = {}
+        for method in methods:
+            adapted, record = adapt(model, method, target_train, source=source, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate)
+            shifted_acc = accuracy(predict(adapted, target_test), y_test)[0] / n
+            clean_acc = accuracy(predict(adapted, x_test), y_test)[0] / n
+            row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}
+            if method in int8_methods:
+                calibration = (
+                    calibration_images(target_train, 128, args.seed) if method != "none" else calibration_sample(x_train, y_train, 128, args.seed)
+                )
+                p_shift, p_clean = int8_probs(adapted, calibration, [target_test, x_test])
+                row["int8_shifted"] = accuracy(p_shift, y_test)[0] / n
+                row["int8_clean"] = accuracy(p_clean, y_test)[0] / n
+            rows[method] = row
+        base = rows.get("none", {}).get("shifted")
+        for method, row in rows.items():
+            lost = clean - base if base is not None else None
+            recovered = (row["shifted"] - base) / lost if lost and lost > 0 else None
+            row["recovered_share"] = recovered
+            line = (
+                f"  {method:<5} shifted {describe_accuracy(row['shifted'], n)}"
+                + (f", recovers {recovered:.0%} of the {lost * 100:.1f} points lost" if recovered is not None and method != "none" else "")
+                + f"; clean {row['clean']:.1%} ({(row['clean'] - clean) * 100:+.1f} pt); {row['seconds']:.0f} s"
+            )
+            if "int8_shifted" in row:
+                line += f"\n        int8 TFLite: shifted {describe_accuracy(row['int8_shifted'], n)}, clean {row['int8_clean']:.1%}"
+            print(line, flush=True)
+        results["shifts"][shift] = {"steps": steps, "methods": rows}
+    results["wall_s"] = round(time.perf_counter() - wall, 1)
+    print(f"\nwall time {results['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
