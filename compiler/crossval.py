@@ -61,6 +61,7 @@ class CurveChoice:
     probe: Accuracy
     versus_probe: dict  # paired difference of the chosen recipe minus the probe
     folds: int
+    oof_pred: list[int] | None = None  # out-of-fold predicted class of every image at the chosen epoch
 
     @property
     def probe_kept(self) -> bool:
@@ -75,11 +76,14 @@ class CurveChoice:
             "estimate": self.estimate.to_json(),
             "probe": self.probe.to_json(),
             "versus_probe": self.versus_probe,
+            "oof_pred": self.oof_pred,
         }
 
 
-def choose_epochs(oof_correct: np.ndarray, folds: int) -> CurveChoice:
-    """oof_correct: (epochs + 1, images) booleans, row e = out-of-fold correctness after e epochs.
+def choose_epochs(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | None = None) -> CurveChoice:
+    """oof_correct: (epochs + 1, images) booleans, row e = out-of-fold correctness after e epochs;
+    oof_pred: the predicted classes, same shape (kept for the chosen row: the estimate's
+    confusion matrix).
 
     The most accurate row wins; ties (and everything not strictly better than the probe) go to
     fewer epochs, so fine-tuning must earn its place.
@@ -96,4 +100,5 @@ def choose_epochs(oof_correct: np.ndarray, folds: int) -> CurveChoice:
         probe=Accuracy(int(counts[0]), n),
         versus_probe=diff.to_json() | {"verdict": diff.verdict("the fine-tuned model", "the probe") if best else "the probe is kept"},
         folds=folds,
+        oof_pred=None if oof_pred is None else [int(v) for v in np.asarray(oof_pred)[best]],
     )

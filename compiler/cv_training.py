@@ -32,14 +32,13 @@ from edgetl.compiler.progress import progress_bar
 class _HeldOutCurve(keras.callbacks.Callback):
     """After every epoch: score the held-out images and keep the trainable weights on disk."""
 
-    def __init__(self, predict, x_held, y_held, correct_rows, held_idx, snapshot):
+    def __init__(self, predict, x_held, y_held, pred_rows, held_idx, snapshot):
         super().__init__()
         self.predict, self.x_held, self.y_held = predict, x_held, y_held
-        self.correct_rows, self.held_idx, self.snapshot = correct_rows, held_idx, snapshot
+        self.pred_rows, self.held_idx, self.snapshot = pred_rows, held_idx, snapshot
 
     def on_epoch_end(self, epoch, logs=None):
-        pred = self.predict(self.x_held).argmax(1)
-        self.correct_rows[epoch + 1, self.held_idx] = pred == self.y_held
+        self.pred_rows[epoch + 1, self.held_idx] = self.predict(self.x_held).argmax(1)
         self.snapshot(epoch + 1)
 
 
@@ -90,25 +89,25 @@ def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_
     strategy = strategy or tf.distribute.get_strategy()
     start = model.get_weights()
     splits = stratified_folds(y, folds, seed)
-    correct = np.zeros((epochs + 1, len(y)), bool)
+    pred = np.zeros((epochs + 1, len(y)), np.int64)
     snapshots = FoldSnapshots()
     try:
         for f, (tr, ho) in enumerate(splits):
             model.set_weights(start)
             head = fold_probe(features, y, tr, num_classes, probe)
             set_head(model, head)
-            correct[0, ho] = head.predict_proba(features[ho]).argmax(1) == y[ho]
+            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
             set_trainable_top(model, unfreeze_from)
             with strategy.scope():
                 model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
             snapshots.save(f, 0, trainable_weights(model))
-            curve = _HeldOutCurve(_predictor(model, batch_size), x[ho], y[ho], correct, ho,
+            curve = _HeldOutCurve(_predictor(model, batch_size), x[ho], y[ho], pred, ho,
                                   lambda e, f=f: snapshots.save(f, e, trainable_weights(model)))
             if epochs:
                 with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
                     model.fit(training_dataset(x[tr], y[tr], batch_size, seed + f), epochs=epochs,
                               callbacks=[curve, EpochProgress(advance)], verbose=0)
-        choice = choose_epochs(correct, len(splits))
+        choice = choose_epochs(pred == y[None, :], len(splits), pred)
         fold_weights = [snapshots.load(f, choice.epochs) for f in range(len(splits))]
     finally:
         snapshots.close()
@@ -130,13 +129,13 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
     strategy = strategy or tf.distribute.get_strategy()
     student_start = student.get_weights()
     teacher_start = teacher.get_weights() if teacher is not None else None
-    correct = np.zeros((epochs + 1, len(y)), bool)
+    pred = np.zeros((epochs + 1, len(y)), np.int64)
     try:
         for f, (tr, ho) in enumerate(splits):
             student.set_weights(student_start)
             head = fold_probe(features, y, tr, num_classes, probe)
             set_head(student, head)
-            correct[0, ho] = head.predict_proba(features[ho]).argmax(1) == y[ho]
+            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
             if not epochs:
                 continue
             if teacher is not None:
@@ -148,7 +147,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
             set_trainable_top(student, unfreeze_from)
             with strategy.scope():
                 distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-            curve = _HeldOutCurve(_predictor(student, batch_size), x_student[ho], y[ho], correct, ho, lambda e: None)
+            curve = _HeldOutCurve(_predictor(student, batch_size), x_student[ho], y[ho], pred, ho, lambda e: None)
             xv, yv = x_views[tr], y[tr]
             if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
                 xv = np.concatenate([xv, unlabeled_views])
@@ -156,7 +155,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
             with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
                 distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
                               callbacks=[curve, EpochProgress(advance)], verbose=0)
-        choice = choose_epochs(correct, len(splits))
+        choice = choose_epochs(pred == y[None, :], len(splits), pred)
     finally:
         student.set_weights(student_start)
         if teacher is not None:
