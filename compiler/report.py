@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from edgetl.compiler.atomic import atomic_path, atomic_write_text
@@ -22,31 +21,13 @@ def write_report(report: dict, out: Path) -> Path:
 
 
 def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
-    import matplotlib
+    """confusion_matrix.png: the same drawing as report.html's (compiler/report_charts.py)."""
+    from edgetl.compiler.report_charts import _pyplot, confusion_figure
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    n = len(classes)
-    side = max(4.0, 0.55 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=110)
-    # Colour by the row-normalised rate so small and large classes read alike; print raw counts.
-    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    plt = _pyplot()
+    fig = confusion_figure(cm, classes, title)
     with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
 
