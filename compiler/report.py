@@ -9,6 +9,8 @@ from rich.table import Table
 
 from edgetl.compiler.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
+from edgetl.compiler.report_facts import accuracy_figure
+from edgetl.compiler.report_verdict import build_verdict
 
 REPORT_FILE = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -66,8 +68,8 @@ def print_summary(report: dict) -> None:
         console.print(f"[yellow]warning:[/] {warning}")
 
     models = report["models"]
-    model_table = Table(title="models on the held-out test split", title_justify="left")
-    for col in ("role", "model", "input", "params", "MACs", "test accuracy", "macro F1", "best val accuracy"):
+    model_table = Table(title="models (accuracy [95% CI] n)", title_justify="left")
+    for col in ("role", "model", "input", "params", "MACs", "accuracy", "macro F1", "best val accuracy"):
         model_table.add_column(col, justify="left" if col in ("role", "model") else "right")
     for role, m in models.items():
         model_table.add_row(
@@ -76,8 +78,8 @@ def print_summary(report: dict) -> None:
             f"{m['input_size']} px",
             f"{m['params'] / 1e6:.2f}M",
             f"{m['macs'] / 1e6:.1f}M",
-            f"{m['test']['accuracy']:.2%}",
-            f"{m['test']['macro_f1']:.3f}",
+            _accuracy_cell(m),
+            f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
             f"{_best_val(m['training']):.3f}",
         )
     console.print(model_table)
@@ -89,8 +91,8 @@ def print_summary(report: dict) -> None:
             f"{d['student_minus_teacher_accuracy'] * 100:+.1f} points"
         )
 
-    table = Table(title="artefacts on the held-out test split (latency: batch 1, this machine)", title_justify="left")
-    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "test acc", "Δ fp32", "agree", "gate"):
+    table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")
+    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
         table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
     for a in report["artifacts"]:
         parity = a.get("parity")
@@ -103,16 +105,19 @@ def print_summary(report: dict) -> None:
             _mb(a["size_bytes"]),
             _mb(a["gzip_bytes"]) if a.get("gzip_bytes") else "",
             f"{a['latency_p50_ms']:.2f} ms" if a.get("latency_p50_ms") is not None else "",
-            f"{a['test']['accuracy']:.2%}",
+            _accuracy_cell(a),
             f"{delta * 100:+.2f}" if delta is not None else "",
             f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
             (a.get("gate") or "").split(":")[0],  # "passed" / "failed"; the why is in report.json
         )
     console.print(table)
     console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
-    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}")
+    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}", markup=False)
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
+    if not deployed.get("test"):  # no test split (cross-validated compile): no per-class figures
+        _print_tail(report)
+        return
     others = [role for role in models if role != report["deployed"]["model"]]
     per_class = Table(title=f"per class ({deployed['file']}; F1 of the other models beside it)", title_justify="left")
     for col in ("class", "precision", "recall", "F1", *[f"F1 {r}" for r in others], "support"):
@@ -134,6 +139,18 @@ def print_summary(report: dict) -> None:
             cm_table.add_row(f"{i} {name}", *[(str(v) if v else ".") for v in cm[i]])
         console.print(cm_table)
 
+    _print_tail(report)
+
+
+def _accuracy_cell(entry: dict) -> str:
+    figure = accuracy_figure(entry)
+    return figure.short() if figure else "-"
+
+
+def _print_tail(report: dict) -> None:
+    """The verdict, wall time and where the files are."""
+    for line in build_verdict(report).lines():
+        console.print(line, markup=False, highlight=False)
     timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
     console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
     console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")

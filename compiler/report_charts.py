@@ -219,7 +219,7 @@ def confusion_figure(cm: list[list[int]], classes: list[str], title: str):
     ax.set_title("\n".join(textwrap.wrap(title, max(30, int(side * 9)))), fontsize=10)
     bar = fig.colorbar(errors, ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("mistakes: share of the true class", fontsize=8)
-    bar.ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    bar.ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}" if worst >= 0.2 else f"{v:.1%}"))
     fig.tight_layout()
     return fig
 

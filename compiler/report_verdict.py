@@ -48,7 +48,10 @@ def _headline(report: dict) -> str:
     figure = deployed_figure(report)
     precision = artifact.get("precision", "")
     parts = [f"Deployed {artifact.get('file', 'model.tflite')} ({_model_name(report, role)}, {role}, {precision})"]
-    parts.append(f"accuracy {figure.describe()}" if figure else "accuracy not measured")
+    if figure is None:
+        parts.append("accuracy not measured")
+    else:
+        parts.append(("accuracy " if figure.source == "test" else "accuracy of its float model ") + figure.describe())
     if artifact.get("size_bytes"):
         parts.append(f"{artifact['size_bytes'] / 1e6:.1f} MB")
     if artifact.get("latency_p50_ms") is not None:
@@ -69,11 +72,14 @@ def _compare_text(report: dict, role: str, what: str) -> str | None:
     mine, theirs = deployed_figure(report), accuracy_figure(report["models"].get(role))
     if mine is None or theirs is None:
         return None
+    # Without a test split the deployed file was never scored: name the model it came from.
+    name = "model.tflite" if mine.source == "test" else f"the deployed {report['deployed'].get('model', 'model')} (float)"
     if intervals_overlap(mine, theirs):
-        return (f"model.tflite {mine.short()} and {what} {theirs.short()}: the intervals overlap, "
-                "so these figures cannot tell them apart.")
-    better = "model.tflite" if mine.accuracy > theirs.accuracy else what
-    return f"model.tflite {mine.short()} and {what} {theirs.short()}: {better} is better (the intervals do not overlap)."
+        text = f"{name} {mine.short()} and {what} {theirs.short()}: the intervals overlap, so these figures cannot tell them apart."
+    else:
+        better = name if mine.accuracy > theirs.accuracy else what
+        text = f"{name} {mine.short()} and {what} {theirs.short()}: {better} is better (the intervals do not overlap)."
+    return text[0].upper() + text[1:]
 
 
 def _comparisons(report: dict) -> list[str]:

@@ -32,3 +32,7 @@ class OutputExistsError(EdgetlError):
 
 class ModelFileError(EdgetlError):
     """A model file that cannot be loaded or run (missing, truncated, not a model)."""
+
+
+class ReportError(EdgetlError):
+    """A build folder without a readable report.json."""
