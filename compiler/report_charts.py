@@ -70,6 +70,15 @@ def _place_labels(ax, xy_pixels: list[tuple[float, float]], texts: list[str]) ->
 
 def tradeoff_chart(report: dict) -> str | None:
     """Accuracy (with its 95% interval) against latency; points numbered, named in the legend."""
+    fig = tradeoff_figure(report)
+    if fig is None:
+        return None
+    uri = png_data_uri(fig)
+    _pyplot().close(fig)
+    return uri
+
+
+def tradeoff_figure(report: dict):
     points = tradeoff_points(report)
     if not points:
         return None
@@ -81,7 +90,7 @@ def tradeoff_chart(report: dict) -> str | None:
         a, f = p["artifact"], p["figure"]
         y = f.accuracy * 100
         colour = _RUNTIME_COLOURS.get(a["runtime"], "#2ca02c")
-        ax.errorbar(a["latency_p50_ms"], y, yerr=[[y - f.low * 100], [f.high * 100 - y]], fmt="none",
+        ax.errorbar(a["latency_p50_ms"], y, yerr=[[max(0.0, y - f.low * 100)], [max(0.0, f.high * 100 - y)]], fmt="none",
                     ecolor=colour, alpha=0.45, capsize=3)
         handle = ax.scatter(a["latency_p50_ms"], y, s=70, color=colour, zorder=3,
                             edgecolors="green" if p["chosen"] else "white", linewidths=3 if p["chosen"] else 0.8,
@@ -112,9 +121,7 @@ def tradeoff_chart(report: dict) -> str | None:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
               handletextpad=0.3, borderaxespad=0)
     fig.tight_layout()
-    uri = png_data_uri(fig)
-    plt.close(fig)
-    return uri
+    return fig
 
 
 _STAGE_NAMES = {

@@ -93,7 +93,8 @@ def print_comparison(a: dict, b: dict, name_a: str, name_b: str) -> None:
     console.print("[dim]latency was measured on the machine of each compile: compare it only between builds made on one machine[/]")
     settings = differing_settings(a, b)
     if settings:
-        diff_table = Table(title="settings that differ", title_justify="left")
+        console.print("settings that differ:")
+        diff_table = Table()
         for col in ("setting", "A", "B"):
             diff_table.add_column(col, overflow="fold")
         for key, va, vb in settings:
