@@ -19,14 +19,14 @@ HTML_FILE = "report.html"
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 10px; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 7px; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.chosen { background: #eaf6ea; font-weight: 600; } .muted { color: #777; } .warn { color: #a60; }
 .box { background: #f7f9fc; border: 1px solid #dde5f0; padding: 0.8em 1em; border-radius: 6px; }
 img.chart { max-width: 100%; display: block; margin: 0.5em 0; }
 .verdict { background: #f7f9fc; border: 1px solid #dde5f0; border-left: 6px solid #3a7bd5; padding: 0.6em 1.2em; border-radius: 6px; }
 .verdict .headline { font-size: 1.15em; font-weight: 600; } .verdict .next { background: #fff8e1; padding: 0.4em 0.6em; border-radius: 4px; }
-.ci { color: #777; font-size: 0.85em; white-space: nowrap; } h3 { font-size: 1em; margin: 1.2em 0 0.3em; }
+.ci { color: #777; font-size: 0.85em; white-space: nowrap; display: block; } h3 { font-size: 1em; margin: 1.2em 0 0.3em; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
 .group { display: inline-block; vertical-align: top; margin: 0 18px 6px 0; }
 figure { margin: 0; width: 140px; font-size: 12px; border: 1px solid #e3e3e3; border-radius: 4px; padding: 5px; background: #fff; }

