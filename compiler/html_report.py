@@ -34,7 +34,7 @@ figure img { display: block; max-width: 128px; max-height: 128px; margin: 0 auto
 figure.flagged { border: 2px solid #d9822b; background: #fff6ec; }
 .flag { color: #b35c00; font-weight: 600; } .path { color: #888; font-size: 10px; word-break: break-all; }
 .noimg { height: 60px; color: #999; text-align: center; line-height: 60px; background: #f4f4f4; }
-.scroll { overflow: auto; max-height: 1200px; border: 1px solid #eee; } img.cm { display: block; }
+.scroll { overflow: auto; max-height: 1200px; border: 1px solid #eee; } img.cm { display: block; max-width: 100%; } img.cm.big { max-width: none; } /* 25+ classes: full size, scrolled */
 """
 
 
@@ -205,7 +205,7 @@ def render(report: dict, out: Path) -> str:
         parts.append(f"<h2>Confusion matrix: {_e(chosen)} on the test split</h2><p class='muted'>Rows: true class; "
                      "columns: predicted. Blue: the share of each true class classified right; red: mistakes, on their "
                      "own scale; figures: image counts (while the cells hold them).</p>"
-                     f"<div class='scroll'><img class='cm' alt='confusion matrix' src='{uri}'></div>")
+                     f"<div class='scroll'><img class='cm{' big' if len(ds['classes']) > 25 else ''}' alt='confusion matrix' src='{uri}'></div>")
 
     # Data
     counts = ds["counts"]
