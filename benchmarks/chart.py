@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgetl.benchmarks.table import _accuracy
+
 
 def case_label(row: dict) -> str:
     threads = f" ×{row['threads']}t" if row.get("threads") else ""
@@ -35,7 +37,7 @@ def plot_bench(report: dict, path: Path) -> Path:
     for yi, r in zip(y, rows):
         text = f" {r['p50_ms']:.2f} ms"
         if r.get("accuracy"):
-            text += f" · acc {r['accuracy']['value']:.2%}"
+            text += f" · acc {_accuracy(r['accuracy'])}"
         text += f" · load {r['load_s']:.2f} s · {r['size_bytes'] / 1e6:.1f} MB {r['precision']}"
         ax.text(max(r["p99_ms"], r["p90_ms"]), yi, text, va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)

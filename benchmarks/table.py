@@ -7,6 +7,17 @@ def _f(value, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
+def _accuracy(acc: dict | None) -> str:
+    """'96.2% [93.0-98.0] n=240': the figure with its 95% Wilson interval and n."""
+    if not acc:
+        return "-"
+    from edgetl.compiler.stats import wilson_interval
+
+    n = acc["images"]
+    low, high = wilson_interval(acc.get("correct", round(acc["value"] * n)), n)
+    return f"{acc['value']:.1%} [{low * 100:.1f}-{high * 100:.1f}] n={n}"
+
+
 def print_table(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -46,13 +57,13 @@ def print_table(report: dict, console=None) -> None:
             f"{r['first_run_ms']:.2f}",
             _f(r.get("peak_rss_mb"), ".0f"),
             f"{r['size_bytes'] / 1e6:.1f}",
-            f"{acc['value']:.2%}" if acc else "-",
+            _accuracy(acc),
             escape(r.get("note", "")),
         )
     console.print(table)
     data = report.get("data")
     if data:
-        console.print(escape(f"accuracy on {data['images']} images: {data['used']}"))
+        console.print(escape(f"accuracy [95% Wilson interval] on {data['images']} images: {data['used']}"))
         mismatches = []
         for f in report["files"]:
             expected = f.get("compile_accuracy")

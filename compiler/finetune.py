@@ -33,6 +33,9 @@ class StageResult:
     best_epoch: int  # 0 means the stage never beat what it started from
     best_val_accuracy: float
     seconds_per_epoch: float = 0.0
+    # Per-epoch figures as Keras logged them ("loss", "accuracy", "val_loss", "val_accuracy"):
+    # the report draws the training curves from them.
+    history: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -162,7 +165,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
 
     start = time.perf_counter()
     with progress_bar(description, epochs) as advance:
-        model.fit(
+        fitted = model.fit(
             *data,
             batch_size=batch_size,
             validation_data=val,
@@ -176,6 +179,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
         best_epoch=keep_best.best_epoch,
         best_val_accuracy=keep_best.best[0],
         seconds_per_epoch=elapsed / max(keep_best.epochs_run, 1),
+        history={k: [float(v) for v in values] for k, values in fitted.history.items()},
     )
 
 

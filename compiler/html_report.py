@@ -5,24 +5,37 @@ Built from the same dict as report.json, so the page and the JSON can never disa
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from edgetl.compiler.atomic import atomic_write_text
 from edgetl.compiler.robustness import render_section as render_robustness_section
+from edgetl.compiler.report_charts import confusion_chart, tradeoff_chart, training_chart
+from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report_gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
+from edgetl.compiler.report_verdict import build_verdict
 
 HTML_FILE = "report.html"
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 10px; border-bottom: 1px solid #eee; }
-th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 7px; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.chosen { background: #eaf6ea; font-weight: 600; } .muted { color: #777; } .warn { color: #a60; }
 .box { background: #f7f9fc; border: 1px solid #dde5f0; padding: 0.8em 1em; border-radius: 6px; }
-img { max-width: 100%; }
+img.chart { max-width: 100%; display: block; margin: 0.5em 0; }
+.verdict { background: #f7f9fc; border: 1px solid #dde5f0; border-left: 6px solid #3a7bd5; padding: 0.6em 1.2em; border-radius: 6px; }
+.verdict .headline { font-size: 1.15em; font-weight: 600; } .verdict .next { background: #fff8e1; padding: 0.4em 0.6em; border-radius: 4px; }
+.ci { color: #777; font-size: 0.85em; white-space: nowrap; display: block; } h3 { font-size: 1em; margin: 1.2em 0 0.3em; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.group { display: inline-block; vertical-align: top; margin: 0 18px 6px 0; }
+figure { margin: 0; width: 140px; font-size: 12px; border: 1px solid #e3e3e3; border-radius: 4px; padding: 5px; background: #fff; }
+figure img { display: block; max-width: 128px; max-height: 128px; margin: 0 auto 4px; }
+figure.flagged { border: 2px solid #d9822b; background: #fff6ec; }
+.flag { color: #b35c00; font-weight: 600; } .path { color: #888; font-size: 10px; word-break: break-all; }
+.noimg { height: 60px; color: #999; text-align: center; line-height: 60px; background: #f4f4f4; }
+.scroll { overflow: auto; max-height: 1200px; border: 1px solid #eee; } img.cm { display: block; max-width: 100%; } img.cm.big { max-width: none; } /* 25+ classes: full size, scrolled */
 """
 
 
@@ -46,38 +59,80 @@ def _pct(x) -> str:
     return f"{x:.2%}" if x is not None else ""
 
 
-def _png_data_uri(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+def _acc(entry) -> str:
+    """An accuracy cell: the figure, its 95% interval and n (cross-validated ones say so)."""
+    figure = accuracy_figure(entry)
+    if figure is None:
+        return "<span class='muted'>not measured</span>"
+    return (f"{figure.accuracy:.1%} <span class='ci'>[{figure.low:.1%}-{figure.high:.1%}] n={figure.n}"
+            + (" cv" if figure.source == "cv" else "") + "</span>")
 
 
-def _tradeoff_chart(artifacts: list[dict], chosen: str | None) -> str | None:
-    """Accuracy against latency, marker area by file size: the trade-off at a glance."""
-    points = [a for a in artifacts if a.get("latency_p50_ms") is not None]
-    if not points:
-        return None
-    import matplotlib
+def _verdict_section(report: dict) -> list[str]:
+    verdict = build_verdict(report)
+    parts = ["<div class='verdict'>", f"<p class='headline'>{_e(verdict.headline)}</p>"]
+    parts += [f"<p>{_e(line)}</p>" for line in verdict.comparisons]
+    parts.append(f"<p class='next'><b>Next step:</b> {_e(verdict.next_step or 'nothing in these figures stands out.')}</p>")
+    parts.append(f"<p class='muted'>{_e(verdict.measured)}</p>")
+    target = report.get("target")
+    if target:
+        parts.append(f"<p class='muted'>Target: {_e(target['name'])}: {_e(target['summary'])}.</p>")
+    why = report["deployed"].get("why")
+    if why:
+        parts.append(f"<details><summary>Why these files were chosen</summary><p>{_e(why)}</p></details>")
+    parts.append("</div>")
+    return parts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    biggest = max(a["size_bytes"] for a in points)
-    for a in points:
-        area = 60 + 900 * a["size_bytes"] / biggest
-        ax.scatter(a["latency_p50_ms"], a["test"]["accuracy"] * 100, s=area, alpha=0.55,
-                   edgecolors="green" if a["file"] == chosen else "none", linewidths=2.5)
-        ax.annotate(f"{a['file']}\n{a['size_bytes'] / 1e6:.1f} MB", (a["latency_p50_ms"], a["test"]["accuracy"] * 100),
-                    fontsize=8, xytext=(6, 4), textcoords="offset points")
-    ax.set_xlabel("latency p50 on this machine (ms, batch 1)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs latency (marker area: size on disk; green ring: deployed)", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    uri = _png_data_uri(fig)
-    plt.close(fig)
-    return uri
+def _gallery_section(report: dict) -> list[str]:
+    rows = report["deployed"].get("test_predictions")
+    parts = ["<h2 id='mistakes'>What model.tflite gets wrong</h2>"]
+    if not rows:
+        reason = ("this compile had no test split" if deployed_figure(report) is None or deployed_figure(report).source == "cv"
+                  else "this report.json predates per-image answers")
+        parts.append(f"<p class='muted'>No gallery: {_e(reason)}.</p>")
+        return parts
+    groups = misclassified(report)
+    wrong = sum(len(g.mistakes) for g in groups)
+    if not wrong:
+        parts.append(f"<p>None: model.tflite classifies all {len(rows)} test images correctly.</p>")
+        return parts
+    flagged = sum(m.possible_label_error for g in groups for m in g.mistakes)
+    parts.append(
+        f"<p>{wrong} of {len(rows)} test images, grouped by <i>true &rarr; predicted</i> class, the most confident mistake "
+        "first. <span class='flag'>possible label error</span>: the file is confident"
+        + (" and the other trained models give the same class" if any(m.agreeing_models for g in groups for m in g.mistakes)
+           or len(report["models"]) > 1 else "")
+        + f"; look at the photo before trusting its label ({flagged} flagged).</p>"
+    )
+    root = report["dataset"]["root"]
+    shown = 0
+    for g in groups:
+        parts.append(f"<div class='group'><h3>{_e(g.true)} &rarr; {_e(g.predicted)} <span class='muted'>({len(g.mistakes)})</span></h3><div class='grid'>")
+        for m in g.mistakes:
+            uri = thumbnail_uri(root, m.path) if shown < MAX_THUMBNAILS else None
+            shown += uri is not None
+            picture = f"<img alt='{_e(m.path)}' src='{uri}'>" if uri else "<div class='noimg'>image not shown</div>"
+            flag = "<br><span class='flag'>possible label error</span>" if m.possible_label_error else ""
+            parts.append(
+                f"<figure class='{'flagged' if m.possible_label_error else ''}'>{picture}<figcaption>"
+                f"true: <b>{_e(m.true)}</b><br>predicted: <b>{_e(m.predicted)}</b> ({m.confidence:.0%}){flag}"
+                f"<br><span class='path'>{_e(m.path)}</span></figcaption></figure>"
+            )
+        parts.append("</div></div>")
+    return parts
+
+
+def _training_section(report: dict) -> list[str]:
+    charts = [(role, training_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
+    charts = [(role, uri) for role, uri in charts if uri]
+    if not charts:
+        return []
+    parts = ["<h2>Training</h2><p class='muted'>Loss and accuracy per epoch on the training images (augmented) and "
+             "the validation split; the dashed line marks the epoch whose weights were kept (early stopping on val "
+             "accuracy).</p>"]
+    parts += [f"<img class='chart' alt='training curves of the {_e(role)}' src='{uri}'>" for role, uri in charts]
+    return parts
 
 
 def render(report: dict, out: Path) -> str:
@@ -90,21 +145,12 @@ def render(report: dict, out: Path) -> str:
         f"<h1>edgetl compile report</h1><p class='muted'>{_e(report['out'])} &middot; {_e(report['created_utc'])} "
         f"&middot; edgetl {_e(report['edgetl_version'])} &middot; total {report['total_s']:.0f} s</p>",
     ]
-
-    why = deployed.get("why")
-    target = report.get("target")
-    parts.append("<div class='box'>")
-    if target:
-        parts.append(f"<p><b>Target:</b> {_e(target['name'])}: {_e(target['summary'])}.</p>")
-    parts.append(f"<p><b>Deployed file:</b> <code>{_e(chosen)}</code>"
-                 + (f" and <code>{_e(deployed['onnx'])}</code>" if deployed.get("onnx") else "") + "</p>")
-    if why:
-        parts.append(f"<p><b>Why:</b> {_e(why)}</p>")
-    parts.append("</div>")
+    parts += _verdict_section(report)
+    parts += _gallery_section(report)
 
     # Artefacts
-    parts.append("<h2>Artefacts on the held-out test split</h2><table><tr>"
-                 + "".join(f"<th>{h}</th>" for h in ("file", "runtime", "precision", "sparsity", "test accuracy",
+    parts.append("<h2>Files: accuracy, size and speed</h2><table><tr>"
+                 + "".join(f"<th>{h}</th>" for h in ("file", "runtime", "precision", "sparsity", "accuracy [95% CI]",
                                                      "&Delta; vs float", "size", "gzip", "latency p50", "top-1 agreement"))
                  + "</tr>")
     for a in report["artifacts"]:
@@ -114,7 +160,7 @@ def render(report: dict, out: Path) -> str:
             f"<tr class='{'chosen' if a['file'] in (chosen, deployed.get('onnx')) else ''}'>"
             f"<td>{_e(a['file'])}</td><td>{_e(a['runtime'])}</td><td>{_e(a.get('precision', ''))}</td>"
             f"<td class='n'>{_pct(a.get('sparsity')) if a.get('sparsity') else ''}</td>"
-            f"<td class='n'>{_pct(a['test']['accuracy'])}</td>"
+            f"<td class='n'>{_acc(a)}</td>"
             f"<td class='n'>{_points(delta)}</td>"
             f"<td class='n'>{_mb(a['size_bytes'])}</td><td class='n'>{_mb(a.get('gzip_bytes'))}</td>"
             f"<td class='n'>{_ms(a.get('latency_p50_ms'))}</td>"
@@ -122,38 +168,45 @@ def render(report: dict, out: Path) -> str:
             + f"{_pct(parity.get('top1_agreement')) if parity else '(reference)'}</td></tr>"
         )
     parts.append("</table><p class='muted'>Top-1 agreement is with the Keras model each file was converted "
-                 "from: for a pruned file, the pruned model.</p>")
-    chart = _tradeoff_chart(report["artifacts"], chosen)
+                 "from: for a pruned file, the pruned model. Latency is measured on the compiling machine.</p>")
+    figures = [accuracy_figure(a) for a in report["artifacts"]]
+    widest = max(((f.high - f.low) * 50 for f in figures if f), default=0)
+    if widest > 2:
+        parts.append(f"<p>With these test images each accuracy is known only to within about &plusmn;{widest:.1f} points: "
+                     "files whose intervals overlap cannot be ranked by accuracy on this split.</p>")
+    chart = tradeoff_chart(report)
     if chart:
-        parts.append(f"<img alt='accuracy versus latency and size' src='{chart}'>")
+        parts.append(f"<img class='chart' alt='accuracy versus latency' src='{chart}'>")
 
     # Models
     parts.append("<h2>Models</h2><table><tr><th>role</th><th>model</th><th>input</th><th>params</th><th>MACs</th>"
-                 "<th>test accuracy</th><th>macro F1</th><th>cached</th></tr>")
+                 "<th>accuracy [95% CI]</th><th>macro F1</th><th>cached</th></tr>")
     for role, m in report["models"].items():
+        f1 = (m.get("test") or {}).get("macro_f1")
         parts.append(f"<tr><td>{_e(role)}</td><td>{_e(m['model'])}</td><td class='n'>{m['input_size']} px</td>"
                      f"<td class='n'>{m['params'] / 1e6:.2f}M</td><td class='n'>{m['macs'] / 1e6:.0f}M</td>"
-                     f"<td class='n'>{_pct(m['test']['accuracy'])}</td><td class='n'>{m['test']['macro_f1']:.3f}</td>"
+                     f"<td class='n'>{_acc(m)}</td><td class='n'>{f'{f1:.3f}' if f1 is not None else ''}</td>"
                      f"<td>{'yes' if m.get('cached') else ''}</td></tr>")
     parts.append("</table>")
-    if report.get("distillation"):
-        d = report["distillation"]
-        parts.append(f"<p>Distillation changed test accuracy by <b>{d['distillation_gain_accuracy'] * 100:+.1f} points</b> "
-                     "against the same student trained on the labels alone with the same budget.</p>")
+    parts += _training_section(report)
 
     # Per class + confusion matrix of the deployed file
-    deployed_artifact = next(a for a in report["artifacts"] if a["file"] == chosen)
-    parts.append(f"<h2>Per class: {_e(chosen)}</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
-                 "<th>F1</th><th>support</th></tr>")
-    for row in deployed_artifact["test"]["per_class"]:
-        parts.append(f"<tr><td>{_e(row['class'])}</td><td class='n'>{row['precision']:.3f}</td>"
-                     f"<td class='n'>{row['recall']:.3f}</td><td class='n'>{row['f1']:.3f}</td>"
-                     f"<td class='n'>{row['support']}</td></tr>")
-    parts.append("</table>")
-    confusion = Path(out) / "confusion_matrix.png"
-    if confusion.is_file():
-        uri = "data:image/png;base64," + base64.b64encode(confusion.read_bytes()).decode()
-        parts.append(f"<h2>Confusion matrix</h2><img alt='confusion matrix' src='{uri}'>")
+    deployed_row = next((a for a in report["artifacts"] if a["file"] == chosen), None)
+    if deployed_row and deployed_row.get("test"):
+        parts.append(f"<h2>Per class: {_e(chosen)}</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
+                     "<th>F1</th><th>test images</th></tr>")
+        for row in deployed_row["test"]["per_class"]:
+            parts.append(f"<tr><td>{_e(row['class'])}</td><td class='n'>{row['precision']:.3f}</td>"
+                         f"<td class='n'>{row['recall']:.3f}</td><td class='n'>{row['f1']:.3f}</td>"
+                         f"<td class='n'>{row['support']}</td></tr>")
+        parts.append("</table>")
+    if deployed_row and deployed_row.get("test"):
+        title = f"{chosen} ({deployed_row.get('precision', '')}) on the test split: accuracy {deployed_row['test']['accuracy']:.1%}"
+        uri = confusion_chart(deployed_row["test"]["confusion_matrix"], ds["classes"], title)
+        parts.append(f"<h2>Confusion matrix: {_e(chosen)} on the test split</h2><p class='muted'>Rows: true class; "
+                     "columns: predicted. Blue: the share of each true class classified right; red: mistakes, on their "
+                     "own scale; figures: image counts (while the cells hold them).</p>"
+                     f"<div class='scroll'><img class='cm{' big' if len(ds['classes']) > 25 else ''}' alt='confusion matrix' src='{uri}'></div>")
 
     # Data
     counts = ds["counts"]

@@ -259,6 +259,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     report["app"] = deployed_files.get("app")
     report["adaptation"] = adaptation
     report["robustness"] = robustness
+    report["deployed"]["test_predictions"] = _test_predictions(dataset, optimizer, deployed_files, teacher, deployed, baseline)
     write_report(report, out)
     write_html_report(report, out)
     write_recipe(config, out)
@@ -911,6 +912,33 @@ def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, im
         row = dict(by_file[variant], file=final, size_bytes=(out / final).stat().st_size, gzip_bytes=gzip_size(out / final), variant=variant)
         rows.append(row)
     return rows + variant_rows
+
+
+def _test_predictions(dataset: Dataset, optimizer, deployed_files: dict, teacher, deployed, baseline) -> list[dict]:
+    """Per test image: what model.tflite said, for the report's gallery of mistakes.
+
+    `keras` holds each trained Keras model's answer (teacher, student, baseline), so the report
+    can compare models image by image (paired differences) and tell a confident mistake that
+    every model repeats (a likely label error) from one model's slip. Paths are relative to
+    the data root, in the order of the test split.
+    """
+    variant = deployed_files["deployed"]["tflite_variant"]
+    probs = next(c for c in optimizer.candidates if c.file == variant).test_probs
+    keras_probs = {m.role: m.test_probs for m in (teacher, deployed, baseline) if m is not None}
+    rows = []
+    for i, sample in enumerate(dataset.splits["test"]):
+        row = {
+            "path": sample.path.relative_to(dataset.root).as_posix(),
+            "true": dataset.classes[sample.label],
+            "predicted": dataset.classes[int(probs[i].argmax())],
+            "confidence": round(float(probs[i].max()), 4),
+        }
+        row["keras"] = {
+            role: {"predicted": dataset.classes[int(p[i].argmax())], "confidence": round(float(p[i].max()), 4)}
+            for role, p in keras_probs.items()
+        }
+        rows.append(row)
+    return rows
 
 
 def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start) -> dict:

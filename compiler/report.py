@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from edgetl.compiler.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
+from edgetl.compiler.report_facts import accuracy_figure
+from edgetl.compiler.report_verdict import build_verdict
 
 REPORT_FILE = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -22,31 +23,13 @@ def write_report(report: dict, out: Path) -> Path:
 
 
 def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
-    import matplotlib
+    """confusion_matrix.png: the same drawing as report.html's (compiler/report_charts.py)."""
+    from edgetl.compiler.report_charts import _pyplot, confusion_figure
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    n = len(classes)
-    side = max(4.0, 0.55 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=110)
-    # Colour by the row-normalised rate so small and large classes read alike; print raw counts.
-    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    plt = _pyplot()
+    fig = confusion_figure(cm, classes, title)
     with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -85,8 +68,8 @@ def print_summary(report: dict) -> None:
         console.print(f"[yellow]warning:[/] {warning}")
 
     models = report["models"]
-    model_table = Table(title="models on the held-out test split", title_justify="left")
-    for col in ("role", "model", "input", "params", "MACs", "test accuracy", "macro F1", "best val accuracy"):
+    model_table = Table(title="models (accuracy [95% CI] n)", title_justify="left")
+    for col in ("role", "model", "input", "params", "MACs", "accuracy", "macro F1", "best val accuracy"):
         model_table.add_column(col, justify="left" if col in ("role", "model") else "right")
     for role, m in models.items():
         model_table.add_row(
@@ -95,8 +78,8 @@ def print_summary(report: dict) -> None:
             f"{m['input_size']} px",
             f"{m['params'] / 1e6:.2f}M",
             f"{m['macs'] / 1e6:.1f}M",
-            f"{m['test']['accuracy']:.2%}",
-            f"{m['test']['macro_f1']:.3f}",
+            _accuracy_cell(m),
+            f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
             f"{_best_val(m['training']):.3f}",
         )
     console.print(model_table)
@@ -108,8 +91,8 @@ def print_summary(report: dict) -> None:
             f"{d['student_minus_teacher_accuracy'] * 100:+.1f} points"
         )
 
-    table = Table(title="artefacts on the held-out test split (latency: batch 1, this machine)", title_justify="left")
-    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "test acc", "Δ fp32", "agree", "gate"):
+    table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")
+    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
         table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
     for a in report["artifacts"]:
         parity = a.get("parity")
@@ -122,16 +105,19 @@ def print_summary(report: dict) -> None:
             _mb(a["size_bytes"]),
             _mb(a["gzip_bytes"]) if a.get("gzip_bytes") else "",
             f"{a['latency_p50_ms']:.2f} ms" if a.get("latency_p50_ms") is not None else "",
-            f"{a['test']['accuracy']:.2%}",
+            _accuracy_cell(a),
             f"{delta * 100:+.2f}" if delta is not None else "",
             f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
             (a.get("gate") or "").split(":")[0],  # "passed" / "failed"; the why is in report.json
         )
     console.print(table)
     console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
-    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}")
+    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}", markup=False)
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
+    if not deployed.get("test"):  # no test split (cross-validated compile): no per-class figures
+        _print_tail(report)
+        return
     others = [role for role in models if role != report["deployed"]["model"]]
     per_class = Table(title=f"per class ({deployed['file']}; F1 of the other models beside it)", title_justify="left")
     for col in ("class", "precision", "recall", "F1", *[f"F1 {r}" for r in others], "support"):
@@ -153,6 +139,18 @@ def print_summary(report: dict) -> None:
             cm_table.add_row(f"{i} {name}", *[(str(v) if v else ".") for v in cm[i]])
         console.print(cm_table)
 
+    _print_tail(report)
+
+
+def _accuracy_cell(entry: dict) -> str:
+    figure = accuracy_figure(entry)
+    return figure.short() if figure else "-"
+
+
+def _print_tail(report: dict) -> None:
+    """The verdict, wall time and where the files are."""
+    for line in build_verdict(report).lines():
+        console.print(line, markup=False, highlight=False)
     timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
     console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
     console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")

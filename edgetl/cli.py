@@ -253,6 +253,28 @@ def models_command(
         )
 
 
+@app.command("report")
+def report_command(
+    build: Annotated[Path, typer.Argument(help="A finished build: the --out folder of `edgetl compile`.")],
+    other: Annotated[Optional[Path], typer.Argument(help="A second build to compare with the first, side by side.")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Rewrite BUILD/report.html from its report.json with this edgetl.")] = False,
+):
+    """Print a finished build's summary again; with two builds, compare them side by side."""
+    from edgetl.compiler.report_compare import load_report, print_comparison
+
+    first = load_report(build)
+    if other is None:
+        from edgetl.compiler.report import print_summary
+
+        print_summary(first)
+    else:
+        print_comparison(first, load_report(other), str(build), str(other))
+    if html:
+        from edgetl.compiler.html_report import write_html_report
+
+        typer.echo(f"wrote {write_html_report(first, build)}", err=True)
+
+
 def _register_runtime_commands() -> None:
     # Thin commands over edgetl.benchmarks and edgetl.runtime; importing them is cheap.
     from edgetl.benchmarks.commands import bench_command, predict_command

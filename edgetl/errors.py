@@ -37,3 +37,7 @@ class ModelFileError(EdgetlError):
 class UnsafeModelError(ModelFileError):
     """A model file that would run code from itself when loaded (a Lambda layer, marshalled
     bytecode, a module import, a file-writing graph op); refused unless the user trusts it."""
+
+
+class ReportError(EdgetlError):
+    """A build folder without a readable report.json."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,30 @@ def test_compile_writes_every_artefact(compiled):
     assert "<script" not in page and "src='http" not in page and "href='http" not in page
     assert page.count("data:image/png;base64,") >= 2  # the trade-off chart and the confusion matrix
     assert report["deployed"]["why"].split(":")[0] in page
+
+
+def test_report_holds_what_the_gallery_and_the_curves_need(compiled):
+    out, report = compiled
+    from edgetl.compiler.report_gallery import misclassified
+
+    rows = report["deployed"]["test_predictions"]
+    deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
+    classes = report["dataset"]["classes"]
+    cm = np.zeros((len(classes), len(classes)), int)
+    for r in rows:
+        assert (Path(report["dataset"]["root"]) / r["path"]).is_file() and 0 < r["confidence"] <= 1
+        assert set(r["keras"]) == set(report["models"])  # teacher, student, baseline
+        cm[classes.index(r["true"]), classes.index(r["predicted"])] += 1
+    assert cm.tolist() == deployed["test"]["confusion_matrix"]  # model.tflite's own answers, in test order
+    wrong = sum(len(g.mistakes) for g in misclassified(report))
+    assert wrong == cm.sum() - np.trace(cm)
+    page = (out / "report.html").read_text()
+    assert page.count("<figure") == wrong
+    for stage in (report["models"]["teacher"]["training"]["head"], report["models"]["student"]["training"]["distillation"]["stage"]):
+        history = stage["history"]
+        assert len(history["val_accuracy"]) == stage["epochs_run"] == len(history["loss"])
+        if stage["best_epoch"]:
+            assert history["val_accuracy"][stage["best_epoch"] - 1] == pytest.approx(stage["best_val_accuracy"])
 
 
 def test_report_lists_skipped_files_and_checks_each_export(compiled):

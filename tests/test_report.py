@@ -1,0 +1,221 @@
+"""report.html, the console summary and `edgetl report`, on hand-made report.json dicts (fast)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetl.compiler.html_report import render
+from edgetl.compiler.report_charts import _place_labels, tradeoff_figure, training_stages
+from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report_gallery import misclassified
+from edgetl.compiler.report_verdict import build_verdict
+from report_samples import make_report
+
+
+def _deployed_cm(report):
+    return next(a for a in report["artifacts"] if a["file"] == "model.tflite")["test"]["confusion_matrix"]
+
+
+def _figures(page: str) -> list[tuple[str, str]]:
+    """(true, predicted) of each thumbnail in the page's gallery."""
+    return re.findall(r"<figure[^>]*>.*?true: <b>(.*?)</b><br>predicted: <b>(.*?)</b>", page)
+
+
+@pytest.mark.parametrize("num_classes", [2, 12, 50])
+def test_gallery_lists_exactly_the_misclassified_test_images(tmp_path, num_classes):
+    report = make_report(tmp_path / "data", tmp_path, num_classes=num_classes, per_class=5, seed=num_classes)
+    cm = np.asarray(_deployed_cm(report))
+    groups = misclassified(report)
+    from_gallery = np.zeros_like(cm)
+    for g in groups:
+        for m in g.mistakes:
+            from_gallery[report["dataset"]["classes"].index(m.true), report["dataset"]["classes"].index(m.predicted)] += 1
+        confidences = [m.confidence for m in g.mistakes]
+        assert confidences == sorted(confidences, reverse=True)  # most confident mistake first
+    off_diagonal = cm - np.diag(np.diag(cm))
+    assert off_diagonal.sum() > 0
+    assert (from_gallery == off_diagonal).all()
+    sizes = [len(g.mistakes) for g in groups]
+    assert sizes == sorted(sizes, reverse=True)  # the most frequent confusion first
+
+    page = render(report, tmp_path)
+    shown = _figures(page)
+    assert len(shown) == off_diagonal.sum()
+    classes = report["dataset"]["classes"]
+    assert all(t != p for t, p in shown)
+    pairs, counts = np.unique([(classes.index(t), classes.index(p)) for t, p in shown], axis=0, return_counts=True)
+    for (i, j), count in zip(pairs, counts):
+        assert cm[i, j] == count
+
+
+def test_label_error_needs_a_confident_mistake_that_the_other_models_repeat(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    rows = report["deployed"]["test_predictions"]
+    a, b, c = rows[0], rows[1], rows[2]
+    for row, confidence, teacher_says in ((a, 0.97, "same"), (b, 0.97, "other"), (c, 0.5, "same")):
+        row["predicted"] = next(x for x in report["dataset"]["classes"] if x != row["true"])
+        row["confidence"] = confidence
+        for role in ("teacher", "baseline"):
+            said = row["predicted"] if teacher_says == "same" else row["true"]
+            row["keras"][role] = {"predicted": said, "confidence": 0.9}
+    flags = {m.path: m.possible_label_error for g in misclassified(report) for m in g.mistakes}
+    assert flags[a["path"]] is True  # confident and repeated by teacher and baseline
+    assert flags[b["path"]] is False  # the other models keep the label
+    assert flags[c["path"]] is False  # not confident
+
+
+def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, capsys):
+    report = make_report(tmp_path / "data", tmp_path, with_test=False)
+    figure = deployed_figure(report)
+    assert figure.source == "cv" and figure.n == report["models"]["student"]["cv"]["n"]
+    page = render(report, tmp_path)
+    assert "cross-validat" in page and "No gallery: this compile had no test split" in page
+    verdict = build_verdict(report)
+    assert "cross-validation" in verdict.headline and "no test split" in verdict.measured.lower()
+    from edgetl.compiler.report import print_summary
+
+    print_summary(report)
+    out = capsys.readouterr().out
+    assert "(cv)" in out and "cross-validat" in out
+
+
+def test_every_accuracy_in_the_page_carries_its_interval_and_n(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, num_classes=4, num_files=6)
+    page = render(report, tmp_path)
+    # Every accuracy cell of the tables: figure, [low-high] and n.
+    cells = re.findall(r"<td class='n'>(\d+\.\d%) <span class='ci'>\[(\d+\.\d%)-(\d+\.\d%)\] n=(\d+)", page)
+    assert len(cells) == len(report["artifacts"]) + len(report["models"])
+    for value, low, high, n in cells:
+        assert float(low[:-1]) <= float(value[:-1]) <= float(high[:-1]) and int(n) == 4 * 6
+    assert "95% CI" in build_verdict(report).headline
+
+
+def test_a_small_test_split_is_called_too_small_in_words(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, num_classes=2, per_class=4)
+    for row in report["deployed"]["test_predictions"]:  # teacher identical to the file: no difference at all
+        row["keras"]["teacher"] = {"predicted": row["predicted"], "confidence": row["confidence"]}
+    text = " ".join(build_verdict(report).comparisons)
+    assert "within noise" in text and "too small to separate them" in text
+
+
+@pytest.mark.parametrize("num_files", [2, 20])
+def test_tradeoff_chart_keeps_accuracy_within_0_100_and_names_every_file(tmp_path, num_files):
+    report = make_report(tmp_path / "data", tmp_path, num_files=num_files, images=False)
+    for a in report["artifacts"]:  # perfect files: the interval touches 100%
+        a["test"]["accuracy"] = 1.0
+    fig = tradeoff_figure(report)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert 0 <= low < high <= 100
+    assert len(ax.get_legend().get_texts()) == num_files  # model.tflite is its variant, not a 21st point
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_labels_of_points_in_one_spot_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(dpi=100)
+    texts = [str(i) for i in range(1, 11)]
+    offsets = _place_labels(ax, [(320.0, 240.0)] * len(texts), texts)  # the middle of the axes
+    plt.close(fig)
+    boxes = [(dx, dy, dx + 6.5 * len(t), dy + 10) for (dx, dy), t in zip(offsets, texts)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_training_curves_come_from_every_stage_with_history(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    names = {role: [name for name, _ in training_stages(m["training"])] for role, m in report["models"].items()}
+    assert names["teacher"] == ["head on frozen features", "fine-tuning the top of the backbone"]
+    assert names["student"][-1] == "distillation from the teacher"
+    assert names["baseline"][-1] == "the same training on labels alone"
+    page = render(report, tmp_path)
+    assert page.count("alt='training curves of the") == 3
+    # A report from before per-epoch history: no curves, no error.
+    for m in report["models"].values():
+        for stage in m["training"].values():
+            (stage.get("stage") or stage).pop("history")
+    assert "training curves" not in render(report, tmp_path)
+
+
+def test_report_command_reprints_and_compares(tmp_path, capsys):
+    from test_cli import run_cli
+
+    a = make_report(tmp_path / "data", tmp_path / "a", images=False)
+    b = json.loads(json.dumps(a))
+    b["config"]["seed"] = 7
+    for row in b["deployed"]["test_predictions"]:
+        row["predicted"] = row["true"]  # B gets every image right
+    for build, report in (("a", a), ("b", b)):
+        (tmp_path / build).mkdir()
+        (tmp_path / build / "report.json").write_text(json.dumps(report))
+    code, out, _ = run_cli("report", str(tmp_path / "a"), capsys=capsys)
+    assert code == 0 and "Next step:" in out and "95% CI" in out
+    code, out, _ = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), capsys=capsys)
+    assert code == 0 and "settings that differ" in out and "seed" in out
+    assert f"On the same {len(a['deployed']['test_predictions'])} test images" in out
+    code, _, err = run_cli("report", str(tmp_path / "nowhere"), capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "report.json" in err
+
+
+# -- a real browser ---------------------------------------------------------------------------
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+          "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def _chromium(*args, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.parametrize("num_classes, num_files", [(2, 2), (50, 20)])
+def test_report_opens_in_a_real_browser(tmp_path, num_classes, num_files):
+    report = make_report(tmp_path / "data", tmp_path, num_classes=num_classes, num_files=num_files, per_class=3)
+    page = render(report, tmp_path)
+    assert "<script" not in page and not re.search(r"(src|href)=['\"]?https?:", page)  # self-contained
+    (tmp_path / "report.html").write_text(page)
+    images = page.count("<img ")
+    assert images >= 3 + len(_figures(page))  # charts, confusion matrix, every thumbnail
+    with tempfile.TemporaryDirectory() as profile:
+        shot = tmp_path / "shot.png"
+        result = _chromium("--window-size=1200,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri(),
+                           profile=Path(profile))
+        assert shot.is_file(), result.stderr[-2000:]
+        pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+        assert pixels.std() > 20 and (pixels < 128).mean() > 0.01  # not blank: text and pictures drawn
+    # Every <img> decodes in the browser: a test-only copy of the page counts the broken ones
+    # (the report itself has no script) and Chromium's DOM dump reports the count.
+    probe = page.replace("</body>", "<script>window.onload=function(){var bad=0,n=0;for(const i of document.images)"
+                         "{n++;if(!(i.complete&&i.naturalWidth>0))bad++;}document.body.setAttribute('data-images',n+'/'+bad);}"
+                         "</script></body>")
+    (tmp_path / "probe.html").write_text(probe)
+    with tempfile.TemporaryDirectory() as profile:
+        result = _chromium("--virtual-time-budget=10000", "--dump-dom", (tmp_path / "probe.html").as_uri(), profile=Path(profile))
+    found = re.search(r'data-images="(\d+)/(\d+)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    assert int(found.group(1)) == images and int(found.group(2)) == 0
+    # And each inline image is a valid PNG or JPEG outside the browser too.
+    for uri in re.findall(r"src='data:image/(?:png|jpeg);base64,([^']+)'", page):
+        Image.open(io.BytesIO(base64.b64decode(uri))).verify()
+
+
+def test_accuracy_figure_reads_test_then_cv():
+    assert accuracy_figure(None) is None
+    assert accuracy_figure({"test": None, "cv": {"accuracy": 0.9, "n": 100, "ci95": [0.83, 0.94], "folds": 5}}).source == "cv"
+    assert accuracy_figure({"test": {"accuracy": 0.5, "images": 10}}).describe().startswith("50.0% (95% CI")
