@@ -212,7 +212,7 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     if features is None:
         features = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
     num_classes = model.get_layer(LOGITS_LAYER).units
-    probe = fit_probe(features, y_train, num_classes, folds=config.folds, seed=config.seed)
+    probe = fit_probe(features, y_train, num_classes, seed=config.seed)  # C by 5-fold CV: cheap on features
     set_head(model, probe)
     val_accuracy = None
     if len(x_val):

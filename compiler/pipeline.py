@@ -121,10 +121,16 @@ class TrainedModel:
     # cross-validation), stored with it in the stage cache.
     extras: dict | None = None
 
-    def summary(self, y_test, classes) -> dict:
+    @property
+    def selection(self) -> dict | None:
+        """How this model's recipe was chosen: the probe or training, by CV or on val."""
+        stage = {"teacher": self.training, "student": self.training.get("distillation"), "baseline": self.training.get("labels_only")}[self.role]
+        return (stage or {}).get("selection")
+
+    def summary(self, y_test, classes, test_held_out: bool = True, y_train=None) -> dict:
         from edgetl.models import count_macs
 
-        return {
+        summary = {
             "model": self.name,
             "input_size": self.input_size,
             "params": int(self.model.count_params()),
@@ -132,8 +138,16 @@ class TrainedModel:
             "preprocessing": self.config.preprocessing + " (inside the exported graphs)",
             "training": self.training,
             "cached": self.cached,
-            "test": classification_metrics(y_test, self.test_probs, classes),
+            "test": classification_metrics(y_test, self.test_probs, classes) if test_held_out else None,
         }
+        selection = self.selection
+        if selection and selection.get("oof_pred") is not None and y_train is not None:
+            # Cross-validated estimate: every labelled image scored by a fold model that did not train on it.
+            oof = np.eye(len(classes))[np.asarray(selection["oof_pred"], np.int64)]
+            cv = classification_metrics(y_train, oof, classes)
+            summary["cv"] = {**cv, "n": cv["images"], "folds": int(selection["method"].split("-")[0]),
+                             "chose": "the linear probe" if selection["probe_kept"] else f"{selection['chosen_epochs']} epochs of training"}
+        return summary
 
 
 def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: bool = False) -> dict:
@@ -245,14 +259,16 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
 
     artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
     deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
-    plot_confusion_matrix(
-        deployed_artifact["test"]["confusion_matrix"],
-        classes,
-        f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) on the test split: "
-        f"accuracy {deployed_artifact['test']['accuracy']:.1%}",
-        out / CONFUSION_PNG,
-    )
     report = _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
+    deployed_cv = report["models"][deployed.role].get("cv")
+    if deployed_artifact["test"] is not None or deployed_cv is None:
+        metrics = _scored(deployed_artifact)
+        where = "on the test split" if deployed_artifact["test"] is not None else "on the training images (no test split)"
+        title = f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) {where}: accuracy {metrics['accuracy']:.1%}"
+    else:
+        metrics = deployed_cv
+        title = f"{deployed.name} (float), {deployed_cv['folds']}-fold cross-validation: accuracy {metrics['accuracy']:.1%}"
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, title, out / CONFUSION_PNG)
     report["deployed"].update(deployed_files["deployed"])
     report["target"] = target.to_json() if target else None
     report["optimization"] = {"trained": optimizer.trained, "calibration_images": config.calibration_size, "threads": optimizer.threads}
@@ -882,16 +898,17 @@ def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, im
     from edgetl.compiler.verify import compare
 
     _, y_test = images.get("test", deployed.input_size)
-    rows = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None)]
+    held_out = images.held_out["test"]
+    rows = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None, held_out)]
     if deployed is not teacher:
-        rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None))
+        rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None, held_out))
     fp32_accuracy = {}
     variant_rows = []
     for c in optimizer.candidates:
         runtime = "litert" if c.format == "tflite" else "onnxruntime"
         reference = deployed.test_probs if c.reference_probs is None else c.reference_probs
         parity = compare(c.file, runtime, c.test_probs, reference, deployed.config.export_atol if c.precision == "fp32" else 1.0)
-        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, {**parity.to_json(), "against": c.reference})
+        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, {**parity.to_json(), "against": c.reference}, held_out)
         row.update(
             file=c.file,
             precision=c.precision,
@@ -903,10 +920,10 @@ def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, im
             gate=c.gate,
         )
         if c.name == "fp32":
-            fp32_accuracy[c.format] = row["test"]["accuracy"]
+            fp32_accuracy[c.format] = _scored(row)["accuracy"]
         variant_rows.append(row)
     for row in variant_rows:
-        row["accuracy_delta"] = row["test"]["accuracy"] - fp32_accuracy[row["format"]]
+        row["accuracy_delta"] = _scored(row)["accuracy"] - fp32_accuracy[row["format"]]
     by_file = {row["file"]: row for row in variant_rows}
     for final, variant in ((TFLITE_FILE, deployed_files["deployed"]["tflite_variant"]), (ONNX_FILE, deployed_files["deployed"]["onnx_variant"])):
         row = dict(by_file[variant], file=final, size_bytes=(out / final).stat().st_size, gzip_bytes=gzip_size(out / final), variant=variant)
@@ -926,7 +943,7 @@ def _test_predictions(dataset: Dataset, optimizer, deployed_files: dict, teacher
     probs = next(c for c in optimizer.candidates if c.file == variant).test_probs
     keras_probs = {m.role: m.test_probs for m in (teacher, deployed, baseline) if m is not None}
     rows = []
-    for i, sample in enumerate(dataset.splits["test"]):
+    for i, sample in enumerate(dataset.splits["test"]):  # empty without a held-out test split
         row = {
             "path": sample.path.relative_to(dataset.root).as_posix(),
             "true": dataset.classes[sample.label],
@@ -951,19 +968,25 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
             "images": len(images.samples["unlabeled"]),
             "skipped": [{"path": s.path.as_posix(), "reason": s.reason} for s in unlabeled_skipped],
         }
-    models = {"teacher": teacher.summary(y_test, classes)}
+    held_out = images.held_out["test"]
+    _, y_train = images.get("train", deployed.input_size)
+    summarise = dict(test_held_out=held_out, y_train=y_train)
+    models = {"teacher": teacher.summary(y_test, classes, **summarise)}
     if deployed is not teacher:
-        models["student"] = deployed.summary(y_test, classes)
+        models["student"] = deployed.summary(y_test, classes, **summarise)
     if baseline is not None:
-        models["baseline"] = baseline.summary(y_test, classes)
+        models["baseline"] = baseline.summary(y_test, classes, **summarise)
     comparison = None
     if baseline is not None:
-        gain = models["student"]["test"]["accuracy"] - models["baseline"]["test"]["accuracy"]
-        comparison = {
-            "distillation_gain_accuracy": gain,
-            "distillation_gain_macro_f1": models["student"]["test"]["macro_f1"] - models["baseline"]["test"]["macro_f1"],
-            "student_minus_teacher_accuracy": models["student"]["test"]["accuracy"] - models["teacher"]["test"]["accuracy"],
-        }
+        source = "test" if held_out else "cv"
+        student, base, teach = (models[r].get(source) for r in ("student", "baseline", "teacher"))
+        if student and base:
+            comparison = {
+                "measured_on": "the held-out test split" if held_out else "cross-validation (out-of-fold, all labelled images)",
+                "distillation_gain_accuracy": student["accuracy"] - base["accuracy"],
+                "distillation_gain_macro_f1": student["macro_f1"] - base["macro_f1"],
+                "student_minus_teacher_accuracy": student["accuracy"] - teach["accuracy"] if teach else None,
+            }
     files = [TFLITE_FILE, ONNX_FILE, TEACHER_FILE] + ([STUDENT_FILE] if deployed is not teacher else [])
     return {
         "edgetl_version": __version__,
@@ -973,12 +996,33 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
         "dataset": dataset_report,
         "models": models,
         "distillation": comparison,
+        "evaluation": _evaluation(config, dataset, images),
         "artifacts": artifacts,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
         "total_s": round(time.perf_counter() - start, 2),
         "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, RECIPE_FILE, MANIFEST_FILE, "variants/", "app/"],
     }
+
+
+def _evaluation(config, dataset, images: ImageCache) -> dict:
+    """How every accuracy in the report was obtained, in words and figures."""
+    n_train, n_val, n_test = (len(dataset.splits[s]) for s in ("train", "val", "test"))
+    given = "given" if "test" not in dataset.carved else "carved from the training images"
+    if dataset.selection == "cv":
+        choices = (f"{config.folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
+                   "between each model's linear probe and its fine-tuning or distillation, and the number of epochs; "
+                   "each deployed model was then refit on all of them")
+    else:
+        choices = (f"the validation split ({n_val} images) chose between each model's linear probe and its "
+                   "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation")
+    test = (f"accuracies marked test are on the held-out test split ({n_test} images, {given}), which decided nothing"
+            if images.held_out["test"] else
+            "there is no test split: model accuracies are cross-validated estimates (marked cv); the exported files "
+            "were scored on the training images only, to measure what quantization changed, not accuracy")
+    return {"selection": dataset.selection, "folds": config.folds if dataset.selection == "cv" else None,
+            "cv_below": config.cv_below, "test_images": n_test, "val_images": n_val, "train_images": n_train,
+            "choices": choices, "accuracy": test}
 
 
 def _save_keras(model, path: Path) -> None:
@@ -991,13 +1035,22 @@ def _save_keras(model, path: Path) -> None:
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
 
 
-def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | None) -> dict:
+def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | None, held_out: bool = True) -> dict:
+    """A file's figures. Without a held-out test split its accuracy is measured on the training
+    images, under "training_images": a measure of what quantization lost, never of accuracy."""
+    metrics = classification_metrics(y_true, probs, classes)
     return {
         "file": path.name,
         "format": path.suffix.lstrip("."),
         "runtime": runtime,
         "precision": "float32",
         "size_bytes": path.stat().st_size,
-        "test": classification_metrics(y_true, probs, classes),
+        "test": metrics if held_out else None,
+        **({} if held_out else {"training_images": metrics}),
         "parity": parity,
     }
+
+
+def _scored(row: dict) -> dict:
+    """A row's metrics: on the test split, or on the training images when there is none."""
+    return row["test"] if row.get("test") is not None else row["training_images"]

@@ -117,7 +117,7 @@ def compile_command(
         str, typer.Option(help="How the probe, fine-tuning and epochs are chosen and accuracy estimated: auto (cross-validation below --cv-below images, else a val split), cv or holdout.", rich_help_panel="Data")
     ] = "auto",
     cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = 600,
-    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds.", rich_help_panel="Data")] = 5,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds for the training choices (each fold trains).", rich_help_panel="Data")] = 3,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = True,

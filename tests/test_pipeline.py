@@ -221,3 +221,44 @@ def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path, cluster):
     if deployed["gate"] == "passed" and any(a["gate"] == "passed" for a in pruned if a["precision"] == "int8"):
         assert deployed.get("sparsity")
     assert report["deployed"]["why"]
+
+
+def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
+    """Below --cv-below: no val/test carved, choices by cross-validation, and a fine-tuning that a
+    destructive learning rate ruins never replaces the linear probe."""
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=12)
+    config = CompileConfig(
+        data=data, out=tmp_path / "out", **{**FAST, "selection": "auto", "cv_below": 600, "folds": 3, "finetune_learning_rate": 50.0}
+    )
+    report = compile_model(config)
+    assert report["dataset"]["selection"] == "cv"
+    assert report["dataset"]["totals"] == {"train": 36, "val": 0, "test": 0}  # nothing held back
+    selection = report["models"]["teacher"]["training"]["selection"]
+    assert selection["probe_kept"] and selection["chosen_epochs"] == 0
+    # The ruined epochs scored worse out of fold than the probe.
+    assert max(selection["accuracy_by_epoch"][1:]) < selection["accuracy_by_epoch"][0]
+    cv = report["models"]["teacher"]["cv"]
+    assert cv["n"] == 36 and cv["folds"] == 3 and cv["ci95"][0] <= cv["accuracy"] <= cv["ci95"][1]
+    assert np.array(cv["confusion_matrix"]).sum() == 36
+    # No held-out test: no file claims a test accuracy; what quantization changed is on the training images.
+    deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
+    assert deployed["test"] is None and deployed["training_images"]["images"] == 36
+    assert "no test split" in report["evaluation"]["accuracy"]
+    # The deployed file is the probe: it classifies the colours.
+    session = open_session(tmp_path / "out" / "model.tflite")
+    from edgetl.compiler.data import load_images, scan_dataset
+
+    x, y = load_images(scan_dataset(data, selection="cv").splits["train"], session.input_size)
+    assert np.mean(session.predict(x).argmax(1) == y) >= 0.9
+
+
+def test_held_out_selection_also_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=14)
+    report = compile_model(CompileConfig(data=data, out=tmp_path / "out", **{**FAST, "finetune_learning_rate": 50.0}))
+    selection = report["models"]["teacher"]["training"]["selection"]
+    assert report["dataset"]["selection"] == "holdout" and selection["probe_kept"]
+    assert report["models"]["teacher"]["test"]["accuracy"] >= 0.9
