@@ -25,13 +25,32 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _flag_type_hidden() -> None:
+    """typer 0.29's rich help prints `<bool>` after plain flags (`--dry-run <bool>`), which
+    reads as if they took a value: show no type for flags, the type of every other option."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_edgetl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._edgetl = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flag_type_hidden()
+
+
 @app.callback()
 def _global_options(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (also accepted after the command).")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ):
-    _state["debug"] = debug
+    _state["debug"] = _state["debug"] or debug  # main() also takes --debug after the subcommand
     if version:
         from edgetl import __version__
 
@@ -240,8 +259,21 @@ def _register_runtime_commands() -> None:
 _register_runtime_commands()
 
 
+def _take_debug_flag(argv: list[str]) -> list[str]:
+    """argv without `--debug`, which is accepted anywhere on the line (`edgetl compile DATA --debug`
+    as well as `edgetl --debug compile DATA`); the flag is recorded in _state. Arguments after a
+    `--` separator are left alone (a file may be named --debug)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:end]:
+        _state["debug"] = True
+        argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 1."""
+    _state["debug"] = False
+    argv = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="edgetl", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
