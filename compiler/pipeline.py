@@ -221,7 +221,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
     report = _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
     report["deployed"].update(deployed_files["deployed"])
     report["target"] = target.to_json() if target else None
-    report["optimization"] = {"trained": optimizer.trained, "calibration_images": config.calibration_size, "threads": optimizer.threads}
+    report["optimization"] = {"trained": optimizer.trained, "calibration_images": optimizer.calibration_images, "calibration_size": config.calibration_size, "threads": optimizer.threads}
     report["app"] = deployed_files.get("app")
     write_report(report, out)
     write_html_report(report, out)
@@ -579,9 +579,18 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
         out / TFLITE_FILE,
         add_tflite_metadata(tflite.path.read_bytes(), labels=list(classes), model_info=info.to_json(), **common),
     )
+    onnx_props = onnx_classifier_props(labels=list(classes), input_size=deployed.input_size, model_info=info.to_json(), **common)
     shutil.copyfile(onnx_choice.path, out / ".model.onnx.tmp")
-    add_onnx_metadata(out / ".model.onnx.tmp", onnx_classifier_props(labels=list(classes), input_size=deployed.input_size, model_info=info.to_json(), **common))
+    add_onnx_metadata(out / ".model.onnx.tmp", onnx_props)
     os.replace(out / ".model.onnx.tmp", out / ONNX_FILE)
+    # Every candidate in variants/ carries the same labels and input contract, so `edgetl predict`
+    # and `edgetl bench` name the classes of any of them, not class_0, class_1, ...
+    for candidate in optimizer.candidates:
+        if candidate.format == "tflite":
+            data = add_tflite_metadata(candidate.path.read_bytes(), labels=list(classes), model_info=info.to_json(), **common)
+            atomic_write_bytes(candidate.path, data)
+        else:
+            add_onnx_metadata(candidate.path, onnx_props)
 
     result = {
         "deployed": {
@@ -600,7 +609,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
             reason = f"{chosen_file} measured faster here ({fastest.latency_p50_ms:.2f} ms p50)"
         else:
             chosen_file = primary[target.formats[0]]
-            reason = f"{target.runtime} takes {target.formats[0].upper()}"
+            reason = f"the file its runtime takes: {target.runtime}"
         result["deployed"]["target_file"] = chosen_file
         result["deployed"]["why"] = f"For {target.name}: {chosen_file} ({reason}). " + result["deployed"]["why"]
 

@@ -169,14 +169,20 @@ def targets_command():
     from edgetl.compiler.targets import TARGETS
 
     table = Table(title="edgetl targets (edgetl compile DATA --target NAME)", title_justify="left", show_lines=True)
-    for col in ("target", "builds", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
+    for col in ("target", "device file", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
         table.add_column(col)
     for t in TARGETS.values():
         table.add_row(
-            f"[bold]{t.name}[/]\n{t.summary}", " + ".join(t.formats), t.quantize, t.io_dtype, t.ops, str(t.threads), str(t.student_size),
-            f"{t.runtime}\n[dim]{t.notes}[/]",
+            f"[bold]{t.name}[/]\n{t.summary}", " or ".join(f"model.{f}" for f in t.formats), t.quantize, t.io_dtype, t.ops, str(t.threads),
+            str(t.student_size), f"{t.runtime}\n[dim]{t.notes}[/]",
         )
-    Console(width=None if Console().is_terminal else 160).print(table)
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    console.print(
+        "Every compile writes both model.tflite and model.onnx; 'device file' is the one the target's runtime "
+        "takes (the report names it).",
+        highlight=False,
+    )
 
 
 @app.command("demo")
@@ -222,8 +228,8 @@ def models_command(
     from edgetl.models._registry import get_registered
 
     table = Table(title="edgetl model registry (edgetl compile --teacher NAME)", title_justify="left")
-    for col in ("name", "input", "params", "preprocessing (inside the graph)", "licence", "ImageNet weights from", "offline"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+    for col in ("name", "input", "params*", "preprocessing (inside the graph)", "licence", "ImageNet weights from", "offline"):
+        table.add_column(col, justify="right" if col == "params*" else "left")
     missing = False
     for name in list_models(include_test=all_models):
         cfg, weights = get_config(name), get_registered(name).weights
@@ -240,6 +246,11 @@ def models_command(
         )
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
+    console.print(
+        "* with the 1000-class ImageNet head; a compiled model has a head for your classes instead, "
+        "so its report shows fewer (efficientnet_lite0: 3.42M with 3 classes, 3.43M with 12).",
+        highlight=False,
+    )
     if missing:
         console.print(
             "Models marked 'no' download their weights on first use; without network, put the file "
