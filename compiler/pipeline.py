@@ -136,6 +136,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False) -> dict:
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
     if dry_run:
+        _refuse_output_like_the_run(config)  # the run's first refusal, before scanning the data
         return plan(config)
     out = prepare_output(config.out, config.overwrite, run_id(config))
 
@@ -241,7 +242,6 @@ def plan(config: CompileConfig) -> dict:
     is not knowable without trying)."""
     from edgetl.compiler.progress import summary_console
 
-    _refuse_output_like_the_run(config)
     dataset = scan_dataset(config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
     keys = _stage_keys(config, dataset, unlabeled)
