@@ -19,7 +19,7 @@ def bench_command(
         list[Path],
         typer.Argument(
             help="Model files (.tflite, .onnx; .keras/SavedModel with --runtime keras) or folders: "
-            "every .tflite and .onnx in a folder is benchmarked.",
+            "every .tflite and .onnx in a folder (and in its variants/, as edgetl compile writes it) is benchmarked.",
             show_default=False,
         ),
     ],

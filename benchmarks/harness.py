@@ -164,7 +164,11 @@ def discover_models(paths: tuple[Path, ...], include_keras: bool = False) -> lis
             raise ModelFileError(f"model file or folder not found: {path}")
         if path.is_dir() and model_format(path) is None:
             inside = []
-            for child in sorted(path.iterdir()):
+            # A folder edgetl compile wrote keeps every measured candidate in variants/: "every
+            # file" of the folder includes them.
+            variants = path / "variants"
+            children = sorted(path.iterdir()) + (sorted(variants.iterdir()) if variants.is_dir() else [])
+            for child in children:
                 if child.name.startswith("."):  # hidden, or a temporary name of an atomic write
                     continue
                 fmt = model_format(child)

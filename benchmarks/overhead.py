@@ -244,6 +244,7 @@ def compare(files: dict[str, Path], threads: int, rounds: int, runs: int, warmup
             spec = {"path": str(path), "runtime": runtime, "threads": threads, "cores": cores, "batch": 1,
                     "warmup": warmup, "runs": runs, "min_time": min_time}
             index += 1
+            log(f"case {len(rows) + 1} of {len(_CASES)}: {name} on {runtime} (paired, then {rounds} process rounds)")
             paired = _run_raw(spec, workdir, index, "--paired-case")
             raw, harness = [], []
             for r in range(rounds):
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         import subprocess
 
         calib = args.calib or _default_calibration_dir()
+        # The first run builds four files with TensorFlow: minutes without output otherwise.
+        log(f"building the model files once into {args.work} (later runs reuse them); then {len(_CASES)} cases")
         subprocess.run([sys.executable, "-m", "edgetl.benchmarks.overhead", "--build", str(args.work),
                         str(calib) if calib else "-"], check=True)
     env = collect(cores)

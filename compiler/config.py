@@ -21,7 +21,7 @@ class CompileConfig:
     patience: int = 3
     # Distillation: the student that is deployed ("none": deploy the teacher itself).
     student: str = "efficientnet_lite0"
-    student_size: int | None = None  # None: the student's own input size
+    student_size: int | None = None  # None: the target's, else the student's own input size (resolved())
     student_weights: str = "imagenet"
     distill_epochs: int = 12
     distill_learning_rate: float = 3e-4
@@ -63,7 +63,7 @@ class CompileConfig:
     cluster_learning_rate: float = 1e-4
     max_accuracy_drop: float = 1.0  # points of val accuracy a quantized file may lose vs fp32
     target: str | None = None  # a device profile (compiler/targets.py)
-    threads: int | None = None  # latency measurement threads (default: the target's, capped by cores)
+    threads: int | None = None  # latency measurement threads (default: the target's, else 4, capped by cores)
     batch_size: int = 32
     dropout: float = 0.2
     val_fraction: float = 0.15
@@ -93,16 +93,24 @@ class CompileConfig:
                 object.__setattr__(self, name, Path(getattr(self, name)))
 
     def resolved(self) -> "CompileConfig":
-        """Every setting decided: the target's profile fills what the user left open."""
+        """Every setting decided: the target's profile fills what the user left open, then the
+        defaults. Nothing is left for run time to decide, so the cache keys and recipe.yaml see
+        the values actually used (`student_size: null` and 224 are the same lite0 student)."""
+        import os
+
         from edgetl.compiler.targets import get_target
+        from edgetl.models import get_config
 
         target = get_target(self.target) if self.target else None
+        student_size = None  # no student (--student none): no student size
+        if self.distills:
+            student_size = self.student_size or (target.student_size if target else get_config(self.student).input_size)
         return dataclasses.replace(
             self,
             quantize=self.quantize or (target.quantize if target else "auto"),
             io_dtype=self.io_dtype or (target.io_dtype if target else "uint8"),
-            student_size=self.student_size or (target.student_size if target and self.distills else None),
-            threads=self.threads or (target.threads if target else None),
+            student_size=student_size,
+            threads=self.threads or min(target.threads if target else 4, os.cpu_count() or 1),
         )
 
     def validate(self) -> None:

@@ -16,7 +16,11 @@ What we write, for an image classifier:
 - input tensor: ImageProperties(RGB); for a float32 input fed raw pixels 0..255 (edgetl's
   contract: normalisation is inside the graph) NormalizationOptions mean [0] std [1], so a client
   passes the pixels unchanged, and Stats min [0] max [255]; a uint8 input gets no
-  NormalizationOptions (clients feed uint8 pixels as they are) and the same Stats;
+  NormalizationOptions (clients feed uint8 pixels as they are) and the same Stats; an int8
+  input (`--io-dtype int8`, for runtimes that take int8 tensors) gets none either, and its
+  description gives the tensor's quantization (pixel - 128 for scale 1, zero point -128).
+  MediaPipe's ImageClassifier reads such a file's metadata but refuses to run an int8 input
+  tensor ("Requested one of these types: uint8/float32"): that is MediaPipe's limit;
 - output tensor: FeatureProperties, Stats min [0] max [1] (probabilities) and `labels.txt` as a
   TENSOR_AXIS_LABELS associated file (one label per line, in output order).
 Optionally a `model_info.json` (edgetl's own description of the input contract) is stored in
@@ -59,7 +63,10 @@ MODEL_INFO_FILE = "model_info.json"
 # Content.range, tensor groups or subgraph-level process units).
 MIN_PARSER_VERSION = "1.0.0"
 
-INPUT_KINDS = ("float_raw_pixels", "uint8")
+INPUT_KINDS = ("float_raw_pixels", "uint8", "int8")
+# The input tensor type each kind describes (the inverse maps a tensor type to its kind).
+_INPUT_TYPES = {"float_raw_pixels": "FLOAT32", "uint8": "UINT8", "int8": "INT8"}
+_KIND_OF_TYPE = {t: k for k, t in _INPUT_TYPES.items()}
 OUTPUT_KINDS = ("probabilities",)
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same inputs, same bytes (artefact hashes)
@@ -286,6 +293,7 @@ def _build_metadata(
     input_size: tuple[int, int],
     num_classes: int,
     model_files: Sequence[tuple[str, str]] = (),
+    input_quantization: tuple[float, int] = (1.0, 0),
 ) -> bytes:
     """The ModelMetadata flatbuffer of an image classifier (one subgraph, one input, one output)."""
     mb = _MetadataBuilder()
@@ -296,6 +304,13 @@ def _build_metadata(
             "normalises them itself, hence normalisation mean 0, std 1)."
         )
         units = [mb.normalization_unit(mean=[0.0], std=[1.0])]
+    elif input_kind == "int8":
+        scale, zero_point = input_quantization
+        input_description = (
+            f"Input image: RGB, {height}x{width}, pixel values 0..255 quantized to int8 as "
+            f"round(pixel / {scale:g}) + {zero_point} (scale {scale:g}, zero point {zero_point})."
+        )
+        units = []
     else:
         input_description = f"Input image: RGB, {height}x{width}, raw pixel values 0..255 as uint8."
         units = []
@@ -582,8 +597,9 @@ def add_tflite_metadata(
     """`tflite` (the bytes of an image classifier .tflite) with TFLite metadata and labels.
 
     input_kind: "float_raw_pixels" (float32 input, raw RGB 0..255, normalisation inside the
-    graph: what edgetl exports) or "uint8" (uint8 input, raw pixels); None: taken from the
-    input tensor's type. A kind that contradicts the tensor's type is an error.
+    graph: what edgetl exports), "uint8" (uint8 input, raw pixels) or "int8" (int8 input, the
+    pixels quantized with the tensor's scale and zero point); None: taken from the input
+    tensor's type. A kind that contradicts the tensor's type is an error.
     output_kind: "probabilities" (float32, or quantized uint8/int8, one score per label).
     labels: one per output class, in output order (written as labels.txt, one per line).
     model_info: optional edgetl `model_info.json` content (ModelInfo.to_json()), stored in
@@ -600,15 +616,24 @@ def add_tflite_metadata(
     # -- the model must be the classifier the metadata describes
     in_type = _tensor_dtype_name(schema, inp.type)
     if input_kind is None:
-        input_kind = {"FLOAT32": "float_raw_pixels", "UINT8": "uint8"}.get(in_type, in_type)
+        input_kind = _KIND_OF_TYPE.get(in_type, in_type)
     if input_kind not in INPUT_KINDS:
-        raise MetadataError(f"{what}: input_kind {input_kind!r}: expected one of {', '.join(INPUT_KINDS)}")
-    want_type = "FLOAT32" if input_kind == "float_raw_pixels" else "UINT8"
+        raise MetadataError(
+            f"{what}: input_kind {input_kind!r}: expected one of {', '.join(INPUT_KINDS)} "
+            "(an image input of type float32, uint8 or int8)"
+        )
+    want_type = _INPUT_TYPES[input_kind]
     if in_type != want_type:
         raise MetadataError(
             f"{what}: input_kind {input_kind!r} needs a {want_type.lower()} input tensor but the model's "
-            f"input is {in_type.lower()}; image clients (MediaPipe) take float32 or uint8 image inputs only"
+            f"input is {in_type.lower()}"
         )
+    quant = inp.quantization
+    input_quantization = (
+        (float(quant.scale[0]), int(quant.zeroPoint[0]))
+        if quant is not None and quant.scale is not None and len(quant.scale) and quant.zeroPoint is not None
+        else (1.0, 0)
+    )
     shape = [int(x) for x in (inp.shape if inp.shape is not None else [])]
     if len(shape) != 4 or shape[3] != 3:
         raise MetadataError(f"{what}: input shape {shape} is not an NHWC RGB image [1, H, W, 3]")
@@ -641,6 +666,7 @@ def add_tflite_metadata(
         input_size=(shape[1], shape[2]),
         num_classes=len(labels),
         model_files=model_files,
+        input_quantization=input_quantization,
     )
 
     # -- into the model: replace an earlier TFLITE_METADATA buffer, or add one at the end
@@ -745,7 +771,7 @@ def read_tflite_metadata(path_or_bytes) -> dict:
     except Exception as exc:  # noqa: BLE001
         raise ModelFileError(f"{what}: unreadable TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
     result = parse_metadata_buffer(meta_bytes)
-    result["input_kind"] = {"FLOAT32": "float_raw_pixels", "UINT8": "uint8"}.get(in_type, in_type.lower())
+    result["input_kind"] = _KIND_OF_TYPE.get(in_type, in_type.lower())
     result["input_size"] = in_shape[1:3] if len(in_shape) == 4 else None
 
     label_files = [

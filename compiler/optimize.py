@@ -57,6 +57,11 @@ class Candidate:
         return bool(self.sparsity)
 
 
+def points(value: float) -> str:
+    """`1 point`, `0.5 points`, `2 points`: accuracy points in words."""
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
 def gzip_size(path: Path) -> int:
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9))
 
@@ -95,6 +100,12 @@ class Optimizer:
             x, y = self.images.get("train", self.size)
             self._calibration = calibration_sample(x, y, self.config.calibration_size, self.config.seed)
         return self._calibration
+
+    @property
+    def calibration_images(self) -> int:
+        """Images that calibrated int8 (0 if nothing was calibrated): fewer than
+        --calibration-size when the training split holds fewer."""
+        return 0 if self._calibration is None else len(self._calibration)
 
     def _source(self, candidate: Candidate, model, suffix: str) -> Candidate:
         """Record that `candidate` was converted from `model` (the copy that `suffix` names, e.g.
@@ -339,7 +350,7 @@ class Optimizer:
                     chosen = min(match, key=lambda c: c.latency_p50_ms)
                     if tried:
                         return chosen, f"{pinned} was asked for but {'; '.join(tried)}; {chosen.name} is the next option that passes"
-                    return chosen, f"{chosen.name} as asked for; within {self.config.max_accuracy_drop:g} points of fp32 on val"
+                    return chosen, f"{chosen.name} as asked for; within {points(self.config.max_accuracy_drop)} of fp32 on val"
                 failed = [c for c in pool if c.name.split("-pruned")[0] == name]
                 tried.append(f"{name} {failed[0].gate}" if failed else f"{name} was not built")
             fp32 = next(c for c in pool if c.name == "fp32")
@@ -351,7 +362,7 @@ class Optimizer:
         fastest = min(tied, key=lambda c: (c.path.stat().st_size, c.latency_p50_ms))
         others = ", ".join(f"{c.name} {c.latency_p50_ms:.2f} ms" for c in sorted(passing, key=lambda c: c.latency_p50_ms) if c is not fastest)
         failed = [f"{c.name} ({c.gate})" for c in pool if c.gate != "passed"]
-        why = f"fastest {fmt} within {self.config.max_accuracy_drop:g} points of fp32 on val: {fastest.latency_p50_ms:.2f} ms p50"
+        why = f"fastest {fmt} within {points(self.config.max_accuracy_drop)} of fp32 on val: {fastest.latency_p50_ms:.2f} ms p50"
         if len(tied) > 1:
             why += f" (the smallest of those within {LATENCY_TIE:.0%} of the best p50)"
         if others:

@@ -166,6 +166,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
     if dry_run:
+        _refuse_output_like_the_run(config)  # the run's first refusal, before scanning the data
         return plan(config)
     out = prepare_output(config.out, config.overwrite, run_id(config))
 
@@ -271,7 +272,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     plot_confusion_matrix(metrics["confusion_matrix"], classes, title, out / CONFUSION_PNG)
     report["deployed"].update(deployed_files["deployed"])
     report["target"] = target.to_json() if target else None
-    report["optimization"] = {"trained": optimizer.trained, "calibration_images": config.calibration_size, "threads": optimizer.threads}
+    report["optimization"] = {"trained": optimizer.trained, "calibration_images": optimizer.calibration_images, "calibration_size": config.calibration_size, "threads": optimizer.threads}
     report["app"] = deployed_files.get("app")
     report["adaptation"] = adaptation
     report["robustness"] = robustness
@@ -286,7 +287,12 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
 
 
 def plan(config: CompileConfig) -> dict:
-    """The resolved recipe and the stages a compile would run, with what the cache already holds."""
+    """The resolved recipe and the stages a compile would run, with what the cache already holds.
+
+    What would make the real run fail before any training is an error here too: an output folder
+    it would refuse, a weights file that is not there, weights that cannot be had at all. Weights
+    that the run downloads on first use are named as needing the network (whether there is one
+    is not knowable without trying)."""
     from edgetl.compiler.progress import summary_console
 
     dataset = scan_dataset(
@@ -301,12 +307,66 @@ def plan(config: CompileConfig) -> dict:
         if stage in keys and (stage != "baseline" or config.baseline):
             cached = cache.root is not None and (cache.root / f"{stage}-{keys[stage]}" / StageCache.RECORD).is_file()
             stages.append({"stage": stage, "key": keys[stage], "cached": cached})
-    stages += [{"stage": s, "key": None, "cached": False} for s in ("export", "verify", "optimize", "package")]
+    # The float exports are cached by the deployed model's key (as in compile_model).
+    export_key = stage_key("export", model=keys["student" if config.distills else "teacher"])
+    export_cached = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"]) is not None
+    stages.append({"stage": "export", "key": export_key, "cached": export_cached})
+    stages += [{"stage": s, "key": None, "cached": False} for s in ("verify", "optimize", "package")]
+    cached = {s["stage"] for s in stages if s["cached"]}
+    needs = _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)
     summary_console.print("stages:")
     for s in stages:
         summary_console.print(f"  {s['stage']:<13} {'cached, reused' if s['cached'] else 'would run'}", highlight=False)
-    return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report()}
+    for need in needs:
+        summary_console.print(f"needs network: {need}", highlight=False)
+    return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report(), "needs_network": needs}
+
+
+def _refuse_output_like_the_run(config: CompileConfig) -> None:
+    """The refusal prepare_output would raise for config.out, without creating or writing anything."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        marker = out / RUN_MARKER
+        if not (marker.is_file() and marker.read_text().strip() == run_id(config)):
+            held = ", ".join(sorted(p.name for p in out.iterdir() if p.name != RUN_MARKER)[:5])
+            raise OutputExistsError(
+                f"output folder {out} already holds files ({held}); pass --overwrite to replace "
+                "edgetl's files there, or choose another --out"
+            )
+
+
+def _weights_needed(config: CompileConfig, cached: set[str]) -> list[str]:
+    """Raise when the weights a stage to run needs cannot be had; list those that need a download."""
+    from edgetl.errors import ModelNotFoundError, WeightsUnavailableError
+    from edgetl.models._registry import get_registered
+
+    needs = []
+    models = [("teacher", config.teacher, config.teacher_weights, "teacher")]
+    if config.distills:
+        models.append(("student", config.student, config.student_weights, "student_head"))
+    for role, name, weights, stage in models:
+        if stage in cached or weights.lower() == "none":
+            continue  # a cached stage loads no pretrained weights
+        if weights != "imagenet":
+            if not Path(weights).is_file():
+                raise WeightsUnavailableError(f"--{role}-weights {weights}: weights file not found")
+            continue
+        provider = get_registered(name).weights
+        if provider is None:
+            raise ModelNotFoundError(f"model {name!r} has no pretrained weights; pass --{role}-weights none or a weights file")
+        if provider.available_offline():
+            continue
+        if getattr(provider, "downloads_on_first_use", False):
+            needs.append(
+                f"{role} {name}: its ImageNet weights are not on this machine, so the compile downloads them "
+                f"first; without network it fails (pass --{role}-weights FILE, or an offline model: `edgetl models`)"
+            )
+        else:
+            raise WeightsUnavailableError(f"--{role}-weights imagenet for {name}: {provider.describe_missing()}")
+    return needs
 
 
 def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: ImageCache, num_classes: int, strategy, selection: str = "holdout"):
@@ -836,9 +896,18 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
         out / TFLITE_FILE,
         add_tflite_metadata(tflite.path.read_bytes(), labels=list(classes), model_info=info.to_json(), **common),
     )
+    onnx_props = onnx_classifier_props(labels=list(classes), input_size=deployed.input_size, model_info=info.to_json(), **common)
     shutil.copyfile(onnx_choice.path, out / ".model.onnx.tmp")
-    add_onnx_metadata(out / ".model.onnx.tmp", onnx_classifier_props(labels=list(classes), input_size=deployed.input_size, model_info=info.to_json(), **common))
+    add_onnx_metadata(out / ".model.onnx.tmp", onnx_props)
     os.replace(out / ".model.onnx.tmp", out / ONNX_FILE)
+    # Every candidate in variants/ carries the same labels and input contract, so `edgetl predict`
+    # and `edgetl bench` name the classes of any of them, not class_0, class_1, ...
+    for candidate in optimizer.candidates:
+        if candidate.format == "tflite":
+            data = add_tflite_metadata(candidate.path.read_bytes(), labels=list(classes), model_info=info.to_json(), **common)
+            atomic_write_bytes(candidate.path, data)
+        else:
+            add_onnx_metadata(candidate.path, onnx_props)
 
     result = {
         "deployed": {
@@ -857,7 +926,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
             reason = f"{chosen_file} measured faster here ({fastest.latency_p50_ms:.2f} ms p50)"
         else:
             chosen_file = primary[target.formats[0]]
-            reason = f"{target.runtime} takes {target.formats[0].upper()}"
+            reason = f"the file its runtime takes: {target.runtime}"
         result["deployed"]["target_file"] = chosen_file
         result["deployed"]["why"] = f"For {target.name}: {chosen_file} ({reason}). " + result["deployed"]["why"]
 

@@ -85,10 +85,11 @@ def print_summary(report: dict) -> None:
     console.print(model_table)
     if report.get("distillation"):
         d = report["distillation"]
+        gain, behind = d["distillation_gain_accuracy"] * 100, d["student_minus_teacher_accuracy"] * 100
         console.print(
-            f"distillation paid {d['distillation_gain_accuracy'] * 100:+.1f} points of test accuracy over the "
-            f"same student trained without the teacher; student vs teacher: "
-            f"{d['student_minus_teacher_accuracy'] * 100:+.1f} points"
+            f"distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} points of test accuracy against the "
+            f"same student trained without the teacher; the student is {abs(behind):.1f} points "
+            f"{'above' if behind >= 0 else 'below'} the teacher"
         )
 
     table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")

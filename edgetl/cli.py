@@ -25,13 +25,32 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _flag_type_hidden() -> None:
+    """typer 0.29's rich help prints `<bool>` after plain flags (`--dry-run <bool>`), which
+    reads as if they took a value: show no type for flags, the type of every other option."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_edgetl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._edgetl = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flag_type_hidden()
+
+
 @app.callback()
 def _global_options(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (also accepted after the command).")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ):
-    _state["debug"] = debug
+    _state["debug"] = _state["debug"] or debug  # main() also takes --debug after the subcommand
     if version:
         from edgetl import __version__
 
@@ -175,14 +194,20 @@ def targets_command():
     from edgetl.compiler.targets import TARGETS
 
     table = Table(title="edgetl targets (edgetl compile DATA --target NAME)", title_justify="left", show_lines=True)
-    for col in ("target", "builds", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
+    for col in ("target", "device file", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
         table.add_column(col)
     for t in TARGETS.values():
         table.add_row(
-            f"[bold]{t.name}[/]\n{t.summary}", " + ".join(t.formats), t.quantize, t.io_dtype, t.ops, str(t.threads), str(t.student_size),
-            f"{t.runtime}\n[dim]{t.notes}[/]",
+            f"[bold]{t.name}[/]\n{t.summary}", " or ".join(f"model.{f}" for f in t.formats), t.quantize, t.io_dtype, t.ops, str(t.threads),
+            str(t.student_size), f"{t.runtime}\n[dim]{t.notes}[/]",
         )
-    Console(width=None if Console().is_terminal else 160).print(table)
+    console = Console(width=None if Console().is_terminal else 160)
+    console.print(table)
+    console.print(
+        "Every compile writes both model.tflite and model.onnx; 'device file' is the one the target's runtime "
+        "takes (the report names it).",
+        highlight=False,
+    )
 
 
 @app.command("demo")
@@ -227,8 +252,8 @@ def models_command(
     from edgetl.models._registry import get_registered
 
     table = Table(title="edgetl model registry (edgetl compile --teacher NAME)", title_justify="left")
-    for col in ("name", "input", "params", "preprocessing (inside the graph)", "licence", "ImageNet weights from", "offline"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+    for col in ("name", "input", "params*", "preprocessing (inside the graph)", "licence", "ImageNet weights from", "offline"):
+        table.add_column(col, justify="right" if col == "params*" else "left")
     missing = False
     for name in list_models(include_test=all_models):
         cfg, weights = get_config(name), get_registered(name).weights
@@ -245,6 +270,11 @@ def models_command(
         )
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
+    console.print(
+        "* with the 1000-class ImageNet head; a compiled model has a head for your classes instead, "
+        "so its report shows fewer (efficientnet_lite0: 3.42M with 3 classes, 3.43M with 12).",
+        highlight=False,
+    )
     if missing:
         console.print(
             "Models marked 'no' download their weights on first use; without network, put the file "
@@ -286,8 +316,21 @@ def _register_runtime_commands() -> None:
 _register_runtime_commands()
 
 
+def _take_debug_flag(argv: list[str]) -> list[str]:
+    """argv without `--debug`, which is accepted anywhere on the line (`edgetl compile DATA --debug`
+    as well as `edgetl --debug compile DATA`); the flag is recorded in _state. Arguments after a
+    `--` separator are left alone (a file may be named --debug)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:end]:
+        _state["debug"] = True
+        argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 1."""
+    _state["debug"] = False
+    argv = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="edgetl", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...

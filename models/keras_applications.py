@@ -32,6 +32,7 @@ class KerasNoTopWeights:
     file_name: str
     url_dir: str
     md5: str
+    downloads_on_first_use = True  # not a field: `edgetl compile --dry-run` says it needs network
 
     def cached_path(self) -> Path:
         return _keras_cache_dir() / self.file_name
@@ -43,8 +44,8 @@ class KerasNoTopWeights:
         return (
             f"{self.model_name} ImageNet weights are not in Keras' cache and could not be "
             f"downloaded: put {self.file_name} (from {_KERAS_WEIGHTS_URL}{self.url_dir}) in "
-            f"{_keras_cache_dir()}/, or pass your own no-top .h5 weights file; models that work "
-            f"offline here: {', '.join(offline_models()) or 'none'}"
+            f"{_keras_cache_dir()}/, or pass the file with --teacher-weights FILE (--student-weights "
+            f"for a student); models that work offline here: {', '.join(offline_models()) or 'none'}"
         )
 
     def _fetch(self) -> Path:
@@ -58,7 +59,9 @@ class KerasNoTopWeights:
                 file_hash=self.md5,
             )
         except Exception as exc:  # no network, proxy refusal, hash mismatch: all end the same way
-            raise WeightsUnavailableError(f"{self.describe_missing()} ({type(exc).__name__})") from exc
+            # The reason in words (e.g. the name-resolution failure), not a bare "(Exception)".
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WeightsUnavailableError(f"{self.describe_missing()} (the download failed: {reason})") from exc
         return Path(path)
 
     def load(self, model, weights: str | Path, include_head: bool) -> None:

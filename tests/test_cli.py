@@ -109,7 +109,7 @@ def test_a_recipe_replays_with_one_change(tmp_path, capsys):
 
     data = write_color_dataset(tmp_path / "data")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({**CompileConfig(data=data, out=tmp_path / "o", teacher="tiny_cnn").to_json(), "seed": 7}))
+    recipe.write_text(yaml.safe_dump({**CompileConfig(data=data, out=tmp_path / "o", teacher="tiny_cnn", teacher_weights="none").to_json(), "seed": 7}))
     code, stdout, _ = run_cli("compile", "--recipe", str(recipe), "--quantize", "fp16", "--dry-run", capsys=capsys)
     assert code == 0
     assert "quantize: fp16" in stdout and "seed: 7" in stdout and "teacher: tiny_cnn" in stdout
@@ -124,7 +124,7 @@ def test_a_recipe_names_its_data_so_it_replays_from_any_folder(tmp_path, capsys,
 
     write_color_dataset(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    text = recipe_text(CompileConfig(data="data", out="o", teacher="tiny_cnn"))
+    text = recipe_text(CompileConfig(data="data", out="o", teacher="tiny_cnn", teacher_weights="none"))
     assert yaml.safe_load(text)["data"] == str(tmp_path / "data")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "recipe.yaml").write_text(text)
