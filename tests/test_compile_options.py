@@ -15,7 +15,7 @@ import yaml
 
 from edgetl.cli import main
 
-TINY = ["--teacher", "tiny_cnn", "--teacher-weights", "none", "--student", "none", "--head-epochs", "30", "--finetune-epochs", "1"]
+TINY = ["--teacher", "tiny_cnn", "--teacher-weights", "none", "--student", "none", "--finetune-epochs", "1"]
 
 
 def run_cli(*args, capsys):
@@ -38,7 +38,7 @@ def int8_build(tmp_path_factory):
     data = write_color_dataset(root / "data", per_class=16)
     out = root / "out"
     config = CompileConfig(
-        data=data, out=out, teacher="tiny_cnn", teacher_weights="none", student="none", head_epochs=30,
+        data=data, out=out, teacher="tiny_cnn", teacher_weights="none", student="none",
         head_learning_rate=0.05, finetune_epochs=1, target="android-cpu", io_dtype="int8",
     )
     report = compile_model(config)

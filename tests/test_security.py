@@ -196,7 +196,7 @@ def test_compile_takes_the_weights_of_a_trusted_h5(files, tmp_path, capsys):
     data = write_color_dataset(tmp_path / "data", classes=LABELS)
     code, _, err = run_cli(
         "compile", data, "--teacher", "tiny_cnn", "--teacher-weights", files["h5"], "--trust-model",
-        "--student", "none", "--quantize", "fp32", "--head-epochs", "2", "--finetune-epochs", "1",
+        "--student", "none", "--quantize", "fp32", "--finetune-epochs", "1",
         "--out", tmp_path / "out", "--no-cache", capsys=capsys,
     )
     assert code == 0, err
