@@ -164,8 +164,8 @@ class OutputLock:
 
         try:
             fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return None  # no lock there (or --out cannot exist: check_location says why)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -214,9 +214,13 @@ def _check_memory(config: CompileConfig, dataset: Dataset, unlabeled, teacher_co
         return
     if needed > memory / 2:
         raise ResourceError(
-            f"{images} images decoded at {' and '.join(f'{s} px' for s in sorted(sizes))} need {needed / 2**30:.1f} GiB, "
-            f"more than half of this machine's {memory / 2**30:.1f} GiB of memory; use a smaller --student-size or fewer images"
+            f"{images} images decoded at {' and '.join(f'{s} px' for s in sorted(sizes))} need {_bytes(needed)}, "
+            f"more than half of this machine's {_bytes(memory)} of memory; use a smaller --student-size or fewer images"
         )
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped) -> dict:

@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 1."""
     try:
         code = app(args=argv, prog_name="edgetl", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130
+            _say_interrupted()
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
         typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
         code = 1
@@ -257,19 +259,23 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         code = 1
     except (KeyboardInterrupt, typer.Abort):
-        if _state["command"] == "compile":
-            typer.echo(
-                "interrupted: nothing was deployed; rerun the same command to resume (finished stages come from the cache)",
-                err=True,
-            )
-        else:
-            typer.echo("interrupted", err=True)
+        _say_interrupted()
         code = 130
     except OSError as exc:  # the environment (a full disk, a read-only folder), or a bug
         code = _environment_error(exc)
     except Exception as exc:  # a bug in edgetl or its stack: short by default, full with --debug
         code = _internal_error(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say_interrupted() -> None:
+    if _state["command"] == "compile":
+        typer.echo(
+            "interrupted: nothing was deployed; rerun the same command to resume (finished stages come from the cache)",
+            err=True,
+        )
+    else:
+        typer.echo("interrupted", err=True)
 
 
 def _environment_error(exc: OSError) -> int:
