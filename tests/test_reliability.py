@@ -132,9 +132,10 @@ def test_4_and_11_failed_target_check_deploys_nothing_and_a_corrected_run_is_acc
         raise constraints.TargetConstraintError(f"{tflite.name} is not full-integer for {target.name} (test)")
 
     out = tmp_path / "out"
+    cached = {**FAST, "use_cache": True, "cache_dir": tmp_path / "cache"}  # the corrected run reuses the teacher
     monkeypatch.setattr(constraints, "check_target", failing_check)
     with pytest.raises(constraints.TargetConstraintError):
-        compile_model(CompileConfig(data=data, out=out, **{**FAST, "target": "x86-cpu"}))
+        compile_model(CompileConfig(data=data, out=out, **{**cached, "target": "x86-cpu"}))
     # Nothing under a deployable name, anywhere; the run is marked unfinished.
     assert not list(out.rglob("model.tflite")) and not list(out.rglob("model.onnx"))
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
@@ -145,7 +146,7 @@ def test_4_and_11_failed_target_check_deploys_nothing_and_a_corrected_run_is_acc
     # 11. A corrected command into the same --out is accepted (no --overwrite needed: the
     # only files there are edgetl's own bookkeeping), and it leaves a finished build.
     monkeypatch.undo()
-    report = compile_model(CompileConfig(data=data, out=out, **FAST))
+    report = compile_model(CompileConfig(data=data, out=out, **cached))
     assert (out / "model.tflite").is_file() and not (out / RUN_MARKER).exists() and not (out / STAGING_DIR).exists()
     assert report["deployed"]["tflite"] == "model.tflite"
     assert incomplete_build_warning(out / "model.tflite") is None
@@ -167,7 +168,8 @@ def test_11_edgetl_bookkeeping_alone_does_not_count_as_files_held(tmp_path):
 @pytest.mark.slow
 def test_5_a_kill_while_packaging_leaves_no_deployable_set(data, tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "edgetl.cli", "compile", str(data), "--out", str(out), *FAST_ARGS]
+    # With the stage cache (the default), the rerun resumes: the teacher is not trained again.
+    args = [sys.executable, "-m", "edgetl.cli", "compile", str(data), "--out", str(out), *FAST_ARGS[:-1], "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     staged = out / STAGING_DIR / "model.tflite"
     deadline = time.monotonic() + 120
@@ -183,6 +185,7 @@ def test_5_a_kill_while_packaging_leaves_no_deployable_set(data, tmp_path):
     assert BuildOutput(out, overwrite=False).lock.holder() is None
     rerun = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
+    assert "resuming the interrupted compile" in rerun.stderr and "reusing cached teacher" in rerun.stderr
     assert (out / "model.tflite").is_file() and not (out / RUN_MARKER).exists()
 
 
@@ -294,15 +297,22 @@ def test_8_python_api_values_are_checked_too(data, tmp_path):
 @pytest.mark.slow
 def test_9_overwrite_leaves_nothing_stale_and_the_manifest_lists_this_build(data, tmp_path):
     out = tmp_path / "out"
-    compile_model(CompileConfig(data=data, out=out, **{**FAST, "quantize": "fp16"}))
-    assert list((out / "variants").glob("model.fp16.*"))
+    # An earlier fp16 build with a student (written as edgetl writes them), and the user's file.
+    (out / "variants").mkdir(parents=True)
+    (out / "app").mkdir()
+    for name in ("variants/model.fp16.tflite", "variants/model.fp16.onnx", "student.keras", "model.tflite", "app/Old.kt"):
+        (out / name).write_bytes(b"earlier build")
+    (out / "manifest.json").write_text(json.dumps({"artefacts": {"my_notes.txt": {}, "student.keras": {}}}))
     (out / "my_notes.txt").write_text("the user's own file")
     compile_model(CompileConfig(data=data, out=out, **{**FAST, "overwrite": True}))
     assert not list((out / "variants").glob("model.fp16.*"))
+    assert not (out / "student.keras").exists() and not (out / "app" / "Old.kt").exists()
+    assert (out / "model.tflite").read_bytes() != b"earlier build"
     assert (out / "my_notes.txt").read_text() == "the user's own file"
     listed = set(json.loads((out / "manifest.json").read_text())["artefacts"])
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
     assert listed == on_disk - {"manifest.json", "my_notes.txt"}
+    assert "variants/model.fp32.tflite" in listed
 
 
 # 10. An unusable --out is the environment's problem, said in one line.
@@ -354,9 +364,10 @@ TF_NOISE = re.compile(r"^[IWEF]\d{4} |absl::|cuInit|cudart|oneDNN|^WARNING:tenso
 
 @pytest.mark.slow
 def test_12_and_13_a_small_compile_prints_no_tensorflow_lines_and_shows_progress(data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "EDGETL_DEBUG")}  # edgetl's defaults
     result = subprocess.run(
         [sys.executable, "-m", "edgetl.cli", "compile", data, "--out", tmp_path / "out", *FAST_ARGS],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"},
+        capture_output=True, text=True, cwd=tmp_path, env=env,
     )
     assert result.returncode == 0, result.stderr
     noise = [line for line in result.stderr.splitlines() if TF_NOISE.search(line)]
