@@ -91,8 +91,33 @@ def check_location(out: Path, data: Path, unlabeled: Path | None = None) -> None
                 f"--out {given} is inside {name} {folder}: edgetl would read its own outputs as images; "
                 f"choose an --out outside it, e.g. --out {suggestion}"
             )
+    fstype = _filesystem_type(existing)
+    if fstype in _VIRTUAL_FILESYSTEMS:
+        raise OutputLocationError(f"--out {given} cannot be created: {existing} is on the kernel's {fstype} filesystem, not a place for files")
     if not os.access(existing, os.W_OK | os.X_OK) or _read_only_filesystem(existing):
         raise OutputLocationError(f"--out {given} cannot be created: {existing} is not writable")
+
+
+# Kernel filesystems: writable-looking to root, but no place for a build.
+_VIRTUAL_FILESYSTEMS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs", "configfs"}
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem `path` is on, from /proc/self/mounts (None where unknown)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, fstype = "", None
+    target = str(path)
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, fields[2]
+    return fstype
 
 
 def _read_only_filesystem(path: Path) -> bool:
@@ -277,8 +302,13 @@ class BuildOutput:
 
     def open(self) -> Path:
         """Create --out, take its lock, mark the run unfinished, and return an empty staging folder."""
-        with environment_errors(self.out, CREATE_ERRNOS):
+        try:
             self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in CREATE_ERRNOS:
+                raise
+            raise OutputLocationError(f"--out {self.out} cannot be created: {exc.strerror or exc}") from exc
+        with environment_errors(self.out, CREATE_ERRNOS):
             self.lock.acquire()
             try:
                 self.check(locked_by_us=True)  # again, under the lock: another compile may have finished meanwhile
