@@ -76,6 +76,7 @@ def bench_command(
     from edgetl.benchmarks.table import print_table
     from edgetl.errors import ModelFileError
 
+    _warn_incomplete_builds(models)
     config = BenchConfig(
         models=tuple(models),
         data=data,
@@ -134,6 +135,7 @@ def predict_command(
 
     if runtime is not None and runtime not in RUNTIMES:
         raise ModelFileError(f"--runtime {runtime!r} is not a runtime; one of {', '.join(RUNTIMES)}")
+    _warn_incomplete_builds([model])
     session = open_session(model, runtime=runtime, threads=threads, trust_model=trust_model)
     try:
         info = session.info()
@@ -158,3 +160,13 @@ def predict_command(
             typer.echo(f"{p.path}: " + ", ".join(f"{label} {prob:.4f}" for label, prob in p.top))
     if failures:
         raise DataError(f"cannot read {len(failures)} of {len(images)} image(s): " + "; ".join(failures))
+
+
+def _warn_incomplete_builds(paths) -> None:
+    """A file from a compile that did not finish may not have passed its checks: say so."""
+    from edgetl.compiler.outputs import incomplete_build_warning
+
+    for path in paths:
+        warning = incomplete_build_warning(path)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)

@@ -46,7 +46,7 @@ SHIFTS = {
 }
 
 
-def train_model(data: Path, size: int, head_epochs: int, finetune_epochs: int, seed: int):
+def train_model(data: Path, size: int, finetune_epochs: int, seed: int):
     """EfficientNet-Lite0 on the clean training images (compiler/finetune.py's two stages)."""
     from edgetl._compat import keras
     from edgetl.compiler.config import CompileConfig
@@ -56,7 +56,7 @@ def train_model(data: Path, size: int, head_epochs: int, finetune_epochs: int, s
 
     keras.utils.set_random_seed(seed)
     dataset = scan_dataset(data, val_fraction=0.15, seed=seed)
-    config = CompileConfig(data=data, out=Path("/tmp"), head_epochs=head_epochs, finetune_epochs=finetune_epochs, seed=seed)
+    config = CompileConfig(data=data, out=Path("/tmp"), finetune_epochs=finetune_epochs, seed=seed)
     model = create_model("efficientnet_lite0", weights="imagenet", num_classes=len(dataset.classes), input_size=size)
     train = load_images(dataset.splits["train"], size)
     val = load_images(dataset.splits["val"], size)
@@ -88,7 +88,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", type=Path, help="a trained .keras model to start from (else one is trained)")
     parser.add_argument("--save-model", type=Path, help="save the trained model here (to pass as --model later)")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--methods", default="none,bn,shot")
     parser.add_argument("--shifts", default=",".join(SHIFTS))
@@ -115,7 +114,7 @@ def main(argv=None) -> dict:
         model = load_keras_model(args.model)
         print(f"model: {args.model}")
     else:
-        model = train_model(args.data, args.size, args.head_epochs, args.finetune_epochs, args.seed)
+        model = train_model(args.data, args.size, args.finetune_epochs, args.seed)
         print(f"model: efficientnet_lite0 {args.size} px trained in {time.perf_counter() - t:.0f} s")
         if args.save_model:
             model.save(args.save_model)

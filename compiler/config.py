@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
 
 
@@ -86,11 +88,12 @@ class CompileConfig:
     use_cache: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        for name in ("unlabeled", "target_val", "cache_dir"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
+        # Only path-like values become Paths: anything else (a number or a list from a recipe)
+        # stays as given so that validate() can name it in one line.
+        for name in ("data", "out", "unlabeled", "target_val", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                object.__setattr__(self, name, Path(value))
 
     def resolved(self) -> "CompileConfig":
         """Every setting decided: the target's profile fills what the user left open, then the
@@ -114,32 +117,56 @@ class CompileConfig:
         )
 
     def validate(self) -> None:
-        from edgetl.errors import EdgetlError
+        """Check every setting's type and range before any work; one line names the first bad one.
 
-        choices = {
-            "quantize": ("auto", "fp32", "fp16", "dynamic", "int8"),
-            "io_dtype": ("uint8", "int8", "float32"),
-            "selection": ("auto", "cv", "holdout"),
-            "adapt": ("auto", "none", "bn", "shot"),
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise EdgetlError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(allowed)}")
-        if not 2 <= self.folds <= 20:
-            raise EdgetlError(f"--folds {self.folds} must be a number of cross-validation folds in [2, 20], e.g. 5")
-        if self.cv_below < 0:
-            raise EdgetlError(f"--cv-below {self.cv_below} must be a number of images (0 or more), e.g. 600")
-        if not 0.0 <= self.prune < 1.0:
-            raise EdgetlError(f"--prune {self.prune} must be a sparsity in [0, 1), e.g. 0.5")
-        if self.cluster and not 2 <= self.cluster <= 256:
-            raise EdgetlError(f"--cluster {self.cluster} must be a number of shared values in [2, 256], e.g. 16")
+        Settings come from the command line (typer checks some), a recipe (YAML: anything) or
+        the Python API (anything), so every rule is checked here, whatever the source.
+        """
+        from edgetl.errors import SettingError
+
+        for name, rule in _RULES.items():
+            problem = rule(getattr(self, name))
+            if problem:
+                raise SettingError(_message(name, getattr(self, name), problem))
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise SettingError(
+                f"val_fraction + test_fraction (--val-fraction, --test-fraction) = {self.val_fraction} + {self.test_fraction}: "
+                "must leave at least 10% of the images for training"
+            )
         if self.adapt not in ("auto", "none") and self.unlabeled is None:
-            raise EdgetlError(f"--adapt {self.adapt} adapts to images from the device: give them with --unlabeled DIR")
+            raise SettingError(f"--adapt {self.adapt} adapts to images from the device: give them with --unlabeled DIR")
         if self.target_val is not None and self.unlabeled is None:
-            raise EdgetlError("--target-val scores adaptation to the device's images: give those too with --unlabeled DIR")
+            raise SettingError("--target-val scores adaptation to the device's images: give those too with --unlabeled DIR")
         if self.cluster and self.prune == 0:
-            raise EdgetlError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
+            raise SettingError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
+        self._validate_names()
+
+    def _validate_names(self) -> None:
+        """Registry names, target and weights: known, and consistent with each other."""
+        from edgetl.compiler.targets import TARGETS
+        from edgetl.errors import SettingError
+        from edgetl.models import get_config
+
+        if self.target is not None and self.target not in TARGETS:
+            raise SettingError(_message("target", self.target, f"is not a target; one of {', '.join(TARGETS)} (see `edgetl targets`)"))
+        get_config(self.teacher)  # unknown names: ModelNotFoundError, one line with suggestions
+        if self.distills:
+            get_config(self.student)
+        for name in ("teacher_weights", "student_weights"):
+            value = getattr(self, name)
+            if value.lower() not in ("imagenet", "none") and not Path(value).expanduser().is_file():
+                raise SettingError(_message(name, value, "must be 'imagenet', 'none' or an existing weights file; there is no file at that path"))
+        target = TARGETS.get(self.target) if self.target else None
+        if target is not None and self.quantize is not None:
+            # A precision the target's runtime cannot run as intended is refused now, rather
+            # than built and then failed by the target check at the end of the compile.
+            allowed = {"tflite-int8-only": ("int8",), "tflite-gpu": ("fp32", "fp16", "auto")}.get(target.ops)
+            if allowed and self.quantize not in allowed:
+                runs = "full-integer int8 files only" if allowed == ("int8",) else "float files only"
+                raise SettingError(
+                    _message("quantize", self.quantize, f"cannot deploy to --target {target.name}, which runs {runs}; "
+                             f"use --quantize {' or '.join(allowed)}, or leave it unset (the target's choice: {target.quantize})")
+                )
 
     @property
     def distills(self) -> bool:
@@ -157,3 +184,131 @@ class CompileConfig:
         d["target_val"] = str(self.target_val) if self.target_val else None
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         return d
+
+
+# --------------------------------------------------------------------------------------------
+# Validation rules: each returns None when the value is fine, else what is allowed.
+# --------------------------------------------------------------------------------------------
+
+# Input sizes above this cannot be trained here (one 1024 px float batch of 32 is 400 MB before
+# any activation) and no edge runtime runs them; 10000 px would need ~1.2 GB per image.
+MAX_INPUT_SIZE = 1024
+MIN_INPUT_SIZE = 16  # the tiny test models run at 24 px; the CLI asks for at least 32
+
+
+def _message(name: str, value, problem: str) -> str:
+    """'--finetune-epochs 'two' must be ... (setting finetune_epochs)': the flag for command-line users,
+    the setting's name for recipes and the Python API."""
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return f"--{name.replace('_', '-')} {shown} {problem} (setting {name})"
+
+
+def _int(lo: int, hi: int, optional: bool = False):
+    def rule(value):
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number from {lo} to {hi}" + (" (or left unset)" if optional else "")
+        if not lo <= value <= hi:
+            return f"must be from {lo} to {hi}" + (" (or left unset)" if optional else "")
+        return None
+
+    return rule
+
+
+def _float(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    def rule(value):
+        low, high = ("(" if lo_open else "["), (")" if hi_open else "]")
+        allowed = f"a number in {low}{lo:g}, {hi:g}{high}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be {allowed}"
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            return f"must be {allowed}"
+        return None
+
+    return rule
+
+
+def _bool(value):
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _text(value):
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty name (text)"
+
+
+def _choice(*allowed: str):
+    def rule(value):
+        if value is None or (isinstance(value, str) and value in allowed):
+            return None
+        return f"must be one of {', '.join(allowed)}"
+
+    return rule
+
+
+def _path(optional: bool):
+    def rule(value):
+        if value is None and optional:
+            return None
+        if isinstance(value, (str, os.PathLike)) and str(value).strip():
+            return None
+        return "must be a folder path" + (" (or left unset)" if optional else "")
+
+    return rule
+
+
+def _optional_text(value):
+    return None if value is None else _text(value)
+
+
+_RULES = {
+    "data": _path(optional=False),
+    "out": _path(optional=False),
+    "teacher": _text,
+    "teacher_weights": _text,
+    "finetune_epochs": _int(0, 10_000),
+    "finetune_learning_rate": _float(0.0, 10.0, lo_open=True),
+    "patience": _int(0, 10_000),
+    "student": _text,
+    "student_size": lambda v: _int(MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True)(v) and (
+        f"must be a whole number of pixels from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, or unset (larger inputs do not fit "
+        "a training batch in memory, and no edge runtime runs them)"
+    ),
+    "student_weights": _text,
+    "distill_epochs": _int(0, 10_000),
+    "distill_learning_rate": _float(0.0, 10.0, lo_open=True),
+    "temperature": _float(1.0, 100.0),
+    "alpha": _float(0.0, 1.0),
+    "unlabeled": _path(optional=True),
+    "baseline": _bool,
+    "quantize": _choice("auto", "fp32", "fp16", "dynamic", "int8"),
+    "io_dtype": _choice("uint8", "int8", "float32"),
+    "calibration_size": _int(1, 100_000),
+    "qat": _bool,
+    "qat_epochs": _int(1, 10_000),
+    "qat_learning_rate": _float(0.0, 10.0, lo_open=True),
+    "prune": _float(0.0, 1.0, hi_open=True),
+    "prune_epochs": _int(1, 10_000),
+    "prune_learning_rate": _float(0.0, 10.0, lo_open=True),
+    "cluster": lambda v: _int(0, 256)(v) or ("must be 0 (none) or a number of shared values from 2 to 256, e.g. 16" if v == 1 else None),
+    "cluster_epochs": _int(1, 10_000),
+    "cluster_learning_rate": _float(0.0, 10.0, lo_open=True),
+    "max_accuracy_drop": _float(0.0, 100.0),
+    "target": _optional_text,
+    "threads": _int(1, 1024, optional=True),
+    "batch_size": _int(1, 4096),
+    "dropout": _float(0.0, 1.0, hi_open=True),
+    "val_fraction": _float(0.0, 0.5, lo_open=True),
+    "test_fraction": _float(0.0, 0.5, lo_open=True),
+    "seed": _int(0, 2**32 - 1),
+    "selection": _choice("auto", "cv", "holdout"),
+    "cv_below": _int(0, 10_000_000),
+    "folds": _int(2, 20),
+    "adapt": _choice("auto", "none", "bn", "shot"),
+    "target_val": _path(optional=True),
+    "adapt_epochs": _int(1, 10_000),
+    "robustness": _bool,
+    "overwrite": _bool,
+    "cache_dir": _path(optional=True),
+    "use_cache": _bool,
+}

@@ -120,7 +120,9 @@ class EpochProgress(keras.callbacks.Callback):
 def extract_features(model, images: np.ndarray, batch_size: int, description: str) -> np.ndarray:
     """Pooled backbone features of every image: one forward pass each."""
     features_model = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
-    forward = tf.function(lambda x: features_model(x, training=False))
+    # One trace for every batch, the short last one included (no retracing).
+    spec = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
+    forward = tf.function(lambda x: features_model(x, training=False), input_signature=[spec])
     out = []
     with progress_bar(description, len(images)) as advance:
         for i in range(0, len(images), batch_size):
@@ -163,6 +165,8 @@ def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
 def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
     import time
 
+    if epochs == 0:  # `--finetune-epochs 0` / `--distill-epochs 0`: the stage is skipped
+        return StageResult(epochs_run=0, best_epoch=0, best_val_accuracy=keep_best.best[0])
     start = time.perf_counter()
     with progress_bar(description, epochs) as advance:
         fitted = model.fit(

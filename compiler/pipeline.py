@@ -10,32 +10,38 @@ The CLI builds a CompileConfig and calls this; so can any Python program. Stages
   verify    each file run in its runtime against its Keras model on the test split
   report    report.json, confusion_matrix.png, the printed summary
 
-Everything is written into `config.out` only, atomically; a file that fails its check keeps an
-`.unverified` name.
+Everything is written into a hidden staging folder inside `config.out` (compiler/outputs.py)
+and moved into place only when every check has passed; a file that fails its check keeps an
+`.unverified` (or `.unchecked`) name. One compile at a time holds `config.out`'s lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edgetl import __version__
 from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
 from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.outputs import RUN_MARKER  # noqa: F401 (importable from here, as before)
+from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, check_location, environment_errors
 from edgetl.compiler.recipe import MANIFEST_FILE, RECIPE_FILE, recipe_text, write_manifest, write_recipe
 from edgetl.compiler.targets import get_target
 from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluate import classification_metrics
-from edgetl.compiler.progress import StageTimer, console, progress_bar
+from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
 from edgetl.compiler.html_report import HTML_FILE, write_html_report
 from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
-from edgetl.errors import ExportMismatchError, OutputExistsError
+from edgetl.errors import ExportMismatchError, ResourceError
 from edgetl.models import ModelConfig, get_config
 from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
 
@@ -46,32 +52,16 @@ ONNX_FILE = "model.onnx"
 VARIANTS_FP32_TFLITE = "variants/model.fp32.tflite"  # the verified float export (_verify_float)
 
 
-RUN_MARKER = ".edgetl-incomplete"  # present while a compile writes into --out
-
-
 def prepare_output(out: Path, overwrite: bool, run_id: str | None = None) -> Path:
-    """Refuse to write into a folder that already holds files, unless asked to.
+    """Refuse a folder that already holds files (unless asked to) or is in use; then create it.
 
     A folder left by an interrupted compile of the same recipe (its marker holds `run_id`) is
-    resumed without asking: its files are edgetl's own and unfinished.
+    accepted without asking: its files are edgetl's own and unfinished.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is a file, not a folder")
-    marker = out / RUN_MARKER
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        resuming = run_id is not None and marker.is_file() and marker.read_text().strip() == run_id
-        if not resuming:
-            held = ", ".join(sorted(p.name for p in out.iterdir() if p.name != RUN_MARKER)[:5])
-            raise OutputExistsError(
-                f"output folder {out} already holds files ({held}); pass --overwrite to replace "
-                "edgetl's files there, or choose another --out"
-            )
-        console.print(f"resuming the interrupted compile in {out} (finished stages come from the cache)")
-    out.mkdir(parents=True, exist_ok=True)
-    if run_id is not None:
-        marker.write_text(run_id + "\n")
-    return out
+    BuildOutput(out, overwrite, run_id).check()
+    with environment_errors(Path(out)):
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)
 
 
 def run_id(config: CompileConfig) -> str:
@@ -165,15 +155,21 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
+    # Inputs first, and nothing is created in --out before they have passed: the folder
+    # itself, then the data (which must not hold an edgetl build), then every image.
+    build = BuildOutput(config.out, config.overwrite, run_id(config), announce=console.print)
+    if not dry_run:
+        build.check()
+    _check_inputs(config)
     if dry_run:
         _refuse_output_like_the_run(config)  # the run's first refusal, before scanning the data
         return plan(config)
-    out = prepare_output(config.out, config.overwrite, run_id(config))
 
-    with timer.stage("data", f"checking images in {config.data}"):
+    data_stage = timer.stage("data", f"checking images in {config.data}")
+    with data_stage, _large_images_noted(), activity("decode-check images", unit="files") as advance:
         dataset = scan_dataset(
             config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-            selection=config.selection, cv_below=config.cv_below,
+            selection=config.selection, cv_below=config.cv_below, progress=advance,
         )
         if dataset.selection == "cv":
             console.print(
@@ -186,6 +182,86 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
         if dataset.skipped or unlabeled_skipped:
             n = len(dataset.skipped) + len(unlabeled_skipped)
             console.print(f"[yellow]skipping {n} unreadable files (listed in the report)")
+    _check_memory(config, dataset, unlabeled, teacher_config, student_config)
+
+    out = build.open()  # the staging folder: moved into --out only once every check has passed
+    try:
+        with environment_errors(config.out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # noted once by the data check
+            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped)
+        build.publish()
+    except BaseException:
+        build.fail()
+        raise
+    finally:
+        build.close()
+    print_summary(report)
+    return report
+
+
+@contextlib.contextmanager
+def _large_images_noted():
+    """Pillow's decompression-bomb warning (printed raw, once per image) as one edgetl line.
+
+    Images over Pillow's limit (about 89 megapixels) still decode; those over twice the limit
+    are skipped and listed by the data check itself.
+    """
+    large = []
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, Image.DecompressionBombWarning):
+                large.append(str(message))
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        warnings.showwarning = show
+        yield
+    if large:
+        console.print(
+            f"[yellow]note:[/] {len(large)} very large image(s) (over {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels) were "
+            "decoded; they slow every stage that reads images, and the models see them resized to a few hundred pixels"
+        )
+
+
+def _check_inputs(config: CompileConfig) -> None:
+    """Where the build goes and what it reads: checks that create nothing."""
+    check_location(config.out, config.data, config.unlabeled)
+    check_data_holds_no_build(config.data)
+    if config.unlabeled:
+        check_data_holds_no_build(config.unlabeled, "--unlabeled")
+
+
+def _check_memory(config: CompileConfig, dataset: Dataset, unlabeled, teacher_config, student_config) -> None:
+    """Refuse a compile whose decoded images alone would not fit in this machine's memory.
+
+    Each split is decoded once per input size (ImageCache, uint8); training needs more besides,
+    so more than half the memory for the images is refused rather than left to the OOM killer.
+    """
+    sizes = {teacher_config.input_size}
+    if config.distills:
+        sizes.add(config.student_size or student_config.input_size)
+    images = sum(len(samples) for samples in dataset.splits.values()) + len(unlabeled)
+    needed = images * sum(s * s * 3 for s in sizes)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return
+    if needed > memory / 2:
+        raise ResourceError(
+            f"{images} images decoded at {' and '.join(f'{s} px' for s in sorted(sizes))} need {_bytes(needed)}, "
+            f"more than half of this machine's {_bytes(memory)} of memory; use a smaller --student-size or fewer images"
+        )
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped) -> dict:
+    """Every stage after the data check, writing into `out` (the staging folder)."""
     images = ImageCache(dataset, unlabeled)
     classes = dataset.classes
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
@@ -236,10 +312,11 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
             for fmt, path in unverified.items():
                 shutil.copyfile(exported[f"model.fp32.{fmt}"], path)
         else:
-            unverified = {
-                "tflite": export_tflite(deployed.model, out / "model.unverified.tflite"),
-                "onnx": export_onnx(deployed.model, out / "model.unverified.onnx"),
-            }
+            with activity("convert to TFLite"):
+                tflite_file = export_tflite(deployed.model, out / "model.unverified.tflite")
+            with activity("convert to ONNX"):
+                onnx_file = export_onnx(deployed.model, out / "model.unverified.onnx")
+            unverified = {"tflite": tflite_file, "onnx": onnx_file}
 
     with timer.stage("verify", "checking the float exports against their Keras model on the test split"):
         _predict_keras(config, images, teacher, deployed, baseline)
@@ -281,8 +358,6 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     write_html_report(report, out)
     write_recipe(config, out)
     write_manifest(out, dataset, keys, keys["data_content"])
-    (out / RUN_MARKER).unlink(missing_ok=True)
-    print_summary(report)
     return report
 
 

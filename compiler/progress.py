@@ -6,7 +6,16 @@ import contextlib
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 
 def _console(stderr: bool) -> Console:
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and folds every table; logs are wide.
@@ -40,6 +49,26 @@ def progress_bar(description: str, total: int):
                 progress.advance(task, n)
             else:
                 progress.update(task, advance=n, status=status)
+
+        yield advance
+
+
+@contextlib.contextmanager
+def activity(description: str, unit: str | None = None):
+    """A step of unknown length (a data check, a conversion): spinner, count so far, elapsed time.
+
+    Yields `advance(n=1)`, for steps that can count what they have done (files checked); a
+    step that cannot still shows that it is alive and how long it has run.
+    """
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+    if unit:
+        columns.append(TextColumn("{task.completed:,.0f} " + unit))
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
 
         yield advance
 

@@ -8,6 +8,7 @@ imports it, and every edgetl module lives inside the `edgetl` package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -27,13 +28,66 @@ if "tensorflow" in sys.modules and "tf_keras" not in sys.modules:  # pragma: no 
     )
 
 
+def debug() -> bool:
+    """`edgetl --debug` (or EDGETL_DEBUG=1): let TensorFlow's own logging through."""
+    return os.environ.get("EDGETL_DEBUG", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def stderr_silenced():
+    """File descriptor 2 to /dev/null for the block (C++ writes included), unless debugging.
+
+    TF_CPP_MIN_LOG_LEVEL does not silence TensorFlow's start-up lines ("All log messages before
+    absl::InitializeLog()", oneDNN, cudart_stub, "failed call to cuInit"): C++ writes them
+    before absl logging is set up. Only the descriptor itself can be redirected.
+    """
+    if debug():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_started = False
+
+
+def _start_tensorflow():
+    """Import TensorFlow and tf_keras and probe the devices once, quietly (see stderr_silenced);
+    then keep TensorFlow's and absl's Python loggers to errors, unless debugging."""
+    global _started
+    if not _started:
+        with stderr_silenced():
+            import tensorflow
+            import tf_keras  # noqa: F401 (imports its own share of TensorFlow's C++ libraries)
+
+            tensorflow.config.list_physical_devices()  # the CUDA probe prints "failed call to cuInit"
+        if not debug():
+            import logging
+
+            tensorflow.get_logger().setLevel(logging.ERROR)
+            with contextlib.suppress(ImportError):
+                from absl import logging as absl_logging
+
+                absl_logging.set_verbosity(absl_logging.ERROR)
+        _started = True
+    return sys.modules["tensorflow"]
+
+
 def __getattr__(name: str):
     # `from edgetl._compat import tf, keras` imports TensorFlow only when a stage needs it.
     if name == "tf":
-        import tensorflow
-
-        return tensorflow
+        return _start_tensorflow()
     if name == "keras":
+        _start_tensorflow()
         import tf_keras
 
         return tf_keras

@@ -5,6 +5,7 @@ TensorFlow is imported inside commands only, so `edgetl --help` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-_state = {"debug": False}
+_state = {"debug": False, "command": None}
 
 
 def _flag_type_hidden() -> None:
@@ -51,6 +52,8 @@ def _global_options(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ):
     _state["debug"] = _state["debug"] or debug  # main() also takes --debug after the subcommand
+    if _state["debug"]:  # TensorFlow's own start-up and logging lines too (edgetl/_compat.py)
+        os.environ["EDGETL_DEBUG"] = "1"
     if version:
         from edgetl import __version__
 
@@ -178,8 +181,9 @@ def compile_command(
         if data is None:
             raise EdgetlError("compile needs DATA (a folder of class folders) or --recipe FILE")
         settings = given
-    if settings.get("out") is None:
+    if settings.get("out") is None and isinstance(settings.get("data"), (str, os.PathLike)):
         settings["out"] = Path("build") / (Path(settings["data"]).resolve().name or "model")
+    _state["command"] = "compile"
     # trust_model is an argument, not a setting: a recipe (itself a file someone may hand over)
     # can never grant it.
     compile_model(CompileConfig(**settings), dry_run=dry_run, trust_model=trust_model)
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="edgetl", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130
+            _say_interrupted()
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
         typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
         code = 1
@@ -342,16 +348,42 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         code = 1
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("interrupted", err=True)
+        _say_interrupted()
         code = 130
+    except OSError as exc:  # the environment (a full disk, a read-only folder), or a bug
+        code = _environment_error(exc)
     except Exception as exc:  # a bug in edgetl or its stack: short by default, full with --debug
-        if _state["debug"]:
-            traceback.print_exc()
-            code = 1
-        else:
-            typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-            code = 1
+        code = _internal_error(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say_interrupted() -> None:
+    if _state["command"] == "compile":
+        typer.echo(
+            "interrupted: nothing was deployed; rerun the same command to resume (finished stages come from the cache)",
+            err=True,
+        )
+    else:
+        typer.echo("interrupted", err=True)
+
+
+def _environment_error(exc: OSError) -> int:
+    from edgetl.compiler.outputs import ENVIRONMENT_ERRNOS, describe_os_error
+
+    if exc.errno not in ENVIRONMENT_ERRNOS:
+        return _internal_error(exc)
+    if _state["debug"]:
+        traceback.print_exc()
+    typer.echo(f"error: {describe_os_error(exc)}", err=True)
+    return 1
+
+
+def _internal_error(exc: Exception) -> int:
+    if _state["debug"]:
+        traceback.print_exc()
+    else:
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+    return 1
 
 
 if __name__ == "__main__":

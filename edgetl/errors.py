@@ -41,3 +41,19 @@ class UnsafeModelError(ModelFileError):
 
 class ReportError(EdgetlError):
     """A build folder without a readable report.json."""
+
+
+class SettingError(EdgetlError):
+    """A compile setting (from the command line, a recipe or the Python API) of the wrong type or range."""
+
+
+class OutputLocationError(EdgetlError):
+    """--out cannot be used: a file, below a file, unwritable, inside DATA, or out of space."""
+
+
+class OutputInUseError(EdgetlError):
+    """Another compile holds the lock of the same --out."""
+
+
+class ResourceError(EdgetlError):
+    """The work asked for cannot fit this machine (e.g. decoded images larger than its memory)."""

@@ -165,7 +165,7 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
     report = compile_model(CompileConfig(
         data=data, out=tmp_path / "out", unlabeled=unlabeled, target_val=target_val, adapt="auto", adapt_epochs=1,
         use_cache=False, quantize="int8", teacher="tiny_cnn", teacher_weights="none",
-        head_learning_rate=0.05, finetune_epochs=1, student="none",
+        finetune_epochs=1, student="none",
     ))
     adaptation = report["adaptation"]
     assert {r["method"] for r in adaptation["tried"]} == set(A.METHODS) and adaptation["method"] in A.METHODS

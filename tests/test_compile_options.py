@@ -39,7 +39,7 @@ def int8_build(tmp_path_factory):
     out = root / "out"
     config = CompileConfig(
         data=data, out=out, teacher="tiny_cnn", teacher_weights="none", student="none",
-        head_learning_rate=0.05, finetune_epochs=1, target="android-cpu", io_dtype="int8",
+        finetune_epochs=1, target="android-cpu", io_dtype="int8",
     )
     report = compile_model(config)
     return data, out, report
