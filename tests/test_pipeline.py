@@ -75,7 +75,7 @@ def test_report_holds_what_the_gallery_and_the_curves_need(compiled):
     assert wrong == cm.sum() - np.trace(cm)
     page = (out / "report.html").read_text()
     assert page.count("<figure") == wrong
-    for stage in (report["models"]["teacher"]["training"]["head"], report["models"]["student"]["training"]["distillation"]["stage"]):
+    for stage in (report["models"]["teacher"]["training"]["top"], report["models"]["student"]["training"]["distillation"]["stage"]):
         history = stage["history"]
         assert len(history["val_accuracy"]) == stage["epochs_run"] == len(history["loss"])
         if stage["best_epoch"]:
@@ -99,7 +99,7 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
         assert by_file[name]["test"] == by_file[variant]["test"] and by_file[variant]["gate"] == "passed"
         test = by_file[name]["test"]
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
-    assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "export", "verify", "optimize", "package"}
+    assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "adapt", "export", "verify", "optimize", "package", "robustness"}
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]
