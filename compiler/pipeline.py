@@ -524,7 +524,7 @@ def _say_choice(role: str, choice) -> None:
     curve = " ".join(f"{a:.1%}" for a in choice.accuracy_by_epoch)
     console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe): {curve}")
     if choice.probe_kept:
-        console.print(f"    {role}: the probe is kept ({choice.estimate.describe()}); training did not beat it in cross-validation")
+        console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
     else:
         console.print(f"    {role}: {choice.epochs} epochs chosen, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
 
