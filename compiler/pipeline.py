@@ -158,11 +158,9 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     # Inputs first, and nothing is created in --out before they have passed: the folder
     # itself, then the data (which must not hold an edgetl build), then every image.
     build = BuildOutput(config.out, config.overwrite, run_id(config), announce=console.print)
-    if not dry_run:
-        build.check()
+    build.check()  # a dry run refuses what the run would refuse, and creates nothing either
     _check_inputs(config)
     if dry_run:
-        _refuse_output_like_the_run(config)  # the run's first refusal, before scanning the data
         return plan(config)
 
     data_stage = timer.stage("data", f"checking images in {config.data}")
@@ -396,21 +394,6 @@ def plan(config: CompileConfig) -> dict:
     for need in needs:
         summary_console.print(f"needs network: {need}", highlight=False)
     return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report(), "needs_network": needs}
-
-
-def _refuse_output_like_the_run(config: CompileConfig) -> None:
-    """The refusal prepare_output would raise for config.out, without creating or writing anything."""
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
-        marker = out / RUN_MARKER
-        if not (marker.is_file() and marker.read_text().strip() == run_id(config)):
-            held = ", ".join(sorted(p.name for p in out.iterdir() if p.name != RUN_MARKER)[:5])
-            raise OutputExistsError(
-                f"output folder {out} already holds files ({held}); pass --overwrite to replace "
-                "edgetl's files there, or choose another --out"
-            )
 
 
 def _weights_needed(config: CompileConfig, cached: set[str]) -> list[str]:

@@ -164,7 +164,7 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
     target_val = _write_images(tmp_path / "target_val", apply_steps(val, CAMERA, seed=1), val_y)
     report = compile_model(CompileConfig(
         data=data, out=tmp_path / "out", unlabeled=unlabeled, target_val=target_val, adapt="auto", adapt_epochs=1,
-        use_cache=False, quantize="int8", teacher="tiny_cnn", teacher_weights="none",
+        use_cache=False, selection="holdout", quantize="int8", teacher="tiny_cnn", teacher_weights="none",
         finetune_epochs=1, student="none",
     ))
     adaptation = report["adaptation"]

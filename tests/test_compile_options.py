@@ -15,7 +15,7 @@ import yaml
 
 from edgetl.cli import main
 
-TINY = ["--teacher", "tiny_cnn", "--teacher-weights", "none", "--student", "none", "--finetune-epochs", "1"]
+TINY = ["--teacher", "tiny_cnn", "--teacher-weights", "none", "--student", "none", "--finetune-epochs", "1", "--selection", "holdout"]
 
 
 def run_cli(*args, capsys):
@@ -38,7 +38,7 @@ def int8_build(tmp_path_factory):
     data = write_color_dataset(root / "data", per_class=16)
     out = root / "out"
     config = CompileConfig(
-        data=data, out=out, teacher="tiny_cnn", teacher_weights="none", student="none",
+        data=data, out=out, teacher="tiny_cnn", teacher_weights="none", student="none", selection="holdout",
         finetune_epochs=1, target="android-cpu", io_dtype="int8",
     )
     report = compile_model(config)
@@ -145,7 +145,7 @@ def test_student_size_null_and_its_value_key_the_same_stage(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--teacher", "efficientnet_lite0", "--teacher-weights", "no/such.h5"], "--teacher-weights no/such.h5: weights file not found"),
+        (["--teacher", "efficientnet_lite0", "--teacher-weights", "no/such.h5"], "--teacher-weights 'no/such.h5' must be 'imagenet', 'none' or an existing weights file"),
         (["--teacher", "tiny_cnn"], "test models have no pretrained weights"),
     ],
 )

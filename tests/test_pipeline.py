@@ -230,7 +230,7 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
 
     data = write_color_dataset(tmp_path / "data", per_class=12)
     config = CompileConfig(
-        data=data, out=tmp_path / "out", **{**FAST, "selection": "auto", "cv_below": 600, "folds": 3, "finetune_learning_rate": 50.0}
+        data=data, out=tmp_path / "out", **{**FAST, "selection": "auto", "cv_below": 600, "folds": 3, "finetune_learning_rate": 10.0}
     )
     report = compile_model(config)
     assert report["dataset"]["selection"] == "cv"
@@ -258,7 +258,7 @@ def test_held_out_selection_also_keeps_the_probe_when_fine_tuning_is_ruined(tmp_
     from conftest import write_color_dataset
 
     data = write_color_dataset(tmp_path / "data", per_class=14)
-    report = compile_model(CompileConfig(data=data, out=tmp_path / "out", **{**FAST, "finetune_learning_rate": 50.0}))
+    report = compile_model(CompileConfig(data=data, out=tmp_path / "out", **{**FAST, "finetune_learning_rate": 10.0}))
     selection = report["models"]["teacher"]["training"]["selection"]
     assert report["dataset"]["selection"] == "holdout" and selection["probe_kept"]
     assert report["models"]["teacher"]["test"]["accuracy"] >= 0.9

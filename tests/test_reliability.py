@@ -32,12 +32,12 @@ from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, EdgetlError, OutputInUseError, OutputLocationError, SettingError
 
 FAST = dict(
-    use_cache=False, quantize="fp32", teacher="tiny_cnn", teacher_weights="none",
+    use_cache=False, selection="holdout", quantize="fp32", teacher="tiny_cnn", teacher_weights="none",
     finetune_epochs=1, student="none", baseline=False,
 )
 FAST_ARGS = [
     "--teacher", "tiny_cnn", "--teacher-weights", "none", "--student", "none",
-    "--finetune-epochs", "1", "--no-baseline", "--quantize", "fp32", "--no-cache",
+    "--finetune-epochs", "1", "--no-baseline", "--quantize", "fp32", "--selection", "holdout", "--no-cache",
 ]
 
 
