@@ -104,9 +104,20 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class _Standardiser:
+    """Centre each feature and scale it by its spread, but never by less than the median
+    spread. Plain per-feature standardisation divides near-constant features (spread 0.005
+    against a median of 0.2 in Lite0's pooled features) by almost nothing; folded back into the
+    raw-feature weights they dwarf the rest, and an int8 file's per-channel weight scale then
+    rounds most weights to zero. Measured on flowers12 (Lite0 features, 5/10/20 images per
+    class over 3 subsets, all of train/; full test/): plain standardisation 88.6 / 91.7 / 95.4 /
+    97.1% float and 84.3 / 63.6 / 94.7 / 97.1% with int8 head weights; with the floor
+    90.1 / 94.2 / 95.8 / 97.1% float and 89.9 / 94.2 / 95.7 / 97.1% int8.
+    """
+
     def __init__(self, x: np.ndarray):
         self.mean = x.mean(0)
-        self.scale = x.std(0) + 1e-6
+        spread = x.std(0)
+        self.scale = np.maximum(spread, max(float(np.median(spread)), 1e-6))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.scale

@@ -137,3 +137,18 @@ def test_probe_handles_two_classes_and_a_class_missing_from_a_fold_part():
     # A fit without class 2 never predicts it.
     at = fit_probe_at(x, y, 3, C=1.0)
     assert (at.predict_proba(x).argmax(1) != 2).all()
+
+
+def test_probe_weights_survive_int8_per_channel_rounding_despite_near_constant_features():
+    """Near-constant features must not blow up the folded weights (an int8 file's per-channel
+    scale would then round the informative weights to zero)."""
+    x, y = _blobs(10, 4, 64, seed=5, spread=1.0)
+    rng = np.random.default_rng(0)
+    x[:, :8] = 3.0 + rng.normal(0, 1e-3, (len(y), 8))  # near-constant features, as real backbones have
+    probe = fit_probe(x, y, 4, folds=5, seed=0)
+    scale = np.abs(probe.kernel).max(0, keepdims=True) / 127
+    rounded = np.round(probe.kernel / scale) * scale
+    assert np.mean(rounded == 0) < 0.2
+    xt, _ = _blobs(10, 4, 64, seed=6, spread=1.0)
+    xt[:, :8] = 3.0 + rng.normal(0, 1e-3, (len(xt), 8))
+    assert np.mean((xt @ rounded + probe.bias).argmax(1) == (xt @ probe.kernel + probe.bias).argmax(1)) >= 0.95
