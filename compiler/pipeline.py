@@ -495,7 +495,6 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     record = {
         "head": dataclasses.asdict(head),
         "selection": choice.to_json(),
-        "oof_probs": None,
         "seconds": time.perf_counter() - start,
     }
     trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)
