@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgetl.compiler.atomic import atomic_write_text
 from edgetl.compiler.robustness import render_section as render_robustness_section
-from edgetl.compiler.report_charts import confusion_chart, tradeoff_chart, training_chart
+from edgetl.compiler.report_charts import confusion_chart, cross_validation_chart, tradeoff_chart, training_chart
 from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
 from edgetl.compiler.report_gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report_verdict import build_verdict
@@ -126,12 +126,21 @@ def _gallery_section(report: dict) -> list[str]:
 def _training_section(report: dict) -> list[str]:
     charts = [(role, training_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
     charts = [(role, uri) for role, uri in charts if uri]
-    if not charts:
+    curves = [(role, cross_validation_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
+    curves = [(role, uri) for role, uri in curves if uri]
+    if not charts and not curves:
         return []
-    parts = ["<h2>Training</h2><p class='muted'>Loss and accuracy per epoch on the training images (augmented) and "
-             "the validation split; the dashed line marks the epoch whose weights were kept (early stopping on val "
-             "accuracy).</p>"]
-    parts += [f"<img class='chart' alt='training curves of the {_e(role)}' src='{uri}'>" for role, uri in charts]
+    parts = ["<h2>Training</h2>"]
+    if curves:
+        parts.append("<p class='muted'>Chosen by cross-validation: accuracy on the held-out folds after each epoch of "
+                     "training, epoch 0 being the linear probe; training replaces the probe only when it is better "
+                     "beyond noise, and the deployed model is then trained on all images for the chosen epochs.</p>")
+        parts += [f"<img class='chart' alt='cross-validation curve of the {_e(role)}' src='{uri}'>" for role, uri in curves]
+    if charts:
+        parts.append("<p class='muted'>Loss and accuracy per epoch on the training images (augmented) and "
+                     "the validation split; the dashed line marks the epoch whose weights were kept (early stopping on val "
+                     "accuracy).</p>")
+        parts += [f"<img class='chart' alt='training curves of the {_e(role)}' src='{uri}'>" for role, uri in charts]
     return parts
 
 

@@ -192,6 +192,43 @@ def training_chart(role: str, training: dict) -> str | None:
     return uri
 
 
+def cross_validation_curves(training: dict) -> list[tuple[str, dict]]:
+    """(name, selection record) of every stage chosen by cross-validation (compiler/crossval.py)."""
+    found = []
+    for key, value in (training or {}).items():
+        selection = value.get("selection") if isinstance(value, dict) else None
+        if key == "selection":
+            selection, key = value, "top"
+        if isinstance(selection, dict) and "cross-validation" in str(selection.get("method")) and selection.get("accuracy_by_epoch"):
+            found.append((_STAGE_NAMES.get(key, key.replace("_", " ")), selection))
+    return found
+
+
+def cross_validation_chart(role: str, training: dict) -> str | None:
+    """Out-of-fold accuracy after each epoch (0: the linear probe), the choice marked."""
+    curves = cross_validation_curves(training)
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 2.9), squeeze=False)
+    for ax, (name, selection) in zip(axes[0], curves):
+        values = [v * 100 for v in selection["accuracy_by_epoch"]]
+        ax.plot(range(len(values)), values, "-o", markersize=3.5, label="out of fold")
+        ax.axhline(values[0], color="grey", linestyle=":", linewidth=1, label="linear probe (epoch 0)")
+        chosen = selection.get("chosen_epochs", 0)
+        ax.axvline(chosen, color="green", linestyle="--", linewidth=1.2, label=f"chosen: {chosen} epochs" if chosen else "chosen: the probe")
+        ax.set_ylim(max(0, min(values) - 10), 100)
+        ax.set_xlabel("epochs of training (0 = the probe)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.8)
+        ax.set_title(f"{role}: {name}, {selection['method']}", fontsize=10)
+    fig.tight_layout()
+    uri = png_data_uri(fig, dpi=100)
+    plt.close(fig)
+    return uri
+
+
 def confusion_figure(cm: list[list[int]], classes: list[str], title: str):
     """The confusion matrix, rows normalised: correct answers in blue on the diagonal, mistakes in
     red off it (on their own scale, so a 5% confusion still shows beside 95% diagonals). Counts

@@ -246,6 +246,7 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
     assert deployed["test"] is None and deployed["training_images"]["images"] == 36
     assert "no test split" in report["evaluation"]["accuracy"]
+    assert "alt='cross-validation curve of the teacher'" in (tmp_path / "out" / "report.html").read_text()
     # The deployed file is the probe: it classifies the colours.
     session = open_session(tmp_path / "out" / "model.tflite")
     from edgetl.compiler.data import load_images, scan_dataset
