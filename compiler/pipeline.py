@@ -506,7 +506,10 @@ def _say_choice(role: str, choice) -> None:
     curve = " ".join(f"{a:.1%}" for a in choice.accuracy_by_epoch)
     console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe): {curve}")
     if choice.probe_kept:
-        console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
+        if choice.versus_probe["best_epochs"] == 0:
+            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")
+        else:
+            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
     else:
         console.print(f"    {role}: {choice.epochs} epochs chosen, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
 
@@ -552,7 +555,9 @@ def _train_student_head(config, model_config, size, images: ImageCache, num_clas
     from edgetl.compiler.finetune import train_head
 
     student = _new_student(config, size, num_classes, strategy)
-    head, _ = train_head(student, config, images.get("train", size), images.get("val", size), strategy, label="student")
+    x, y = images.get("train", size)
+    val = images.get("val", size) if images.held_out["val"] else (x[:0], y[:0])  # no val split under cross-validation
+    head, _ = train_head(student, config, (x, y), val, strategy, label="student")
     return TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
 
 
