@@ -1339,10 +1339,15 @@ def _source_evaluation(config: CompileConfig, dataset: Dataset) -> dict:
                     "(give DATA a test/ folder of images it never saw for a held-out figure). What quantization changed "
                     "(file against the source model, same images) is measured either way")
         images = f"all {len(test)} images of DATA"
+        measured = (f"Nothing was trained here (--model): accuracies are on all {len(test)} images of DATA, which also calibrated "
+                    "int8 and fed the accuracy gate; your model may have been trained on some of them (a test/ folder of new "
+                    "images gives a held-out figure). Brackets give the 95% Wilson interval.")
     else:
         accuracy = (f"nothing was trained: the {len(train)} images of train/ (and val/) calibrated int8 and fed the accuracy gate; "
                     f"accuracies marked test are on the {len(test)} images of test/, which decided nothing")
         images = f"the {len(test)} images of test/"
+        measured = (f"Nothing was trained here (--model): accuracies are on the {len(test)} images of test/, which decided nothing "
+                    "(your model may still have seen them in its own training). Brackets give the 95% Wilson interval.")
     return {"selection": "none (--model: nothing trained)", "folds": None, "cv_below": config.cv_below, "test_images": len(test),
             "val_images": 0, "train_images": len(train), "choices": "none: the model was given (--model)",
-            "accuracy": accuracy, "scored_on": images}
+            "accuracy": accuracy, "scored_on": images, "measured": measured}

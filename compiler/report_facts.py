@@ -77,11 +77,9 @@ def how_measured(report: dict) -> str:
     figure = deployed_figure(report)
     if figure is None:
         return "No accuracy was measured: the compile had neither a test split nor a cross-validated estimate."
-    scored_on = (report.get("evaluation") or {}).get("scored_on")
-    if figure.source == "test" and report["deployed"].get("model") == "source" and scored_on:
-        # --model: nothing was trained here, but the user's model may have seen these images.
-        return (f"Nothing was trained here (--model): accuracies are on {scored_on}, which edgetl used for no choice "
-                "but which your model may have been trained on; brackets give the 95% Wilson interval.")
+    measured = (report.get("evaluation") or {}).get("measured")
+    if figure.source == "test" and report["deployed"].get("model") == "source" and measured:
+        return measured  # --model: nothing was trained here, but the user's model may have seen the images
     if figure.source == "test":
         return (f"Accuracies are measured on the held-out test split ({figure.n} images the training never saw); "
                 "brackets give the 95% Wilson interval.")
