@@ -341,7 +341,7 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
             cache.store_files("export", export_key, {f"model.fp32.{fmt}": path for fmt, path in float_files.items()})
 
     with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
-        with _conversion_errors(deployed, "quantization", "--quantize fp32 (the verified float files) still works"):
+        with _conversion_errors(deployed, "building the quantized files", "--quantize fp16 or fp32 still works, and int8 without --qat/--prune"):
             optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
 
     with timer.stage("package", "deployed files, metadata, app handoff"):

@@ -339,6 +339,7 @@ class Wrapped:
     output: str  # "probabilities" (softmax in the model) or "logits" (softmax appended)
     logits_from: str | None  # the user's layer that became "logits" (None: none could be found)
     kept_nested: list[str]  # layers left as they are (subclassed models): why QAT is not available
+    last_layer: str = ""  # the user's layer that makes the output
 
     @property
     def fine_tunable(self) -> str | None:
@@ -346,7 +347,8 @@ class Wrapped:
         if self.kept_nested:
             return f"layer {self.kept_nested[0]!r} is a model of its own that edgetl cannot take apart (tfmot needs one flat graph)"
         if self.logits_from is None:
-            return "its output is not a softmax edgetl can find, so there are no logits to fine-tune on"
+            return (f"its last layer {self.last_layer!r} makes probabilities without a softmax edgetl can split off, so there are "
+                    "no logits for QAT or pruning to fine-tune on")
         return None
 
 
@@ -384,7 +386,7 @@ def wrap_source(source: SourceModel, sample: np.ndarray, model_output: str = "au
     else:  # probabilities from a layer edgetl cannot split: no logits
         outputs = keras.layers.Activation("linear", name=PROBABILITIES_LAYER, dtype="float32")(outputs)
     model = keras.Model(inputs, outputs, name=_model_name(source.name))
-    return Wrapped(model, not builder.kept, output, builder.logits_from, builder.kept)
+    return Wrapped(model, not builder.kept, output, builder.logits_from, builder.kept, last.name)
 
 
 def _has_layer(model, name: str) -> bool:

@@ -190,7 +190,7 @@ def _small(outputs=3, size=SIZE, final=None):
         ("lambda", [], "refusing to load: it holds a Lambda layer"),
         ("size", ["--input-size", "64"], "--input-size 64 does not match the model"),
         ("both", ["--mean", "0.5"], "give either it or --mean"),
-        ("qat", ["--qat"], "--qat cannot run on"),
+        ("qat", ["--qat"], "last layer"),
     ],
 )
 def test_wrong_models_and_options_are_one_line_errors(case, extra, expected, data, tmp_path, monkeypatch, capsys):
