@@ -86,11 +86,26 @@ class CompileConfig:
     # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
     cache_dir: Path | None = None
     use_cache: bool = True
+    # Bring your own model (compiler/source_model.py): a trained Keras classifier (.keras, .h5,
+    # SavedModel folder) compiled without training; DATA calibrates, gates and scores it. How it
+    # takes its input: a preset (raw, tf, torch, caffe) or mean/std (one number or three) on
+    # pixels times scale, in channel_order; an edgetl .keras carries its own. labels: a file of
+    # the model's class names in output order (default: DATA's folders, sorted). model_output:
+    # auto (a softmax in the model, else measured on DATA), probabilities or logits.
+    model: Path | None = None
+    input_size: int | None = None
+    preprocess: str | None = None
+    mean: object = None
+    std: object = None
+    scale: object = None
+    channel_order: str | None = None
+    labels: Path | None = None
+    model_output: str = "auto"
 
     def __post_init__(self):
         # Only path-like values become Paths: anything else (a number or a list from a recipe)
         # stays as given so that validate() can name it in one line.
-        for name in ("data", "out", "unlabeled", "target_val", "cache_dir"):
+        for name in ("data", "out", "unlabeled", "target_val", "cache_dir", "model", "labels"):
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 object.__setattr__(self, name, Path(value))
@@ -105,6 +120,8 @@ class CompileConfig:
         from edgetl.models import get_config
 
         target = get_target(self.target) if self.target else None
+        if self.model is not None:  # nothing is trained: no student, the given model is deployed
+            self = dataclasses.replace(self, student="none")
         student_size = None  # no student (--student none): no student size
         if self.distills:
             student_size = self.student_size or (target.student_size if target else get_config(self.student).input_size)
@@ -137,6 +154,7 @@ class CompileConfig:
             raise SettingError(f"--adapt {self.adapt} adapts to images from the device: give them with --unlabeled DIR")
         if self.target_val is not None and self.unlabeled is None:
             raise SettingError("--target-val scores adaptation to the device's images: give those too with --unlabeled DIR")
+        self._validate_source_model()
         if self.cluster and self.prune == 0:
             raise SettingError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
         self._validate_names()
@@ -168,6 +186,28 @@ class CompileConfig:
                              f"use --quantize {' or '.join(allowed)}, or leave it unset (the target's choice: {target.quantize})")
                 )
 
+    def _validate_source_model(self) -> None:
+        """--model and the options that say how it takes its input."""
+        from edgetl.errors import SettingError
+
+        source_only = ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "labels")
+        if self.model is None:
+            given = [f"--{n.replace('_', '-')}" for n in source_only if getattr(self, n) is not None]
+            if given:
+                raise SettingError(f"{', '.join(given)} describe a model you bring: give it with --model FILE (edgetl's own models carry their preprocessing)")
+            return
+        from edgetl.compiler.source_model import parse_scale, parse_triple
+
+        if not Path(self.model).expanduser().exists():
+            raise SettingError(_message("model", str(self.model), "must be a Keras model file (.keras, .h5) or SavedModel folder; there is nothing at that path"))
+        if self.labels is not None and not Path(self.labels).expanduser().is_file():
+            raise SettingError(_message("labels", str(self.labels), "must be a text file of class names, one per line; there is no file at that path"))
+        if self.unlabeled is not None:
+            raise SettingError("--unlabeled (distillation and adaptation) needs training; with --model nothing is trained: drop it")
+        parse_triple(self.mean, "mean")
+        parse_triple(self.std, "std")
+        parse_scale(self.scale)
+
     @property
     def distills(self) -> bool:
         return self.student.lower() != "none"
@@ -183,6 +223,8 @@ class CompileConfig:
         d["unlabeled"] = str(self.unlabeled) if self.unlabeled else None
         d["target_val"] = str(self.target_val) if self.target_val else None
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        d["model"] = str(self.model) if self.model else None
+        d["labels"] = str(self.labels) if self.labels else None
         return d
 
 
@@ -311,4 +353,10 @@ _RULES = {
     "overwrite": _bool,
     "cache_dir": _path(optional=True),
     "use_cache": _bool,
+    "model": _path(optional=True),
+    "input_size": lambda v: _int(MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True)(v),
+    "preprocess": _choice("raw", "tf", "torch", "caffe"),
+    "channel_order": _choice("RGB", "BGR"),
+    "labels": _path(optional=True),
+    "model_output": _choice("auto", "probabilities", "logits"),
 }

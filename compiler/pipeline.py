@@ -41,12 +41,13 @@ from edgetl.compiler.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
 from edgetl.compiler.html_report import HTML_FILE, write_html_report
 from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
-from edgetl.errors import ExportMismatchError, ResourceError
+from edgetl.errors import ExportMismatchError, ModelFileError, OutputExistsError, ResourceError, SettingError
 from edgetl.models import ModelConfig, get_config
 from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
 
 TEACHER_FILE = "teacher.keras"
 STUDENT_FILE = "student.keras"
+SOURCE_FILE = "source.keras"  # --model: the user's model wrapped (raw pixels in, preprocessing inside)
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 VARIANTS_FP32_TFLITE = "variants/model.fp32.tflite"  # the verified float export (_verify_float)
@@ -87,6 +88,8 @@ class ImageCache:
     def get(self, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         if split in self.held_out and not self.held_out[split]:
             split = "train"
+        if self.samples.get(split) is self.samples["train"]:  # the same images (--model): decoded once
+            split = "train"
         key = (split, size)
         if key not in self._arrays:
             samples = self.samples[split]
@@ -99,7 +102,7 @@ class ImageCache:
 class TrainedModel:
     """A model that came out of a training stage, with what the report needs about it."""
 
-    role: str  # "teacher", "student", "baseline"
+    role: str  # "teacher", "student", "baseline", or "source" (--model: trained elsewhere)
     name: str
     config: ModelConfig
     model: object  # tf_keras.Model
@@ -114,7 +117,7 @@ class TrainedModel:
     @property
     def selection(self) -> dict | None:
         """How this model's recipe was chosen: the probe or training, by CV or on val."""
-        stage = {"teacher": self.training, "student": self.training.get("distillation"), "baseline": self.training.get("labels_only")}[self.role]
+        stage = {"teacher": self.training, "student": self.training.get("distillation"), "baseline": self.training.get("labels_only")}.get(self.role)
         return (stage or {}).get("selection")
 
     def summary(self, y_test, classes, test_held_out: bool = True, y_train=None) -> dict:
@@ -155,11 +158,17 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None
+    source = None
     # Inputs first, and nothing is created in --out before they have passed: the folder
     # itself, then the data (which must not hold an edgetl build), then every image.
     build = BuildOutput(config.out, config.overwrite, run_id(config), announce=console.print)
     build.check()  # a dry run refuses what the run would refuse, and creates nothing either
     _check_inputs(config)
+    if config.model is not None:  # its contract is checked before the data: a wrong option fails at once
+        from edgetl.compiler.source_model import load_source
+
+        source = load_source(config, trust_model)
+        teacher_config = source.config(int(source.model.count_params()))
     if dry_run:
         return plan(config)
 
@@ -167,9 +176,11 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     with data_stage, _large_images_noted(), activity("decode-check images", unit="files") as advance:
         dataset = scan_dataset(
             config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-            selection=config.selection, cv_below=config.cv_below, progress=advance,
+            selection="cv" if source else config.selection, cv_below=config.cv_below, progress=advance,
         )
-        if dataset.selection == "cv":
+        if source is not None:
+            dataset = _source_dataset(dataset, source, config)
+        elif dataset.selection == "cv":
             console.print(
                 f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
                 "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
@@ -186,7 +197,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     try:
         with environment_errors(config.out), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # noted once by the data check
-            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped)
+            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source)
         build.publish()
     except BaseException:
         build.fail()
@@ -241,7 +252,7 @@ def _check_memory(config: CompileConfig, dataset: Dataset, unlabeled, teacher_co
     sizes = {teacher_config.input_size}
     if config.distills:
         sizes.add(config.student_size or student_config.input_size)
-    images = sum(len(samples) for samples in dataset.splits.values()) + len(unlabeled)
+    images = len({s.path for samples in dataset.splits.values() for s in samples}) + len(unlabeled)
     needed = images * sum(s * s * 3 for s in sizes)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -258,7 +269,7 @@ def _bytes(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped) -> dict:
+def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source=None) -> dict:
     """Every stage after the data check, writing into `out` (the staging folder)."""
     images = ImageCache(dataset, unlabeled)
     classes = dataset.classes
@@ -270,9 +281,13 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
     keras.utils.set_random_seed(config.seed)
     strategy = tf.distribute.get_strategy()
 
-    with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
-        teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection))
-        _save_keras(teacher.model, out / TEACHER_FILE)
+    if source is not None:  # --model: nothing to train; the given model is the teacher and the deployed one
+        with timer.stage("source", f"{source.name}: raw RGB pixels in, its preprocessing inside the graph ({teacher_config.input_size} px)"):
+            teacher = _source_stage(config, source, teacher_config, images, out)
+    else:
+        with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
+            teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection))
+            _save_keras(teacher.model, out / TEACHER_FILE)
 
     deployed, baseline = teacher, None
     if config.distills:
@@ -298,7 +313,7 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
 
     # The float exports depend only on the deployed model: a replay that changes only the
     # quantization takes them (already verified once) from the cache.
-    export_key = stage_key("export", model=keys["student" if deployed is not teacher else "teacher"])
+    export_key = stage_key("export", model=keys[deployed.role])
     if adaptation is not None:
         export_key = stage_key("export", model=export_key, adapted=adaptation["key"])
     exported = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"])
@@ -310,9 +325,9 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
             for fmt, path in unverified.items():
                 shutil.copyfile(exported[f"model.fp32.{fmt}"], path)
         else:
-            with activity("convert to TFLite"):
+            with activity("convert to TFLite"), _conversion_errors(deployed, "the float TFLite conversion"):
                 tflite_file = export_tflite(deployed.model, out / "model.unverified.tflite")
-            with activity("convert to ONNX"):
+            with activity("convert to ONNX"), _conversion_errors(deployed, "the ONNX conversion"):
                 onnx_file = export_onnx(deployed.model, out / "model.unverified.onnx")
             unverified = {"tflite": tflite_file, "onnx": onnx_file}
 
@@ -323,7 +338,8 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
             cache.store_files("export", export_key, {f"model.fp32.{fmt}": path for fmt, path in float_files.items()})
 
     with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
-        optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
+        with _conversion_errors(deployed, "building the quantized files", "--quantize fp16 or fp32 still works, and int8 without --qat/--prune"):
+            optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
 
     with timer.stage("package", "deployed files, metadata, app handoff"):
         deployed_files = _package(config, target, out, deployed, optimizer, classes, images)
@@ -375,18 +391,18 @@ def plan(config: CompileConfig) -> dict:
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
     keys = _stage_keys(config, dataset, unlabeled)
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
-    stages = []
+    stages = [{"stage": "source", "key": keys["source"], "cached": False}] if config.model else []
     for stage in ("teacher", "student_head", "student", "baseline"):
         if stage in keys and (stage != "baseline" or config.baseline):
             cached = cache.root is not None and (cache.root / f"{stage}-{keys[stage]}" / StageCache.RECORD).is_file()
             stages.append({"stage": stage, "key": keys[stage], "cached": cached})
     # The float exports are cached by the deployed model's key (as in compile_model).
-    export_key = stage_key("export", model=keys["student" if config.distills else "teacher"])
+    export_key = stage_key("export", model=keys["source" if config.model else "student" if config.distills else "teacher"])
     export_cached = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"]) is not None
     stages.append({"stage": "export", "key": export_key, "cached": export_cached})
     stages += [{"stage": s, "key": None, "cached": False} for s in ("verify", "optimize", "package")]
     cached = {s["stage"] for s in stages if s["cached"]}
-    needs = _weights_needed(config, cached)
+    needs = [] if config.model else _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)
     summary_console.print("stages:")
     for s in stages:
@@ -678,6 +694,12 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         finetune_learning_rate=config.finetune_learning_rate,
     )
     keys = {"data_content": content, "data": data, "teacher": teacher}
+    if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
+        model = Path(config.model)
+        files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
+        contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
+        return {"data_content": content, "data": data, "source": stage_key(
+            "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})}
     if config.distills:
         student_head = stage_key(
             "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
@@ -702,6 +724,8 @@ def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:
     for weights in (config.teacher_weights, config.student_weights if config.distills else None):
         if weights and weights.lower() not in ("imagenet", "none") and Path(weights).exists():
             refuse_code_in_model_file(Path(weights), trust_model)
+    if config.model is not None and Path(config.model).exists():  # --model: the same rule, before any work
+        refuse_code_in_model_file(Path(config.model), trust_model)
 
 
 def _weights_id(weights: str) -> str:
@@ -800,8 +824,12 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         optimizer.apply_gate()
         int8 = next(c for c in optimizer.candidates if c.name == "int8")
         if int8.gate != "passed" and not config.qat:
-            console.print(f"    post-training int8 {int8.gate}: trying quantization-aware training")
-            optimizer.ensure("int8-qat")
+            why_not = _why_no_fine_tuning(deployed)
+            if why_not:
+                console.print(f"    post-training int8 {int8.gate}; quantization-aware training cannot run: {why_not}")
+            else:
+                console.print(f"    post-training int8 {int8.gate}: trying quantization-aware training")
+                optimizer.ensure("int8-qat")
     elif mode != "fp32":
         optimizer.settle(mode)
         if config.qat and mode == "int8":
@@ -1030,7 +1058,7 @@ def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, im
 
     _, y_test = images.get("test", deployed.input_size)
     held_out = images.held_out["test"]
-    rows = [_artifact(out / TEACHER_FILE, "keras", teacher.test_probs, y_test, classes, None, held_out)]
+    rows = [_artifact(out / _keras_file(teacher), "keras", teacher.test_probs, y_test, classes, None, held_out)]
     if deployed is not teacher:
         rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None, held_out))
     fp32_accuracy = {}
@@ -1102,7 +1130,7 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
     held_out = images.held_out["test"]
     _, y_train = images.get("train", deployed.input_size)
     summarise = dict(test_held_out=held_out, y_train=y_train)
-    models = {"teacher": teacher.summary(y_test, classes, **summarise)}
+    models = {teacher.role: teacher.summary(y_test, classes, **summarise)}
     if deployed is not teacher:
         models["student"] = deployed.summary(y_test, classes, **summarise)
     if baseline is not None:
@@ -1118,7 +1146,7 @@ def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed,
                 "distillation_gain_macro_f1": student["macro_f1"] - base["macro_f1"],
                 "student_minus_teacher_accuracy": student["accuracy"] - teach["accuracy"] if teach else None,
             }
-    files = [TFLITE_FILE, ONNX_FILE, TEACHER_FILE] + ([STUDENT_FILE] if deployed is not teacher else [])
+    files = [TFLITE_FILE, ONNX_FILE, _keras_file(teacher)] + ([STUDENT_FILE] if deployed is not teacher else [])
     return {
         "edgetl_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1140,6 +1168,8 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
     """How every accuracy in the report was obtained, in words and figures."""
     n_train, n_val, n_test = (len(dataset.splits[s]) for s in ("train", "val", "test"))
     given = "given" if "test" not in dataset.carved else "carved from the training images"
+    if config.model is not None:
+        return _source_evaluation(config, dataset)
     if dataset.selection == "cv":
         choices = (f"{config.folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
                    "between each model's linear probe and its fine-tuning or distillation, and the number of epochs; "
@@ -1185,3 +1215,125 @@ def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | N
 def _scored(row: dict) -> dict:
     """A row's metrics: on the test split, or on the training images when there is none."""
     return row["test"] if row.get("test") is not None else row["training_images"]
+
+
+# --------------------------------------------------------------------------------------------
+# --model: a classifier trained elsewhere (compiler/source_model.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _keras_file(trained: TrainedModel) -> str:
+    """The Keras file a model is saved as in the build."""
+    return {"source": SOURCE_FILE, "student": STUDENT_FILE}.get(trained.role, TEACHER_FILE)
+
+
+def _source_dataset(dataset: Dataset, source, config: CompileConfig) -> Dataset:
+    """DATA's classes matched to the model's outputs, and which images do what (nothing trains)."""
+    from edgetl.compiler.source_model import evaluation_dataset, match_classes
+
+    dataset = evaluation_dataset(match_classes(dataset, source, config.labels))
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    if test is train:
+        console.print(f"    {len(train)} images: all of them calibrate int8, feed the accuracy gate and score the files (nothing is trained)")
+    else:
+        console.print(f"    {len(train)} images calibrate int8 and feed the accuracy gate; the {len(test)} of test/ score the files")
+    return dataset
+
+
+def _source_stage(config: CompileConfig, source, model_config: ModelConfig, images: ImageCache, out: Path) -> TrainedModel:
+    """Wrap the user's model as an edgetl graph and check it against the user's model fed the
+    user's preprocessing in NumPy: that reference is what every export is then verified against."""
+    from edgetl.compiler.quantize import calibration_sample
+    from edgetl.compiler.source_model import WRAP_ATOL, reference_probs, wrap_source
+    from edgetl.compiler.verify import compare
+    from edgetl.runtime.keras_model import KerasSession
+
+    size = model_config.input_size
+    x_train, y_train = images.get("train", size)
+    wrapped = wrap_source(source, calibration_sample(x_train, y_train, 64, config.seed), config.model_output)
+    why_not = wrapped.fine_tunable
+    if why_not and (config.qat or config.prune):
+        asked = "--qat" if config.qat else "--prune"
+        raise SettingError(f"{asked} cannot run on {source.path}: {why_not}; post-training int8, fp16 and fp32 still work: drop {asked}")
+    x_test, _ = images.get("test", size)
+    reference = reference_probs(source, x_test, softmax=wrapped.output == "logits", batch_size=config.batch_size)
+    mine = KerasSession(model=wrapped.model).predict(x_test, config.batch_size)
+    check = compare(SOURCE_FILE, "keras", mine, reference, WRAP_ATOL)
+    if not check.passed:
+        raise ExportMismatchError(f"{check.describe_failure()}: the wrapped model does not compute what {source.path} computes with "
+                                  "the preprocessing given; please report this with the model")
+    if source.edgetl_model:
+        how = "an edgetl model: used as it is"
+    elif wrapped.output == "logits":
+        how = f"it outputs logits ({'--model-output logits' if config.model_output == 'logits' else 'rows that are not probabilities on DATA'}): a Softmax was appended"
+    else:
+        how = "it outputs probabilities" + (f"; its softmax was split from layer {wrapped.logits_from!r} (now 'logits')" if wrapped.logits_from else "")
+    record = {"source": {
+        "file": str(source.path),
+        "edgetl_model": source.edgetl_model,
+        "preprocessing": source.contract.describe(),
+        "output": wrapped.output,
+        "softmax_appended": wrapped.output == "logits",
+        "how": how,
+        "logits_layer": wrapped.logits_from,
+        "flattened": wrapped.flat,
+        "qat_unavailable": why_not,
+        "reference_check": {**check.to_json(), "against": "the given model fed its preprocessing in NumPy, on the images that score the files"},
+    }}
+    console.print(f"    {source.name}: {how}; preprocessing {source.contract.describe()}")
+    console.print(f"    wrapped model vs the given one: top-1 agreement {check.top1_agreement:.2%}, max |dp| {check.max_abs_diff:.2g} on {check.images} images")
+    config_with_params = dataclasses.replace(model_config, params=int(wrapped.model.count_params()))
+    trained = TrainedModel("source", source.name, config_with_params, wrapped.model, size, record, test_probs=reference)
+    _save_keras(wrapped.model, out / SOURCE_FILE)
+    return trained
+
+
+def _why_no_fine_tuning(deployed: TrainedModel) -> str | None:
+    """Why QAT cannot run on the deployed model (a --model edgetl cannot flatten), or None."""
+    return (deployed.training.get("source") or {}).get("qat_unavailable")
+
+
+@contextlib.contextmanager
+def _conversion_errors(deployed: TrainedModel, what: str, still_works: str = "nothing can be exported until it converts"):
+    """A converter's failure on a model the user brought, as one line naming the op or layer.
+
+    edgetl's own models convert by construction; a user's may hold ops TFLite or tf2onnx lack."""
+    if deployed.role != "source":
+        yield
+        return
+    try:
+        yield
+    except (ExportMismatchError, SettingError, ResourceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - converter errors come in many types, all mean "cannot convert"
+        import re
+
+        text = " ".join(str(exc).split())
+        named = re.findall(r"'(tf\.[A-Za-z0-9_]+|tfl\.[A-Za-z0-9_]+)' op|layer[ \"']+([A-Za-z0-9_./-]+)", text)
+        where = next((a or b for a, b in named), None)
+        detail = f"at {where}" if where else f"({type(exc).__name__}: {text[:200]})"
+        raise ModelFileError(f"{deployed.name}: {what} failed {detail}; {still_works}") from None
+
+
+def _source_evaluation(config: CompileConfig, dataset: Dataset) -> dict:
+    """How the figures of a --model compile were obtained."""
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    if test is train:
+        accuracy = (f"nothing was trained: every one of the {len(test)} images of DATA calibrated int8, fed the accuracy gate "
+                    "and scored the files, and accuracies marked test are on all of them. edgetl cannot know whether your "
+                    "model was trained on some of these images: if it was, they overstate its accuracy on new images "
+                    "(give DATA a test/ folder of images it never saw for a held-out figure). What quantization changed "
+                    "(file against the source model, same images) is measured either way")
+        images = f"all {len(test)} images of DATA"
+        measured = (f"Nothing was trained here (--model): accuracies are on all {len(test)} images of DATA, which also calibrated "
+                    "int8 and fed the accuracy gate; your model may have been trained on some of them (a test/ folder of new "
+                    "images gives a held-out figure). Brackets give the 95% Wilson interval.")
+    else:
+        accuracy = (f"nothing was trained: the {len(train)} images of train/ (and val/) calibrated int8 and fed the accuracy gate; "
+                    f"accuracies marked test are on the {len(test)} images of test/, which decided nothing")
+        images = f"the {len(test)} images of test/"
+        measured = (f"Nothing was trained here (--model): accuracies are on the {len(test)} images of test/, which decided nothing "
+                    "(your model may still have seen them in its own training). Brackets give the 95% Wilson interval.")
+    return {"selection": "none (--model: nothing trained)", "folds": None, "cv_below": config.cv_below, "test_images": len(test),
+            "val_images": 0, "train_images": len(train), "choices": "none: the model was given (--model)",
+            "accuracy": accuracy, "scored_on": images, "measured": measured}

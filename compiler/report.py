@@ -80,7 +80,7 @@ def print_summary(report: dict) -> None:
             f"{m['macs'] / 1e6:.1f}M",
             _accuracy_cell(m),
             f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
-            f"{_best_val(m['training']):.3f}",
+            "" if _best_val(m["training"]) != _best_val(m["training"]) else f"{_best_val(m['training']):.3f}",  # nan: not trained here
         )
     console.print(model_table)
     if report.get("distillation"):

@@ -77,6 +77,9 @@ def how_measured(report: dict) -> str:
     figure = deployed_figure(report)
     if figure is None:
         return "No accuracy was measured: the compile had neither a test split nor a cross-validated estimate."
+    measured = (report.get("evaluation") or {}).get("measured")
+    if figure.source == "test" and report["deployed"].get("model") == "source" and measured:
+        return measured  # --model: nothing was trained here, but the user's model may have seen the images
     if figure.source == "test":
         return (f"Accuracies are measured on the held-out test split ({figure.n} images the training never saw); "
                 "brackets give the 95% Wilson interval.")

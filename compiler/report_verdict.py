@@ -86,7 +86,11 @@ def _comparisons(report: dict) -> list[str]:
     models = report["models"]
     deployed_role = report["deployed"].get("model")
     out = []
-    if deployed_role == "teacher":
+    if deployed_role == "source":  # --model: the file against the model it was converted from
+        text = _compare_text(report, "source", f"the given model ({_model_name(report, 'source')}) it was converted from")
+        if text:
+            out.append(text)
+    elif deployed_role == "teacher":
         text = _compare_text(report, "teacher", f"the float teacher ({_model_name(report, 'teacher')}) it was converted from")
         if text:
             out.append(text)

@@ -147,12 +147,35 @@ def compile_command(
         bool,
         typer.Option(
             "--trust-model",
-            help="Accept a --teacher-weights/--student-weights file that is a full Keras model holding code "
+            help="Accept a --model, --teacher-weights or --student-weights file that is a full Keras model holding code "
             "(Lambda layers, bytecode). Never read from a recipe.",
         ),
     ] = False,
+    model: Annotated[
+        Optional[Path], typer.Option(help="A trained Keras classifier (.keras, .h5 or SavedModel folder) to compile as it is: no training; DATA calibrates, gates and scores it.", rich_help_panel="Bring your own model")
+    ] = None,
+    input_size: Annotated[
+        Optional[int], typer.Option(min=16, help="The --model's input px, when its input shape does not fix it.", rich_help_panel="Bring your own model")
+    ] = None,
+    preprocess: Annotated[
+        Optional[str], typer.Option(help="How the --model expects pixels: raw (0..255), tf (-1..1), torch (0..1, ImageNet mean/std), caffe (BGR, ImageNet mean). Put inside the exported graph.", rich_help_panel="Bring your own model")
+    ] = None,
+    mean: Annotated[
+        Optional[str], typer.Option(help="Instead of --preprocess: the --model's input is (pixels x scale - mean) / std; one number or three, e.g. 0.485,0.456,0.406.", rich_help_panel="Bring your own model")
+    ] = None,
+    std: Annotated[Optional[str], typer.Option(help="See --mean; one number or three. \\[default: 1]", rich_help_panel="Bring your own model")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="See --mean, e.g. 1/255. \\[default: 1]", rich_help_panel="Bring your own model")] = None,
+    channel_order: Annotated[
+        Optional[str], typer.Option(help="RGB or BGR: the channel order the --model expects. \\[default: the preset's, else RGB]", rich_help_panel="Bring your own model")
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option(help="The --model's class names in output order, one per line. \\[default: DATA's class folders, sorted]", rich_help_panel="Bring your own model")
+    ] = None,
+    model_output: Annotated[
+        str, typer.Option(help="auto (a softmax in the model, else measured on DATA), probabilities or logits (a Softmax is appended).", rich_help_panel="Bring your own model")
+    ] = "auto",
 ):
-    """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]."""
+    """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]. With --model, compile a classifier you trained yourself."""
     from edgetl.compiler.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
     from edgetl.compiler.recipe import load_recipe
@@ -167,6 +190,8 @@ def compile_command(
         "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
         "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
+        "model": model, "input_size": input_size, "preprocess": preprocess, "mean": mean, "std": std, "scale": scale,
+        "channel_order": channel_order, "labels": labels, "model_output": model_output,
     }
     if recipe is not None:
         settings = load_recipe(recipe)

@@ -9,7 +9,7 @@ covered without touching this file.
   value, fails here (a renamed option breaks this test).
 - Every `--option` the README's code spans name must be an option of some edgetl command.
 - Cheap ones run for real, in a folder holding `photos/` (generated colour images in
-  train/val/test folders) and `photo1.jpg`, `photo2.jpg`: `models`, `targets`, `--help`,
+  train/val/test folders), `photo1.jpg`, `photo2.jpg` and `my_model.keras` (a user's classifier): `models`, `targets`, `--help`,
   every `compile` as `--dry-run` (adding only that flag), `predict` and `bench` on a tiny model
   built first into `build/flowers/` (bench gets `--runs 3 --warmup 0`, and `--threads 1` when it
   names none: options that only shorten it), and the Python snippet with its CompileConfig
@@ -39,6 +39,8 @@ EXPENSIVE = {
     "pip install": "installs packages: needs a package index, and would change this environment",
     "pip uninstall": "changes this environment",
     "python -m pytest": "the test suite itself",
+    "edgetl compile ../shared/datasets/flowers12 --model": "needs flowers12 and the model benchmarks/train_own_model.py trains (minutes); "
+    "`edgetl compile photos/ --model my_model.keras` runs instead, and tests/test_source_model.py compiles models brought with --model",
 }
 PYTHON_MODULE_RUNS = "trains or benchmarks real models for minutes; its --help is checked for the options named instead"
 SHORTEN_BENCH = ["--runs", "3", "--warmup", "0"]
@@ -193,8 +195,19 @@ def parse_with_the_cli(argv: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _write_user_model(path: Path) -> None:
+    """`my_model.keras`: a classifier of the user's own (3 colours, -1..1 input), for --model."""
+    from edgetl._compat import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(path)
+
+
 def _write_photos(folder: Path) -> None:
     from PIL import Image
+
+    _write_user_model(folder / "my_model.keras")
 
     for split, per_class, seed in (("train", 14, 0), ("val", 4, 1), ("test", 4, 2)):
         write_color_dataset(folder / "photos" / split, per_class=per_class, seed=seed)
