@@ -10,10 +10,12 @@ the bytes feed the first convolution with no Sub/Mul pass over the image (about 
 EfficientNet-Lite0's int8 p50 here: `python -m edgetl.benchmarks.int8_overhead`).
 
 Calibration images are a class-balanced sample of the training split (`calibration_sample`).
-The full-integer input range is calibrated to exactly [0, 255] whenever the sample nearly
-spans it (`_span_pixel_range`; natural photos always do), so a uint8 input has scale 1 and
-zero point 0: the app feeds the raw pixel bytes, which is also what MediaPipe does with a
-uint8 model (it ignores the scale).
+With an integer input the input range is forced to exactly [0, 255] (`_full_pixel_range`: one
+value set to 0 and one to 255), so the bytes are read exactly as the float model reads pixels:
+uint8 scale 1 and zero point 0, or the folded normalisation. That is also what MediaPipe does
+with a uint8 model (it feeds the bytes and ignores the scale). With a float input the range is
+nudged to [0, 255] only when the sample nearly spans it (`_span_pixel_range`; natural photos
+always do).
 
 Which precision is fastest depends on the model and the machine (dynamic-range int8 makes
 EfficientNet-Lite0 3.5x slower than fp32 on this CPU): callers measure, never assume.
