@@ -283,10 +283,12 @@ def convert_tflite(
     normalisation = _foldable_normalisation(model) if integer_io and fold and not quantization_aware else None
     if normalisation is not None:
         mean, std = normalisation
-        folded = _without_preprocessing(model)
         images = (_full_pixel_range(calibration) - np.float32(mean)) / np.float32(std)
-        data = _convert(folded, precision, images, io_dtype)
-        if _takes_raw_bytes(data, io_dtype, normalisation):
+        try:
+            data = _convert(_without_preprocessing(model), precision, images, io_dtype)
+        except Exception:  # noqa: BLE001 - a model brought with --model may not clone; the layer path still works
+            data = None
+        if data is not None and _takes_raw_bytes(data, io_dtype, normalisation):
             return compact_tflite(data) if compact else data
     data = _convert(model, precision, _input_range(calibration, integer_io), io_dtype)
     if integer_io and not _takes_raw_bytes(data, io_dtype, None):
