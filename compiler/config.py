@@ -64,6 +64,14 @@ class CompileConfig:
     cluster_epochs: int = 4
     cluster_learning_rate: float = 1e-4
     max_accuracy_drop: float = 1.0  # points of val accuracy a quantized file may lose vs fp32
+    # --quantize auto: among the files within the accuracy gate, only those whose p50 measured
+    # here is at most this many ms may be deployed (None: no budget); see compiler/optimize.py.
+    max_latency_ms: float | None = None
+    # Teacher training in bf16 mixed precision (compiler/precision.py): "auto" where the model
+    # family gains from it (ModelConfig.bf16_training, measured with benchmarks/bf16_training.py)
+    # and the machine computes bf16 natively; "bf16" always; "off" never. The trained teacher is
+    # float32 again before anything is exported or checked.
+    mixed_precision: str = "auto"
     target: str | None = None  # a device profile (compiler/targets.py)
     threads: int | None = None  # latency measurement threads (default: the target's, else 4, capped by cores)
     batch_size: int = 32
@@ -336,6 +344,8 @@ _RULES = {
     "cluster_epochs": _int(1, 10_000),
     "cluster_learning_rate": _float(0.0, 10.0, lo_open=True),
     "max_accuracy_drop": _float(0.0, 100.0),
+    "max_latency_ms": lambda v: None if v is None else _float(0.0, 1e6, lo_open=True)(v),
+    "mixed_precision": _choice("auto", "bf16", "off"),
     "target": _optional_text,
     "threads": _int(1, 1024, optional=True),
     "batch_size": _int(1, 4096),

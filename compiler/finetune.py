@@ -122,7 +122,8 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
     features_model = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
     # One trace for every batch, the short last one included (no retracing).
     spec = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
-    forward = tf.function(lambda x: features_model(x, training=False), input_signature=[spec])
+    # float32 out even from a bf16 mixed-precision model: the probe fits on these features.
+    forward = tf.function(lambda x: tf.cast(features_model(x, training=False), tf.float32), input_signature=[spec])
     out = []
     with progress_bar(description, len(images)) as advance:
         for i in range(0, len(images), batch_size):

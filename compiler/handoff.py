@@ -119,13 +119,12 @@ def _io_code(io: dict) -> dict:
             "        let input = floats.withUnsafeBufferPointer { Data(buffer: $0) }"
         )
     else:
-        scale, zp = inp.get("scale", 1.0), inp.get("zero_point", 0)
-        lo, hi = (0, 255) if inp["dtype"] == "uint8" else (-128, 127)
-        if scale == 1.0 and zp == 0:
+        # The bytes as they are (uint8) or minus 128 (int8): the input quantization is what the
+        # model makes of them (its normalisation, when folded there), not arithmetic for the app.
+        if inp["dtype"] == "uint8":
             kotlin_expr, swift_expr = "v", "rgba[i * 4 + c]"
         else:
-            kotlin_expr = f"Math.round(v / {scale:.9g}f + {zp}).coerceIn({lo}, {hi})"
-            swift_expr = f"max({lo}, min({hi}, Int((Float(rgba[i * 4 + c]) / {scale:.9g}).rounded()) + {zp}))"
+            kotlin_expr, swift_expr = "v - 128", "Int(rgba[i * 4 + c]) - 128"
         kotlin_put, in_bytes = f"input.put(({kotlin_expr}).toByte())", 1
         swift_type = "UInt8" if inp["dtype"] == "uint8" else "Int8"
         swift_input = (

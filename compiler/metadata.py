@@ -15,10 +15,12 @@ What we write, for an image classifier:
 - model: name, description, version, author, license, min_parser_version;
 - input tensor: ImageProperties(RGB); for a float32 input fed raw pixels 0..255 (edgetl's
   contract: normalisation is inside the graph) NormalizationOptions mean [0] std [1], so a client
-  passes the pixels unchanged, and Stats min [0] max [255]; a uint8 input gets no
-  NormalizationOptions (clients feed uint8 pixels as they are) and the same Stats; an int8
-  input (`--io-dtype int8`, for runtimes that take int8 tensors) gets none either, and its
-  description gives the tensor's quantization (pixel - 128 for scale 1, zero point -128).
+  passes the pixels unchanged, and Stats min [0] max [255]; a uint8 input takes the pixel
+  bytes as they are and an int8 input (`--io-dtype int8`, for runtimes that take int8
+  tensors) the bytes minus 128, with the same Stats; when the model's normalisation is folded
+  into that input's quantization (EfficientNet-Lite: scale 1/128, zero point 127), its
+  NormalizationOptions give it (mean [127] std [128], what Model Maker writes for its uint8
+  models), else there are none; the int8 description gives the tensor's quantization.
   MediaPipe's ImageClassifier reads such a file's metadata but refuses to run an int8 input
   tensor ("Requested one of these types: uint8/float32"): that is MediaPipe's limit;
 - output tensor: FeatureProperties, Stats min [0] max [1] (probabilities) and `labels.txt` as a
@@ -304,16 +306,23 @@ def _build_metadata(
             "normalises them itself, hence normalisation mean 0, std 1)."
         )
         units = [mb.normalization_unit(mean=[0.0], std=[1.0])]
-    elif input_kind == "int8":
-        scale, zero_point = input_quantization
-        input_description = (
-            f"Input image: RGB, {height}x{width}, pixel values 0..255 quantized to int8 as "
-            f"round(pixel / {scale:g}) + {zero_point} (scale {scale:g}, zero point {zero_point})."
-        )
-        units = []
     else:
-        input_description = f"Input image: RGB, {height}x{width}, raw pixel values 0..255 as uint8."
-        units = []
+        # An integer input takes the pixel bytes (int8: minus 128). When its quantization is not
+        # the identity on them, it is the model's normalisation folded into the input: say so
+        # in NormalizationOptions, as Model Maker's uint8 models do (clients feed the bytes).
+        scale, zero_point = input_quantization
+        offset = 0 if input_kind == "uint8" else -128
+        folded = not (scale == 1.0 and zero_point == offset)
+        mean, std = zero_point - offset, float(f"{1.0 / scale:.6g}")  # 1/128 -> 128, not 127.99999
+        reads = f"; the model reads them as (pixel - {mean:g}) / {std:g}" if folded else ""
+        if input_kind == "int8":
+            input_description = (
+                f"Input image: RGB, {height}x{width}, pixel values 0..255 as int8 pixel - 128 "
+                f"(scale {scale:g}, zero point {zero_point}{reads})."
+            )
+        else:
+            input_description = f"Input image: RGB, {height}x{width}, raw pixel values 0..255 as uint8{reads}."
+        units = [mb.normalization_unit(mean=[float(mean)], std=[float(std)])] if folded else []
     input_tensor = mb.tensor(
         "image",
         input_description,

@@ -286,7 +286,8 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
             teacher = _source_stage(config, source, teacher_config, images, out)
     else:
         with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
-            teacher = _cached(cache, "teacher", keys["teacher"], lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection))
+            teacher = _cached(cache, "teacher", keys["teacher"], lambda: _in_training_precision(
+                config, teacher_config, len(classes), lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection)))
             _save_keras(teacher.model, out / TEACHER_FILE)
 
     deployed, baseline = teacher, None
@@ -459,6 +460,22 @@ def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: Ima
     record = training.to_json()
     record["selection"] = _holdout_selection(record["head"]["val_accuracy"], record["top"], images.samples["val"])
     return TrainedModel("teacher", config.teacher, model_config, model, size, record)
+
+
+def _in_training_precision(config: CompileConfig, model_config: ModelConfig, num_classes: int, train) -> TrainedModel:
+    """Run `train` (a teacher stage) in bf16 mixed precision when --mixed-precision decides so
+    (compiler/precision.py); what comes back is always a float32 model."""
+    from edgetl.compiler.precision import MIXED_POLICY, float32_copy, training_policy, use_bf16
+
+    bf16, why = use_bf16(config.mixed_precision, model_config)
+    if bf16:
+        console.print(f"    training in bf16 mixed precision: {why}")
+    with training_policy(bf16):
+        trained = train()
+    if bf16:
+        trained.model = float32_copy(trained.model, trained.name, num_classes, trained.input_size, config.dropout)
+    trained.training = {**trained.training, "precision": {"policy": MIXED_POLICY if bf16 else "float32", "why": why}}
+    return trained
 
 
 def _holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dict:
@@ -692,6 +709,7 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         weights=_weights_id(config.teacher_weights),
         finetune_epochs=config.finetune_epochs,
         finetune_learning_rate=config.finetune_learning_rate,
+        **_precision_key(config),
     )
     keys = {"data_content": content, "data": data, "teacher": teacher}
     if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
@@ -712,6 +730,13 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         )
         keys["baseline"] = stage_key("baseline", **training)
     return keys
+
+
+def _precision_key(config: CompileConfig) -> dict:
+    """The teacher's training precision, for its cache key: bf16 trains a different model."""
+    from edgetl.compiler.precision import MIXED_POLICY, use_bf16
+
+    return {"precision": MIXED_POLICY} if use_bf16(config.mixed_precision, get_config(config.teacher))[0] else {}
 
 
 def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:

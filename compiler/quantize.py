@@ -1,14 +1,21 @@
 """Post-training quantization: TFLite (fp16, dynamic-range, full-integer int8) and ONNX (static QDQ).
 
 Every file takes what the float exports take, raw RGB pixels 0..255 NHWC, except that a
-full-integer TFLite may take them as uint8 or int8 (see `tflite_io_details` for the formula an
-app uses); the normalisation stays inside the graph (the model's "preprocess" layer).
+full-integer TFLite may take them as uint8 or int8: the raw bytes (uint8) or the bytes minus
+128 (int8), never any other arithmetic (see `tflite_io_details`). The normalisation stays
+inside every file: in the float graph it is the model's "preprocess" layer; in a full-integer
+file with integer input it is folded into the input tensor's quantization when it can be
+(`_foldable_normalisation`: (x - 127) / 128 is exactly uint8 scale 1/128, zero point 127), so
+the bytes feed the first convolution with no Sub/Mul pass over the image (about 10% of
+EfficientNet-Lite0's int8 p50 here: `python -m edgetl.benchmarks.int8_overhead`).
 
 Calibration images are a class-balanced sample of the training split (`calibration_sample`).
-The full-integer input range is calibrated to exactly [0, 255] whenever the sample nearly
-spans it (`_span_pixel_range`; natural photos always do), so a uint8 input has scale 1 and
-zero point 0: the app feeds the raw pixel bytes, which is also what MediaPipe does with a
-uint8 model (it ignores the scale).
+With an integer input the input range is forced to exactly [0, 255] (`_full_pixel_range`: one
+value set to 0 and one to 255), so the bytes are read exactly as the float model reads pixels:
+uint8 scale 1 and zero point 0, or the folded normalisation. That is also what MediaPipe does
+with a uint8 model (it feeds the bytes and ignores the scale). With a float input the range is
+nudged to [0, 255] only when the sample nearly spans it (`_span_pixel_range`; natural photos
+always do).
 
 Which precision is fastest depends on the model and the machine (dynamic-range int8 makes
 EfficientNet-Lite0 3.5x slower than fp32 on this CPU): callers measure, never assume.
@@ -113,6 +120,66 @@ def _span_pixel_range(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def _full_pixel_range(images: np.ndarray) -> np.ndarray:
+    """Float copy of `images` with one value set to 0 and one to 255, always.
+
+    For a file with an integer input the input range is the interface, not a property of the
+    data: the app feeds bytes 0..255, so the input quantization must cover exactly that
+    (uint8 scale 1 zero point 0, or the folded normalisation), however dark the sample is.
+    """
+    images = np.array(images, dtype=np.float32)
+    flat = images.reshape(-1)
+    flat[flat.argmin()] = PIXEL_MIN
+    flat[flat.argmax()] = PIXEL_MAX
+    return images
+
+
+def _foldable_normalisation(model) -> tuple[float, float] | None:
+    """(mean, std) of the model's "preprocess" layer when it can become the input quantization.
+
+    That needs the layer right on the input, RGB (a channel reversal is not a quantization),
+    and one mean and one std for all channels (TFLite activations are quantized per tensor).
+    EfficientNet-Lite and MobileNetV3 qualify; ResNet50's per-channel "caffe" means do not.
+    """
+    from edgetl.models import PREPROCESS_LAYER
+    from edgetl.models._layers import ImagePreprocessing
+
+    layer = next((lyr for lyr in model.layers if lyr.name == PREPROCESS_LAYER), None)
+    if not isinstance(layer, ImagePreprocessing) or layer.channel_order != "RGB":
+        return None
+    if len(set(layer.mean)) != 1 or len(set(layer.std)) != 1 or len(model.inputs) != 1:
+        return None
+    if layer.input is not model.inputs[0]:
+        return None
+    return layer.mean[0], layer.std[0]
+
+
+def _without_preprocessing(model):
+    """A copy of `model` that starts after its "preprocess" layer (same weights)."""
+    from edgetl._compat import keras
+    from edgetl.models import INPUT_NAME, PREPROCESS_LAYER
+
+    body = keras.Model(model.get_layer(PREPROCESS_LAYER).output, model.output, name=model.name)
+    # A named input: the file's input tensor is called what every edgetl file's is, and two
+    # conversions give the same bytes (an automatic name counts up within a process).
+    inputs = keras.Input(model.input_shape[1:], dtype="float32", name=INPUT_NAME)
+    copy = keras.models.clone_model(body, input_tensors=inputs)
+    copy.set_weights(body.get_weights())
+    return copy
+
+
+def _takes_raw_bytes(data: bytes, io_dtype: str, normalisation: tuple[float, float] | None) -> bool:
+    """Whether the file's integer input reads raw bytes (uint8) or bytes - 128 (int8) as the
+    model's input: pixels (normalisation None) or (pixel - mean) / std."""
+    inp = _interpreter(data).get_input_details()[0]
+    scale, zero_point = inp["quantization"]
+    offset = 0 if io_dtype == "uint8" else -128
+    mean, std = normalisation or (0.0, 1.0)
+    # The zero point is an integer: a mean such as 127.5 lands half a level away (1/255 of the
+    # range), well inside int8's own rounding; a wrong fold would be off by many levels.
+    return abs(scale * std - 1.0) < 1e-5 and abs(zero_point - offset - mean) <= 0.5
+
+
 # --------------------------------------------------------------------------------------------
 # TFLite
 # --------------------------------------------------------------------------------------------
@@ -165,6 +232,7 @@ def convert_tflite(
     calibration: np.ndarray | None = None,
     io_dtype: str = "float32",
     compact: bool = True,
+    fold: bool = True,
 ) -> bytes:
     """Convert a Keras classifier (raw 0..255 float pixels in) to TFLite at `precision`.
 
@@ -184,9 +252,13 @@ def convert_tflite(
 
     compact: re-serialise quantized files with identical quantization vectors stored once
     (`compact_tflite`: lossless, about 7% smaller for a per-channel int8 EfficientNet-Lite0).
-    """
-    from edgetl._compat import tf
 
+    fold: with integer I/O, convert the model without its "preprocess" layer and let the input
+    quantization be the normalisation (`_foldable_normalisation`), so the app still feeds raw
+    bytes and the graph starts at the first convolution. When the model's normalisation cannot
+    be folded (or the converter's input quantization does not come out as it), the layer is
+    converted as before (Sub and Mul in int8).
+    """
     precision = Precision(precision)
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
@@ -201,10 +273,42 @@ def convert_tflite(
             f"a quantization-aware model converts to int8 only (got {precision.value}); "
             "convert the float model for other precisions"
         )
-    if is_quantization_aware(model):
+    quantization_aware = is_quantization_aware(model)
+    if quantization_aware:
         from edgetl.compiler.compress import conversion_copy
 
         model = conversion_copy(model)  # all-zero (pruned) weight channels: a usable range
+    integer_io = precision is Precision.INT8 and io_dtype != "float32"
+    # A QAT model's fake-quant wrappers are not rebuilt by clone_model: it keeps the layer.
+    normalisation = _foldable_normalisation(model) if integer_io and fold and not quantization_aware else None
+    if normalisation is not None:
+        mean, std = normalisation
+        images = (_full_pixel_range(calibration) - np.float32(mean)) / np.float32(std)
+        try:
+            data = _convert(_without_preprocessing(model), precision, images, io_dtype)
+        except Exception:  # noqa: BLE001 - a model brought with --model may not clone; the layer path still works
+            data = None
+        if data is not None and _takes_raw_bytes(data, io_dtype, normalisation):
+            return compact_tflite(data) if compact else data
+    data = _convert(model, precision, _input_range(calibration, integer_io), io_dtype)
+    if integer_io and not _takes_raw_bytes(data, io_dtype, None):
+        raise ValueError(f"the int8 file's {io_dtype} input does not take raw pixel bytes; report this as a bug")
+    if compact and precision in (Precision.INT8, Precision.DYNAMIC):
+        data = compact_tflite(data)
+    return data
+
+
+def _input_range(calibration, integer_io: bool):
+    """Calibration pixels for a float model input: the full 0..255 range forced for an integer
+    input (the app's bytes), nudged only when nearly spanned for a float one."""
+    if calibration is None:
+        return None
+    return _full_pixel_range(calibration) if integer_io else _span_pixel_range(calibration)
+
+
+def _convert(model, precision: Precision, images, io_dtype: str) -> bytes:
+    """One TFLiteConverter run; `images`: calibration inputs exactly as the model takes them."""
+    from edgetl._compat import tf
 
     with _quiet(), warnings.catch_warnings():
         # Integer I/O: "Statistics for quantized inputs were expected, but not specified" is
@@ -218,15 +322,12 @@ def convert_tflite(
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         elif precision is Precision.INT8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = _representative_dataset(model, calibration)
+            converter.representative_dataset = _representative_dataset(model, images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if io_dtype != "float32":
                 converter.inference_input_type = getattr(tf, io_dtype)
                 converter.inference_output_type = getattr(tf, io_dtype)
-        data = converter.convert()
-    if compact and precision in (Precision.INT8, Precision.DYNAMIC):
-        data = compact_tflite(data)
-    return data
+        return converter.convert()
 
 
 def compact_tflite(data: bytes) -> bytes:
@@ -303,7 +404,7 @@ def _representative_dataset(model, calibration: np.ndarray):
         )
     if len(calibration) == 0:
         raise ValueError("calibration set is empty")
-    images = _span_pixel_range(calibration)
+    images = np.asarray(calibration, dtype=np.float32)
 
     def generate():
         for image in images:
@@ -340,15 +441,20 @@ def tflite_io_details(path_or_bytes) -> dict:
     details = {"input": _tensor_io(inp), "output": _tensor_io(out)}
     i, o = details["input"], details["output"]
     if "scale" in i:
-        info = np.iinfo(i["dtype"])
-        if i["scale"] == 1.0 and i["zero_point"] == 0:
-            i["formula"] = f"q = pixel (raw {i['dtype']} RGB bytes, no arithmetic: scale 1, zero point 0)"
-        elif i["scale"] == 1.0:
-            i["formula"] = f"q = pixel {'-' if i['zero_point'] < 0 else '+'} {abs(i['zero_point'])} (scale 1, zero point {i['zero_point']})"
+        # Every edgetl integer input reads the pixel bytes as they are (uint8) or shifted by 128
+        # (int8, the same bits with the top one flipped): no scale to apply, as MediaPipe does.
+        # The quantization then says what the model reads: the pixel itself (scale 1), or its
+        # normalisation folded into the input, (pixel - mean) / std.
+        zp, offset = i["zero_point"], 0 if i["dtype"] == "uint8" else -128
+        i["formula"] = ("q = pixel (raw uint8 RGB bytes, no arithmetic" if i["dtype"] == "uint8"
+                        else "q = pixel - 128 (raw RGB bytes with the top bit flipped, no other arithmetic")
+        if i["scale"] == 1.0 and zp == offset:
+            i["formula"] += f": scale 1, zero point {zp})"
         else:
-            i["formula"] = (
-                f"q = clip(round(pixel / {i['scale']:.9g}) + {i['zero_point']}, {info.min}, {info.max})"
-            )
+            mean, std = zp - offset, 1.0 / i["scale"]
+            i["normalisation"] = {"mean": float(mean), "std": float(f"{std:.6g}")}
+            i["formula"] += (f"; the input quantization, scale 1/{std:.6g} and zero point {zp}, is the "
+                             f"model's normalisation (pixel - {mean}) / {std:.6g})")
     else:
         i["formula"] = "pixel as float32 0..255 (normalisation is inside the model)"
     if "scale" in o:

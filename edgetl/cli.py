@@ -130,6 +130,12 @@ def compile_command(
     max_accuracy_drop: Annotated[
         float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
     ] = 1.0,
+    max_latency_ms: Annotated[
+        Optional[float], typer.Option(min=0.0, help="With --quantize auto: deploy only files whose p50 here is at most this (ms); the fastest within the accuracy gate and the budget wins.", rich_help_panel="Quantization and pruning")
+    ] = None,
+    mixed_precision: Annotated[
+        str, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
+    ] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = None,
     batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Data")] = 32,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = 0.15,
@@ -188,6 +194,7 @@ def compile_command(
         "unlabeled": unlabeled, "adapt": adapt, "target_val": target_val, "adapt_epochs": adapt_epochs, "robustness": robustness,
         "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
         "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
+        "max_latency_ms": max_latency_ms, "mixed_precision": mixed_precision,
         "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
         "model": model, "input_size": input_size, "preprocess": preprocess, "mean": mean, "std": std, "scale": scale,

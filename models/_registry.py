@@ -53,6 +53,10 @@ class ModelConfig:
     unfreeze_from: str
     # Declared tolerance for float exports: max |p_export - p_keras| over held-out images.
     export_atol: float = 1e-4
+    # Whether training this family in bf16 mixed precision pays (--mixed-precision auto): measured
+    # per family with benchmarks/bf16_training.py on a CPU with AVX512_BF16. Off where it does
+    # not speed a training step up (depthwise-convolution families such as EfficientNet-Lite).
+    bf16_training: bool = False
     description: str = ""
 
     @property

@@ -109,6 +109,7 @@ _RESNET50_WEIGHTS = KerasNoTopWeights(
         weights_source="Keras download on first use (~/.keras/models)",
         unfreeze_from="conv5_block1_1_conv",
         export_atol=1e-4,
+        bf16_training=True,  # a training step 1.9x faster in bf16 here (benchmarks/bf16_training.py)
         description="the classic teacher: 25.6M parameters, 4.1 GFLOPs",
     ),
     weights=_RESNET50_WEIGHTS,

@@ -103,6 +103,27 @@ def quantize_pixels(images: np.ndarray, dtype: np.dtype, scale: float, zero_poin
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
+def pixel_bytes(images: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Pixels 0..255 -> an integer image input: the bytes themselves (uint8) or minus 128 (int8).
+
+    The input tensor's scale and zero point are not applied: they say what the model makes of
+    the bytes (the pixel itself, or its normalisation folded into the input quantization, e.g.
+    (pixel - 127) / 128 as scale 1/128, zero point 127), not how to make bytes from pixels.
+    That is how MediaPipe and the TFLite Task Library feed a uint8 image model, and how every
+    image classifier with an integer input is built (edgetl's included: see
+    edgetl.compiler.quantize.convert_tflite).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    if dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    if dtype == np.int8:
+        return np.ascontiguousarray(images ^ np.uint8(0x80)).view(np.int8)  # x - 128, exactly
+    info = np.iinfo(dtype)
+    return np.clip(images.astype(np.int64), info.min, info.max).astype(dtype)
+
+
 def embedded_tflite_info(path: Path) -> dict | None:
     """labels.txt / model_info.json from the zip that TFLite metadata appends to a model."""
     import json
@@ -156,10 +177,7 @@ class _TFLiteIO:
             images = images.transpose(0, 3, 1, 2)
         dtype = np.dtype(self._in["dtype"])
         if dtype.kind in "iu":
-            scale, zero_point = self._in["quantization"]
-            if scale:
-                return quantize_pixels(images, dtype, float(scale), int(zero_point))
-            return np.ascontiguousarray(np.clip(images, 0, 255), dtype=dtype)
+            return pixel_bytes(images, dtype)
         return np.ascontiguousarray(images, dtype=dtype)
 
     def postprocess(self, output: np.ndarray) -> np.ndarray:

@@ -101,6 +101,9 @@ def built(tmp_path_factory):
 
     files["int8"] = folder / "int8.tflite"
     files["int8"].write_bytes(convert_tflite(model, "int8", calibration=x, io_dtype="int8"))
+    # --io-dtype uint8 (the default): tiny_cnn's (x - 127.5) / 127.5 folded into the input quantization.
+    files["uint8_edgetl"] = folder / "uint8_edgetl.tflite"
+    files["uint8_edgetl"].write_bytes(convert_tflite(model, "int8", calibration=x, io_dtype="uint8"))
 
     info = ModelInfo(labels=tuple(LABELS), input_size=SIZE, resize_policy="bilinear stretch", model="tiny_cnn")
     with_md = {}
@@ -147,7 +150,7 @@ def test_weights_and_graph_kept(built, kind):
         assert zf.read("labels.txt").decode() == "red\ngreen\nblue\n"
 
 
-@pytest.mark.parametrize("kind", ["float", "uint8", "int8"])
+@pytest.mark.parametrize("kind", ["float", "uint8", "int8", "uint8_edgetl"])
 def test_read_back(built, kind):
     meta = md.read_tflite_metadata(built["md"][kind])
     assert {k: meta[k] for k in FIELDS} == FIELDS
@@ -155,16 +158,22 @@ def test_read_back(built, kind):
     assert meta["model_info"]["labels"] == LABELS
     assert meta["min_parser_version"] == "1.0.0"
     assert meta["input_size"] == [SIZE, SIZE]
-    assert meta["input_kind"] == {"float": "float_raw_pixels", "uint8": "uint8", "int8": "int8"}[kind]
+    assert meta["input_kind"] == {"float": "float_raw_pixels", "int8": "int8"}.get(kind, "uint8")
     (sub,) = meta["subgraphs"]
     (inp,), (out,) = sub["inputs"], sub["outputs"]
     assert inp["content"] == "image" and inp["color_space"] == "RGB"
     assert inp["stats"] == {"min": [0.0], "max": [255.0]}
     # Float input is raw 0..255 with normalisation inside the graph: the client must pass pixels as
-    # they are. A uint8 input needs no normalisation options.
-    assert inp["normalization"] == ({"mean": [0.0], "std": [1.0]} if kind == "float" else None)
-    if kind == "int8":  # the client is told how pixels become int8
-        assert "scale 1, zero point -128" in inp["description"]
+    # they are. The uint8 file here is a plain conversion (input scale 1, zero point 0): no
+    # normalisation options. The int8 one is edgetl's (convert_tflite): tiny_cnn's (x - 127.5) / 127.5
+    # is folded into its input quantization, and the options say what the model reads.
+    if kind in ("int8", "uint8_edgetl"):
+        norm = inp["normalization"]
+        assert abs(norm["mean"][0] - 127.5) <= 0.5 and norm["std"] == pytest.approx([127.5])
+        assert f"(pixel - {norm['mean'][0]:g}) / 127.5" in inp["description"]
+        assert ("pixel - 128" if kind == "int8" else "raw pixel values 0..255 as uint8") in inp["description"]
+    else:
+        assert inp["normalization"] == ({"mean": [0.0], "std": [1.0]} if kind == "float" else None)
     assert out["content"] == "feature"
     assert out["stats"] == {"min": [0.0], "max": [1.0]}
     assert [(f["name"], f["type"]) for f in out["associated_files"]] == [("labels.txt", "TENSOR_AXIS_LABELS")]
@@ -197,7 +206,7 @@ def test_metadata_matches_mediapipe_schema_reader(built):
     assert (labels.name, labels.type) == (b"labels.txt", ms.AssociatedFileType.TENSOR_AXIS_LABELS)
 
 
-@pytest.mark.parametrize("kind", ["float", "uint8"])
+@pytest.mark.parametrize("kind", ["float", "uint8", "uint8_edgetl"])
 def test_mediapipe_image_classifier_returns_our_labels(built, kind):
     """The real client: MediaPipe Tasks loads the file and names the categories with our labels."""
     mp = mediapipe_module("mediapipe")
@@ -237,7 +246,9 @@ def test_int8_input_file_is_read_by_mediapipe_but_not_run(built):
     meta = ms.ModelMetadataT.InitFromObj(ms.ModelMetadata.GetRootAsModelMetadata(buf, 0))
     (sub,) = meta.subgraphMetadata
     (inp,), (out,) = sub.inputTensorMetadata, sub.outputTensorMetadata
-    assert inp.content.contentProperties.colorSpace == ms.ColorSpaceType.RGB and not inp.processUnits
+    assert inp.content.contentProperties.colorSpace == ms.ColorSpaceType.RGB
+    (unit,) = inp.processUnits  # the folded normalisation, as the int8 input's quantization gives it
+    assert unit.optionsType == ms.ProcessUnitOptions.NormalizationOptions and list(unit.options.std) == [127.5]
     (labels,) = out.associatedFiles
     assert (labels.name, labels.type) == (b"labels.txt", ms.AssociatedFileType.TENSOR_AXIS_LABELS)
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(built["md"]["int8"])))

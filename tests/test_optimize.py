@@ -74,3 +74,18 @@ def test_latencies_within_noise_go_to_the_smaller_file(tmp_path):
     assert chosen.name == "int8" and "smallest" in why
     opt = make_optimizer(tmp_path, [("fp32", "tflite", 0.98, 1.0, None), ("int8", "tflite", 0.976, 1.95, None)])
     assert opt.choose("tflite", pinned=None, prefer_pruned=False)[0].name == "fp32"
+
+
+def test_a_latency_budget_keeps_only_the_files_that_meet_it(tmp_path):
+    rows = [("fp32", "tflite", 0.98, 2.7, None), ("fp16", "tflite", 0.98, 2.6, None), ("int8", "tflite", 0.976, 1.4, None),
+            ("int8-qat", "tflite", 0.95, 0.9, None)]  # the fastest fails the accuracy gate
+    # Without a budget, the tie rule may take a smaller file up to 15% slower; with one, only
+    # files at most that slow count, and the fastest of them that passes the gate is deployed.
+    chosen, why = make_optimizer(tmp_path, rows, max_latency_ms=2.0).choose("tflite", pinned=None, prefer_pruned=False)
+    assert chosen.name == "int8" and "within the 2 ms p50 budget" in why and "fp32 2.70 ms" in why
+    # Nothing within the gate meets it: the fastest within the gate, and the report says so loudly.
+    chosen, why = make_optimizer(tmp_path, rows, max_latency_ms=1.0).choose("tflite", pinned=None, prefer_pruned=False)
+    assert chosen.name == "int8" and why.startswith("NO file within the accuracy gate meets the 1 ms p50 budget")
+    # A pinned precision is not overridden by the budget; the report says whether it meets it.
+    chosen, why = make_optimizer(tmp_path, rows, max_latency_ms=2.0).choose("tflite", pinned="fp16", prefer_pruned=False)
+    assert chosen.name == "fp16" and "OVER the 2 ms budget" in why
