@@ -24,7 +24,7 @@ import numpy as np
 
 from edgetl._compat import keras, tf
 from edgetl.compiler.crossval import choose_epochs, stratified_folds
-from edgetl.compiler.finetune import EpochProgress, extract_features, set_trainable_top, training_dataset
+from edgetl.compiler.finetune import EpochProgress, set_trainable_top, training_dataset
 from edgetl.compiler.probe import Probe, fit_probe_at, set_head
 from edgetl.compiler.progress import progress_bar
 
@@ -161,10 +161,6 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
         if teacher is not None:
             teacher.set_weights(teacher_start)
     return choice
-
-
-def probe_features(model, x, batch_size: int, label: str) -> np.ndarray:
-    return extract_features(model, x, batch_size, f"{label}: features")
 
 
 def fit_fixed(trained, dataset, epochs: int, description: str) -> None:

@@ -41,7 +41,7 @@ from edgetl.compiler.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
 from edgetl.compiler.html_report import HTML_FILE, write_html_report
 from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
-from edgetl.errors import ExportMismatchError, ModelFileError, OutputExistsError, ResourceError, SettingError
+from edgetl.errors import ExportMismatchError, ModelFileError, ResourceError, SettingError
 from edgetl.models import ModelConfig, get_config
 from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
 
@@ -498,8 +498,10 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     """Teacher on small data: probe, cross-validated fine-tuning curve, refit on all images."""
     import time
 
-    from edgetl.compiler.cv_training import finetune_cv, fit_fixed, trainable_weights
+    from edgetl._compat import keras
+    from edgetl.compiler.cv_training import finetune_cv, fit_fixed
     from edgetl.compiler.finetune import extract_features, set_trainable_top, train_head, training_dataset
+    from edgetl.compiler.probe import set_head
 
     start = time.perf_counter()
     size = model_config.input_size
@@ -509,20 +511,16 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features)
     # The backbone as pretrained plus each fold's probe is where each fold starts.
     model.set_weights(pretrained)
-    choice, fold_weights, splits = finetune_cv(
+    choice, fold_weights, _ = finetune_cv(
         model, unfreeze_from=model_config.unfreeze_from, x=x, y=y, features=features, probe=probe,
         num_classes=num_classes, epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
     )
-    from edgetl.compiler.probe import set_head
-
     set_head(model, probe)
     _say_choice("teacher", choice)
     if choice.epochs:
         set_trainable_top(model, model_config.unfreeze_from)
         with strategy.scope():
-            from edgetl._compat import keras
-
             model.compile(keras.optimizers.Adam(config.finetune_learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         fit_fixed(model, training_dataset(x, y, config.batch_size, config.seed), choice.epochs, f"teacher: refit on all {len(y)} images")
     record = {
@@ -531,7 +529,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
         "seconds": time.perf_counter() - start,
     }
     trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)
-    trained.extras = {"fold_weights": fold_weights, "folds": [held.tolist() for _, held in splits]}
+    trained.extras = {"fold_weights": fold_weights}
     return trained
 
 
@@ -647,6 +645,7 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     from edgetl.compiler.cv_training import distill_cv, fit_fixed
     from edgetl.compiler.distill import Distiller, distillation_dataset, logits_model
     from edgetl.compiler.finetune import extract_features, set_trainable_top
+    from edgetl.compiler.crossval import stratified_folds
     from edgetl.compiler.probe import fit_probe_at
     from edgetl.models import get_config as model_config_of
 
@@ -661,8 +660,6 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     fold_weights = (teacher.extras or {}).get("fold_weights") if teacher is not None else None
     if teacher is not None and fold_weights is None:
         raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
-    from edgetl.compiler.crossval import stratified_folds
-
     splits = stratified_folds(y, config.folds, config.seed)
     alpha = config.alpha if teacher is not None else 0.0
     choice = distill_cv(

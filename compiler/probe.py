@@ -15,7 +15,6 @@ model's own "logits" Dense layer on the raw pooled features: the probe is a depl
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 
