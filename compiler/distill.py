@@ -166,7 +166,7 @@ def train_student(
     unfrozen, trainable, start_point = prepare_top(
         student, unfreeze_from, compile_distiller, val, batch_size, trained=distiller
     )
-    keep = KeepBest(patience=patience, baseline=start_point, target=student)
+    keep = KeepBest(patience=patience, baseline=start_point, target=student, val=val, batch_size=batch_size)
     x, y = train_views
     stage = _fit(distiller, (distillation_dataset(x, y, batch_size, seed),), val, epochs, keep, label)
     return DistillResult(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgetl.compiler.atomic import atomic_write_text
 from edgetl.compiler.robustness import render_section as render_robustness_section
-from edgetl.compiler.report_charts import confusion_chart, cross_validation_chart, tradeoff_chart, training_chart
+from edgetl.compiler.report_charts import confusion_chart, cross_validation_chart, selection_records, tradeoff_chart, training_chart
 from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
 from edgetl.compiler.report_gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report_verdict import build_verdict
@@ -123,14 +123,55 @@ def _gallery_section(report: dict) -> list[str]:
     return parts
 
 
+def _selection_table(report: dict) -> list[str]:
+    """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
+    rows = []
+    for role, model in report["models"].items():
+        for stage, selection in selection_records(model.get("training", {})):
+            probe, versus = selection.get("probe") or {}, selection.get("versus_probe")
+            trained = (f"{versus['best_epochs']} epochs: {_accuracy_cell(versus, probe)}"
+                       if versus and versus.get("best_epochs") else "no epoch beat the probe")
+            won = "the linear probe" if selection.get("probe_kept") else f"{selection.get('chosen_epochs')} epochs of training"
+            why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
+            if versus and versus.get("best_epochs") and selection.get("probe_kept"):
+                why += ": not beyond noise, so the probe is kept"
+            rows.append(f"<tr><td>{_e(role)}: {_e(stage)}</td><td>{_e(selection.get('method', ''))}</td>"
+                        f"<td>{_e(_describe(probe))}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
+    if not rows:
+        return []
+    return ["<table><tr><th>model</th><th>chosen by</th><th>linear probe</th><th>best training</th><th>deployed</th>"
+            "<th>why</th></tr>", *rows, "</table>"]
+
+
+def _describe(accuracy: dict) -> str:
+    if not accuracy or not accuracy.get("n"):
+        return "n/a"
+    low, high = accuracy["ci95"]
+    return f"{accuracy['accuracy']:.1%} ({low:.1%}-{high:.1%}, n={accuracy['n']})"
+
+
+def _accuracy_cell(versus: dict, probe: dict) -> str:
+    """The best epoch's accuracy on the selection images: the probe's plus the paired difference."""
+    n = versus.get("n") or probe.get("n") or 0
+    if not n or not probe:
+        return "n/a"
+    return f"{probe['accuracy'] + versus['difference']:.1%} (n={n})"
+
+
 def _training_section(report: dict) -> list[str]:
     charts = [(role, training_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
     charts = [(role, uri) for role, uri in charts if uri]
     curves = [(role, cross_validation_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
     curves = [(role, uri) for role, uri in curves if uri]
-    if not charts and not curves:
+    selections = _selection_table(report)
+    if not charts and not curves and not selections:
         return []
     parts = ["<h2>Training</h2>"]
+    if selections:
+        parts.append("<p class='muted'>Every trained model has two candidates: its linear probe (frozen backbone, "
+                     "logistic-regression head) and its fine-tuning or distillation. Training replaces the probe only "
+                     "when its paired gain on the images that choose is beyond noise (95% interval above zero).</p>")
+        parts += selections
     if curves:
         parts.append("<p class='muted'>Chosen by cross-validation: accuracy on the held-out folds after each epoch of "
                      "training, epoch 0 being the linear probe; training replaces the probe only when it is better "

@@ -459,6 +459,7 @@ def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: Ima
     training = finetune(model, model_config.unfreeze_from, config, images.get("train", size), images.get("val", size), strategy)
     record = training.to_json()
     record["selection"] = _holdout_selection(record["head"]["val_accuracy"], record["top"], images.samples["val"])
+    _say_holdout_choice("teacher", record["selection"])
     return TrainedModel("teacher", config.teacher, model_config, model, size, record)
 
 
@@ -491,7 +492,16 @@ def _holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dic
         "probe_kept": kept,
         "estimate": Accuracy(round((chosen or 0.0) * n), n).to_json(),
         "probe": Accuracy(round((probe_val or 0.0) * n), n).to_json(),
+        "versus_probe": stage.get("versus_start"),
     }
+
+
+def _say_holdout_choice(role: str, selection: dict) -> None:
+    versus = selection.get("versus_probe")
+    if versus and selection["probe_kept"]:
+        console.print(f"    {role}: the linear probe is kept on val: {versus['verdict']}, not beyond noise")
+    elif versus:
+        console.print(f"    {role}: {selection['chosen_epochs']} epochs chosen on val; {versus['verdict']}")
 
 
 def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, images: ImageCache, num_classes: int, strategy):
@@ -633,6 +643,7 @@ def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedM
     )
     record = result.to_json()
     record["selection"] = _holdout_selection(head.training["head"]["val_accuracy"], record["stage"], images.samples["val"])
+    _say_holdout_choice(role, record["selection"])
     training = {**head.training, key: record}
     return TrainedModel(role, config.student, model_config, student, head.input_size, training)
 

@@ -192,16 +192,23 @@ def training_chart(role: str, training: dict) -> str | None:
     return uri
 
 
-def cross_validation_curves(training: dict) -> list[tuple[str, dict]]:
-    """(name, selection record) of every stage chosen by cross-validation (compiler/crossval.py)."""
+def selection_records(training: dict) -> list[tuple[str, dict]]:
+    """(stage name, selection record) of every stage that chose between the probe and training,
+    by cross-validation (compiler/crossval.py) or on the val split (compiler/finetune.py)."""
     found = []
     for key, value in (training or {}).items():
         selection = value.get("selection") if isinstance(value, dict) else None
         if key == "selection":
             selection, key = value, "top"
-        if isinstance(selection, dict) and "cross-validation" in str(selection.get("method")) and selection.get("accuracy_by_epoch"):
+        if isinstance(selection, dict) and "probe_kept" in selection:
             found.append((_STAGE_NAMES.get(key, key.replace("_", " ")), selection))
     return found
+
+
+def cross_validation_curves(training: dict) -> list[tuple[str, dict]]:
+    """(name, selection record) of every stage chosen by cross-validation (compiler/crossval.py)."""
+    return [(name, selection) for name, selection in selection_records(training)
+            if "cross-validation" in str(selection.get("method")) and selection.get("accuracy_by_epoch")]
 
 
 def cross_validation_chart(role: str, training: dict) -> str | None:
