@@ -219,3 +219,31 @@ def test_accuracy_figure_reads_test_then_cv():
     assert accuracy_figure(None) is None
     assert accuracy_figure({"test": None, "cv": {"accuracy": 0.9, "n": 100, "ci95": [0.83, 0.94], "folds": 5}}).source == "cv"
     assert accuracy_figure({"test": {"accuracy": 0.5, "images": 10}}).describe().startswith("50.0% (95% CI")
+
+
+def test_the_page_says_which_candidate_each_model_kept_and_why(tmp_path):
+    """One row per model that chose between its probe and its training, the verdict in words."""
+    from edgetl.compiler.stats import Accuracy, paired_difference
+
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    n = 100
+    # Teacher: training one image better than the probe on val, not beyond noise: probe kept.
+    close = paired_difference([True] * 81 + [False] * 19, [True] * 80 + [False] * 20)
+    report["models"]["teacher"]["training"]["selection"] = {
+        "method": f"held-out validation split ({n} images)", "chosen_epochs": 0, "probe_kept": True,
+        "estimate": Accuracy(80, n).to_json(), "probe": Accuracy(80, n).to_json(),
+        "versus_probe": close.to_json() | {"best_epochs": 3, "verdict": close.verdict("3 epochs of training", "the probe")}}
+    # Student: distillation clearly better out of fold: it replaces the probe.
+    clear = paired_difference([True] * 95 + [False] * 5, [True] * 75 + [False] * 25)
+    report["models"]["student"]["training"]["distillation"]["selection"] = {
+        "method": "3-fold cross-validation", "accuracy_by_epoch": [0.75, 0.9, 0.95], "chosen_epochs": 2, "probe_kept": False,
+        "estimate": Accuracy(95, n).to_json(), "probe": Accuracy(75, n).to_json(),
+        "versus_probe": clear.to_json() | {"best_epochs": 2, "verdict": clear.verdict("2 epochs of training", "the probe")}}
+    page = render(report, tmp_path)
+    rows = re.findall(r"<tr><td>(teacher|student): [^<]*</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
+    assert [r[0] for r in rows] == ["teacher", "student"]
+    teacher, student = rows
+    assert teacher[1].startswith("held-out validation split") and teacher[4] == "the linear probe"
+    assert "within noise" in teacher[5] and "not beyond noise" in teacher[5] and teacher[3].startswith("3 epochs: 81.0%")
+    assert student[1] == "3-fold cross-validation" and student[4] == "2 epochs of training"
+    assert "better than the probe" in student[5] and student[2].startswith("75.0% (")
