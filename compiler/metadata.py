@@ -28,13 +28,13 @@ What we write, for an image classifier:
 Optionally a `model_info.json` (edgetl's own description of the input contract) is stored in
 the zip too, as a model-level associated file; `edgetl.runtime` reads it from there.
 
-Neither mediapipe nor tflite-support is needed at run time (mediapipe is a 43 MB wheel plus
-OpenCV, and tflite-support pins protobuf<4, which TensorFlow 2.21 cannot share): the model is
-read and re-packed with TensorFlow's own TFLite schema bindings (object API), and the small
-metadata flatbuffer is written with plain `flatbuffers.Builder` calls below. Slot numbers and
-union codes are those of `metadata_schema.fbs` as compiled in
-`mediapipe/tasks/metadata/metadata_schema_py_generated.py` (mediapipe 1.2.3); the tests check
-what we write against that generated reader and against MediaPipe's `ImageClassifier`.
+No schema is transcribed here and neither TensorFlow, mediapipe nor tflite-support is needed
+(mediapipe is a 43 MB wheel plus OpenCV; tflite-support pins protobuf<4, which TensorFlow 2.21
+cannot share): the model is read and re-packed with ai-edge-litert's TFLite schema bindings
+(`ai_edge_litert.schema_py_generated`, object API), and the metadata is built and read with
+bindings that flatc generated from `metadata_schema.fbs` (`metadata_schema_py_generated.py`
+beside this file; its header says how to regenerate it). The tests check what we write against
+MediaPipe's own generated reader and its `ImageClassifier`.
 
 ONNX: the same facts as string key/value pairs in the model's `metadata_props` (`labels` as a
 JSON list and `model_info` as JSON, which `edgetl.runtime` reads, plus plain keys for people).
@@ -50,9 +50,10 @@ from pathlib import Path
 
 import flatbuffers
 import numpy as np
-from flatbuffers import number_types as N
-from flatbuffers.table import Table
+from ai_edge_litert import schema_py_generated as tfl
 
+from edgetl.compiler import metadata_schema_py_generated as ms
+from edgetl.compiler.quantize import pack_tflite
 from edgetl.errors import EdgetlError, ModelFileError
 
 TFLITE_IDENTIFIER = b"TFL3"  # model flatbuffer, bytes 4..8 of every .tflite
@@ -75,213 +76,50 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: same inputs, same bytes (a
 _MAX_FLATBUFFER = 2**31 - 1  # flatbuffers use signed 32-bit offsets: 2 GB is the hard limit
 
 
+def _names(enum) -> dict[int, str]:
+    """Code -> name of an enum class of the generated bindings."""
+    return {v: k for k, v in vars(enum).items() if not k.startswith("_")}
+
+
+_TENSOR_TYPES = _names(tfl.TensorType)
+_FILE_TYPES = _names(ms.AssociatedFileType)
+_COLOR_SPACES = _names(ms.ColorSpaceType)
+
+
 class MetadataError(EdgetlError):
     """Metadata that cannot be written to (or read from) the given model."""
 
 
 # --------------------------------------------------------------------------------------------
-# metadata_schema.fbs: slot numbers (field index in declaration order; a union field takes two
-# slots, its type first) and enum/union codes. Vtable byte offset of slot s is 4 + 2 * s.
+# The metadata flatbuffer, through the generated object API
 # --------------------------------------------------------------------------------------------
 
 
-class _ModelMetadata:  # table ModelMetadata (the root)
-    SLOTS = 8
-    NAME = 0  # name: string
-    DESCRIPTION = 1  # description: string
-    VERSION = 2  # version: string
-    SUBGRAPH_METADATA = 3  # subgraph_metadata: [SubGraphMetadata]
-    AUTHOR = 4  # author: string
-    LICENSE = 5  # license: string
-    ASSOCIATED_FILES = 6  # associated_files: [AssociatedFile]
-    MIN_PARSER_VERSION = 7  # min_parser_version: string
+def _table(cls, **fields):
+    """`cls()` (an object-API class of the generated bindings) with `fields` set."""
+    obj = cls()
+    for key, value in fields.items():
+        if not hasattr(obj, key):  # the classes have no __slots__: a typo would pass silently
+            raise AttributeError(f"{cls.__name__} has no field {key!r}")
+        setattr(obj, key, value)
+    return obj
 
 
-class _SubGraphMetadata:  # table SubGraphMetadata (10 fields; we write the first five)
-    SLOTS = 10
-    NAME = 0  # name: string
-    DESCRIPTION = 1  # description: string
-    INPUT_TENSOR_METADATA = 2  # input_tensor_metadata: [TensorMetadata]
-    OUTPUT_TENSOR_METADATA = 3  # output_tensor_metadata: [TensorMetadata]
-    ASSOCIATED_FILES = 4  # associated_files: [AssociatedFile]
-
-
-class _TensorMetadata:  # table TensorMetadata
-    SLOTS = 7
-    NAME = 0  # name: string
-    DESCRIPTION = 1  # description: string
-    DIMENSION_NAMES = 2  # dimension_names: [string] (not written)
-    CONTENT = 3  # content: Content
-    PROCESS_UNITS = 4  # process_units: [ProcessUnit]
-    STATS = 5  # stats: Stats
-    ASSOCIATED_FILES = 6  # associated_files: [AssociatedFile]
-
-
-class _Content:  # table Content
-    SLOTS = 3
-    PROPERTIES_TYPE = 0  # content_properties_type: ubyte (union tag of content_properties)
-    PROPERTIES = 1  # content_properties: ContentProperties (union)
-    RANGE = 2  # range: ValueRange (not written)
-
-
-class _ContentProperties:  # union ContentProperties: type codes
-    NONE = 0
-    FEATURE_PROPERTIES = 1  # FeatureProperties (no fields)
-    IMAGE_PROPERTIES = 2  # ImageProperties
-    BOUNDING_BOX_PROPERTIES = 3
-    AUDIO_PROPERTIES = 4
-
-
-class _ImageProperties:  # table ImageProperties
-    SLOTS = 2
-    COLOR_SPACE = 0  # color_space: ColorSpaceType (byte)
-    DEFAULT_SIZE = 1  # default_size: ImageSize (not written)
-
-
-class _ColorSpaceType:  # enum ColorSpaceType : byte
-    UNKNOWN = 0
-    RGB = 1
-    GRAYSCALE = 2
-
-
-class _ProcessUnit:  # table ProcessUnit
-    SLOTS = 2
-    OPTIONS_TYPE = 0  # options_type: ubyte (union tag of options)
-    OPTIONS = 1  # options: ProcessUnitOptions (union)
-
-
-class _ProcessUnitOptions:  # union ProcessUnitOptions: type codes
-    NONE = 0
-    NORMALIZATION_OPTIONS = 1  # NormalizationOptions
-    SCORE_CALIBRATION_OPTIONS = 2
-    SCORE_THRESHOLDING_OPTIONS = 3
-
-
-class _NormalizationOptions:  # table NormalizationOptions
-    SLOTS = 2
-    MEAN = 0  # mean: [float]
-    STD = 1  # std: [float]
-
-
-class _Stats:  # table Stats
-    SLOTS = 2
-    MAX = 0  # max: [float]
-    MIN = 1  # min: [float]
-
-
-class _AssociatedFile:  # table AssociatedFile
-    SLOTS = 5
-    NAME = 0  # name: string
-    DESCRIPTION = 1  # description: string
-    TYPE = 2  # type: AssociatedFileType (byte)
-    LOCALE = 3  # locale: string (not written)
-    VERSION = 4  # version: string (not written)
-
-
-class _AssociatedFileType:  # enum AssociatedFileType : byte
-    UNKNOWN = 0
-    DESCRIPTIONS = 1
-    TENSOR_AXIS_LABELS = 2
-    TENSOR_VALUE_LABELS = 3
-    TENSOR_AXIS_SCORE_CALIBRATION = 4
-    VOCABULARY = 5
-
-
-_FILE_TYPE_NAMES = {v: k for k, v in vars(_AssociatedFileType).items() if not k.startswith("_")}
-_COLOR_SPACE_NAMES = {v: k for k, v in vars(_ColorSpaceType).items() if not k.startswith("_")}
-
-
-# --------------------------------------------------------------------------------------------
-# Writing the metadata flatbuffer
-# --------------------------------------------------------------------------------------------
-
-
-class _MetadataBuilder:
-    """`flatbuffers.Builder` with one helper per kind of field we write.
-
-    Flatbuffers are built back to front: every string, vector and sub-table a table refers to
-    must be finished before that table is started, so each `*_table` method builds its children
-    first and then the table.
-    """
-
-    def __init__(self):
-        self.b = flatbuffers.Builder(1024)
-
-    # -- primitives
-    def string(self, text: str | None) -> int | None:
-        return None if text is None else self.b.CreateString(text)
-
-    def floats(self, values: Sequence[float]) -> int:
-        return self.b.CreateNumpyVector(np.asarray(values, dtype="<f4"))
-
-    def tables(self, offsets: Sequence[int]) -> int:
-        """A vector of tables (uoffsets), in the given order."""
-        self.b.StartVector(4, len(offsets), 4)
-        for offset in reversed(offsets):
-            self.b.PrependUOffsetTRelative(offset)
-        return self.b.EndVector()
-
-    def table(self, num_slots: int, offsets: Mapping[int, int | None] = (), bytes_: Mapping[int, int] = ()) -> int:
-        """A table with uoffset fields `offsets` {slot: offset} and byte fields {slot: value}.
-
-        None offsets are left out (absent field); byte fields equal to the default 0 are too.
-        """
-        self.b.StartObject(num_slots)
-        for slot, offset in dict(offsets).items():
-            if offset is not None:
-                self.b.PrependUOffsetTRelativeSlot(slot, offset, 0)
-        for slot, value in dict(bytes_).items():
-            self.b.PrependUint8Slot(slot, value, 0)
-        return self.b.EndObject()
-
-    # -- tables of metadata_schema.fbs
-    def associated_file(self, name: str, description: str, file_type: int) -> int:
-        f = _AssociatedFile
-        offsets = {f.NAME: self.string(name), f.DESCRIPTION: self.string(description)}
-        return self.table(f.SLOTS, offsets, {f.TYPE: file_type})
-
-    def stats(self, minimum: Sequence[float], maximum: Sequence[float]) -> int:
-        s = _Stats
-        return self.table(s.SLOTS, {s.MAX: self.floats(maximum), s.MIN: self.floats(minimum)})
-
-    def normalization_unit(self, mean: Sequence[float], std: Sequence[float]) -> int:
-        n, p = _NormalizationOptions, _ProcessUnit
-        options = self.table(n.SLOTS, {n.MEAN: self.floats(mean), n.STD: self.floats(std)})
-        return self.table(p.SLOTS, {p.OPTIONS: options}, {p.OPTIONS_TYPE: _ProcessUnitOptions.NORMALIZATION_OPTIONS})
-
-    def image_content(self, color_space: int) -> int:
-        i, c = _ImageProperties, _Content
-        props = self.table(i.SLOTS, {}, {i.COLOR_SPACE: color_space})
-        return self.table(c.SLOTS, {c.PROPERTIES: props}, {c.PROPERTIES_TYPE: _ContentProperties.IMAGE_PROPERTIES})
-
-    def feature_content(self) -> int:
-        c = _Content
-        props = self.table(0)  # FeatureProperties has no fields
-        return self.table(c.SLOTS, {c.PROPERTIES: props}, {c.PROPERTIES_TYPE: _ContentProperties.FEATURE_PROPERTIES})
-
-    def tensor(
-        self,
-        name: str,
-        description: str,
-        content: int,
-        process_units: Sequence[int] = (),
-        stats: int | None = None,
-        files: Sequence[int] = (),
-    ) -> int:
-        t = _TensorMetadata
-        offsets = {
-            t.NAME: self.string(name),
-            t.DESCRIPTION: self.string(description),
-            t.CONTENT: content,
-            t.PROCESS_UNITS: self.tables(process_units) if process_units else None,
-            t.STATS: stats,
-            t.ASSOCIATED_FILES: self.tables(files) if files else None,
-        }
-        return self.table(t.SLOTS, offsets)
-
-    def finish(self, root: int) -> bytes:
-        self.b.Finish(root, METADATA_IDENTIFIER)
-        return bytes(self.b.Output())
+def _tensor(name: str, description: str, content, normalization=None, stats=(0.0, 1.0), files=()):
+    """TensorMetadataT; `normalization` is (mean, std) or None, `stats` is (min, max)."""
+    units = None
+    if normalization is not None:
+        options = _table(ms.NormalizationOptionsT, mean=[normalization[0]], std=[normalization[1]])
+        units = [_table(ms.ProcessUnitT, optionsType=ms.ProcessUnitOptions.NormalizationOptions, options=options)]
+    return _table(
+        ms.TensorMetadataT,
+        name=name,
+        description=description,
+        content=content,
+        processUnits=units,
+        stats=_table(ms.StatsT, min=[float(stats[0])], max=[float(stats[1])]),
+        associatedFiles=list(files) or None,
+    )
 
 
 def _build_metadata(
@@ -298,14 +136,13 @@ def _build_metadata(
     input_quantization: tuple[float, int] = (1.0, 0),
 ) -> bytes:
     """The ModelMetadata flatbuffer of an image classifier (one subgraph, one input, one output)."""
-    mb = _MetadataBuilder()
     height, width = input_size
     if input_kind == "float_raw_pixels":
         input_description = (
             f"Input image: RGB, {height}x{width}, raw pixel values 0..255 as float32 (the model "
             "normalises them itself, hence normalisation mean 0, std 1)."
         )
-        units = [mb.normalization_unit(mean=[0.0], std=[1.0])]
+        normalization = (0.0, 1.0)
     else:
         # An integer input takes the pixel bytes (int8: minus 128). When its quantization is not
         # the identity on them, it is the model's normalisation folded into the input: say so
@@ -322,159 +159,99 @@ def _build_metadata(
             )
         else:
             input_description = f"Input image: RGB, {height}x{width}, raw pixel values 0..255 as uint8{reads}."
-        units = [mb.normalization_unit(mean=[float(mean)], std=[float(std)])] if folded else []
-    input_tensor = mb.tensor(
-        "image",
-        input_description,
-        mb.image_content(_ColorSpaceType.RGB),
-        process_units=units,
-        stats=mb.stats(minimum=[0.0], maximum=[255.0]),
+        normalization = (float(mean), float(std)) if folded else None
+    image = _table(
+        ms.ContentT,
+        contentPropertiesType=ms.ContentProperties.ImageProperties,
+        contentProperties=_table(ms.ImagePropertiesT, colorSpace=ms.ColorSpaceType.RGB),
     )
-    labels = mb.associated_file(
-        LABELS_FILE, "Labels for categories that the model can recognize.", _AssociatedFileType.TENSOR_AXIS_LABELS
+    feature = _table(
+        ms.ContentT,
+        contentPropertiesType=ms.ContentProperties.FeatureProperties,
+        contentProperties=ms.FeaturePropertiesT(),
     )
-    output_tensor = mb.tensor(
-        "probability",
-        f"Probabilities of the {num_classes} labels respectively.",
-        mb.feature_content(),
-        stats=mb.stats(minimum=[0.0], maximum=[1.0]),
-        files=[labels],
+    labels = _table(
+        ms.AssociatedFileT,
+        name=LABELS_FILE,
+        description="Labels for categories that the model can recognize.",
+        type=ms.AssociatedFileType.TENSOR_AXIS_LABELS,
     )
-    s = _SubGraphMetadata
-    subgraph = mb.table(
-        s.SLOTS,
-        {s.INPUT_TENSOR_METADATA: mb.tables([input_tensor]), s.OUTPUT_TENSOR_METADATA: mb.tables([output_tensor])},
+    subgraph = _table(
+        ms.SubGraphMetadataT,
+        inputTensorMetadata=[_tensor("image", input_description, image, normalization, stats=(0.0, 255.0))],
+        outputTensorMetadata=[
+            _tensor("probability", f"Probabilities of the {num_classes} labels respectively.", feature, files=[labels])
+        ],
     )
-    extra = [mb.associated_file(fname, fdesc, _AssociatedFileType.UNKNOWN) for fname, fdesc in model_files]
-    m = _ModelMetadata
-    root = mb.table(
-        m.SLOTS,
-        {
-            m.NAME: mb.string(name),
-            m.DESCRIPTION: mb.string(description),
-            m.VERSION: mb.string(version),
-            m.SUBGRAPH_METADATA: mb.tables([subgraph]),
-            m.AUTHOR: mb.string(author),
-            m.LICENSE: mb.string(license),
-            m.ASSOCIATED_FILES: mb.tables(extra) if extra else None,
-            m.MIN_PARSER_VERSION: mb.string(MIN_PARSER_VERSION),
-        },
+    extra = [_table(ms.AssociatedFileT, name=n, description=d, type=ms.AssociatedFileType.UNKNOWN) for n, d in model_files]
+    root = _table(
+        ms.ModelMetadataT,
+        name=name,
+        description=description,
+        version=version,
+        subgraphMetadata=[subgraph],
+        author=author,
+        license=license,
+        associatedFiles=extra or None,
+        minParserVersion=MIN_PARSER_VERSION,
     )
-    return mb.finish(root)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(root.Pack(builder), METADATA_IDENTIFIER)
+    return bytes(builder.Output())
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the metadata flatbuffer back (a minimal reader over flatbuffers.table.Table)
-# --------------------------------------------------------------------------------------------
+def _text(value) -> str | None:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else None if value is None else str(value)
 
 
-class _Reader:
-    """One table of a flatbuffer, read by slot number."""
-
-    def __init__(self, buf, pos: int):
-        self.t = Table(buf, pos)
-
-    def _field(self, slot: int) -> int:
-        return self.t.Offset(4 + 2 * slot)  # 0 when the field is absent
-
-    def string(self, slot: int) -> str | None:
-        o = self._field(slot)
-        return self.t.String(o + self.t.Pos).decode("utf-8") if o else None
-
-    def byte(self, slot: int) -> int:
-        o = self._field(slot)
-        return self.t.Get(N.Uint8Flags, o + self.t.Pos) if o else 0
-
-    def table(self, slot: int) -> "_Reader | None":
-        o = self._field(slot)
-        return _Reader(self.t.Bytes, self.t.Indirect(o + self.t.Pos)) if o else None
-
-    def union(self, slot: int) -> "_Reader | None":
-        o = self._field(slot)
-        if not o:
-            return None
-        sub = Table(bytearray(), 0)
-        self.t.Union(sub, o)
-        return _Reader(sub.Bytes, sub.Pos)
-
-    def tables(self, slot: int) -> list["_Reader"]:
-        o = self._field(slot)
-        if not o:
-            return []
-        start = self.t.Vector(o)
-        return [_Reader(self.t.Bytes, self.t.Indirect(start + 4 * i)) for i in range(self.t.VectorLen(o))]
-
-    def floats(self, slot: int) -> list[float] | None:
-        o = self._field(slot)
-        if not o:
-            return None
-        return [float(x) for x in self.t.GetVectorAsNumpy(N.Float32Flags, o)]
+def _floats(values) -> list[float] | None:
+    return None if values is None else [float(x) for x in values]
 
 
-def _read_files(r: _Reader, slot: int) -> list[dict]:
-    f = _AssociatedFile
+def _files(files) -> list[dict]:
     return [
-        {
-            "name": a.string(f.NAME),
-            "description": a.string(f.DESCRIPTION),
-            "type": _FILE_TYPE_NAMES.get(a.byte(f.TYPE), str(a.byte(f.TYPE))),
-        }
-        for a in r.tables(slot)
+        {"name": _text(f.name), "description": _text(f.description), "type": _FILE_TYPES.get(f.type, str(f.type))}
+        for f in files or []
     ]
 
 
-def _read_tensor(r: _Reader) -> dict:
-    t = _TensorMetadata
-    out: dict = {"name": r.string(t.NAME), "description": r.string(t.DESCRIPTION), "content": None}
-    content = r.table(t.CONTENT)
-    if content is not None:
-        kind = content.byte(_Content.PROPERTIES_TYPE)
-        props = content.union(_Content.PROPERTIES)
-        if kind == _ContentProperties.IMAGE_PROPERTIES and props is not None:
-            space = props.byte(_ImageProperties.COLOR_SPACE)
-            out["content"] = "image"
-            out["color_space"] = _COLOR_SPACE_NAMES.get(space, str(space))
-        elif kind == _ContentProperties.FEATURE_PROPERTIES:
-            out["content"] = "feature"
+def _tensor_dict(t) -> dict:
+    out: dict = {"name": _text(t.name), "description": _text(t.description), "content": None}
+    if t.content is not None:
+        kind, props = t.content.contentPropertiesType, t.content.contentProperties
+        if kind == ms.ContentProperties.ImageProperties and props is not None:
+            out["content"], out["color_space"] = "image", _COLOR_SPACES.get(props.colorSpace, str(props.colorSpace))
         else:
-            out["content"] = f"content type {kind}"
-    out["normalization"] = None
-    for unit in r.tables(t.PROCESS_UNITS):
-        if unit.byte(_ProcessUnit.OPTIONS_TYPE) == _ProcessUnitOptions.NORMALIZATION_OPTIONS:
-            opts = unit.union(_ProcessUnit.OPTIONS)
-            out["normalization"] = {
-                "mean": opts.floats(_NormalizationOptions.MEAN),
-                "std": opts.floats(_NormalizationOptions.STD),
-            }
-    stats = r.table(t.STATS)
-    out["stats"] = None if stats is None else {"min": stats.floats(_Stats.MIN), "max": stats.floats(_Stats.MAX)}
-    out["associated_files"] = _read_files(r, t.ASSOCIATED_FILES)
+            out["content"] = "feature" if kind == ms.ContentProperties.FeatureProperties else f"content type {kind}"
+    units = [u.options for u in t.processUnits or [] if u.optionsType == ms.ProcessUnitOptions.NormalizationOptions]
+    out["normalization"] = {"mean": _floats(units[-1].mean), "std": _floats(units[-1].std)} if units else None
+    out["stats"] = None if t.stats is None else {"min": _floats(t.stats.min), "max": _floats(t.stats.max)}
+    out["associated_files"] = _files(t.associatedFiles)
     return out
 
 
 def parse_metadata_buffer(buf: bytes) -> dict:
     """A ModelMetadata flatbuffer (identifier M001) -> plain dict."""
     buf = bytes(buf)
-    if len(buf) < 8 or buf[4:8] != METADATA_IDENTIFIER:
+    if len(buf) < 8 or not ms.ModelMetadata.ModelMetadataBufferHasIdentifier(buf, 0):
         raise MetadataError("the TFLITE_METADATA buffer is not a metadata flatbuffer (no 'M001' identifier)")
-    root = _Reader(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
-    m, s = _ModelMetadata, _SubGraphMetadata
+    meta = ms.ModelMetadataT.InitFromObj(ms.ModelMetadata.GetRootAs(buf, 0))
     return {
-        "name": root.string(m.NAME),
-        "description": root.string(m.DESCRIPTION),
-        "version": root.string(m.VERSION),
-        "author": root.string(m.AUTHOR),
-        "license": root.string(m.LICENSE),
-        "min_parser_version": root.string(m.MIN_PARSER_VERSION),
-        "associated_files": _read_files(root, m.ASSOCIATED_FILES),
+        "name": _text(meta.name),
+        "description": _text(meta.description),
+        "version": _text(meta.version),
+        "author": _text(meta.author),
+        "license": _text(meta.license),
+        "min_parser_version": _text(meta.minParserVersion),
+        "associated_files": _files(meta.associatedFiles),
         "subgraphs": [
             {
-                "name": sg.string(s.NAME),
-                "inputs": [_read_tensor(t) for t in sg.tables(s.INPUT_TENSOR_METADATA)],
-                "outputs": [_read_tensor(t) for t in sg.tables(s.OUTPUT_TENSOR_METADATA)],
-                "associated_files": _read_files(sg, s.ASSOCIATED_FILES),
+                "name": _text(sg.name),
+                "inputs": [_tensor_dict(t) for t in sg.inputTensorMetadata or []],
+                "outputs": [_tensor_dict(t) for t in sg.outputTensorMetadata or []],
+                "associated_files": _files(sg.associatedFiles),
             }
-            for sg in root.tables(m.SUBGRAPH_METADATA)
+            for sg in meta.subgraphMetadata or []
         ],
     }
 
@@ -482,14 +259,6 @@ def parse_metadata_buffer(buf: bytes) -> dict:
 # --------------------------------------------------------------------------------------------
 # The TFLite model: read, add the metadata buffer, re-pack
 # --------------------------------------------------------------------------------------------
-
-
-def _schema():
-    """TensorFlow's TFLite schema bindings (imported lazily: TensorFlow is slow to import)."""
-    from edgetl import _compat  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from tensorflow.lite.python import schema_py_generated
-
-    return schema_py_generated
 
 
 def _check_tflite(buf: bytes, what: str = "model") -> None:
@@ -503,18 +272,17 @@ def _unpack_model(buf: bytes, what: str):
     TFLite converters may store buffer data outside the flatbuffer (Buffer.offset > 1 and
     Buffer.size: absolute position in the file); they do it for models over 2 GB. Such data is
     read back in (when the whole model fits a flatbuffer) so that re-packing keeps it.
+    (ai_edge_litert's `flatbuffer_utils.read_model_from_bytearray` does this too, but it also
+    renumbers empty buffers, which would change the model's buffer list.)
     """
-    schema = _schema()
     _check_tflite(buf, what)
     try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+        model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAs(buf, 0))
     except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer raises anything from struct to IndexError
         raise ModelFileError(f"{what}: unreadable TFLite flatbuffer ({type(exc).__name__}: {exc})") from None
     external = [(i, b) for i, b in enumerate(model.buffers or []) if b.offset and b.offset > 1]
     if external:
-        total = sum(int(b.size) for _, b in external) + sum(
-            len(b.data) for b in model.buffers if b.data is not None
-        )
+        total = sum(int(b.size) for _, b in external) + sum(len(b.data) for b in model.buffers if b.data is not None)
         if total >= _MAX_FLATBUFFER - (1 << 20):
             raise MetadataError(
                 f"{what}: {len(external)} weight buffers are stored outside the flatbuffer (a model "
@@ -533,34 +301,7 @@ def _unpack_model(buf: bytes, what: str):
     return model
 
 
-class _AlignedBuffer:
-    """A `BufferT` stand-in whose data starts on a 16-byte boundary (as `force_align: 16` in
-    schema.fbs asks; TensorFlow's generated object API ignores it). Used for our metadata."""
-
-    def __init__(self, data: bytes):
-        self.data = np.frombuffer(data, dtype=np.uint8)
-        self.offset = 0
-        self.size = 0
-
-    def Pack(self, builder):  # noqa: N802 - the object API's method name
-        schema = _schema()
-        payload = self.data.tobytes()
-        builder.StartVector(1, len(payload), 16)
-        builder.head -= len(payload)
-        builder.Bytes[builder.head : builder.head + len(payload)] = payload
-        builder.vectorNumElems = len(payload)
-        data = builder.EndVector()
-        schema.BufferStart(builder)
-        schema.BufferAddData(builder, data)
-        return schema.BufferEnd(builder)
-
-
-def _tensor_dtype_name(schema, code: int) -> str:
-    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    return names.get(code, str(code))
-
-
-def _classifier_io(model, schema, what: str):
+def _classifier_io(model, what: str):
     """(input tensor, output tensor) of a one-input, one-output model; else MetadataError."""
     if not model.subgraphs:
         raise ModelFileError(f"{what}: the model has no subgraph")
@@ -617,13 +358,12 @@ def add_tflite_metadata(
     deterministic: the same arguments give the same bytes.
     """
     buf = bytes(tflite)
-    schema = _schema()
     model = _unpack_model(buf, "model")
     what = f"model {name!r}"
-    inp, out = _classifier_io(model, schema, what)
+    inp, out = _classifier_io(model, what)
 
     # -- the model must be the classifier the metadata describes
-    in_type = _tensor_dtype_name(schema, inp.type)
+    in_type = _TENSOR_TYPES.get(inp.type, str(inp.type))
     if input_kind is None:
         input_kind = _KIND_OF_TYPE.get(in_type, in_type)
     if input_kind not in INPUT_KINDS:
@@ -648,7 +388,7 @@ def add_tflite_metadata(
         raise MetadataError(f"{what}: input shape {shape} is not an NHWC RGB image [1, H, W, 3]")
     if output_kind not in OUTPUT_KINDS:
         raise MetadataError(f"{what}: output_kind {output_kind!r}: expected one of {', '.join(OUTPUT_KINDS)}")
-    out_type = _tensor_dtype_name(schema, out.type)
+    out_type = _TENSOR_TYPES.get(out.type, str(out.type))
     if out_type not in ("FLOAT32", "UINT8", "INT8"):
         raise MetadataError(f"{what}: output type {out_type.lower()} is not a score tensor (float32, uint8 or int8)")
     out_shape = [int(x) for x in (out.shape if out.shape is not None else [])]
@@ -688,22 +428,14 @@ def add_tflite_metadata(
     else:
         index = len(model.buffers)
         model.buffers.append(None)
-        entry = schema.MetadataT()
-        entry.name = METADATA_NAME
-        entry.buffer = index
-        model.metadata = (model.metadata or []) + [entry]
+        model.metadata = (model.metadata or []) + [_table(tfl.MetadataT, name=METADATA_NAME, buffer=index)]
     originals = {i: b.data for i, b in enumerate(model.buffers) if i != index and b is not None}
-    model.buffers[index] = _AlignedBuffer(meta)
+    model.buffers[index] = _table(tfl.BufferT, data=np.frombuffer(meta, dtype=np.uint8))
 
-    builder = flatbuffers.Builder(max(1024, len(buf) + len(meta) + 4096))
-    builder.Finish(model.Pack(builder), TFLITE_IDENTIFIER)
-    packed = bytes(builder.Output())
-    _check_repacked(packed, originals, len(model.buffers), index, meta, n_before)
-    # The object API's Pack writes every quantization vector again, undoing the converter
-    # output's compaction (about 7% of an int8 file); share identical vectors once more.
-    from edgetl.compiler.quantize import compact_tflite
-
-    packed = compact_tflite(packed)
+    # Not the object API's own Pack: that would leave buffers unaligned (schema.fbs asks
+    # `force_align: 16`; the generated code ignores it) and write every quantization vector
+    # again, undoing the converter output's compaction (about 7% of an int8 file).
+    packed = pack_tflite(model, len(buf) + len(meta))
     _check_repacked(packed, originals, len(model.buffers), index, meta, n_before)
     return _zip_bytes(files, packed)
 
@@ -714,10 +446,9 @@ def _name(value) -> str:
 
 def _check_repacked(packed: bytes, originals: dict, n_buffers: int, index: int, meta: bytes, n_before: int) -> None:
     """Every weight buffer of the re-packed model holds exactly the bytes it held before."""
-    schema = _schema()
     if len(packed) > _MAX_FLATBUFFER:
         raise MetadataError(f"the model with metadata is {len(packed) / 2**30:.1f} GiB; flatbuffers stop at 2 GB")
-    new = schema.Model.GetRootAsModel(packed, 0)
+    new = tfl.Model.GetRootAs(packed, 0)
     if new.BuffersLength() != n_buffers or n_buffers not in (n_before, n_before + 1):
         raise MetadataError(f"re-packing changed the number of buffers ({n_before} -> {new.BuffersLength()})")
     for i in range(n_buffers):
@@ -758,10 +489,9 @@ def read_tflite_metadata(path_or_bytes) -> dict:
     model_info.json, or None), input_kind and input_size (from the model's input tensor).
     """
     buf, what = _read_bytes(path_or_bytes)
-    schema = _schema()
     _check_tflite(buf, what)
     try:
-        model = schema.Model.GetRootAsModel(buf, 0)
+        model = tfl.Model.GetRootAs(buf, 0)
         entries = [model.Metadata(i) for i in range(model.MetadataLength())]
         entry = next((e for e in entries if _name(e.Name()) == METADATA_NAME), None)
         if entry is None:
@@ -773,7 +503,7 @@ def read_tflite_metadata(path_or_bytes) -> dict:
             meta_bytes = buffer.DataAsNumpy().tobytes()
         sg = model.Subgraphs(0)
         inp = sg.Tensors(sg.Inputs(0))
-        in_type = _tensor_dtype_name(schema, inp.Type())
+        in_type = _TENSOR_TYPES.get(inp.Type(), str(inp.Type()))
         in_shape = [int(x) for x in inp.ShapeAsNumpy()]
     except MetadataError:
         raise
