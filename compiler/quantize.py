@@ -342,11 +342,18 @@ def compact_tflite(data: bytes) -> bytes:
     16-byte aligned like the converter's) is copied as is, and the interpreter computes
     bit-identical outputs (tests/test_quantize.py checks it).
     """
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    builder = flatbuffers.Builder(len(data) + 4096)
+    return pack_tflite(schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0)), len(data))
+
+
+def pack_tflite(model, size_hint: int = 1 << 20) -> bytes:
+    """A TFLite `ModelT` (ai_edge_litert's schema object API) as .tflite bytes, packed as
+    `compact_tflite` describes: quantization vectors shared, buffers 16-byte aligned."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    builder = flatbuffers.Builder(size_hint + 4096)
     shared: dict = {}
 
     def vector(values, dtype):

@@ -206,6 +206,96 @@ def test_metadata_matches_mediapipe_schema_reader(built):
     assert (labels.name, labels.type) == (b"labels.txt", ms.AssociatedFileType.TENSOR_AXIS_LABELS)
 
 
+def _metadata_buffer(data: bytes):
+    """(the TFLITE_METADATA buffer's bytes, its offset in the file), read with ai_edge_litert's TFLite schema."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    model = tfl.Model.GetRootAs(data, 0)
+    (entry,) = [model.Metadata(i) for i in range(model.MetadataLength()) if model.Metadata(i).Name() == b"TFLITE_METADATA"]
+    buffer = model.Buffers(entry.Buffer())
+    return buffer.DataAsNumpy().tobytes(), buffer._tab.Vector(buffer._tab.Offset(4))  # field `data`: vtable slot 4
+
+
+@pytest.mark.parametrize("kind", ["float", "uint8", "int8", "uint8_edgetl"])
+def test_metadata_round_trips_through_the_generated_bindings(built, kind):
+    """The project's own flatc bindings read back every field written, and re-packing what they read gives
+    the same bytes (nothing written that the schema does not know, nothing lost); the buffer is 16-byte
+    aligned as schema.fbs asks (`force_align: 16`)."""
+    import flatbuffers
+
+    from edgetl.compiler import metadata_schema_py_generated as ms
+
+    buf, offset = _metadata_buffer(built["md"][kind].read_bytes())
+    assert offset % 16 == 0
+    assert ms.ModelMetadata.ModelMetadataBufferHasIdentifier(buf, 0)
+    meta = ms.ModelMetadataT.InitFromObj(ms.ModelMetadata.GetRootAs(buf, 0))
+    builder = flatbuffers.Builder(0)
+    builder.Finish(meta.Pack(builder), b"M001")
+    assert bytes(builder.Output()) == buf
+
+    assert {k: getattr(meta, k).decode() for k in FIELDS} == FIELDS and meta.minParserVersion == b"1.0.0"
+    assert [(f.name, f.type) for f in meta.associatedFiles] == [(b"model_info.json", ms.AssociatedFileType.UNKNOWN)]
+    (sub,) = meta.subgraphMetadata
+    (inp,), (out,) = sub.inputTensorMetadata, sub.outputTensorMetadata
+    assert inp.content.contentPropertiesType == ms.ContentProperties.ImageProperties
+    assert inp.content.contentProperties.colorSpace == ms.ColorSpaceType.RGB
+    assert (list(inp.stats.min), list(inp.stats.max)) == ([0.0], [255.0])
+    units = [(u.optionsType, list(u.options.mean), list(u.options.std)) for u in inp.processUnits or []]
+    normalisation = ms.ProcessUnitOptions.NormalizationOptions
+    if kind == "float":
+        assert units == [(normalisation, [0.0], [1.0])]
+    elif kind == "uint8":  # a plain conversion: input scale 1, zero point 0, nothing folded
+        assert units == []
+    else:  # tiny_cnn's (x - 127.5) / 127.5 folded into the input quantization
+        ((unit_type, mean, std),) = units
+        assert unit_type == normalisation and abs(mean[0] - 127.5) <= 0.5 and std == pytest.approx([127.5])
+    assert out.content.contentPropertiesType == ms.ContentProperties.FeatureProperties
+    assert (list(out.stats.min), list(out.stats.max)) == ([0.0], [1.0])
+    assert [(f.name, f.type) for f in out.associatedFiles] == [(b"labels.txt", ms.AssociatedFileType.TENSOR_AXIS_LABELS)]
+
+
+def test_metadata_is_written_and_read_without_tensorflow(built):
+    """The schema modules are ai_edge_litert's and the generated bindings: TensorFlow is never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from edgetl.compiler import metadata as md; "
+        f"data = md.add_tflite_metadata(open({str(built['plain']['int8'])!r}, 'rb').read(), labels={LABELS!r}, "
+        f"model_info={{'labels': {LABELS!r}}}, **{FIELDS!r}); "
+        f"assert md.read_tflite_metadata(data)['labels'] == {LABELS!r}; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'mediapipe')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_generated_bindings_come_from_the_committed_schema():
+    """compiler/metadata_schema_py_generated.py names the sha256 of the .fbs it was generated from: editing
+    compiler/metadata_schema.fbs without regenerating (the command is in that header) fails here."""
+    import hashlib
+    import re
+
+    compiler = Path(__file__).resolve().parents[1] / "compiler"
+    header = (compiler / "metadata_schema_py_generated.py").read_text()[:2000]
+    schema_sha256 = hashlib.sha256((compiler / "metadata_schema.fbs").read_bytes()).hexdigest()
+    assert re.search(r"sha256\W+([0-9a-f]{64})", header)[1] == schema_sha256
+    assert "GENERATED CODE" in header and "flatc --python --gen-object-api" in header
+
+
+def test_litert_schema_knows_every_field_of_tensorflows_converter():
+    """Models are re-packed with ai_edge_litert's TFLite schema bindings; a field that TensorFlow's converter
+    writes and those bindings do not know would be dropped silently (the pyproject lower bound is why)."""
+    from ai_edge_litert import schema_py_generated as litert_schema
+    from tensorflow.lite.python import schema_py_generated as tf_schema
+
+    def fields(module) -> set[str]:
+        return {name for name in vars(module) if "Add" in name and callable(getattr(module, name))}
+
+    assert fields(tf_schema) - fields(litert_schema) == set()
+
+
 @pytest.mark.parametrize("kind", ["float", "uint8", "uint8_edgetl"])
 def test_mediapipe_image_classifier_returns_our_labels(built, kind):
     """The real client: MediaPipe Tasks loads the file and names the categories with our labels."""
