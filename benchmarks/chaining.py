@@ -16,9 +16,12 @@ halves: task A (the first half) and task B (the second). The benchmark:
    ImageNet weights and once with `--teacher-weights A/teacher.keras` (a new head for B's
    classes), each deployed int8 file scored on B's full test/.
 
-Step 2 only measures something when A's compile fine-tuned its backbone: when its selection
-kept the linear probe (report.json says so), A's backbone is ImageNet's and the two feature
-sets are the same. Everything is written to WORK/chaining.json.
+When A's compile keeps its linear probe (its selection found fine-tuning no better beyond
+noise), A's teacher.keras carries ImageNet's backbone and chaining changes nothing: the
+benchmark says so. `--source-epochs N` then asks the other question, whether a backbone
+fine-tuned on A would help B: the benchmark fine-tunes A's model itself (the top of the
+backbone, edgetl's augmentation and learning rate, N epochs on all of A's images) and uses
+that as the source. Everything is written to WORK/chaining.json.
 """
 
 from __future__ import annotations
@@ -87,6 +90,29 @@ def pooled_features(model_name: str, weights, num_classes: int, dataset_b) -> tu
     return f_train, y_train, f_test, y_test
 
 
+def fine_tuned_source(model_name: str, start: Path, dataset_a, epochs: int, seed: int, path: Path) -> Path:
+    """Task A's model with the top of its backbone fine-tuned for `epochs` on all of A's images."""
+    if path.is_file():
+        return path
+    from edgetl._compat import keras
+    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.data import load_images
+    from edgetl.compiler.finetune import set_trainable_top, training_dataset
+    from edgetl.models import create_model, get_config
+
+    defaults = CompileConfig(data=Path("."))
+    keras.utils.set_random_seed(seed)
+    model = create_model(model_name, weights=str(start), num_classes=len(dataset_a.classes))
+    set_trainable_top(model, get_config(model_name).unfreeze_from)
+    model.compile(keras.optimizers.Adam(defaults.finetune_learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    x, y = load_images(dataset_a.splits["train"], model.input_shape[1])
+    model.fit(training_dataset(x, y, defaults.batch_size, seed), epochs=epochs, verbose=2)
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    tmp.rename(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -99,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--compile-shots", default="10", help="per-class sizes of task B compiled end to end ('' for none)")
     parser.add_argument("--compile-seeds", default="0")
+    parser.add_argument("--source-epochs", type=int, default=0,
+                        help="fine-tune task A's model this many epochs in the benchmark itself and chain from that")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     from edgetl.compiler.data import scan_dataset
@@ -122,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     results["task_a_selection"] = {k: selection_a.get(k) for k in ("method", "chosen_epochs", "probe_kept")}
     print(f"task A chose: {'the linear probe (backbone = ImageNet)' if selection_a.get('probe_kept') else str(selection_a.get('chosen_epochs')) + ' epochs of fine-tuning'}", flush=True)
     source = out_a / "teacher.keras"
+    if args.source_epochs:
+        dataset_a = scan_dataset(folder_a, selection="holdout", val_fraction=0.0, test_fraction=0.0)
+        print(f"source: task A's model fine-tuned {args.source_epochs} epochs by the benchmark", flush=True)
+        source = fine_tuned_source(args.model, source, dataset_a, args.source_epochs, 0, args.work / f"source-ft{args.source_epochs}.keras")
+        results["source"] = {"fine_tuned_epochs_by_benchmark": args.source_epochs}
 
     # 2. Feature level: the same probe on ImageNet features vs task A's backbone.
     dataset_b = scan_dataset(class_folder(dataset, task_b, None, 0, args.work / "data" / "B"), selection="holdout",
