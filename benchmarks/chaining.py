@@ -100,7 +100,7 @@ def fine_tuned_source(model_name: str, start: Path, dataset_a, epochs: int, seed
     from edgetl.compiler.finetune import set_trainable_top, training_dataset
     from edgetl.models import create_model, get_config
 
-    defaults = CompileConfig(data=Path("."))
+    defaults = CompileConfig(data=Path("."), out=Path("."))  # only its defaults are read
     keras.utils.set_random_seed(seed)
     model = create_model(model_name, weights=str(start), num_classes=len(dataset_a.classes))
     set_trainable_top(model, get_config(model_name).unfreeze_from)
