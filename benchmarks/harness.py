@@ -392,7 +392,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     from edgetl import __version__
     from edgetl.benchmarks import environment
     from edgetl.benchmarks.environment import usable_cores
-    from edgetl.compiler.atomic import atomic_write_text
+    from edgetl.atomic import atomic_write_text
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     started = time.perf_counter()

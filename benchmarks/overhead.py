@@ -197,7 +197,7 @@ def build_models(work: Path, calib_dir: Path | None, log) -> dict[str, Path]:
     if all(p.is_file() for p in files.values()):
         log(f"using the files already built in {work}")
         return files
-    from edgetl.compiler.atomic import atomic_write_bytes
+    from edgetl.atomic import atomic_write_bytes
     from edgetl.compiler.export import export_onnx, export_tflite
     from edgetl.models import create_model
 

@@ -53,7 +53,7 @@ def _tfmot():
 
 
 def _custom_objects() -> dict:
-    from edgetl.models._layers import ImagePreprocessing
+    from edgetl.runtime.keras_layers import ImagePreprocessing
 
     return {"ImagePreprocessing": ImagePreprocessing}
 

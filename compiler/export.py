@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from edgetl._compat import tf
-from edgetl.compiler.atomic import atomic_path, atomic_write_bytes
+from edgetl.atomic import atomic_path, atomic_write_bytes
 from edgetl.models import INPUT_NAME
 
 ONNX_OPSET = 17  # ONNX Runtime >= 1.14, TensorRT 8.6+ and onnxruntime-web all take it

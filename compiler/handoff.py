@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.compiler.atomic import atomic_path, atomic_write_text
+from edgetl.atomic import atomic_path, atomic_write_text
 
 APP_DIR = "app"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from edgetl.compiler.atomic import atomic_write_text
+from edgetl.atomic import atomic_write_text
 from edgetl.compiler.robustness import render_section as render_robustness_section
 from edgetl.compiler.report_charts import confusion_chart, cross_validation_chart, tradeoff_chart, training_chart
 from edgetl.compiler.report_facts import accuracy_figure, deployed_figure

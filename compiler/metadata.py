@@ -822,7 +822,7 @@ def read_tflite_metadata(path_or_bytes) -> dict:
 
 def add_tflite_metadata_file(src: str | Path, dst: str | Path | None = None, **kwargs) -> Path:
     """`add_tflite_metadata` on a file, written atomically to `dst` (default: over `src`)."""
-    from edgetl.compiler.atomic import atomic_write_bytes
+    from edgetl.atomic import atomic_write_bytes
 
     data, _ = _read_bytes(src)
     dst = Path(dst) if dst is not None else Path(src)
@@ -877,7 +877,7 @@ def add_onnx_metadata(onnx_path: str | Path, props: Mapping[str, object]) -> Pat
     """
     import onnx
 
-    from edgetl.compiler.atomic import atomic_path
+    from edgetl.atomic import atomic_path
 
     path = Path(onnx_path)
     try:

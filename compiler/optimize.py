@@ -68,7 +68,7 @@ def gzip_size(path: Path) -> int:
 
 def measure_latency(session, image: np.ndarray, runs: int = 30, warmup: int = 5) -> float:
     """p50 in ms of one image at batch 1, in the candidate's own runtime (in-process)."""
-    from edgetl.benchmarks.measure import time_calls
+    from edgetl.runtime.measure import time_calls
 
     tensor = session.prepare(image[None])
     return float(time_calls(lambda: session.invoke(tensor), warmup=warmup, runs=runs).stats()["p50_ms"])
@@ -122,7 +122,7 @@ class Optimizer:
     # -- candidates ---------------------------------------------------------------------
     def _add(self, candidate: Candidate, data: bytes | None = None) -> Candidate:
         if data is not None:
-            from edgetl.compiler.atomic import atomic_write_bytes
+            from edgetl.atomic import atomic_write_bytes
 
             atomic_write_bytes(candidate.path, data)
         self._measure(candidate)
@@ -178,7 +178,7 @@ class Optimizer:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        from edgetl.compiler.atomic import atomic_path
+        from edgetl.atomic import atomic_path
 
         path = self.folder / "model.fp16.onnx"
         converted = convert_float_to_float16(onnx.load(str(float_onnx)), keep_io_types=True)

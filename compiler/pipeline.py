@@ -988,7 +988,7 @@ def _robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimi
 
 def _package(config, target, out: Path, deployed: TrainedModel, optimizer, classes, images: ImageCache) -> dict:
     """Copy the chosen files to model.tflite / model.onnx with metadata; check the target; app handoff."""
-    from edgetl.compiler.atomic import atomic_write_bytes
+    from edgetl.atomic import atomic_write_bytes
     from edgetl.compiler.constraints import check_target
     from edgetl.compiler.handoff import write_handoff
     from edgetl.compiler.metadata import add_onnx_metadata, add_tflite_metadata, onnx_classifier_props
@@ -1210,7 +1210,7 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
 
 def _save_keras(model, path: Path) -> None:
     from edgetl._compat import keras
-    from edgetl.compiler.atomic import atomic_path
+    from edgetl.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         # Saved through an uncompiled twin (same layers) so no optimizer state is written:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.compiler.atomic import atomic_path, atomic_write_bytes
+from edgetl.atomic import atomic_path, atomic_write_bytes
 
 PIXEL_MIN, PIXEL_MAX = 0.0, 255.0
 IO_DTYPES = ("float32", "uint8", "int8")
@@ -142,7 +142,7 @@ def _foldable_normalisation(model) -> tuple[float, float] | None:
     EfficientNet-Lite and MobileNetV3 qualify; ResNet50's per-channel "caffe" means do not.
     """
     from edgetl.models import PREPROCESS_LAYER
-    from edgetl.models._layers import ImagePreprocessing
+    from edgetl.runtime.keras_layers import ImagePreprocessing
 
     layer = next((lyr for lyr in model.layers if lyr.name == PREPROCESS_LAYER), None)
     if not isinstance(layer, ImagePreprocessing) or layer.channel_order != "RGB":

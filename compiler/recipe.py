@@ -15,7 +15,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from edgetl.compiler.atomic import atomic_write_text
+from edgetl.atomic import atomic_write_text
 from edgetl.compiler.config import CompileConfig
 from edgetl.errors import EdgetlError
 

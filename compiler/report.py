@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from edgetl.compiler.atomic import atomic_path, atomic_write_text
+from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
 from edgetl.compiler.report_facts import accuracy_figure
 from edgetl.compiler.report_verdict import build_verdict

@@ -189,7 +189,7 @@ def _input_size(model, path: Path, asked: int | None) -> int:
 
 
 def is_edgetl_model(model) -> bool:
-    from edgetl.models._layers import ImagePreprocessing
+    from edgetl.runtime.keras_layers import ImagePreprocessing
 
     names = {layer.name: layer for layer in model.layers}
     return isinstance(names.get(PREPROCESS_LAYER), ImagePreprocessing) and PROBABILITIES_LAYER in names
@@ -358,7 +358,7 @@ def wrap_source(source: SourceModel, sample: np.ndarray, model_output: str = "au
     sample: raw pixels (uint8 NHWC at the input size), to tell logits from probabilities
     when the model's last layer does not say (model_output "auto")."""
     from edgetl._compat import keras
-    from edgetl.models._layers import ImagePreprocessing
+    from edgetl.runtime.keras_layers import ImagePreprocessing
 
     if source.edgetl_model:
         return Wrapped(source.model, True, "probabilities", LOGITS_LAYER if _has_layer(source.model, LOGITS_LAYER) else None, [])

@@ -22,7 +22,7 @@ from edgetl.benchmarks.harness import (
     run_bench,
     scan_eval_data,
 )
-from edgetl.benchmarks.measure import peak_rss_mb, reset_peak_rss, time_calls
+from edgetl.runtime.measure import peak_rss_mb, reset_peak_rss, time_calls
 from edgetl.errors import DataError, ModelFileError
 
 from test_runtime import LABELS, SIZE, _one_error_line, build_tiny_artefacts, run_cli  # noqa: E402

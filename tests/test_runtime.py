@@ -324,7 +324,7 @@ def test_predict_prints_top_k_labels(art, tmp_path, capsys, kind):
     lines = out.strip().splitlines()
     assert len(lines) == 2
     session = open_session(art[kind])
-    from edgetl.compiler.data import load_image
+    from edgetl.runtime.images import load_image
 
     for line, image in zip(lines, images):
         probs = session.run(load_image(image, SIZE)[None])[0]
@@ -409,7 +409,7 @@ def test_runtime_modules_do_not_import_tensorflow():
         "import sys\n"
         "import edgetl.runtime, edgetl.runtime.litert, edgetl.runtime.onnx_runtime, edgetl.runtime.classify\n"
         "import edgetl.benchmarks.commands, edgetl.benchmarks.harness, edgetl.benchmarks._worker\n"
-        "import edgetl.benchmarks.measure, edgetl.benchmarks.environment, edgetl.benchmarks.table\n"
+        "import edgetl.runtime.measure, edgetl.benchmarks.environment, edgetl.benchmarks.table\n"
         "import edgetl.benchmarks.overhead\n"
         "assert 'tensorflow' not in sys.modules and 'onnxruntime' not in sys.modules, 'heavy import'\n"
     )

@@ -415,7 +415,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_a_decompression_bomb_image_is_refused(files, tmp_path, photo, capsys, monkeypatch, pillow_limit):
     from PIL import Image
 
-    from edgetl.compiler.data import MAX_IMAGE_PIXELS
+    from edgetl.runtime.images import MAX_IMAGE_PIXELS
 
     if pillow_limit == "switched off":  # another library may do this; edgetl keeps its own limit
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)

@@ -1,4 +1,9 @@
-"""Custom layers shared by every model family."""
+"""The in-graph preprocessing layer: part of the deployment contract.
+
+Every model edgetl builds starts with it (raw RGB 0..255 in, the backbone's scaling inside the
+graph), and loading a saved Keras model needs it registered, so it lives with the runtime;
+models/ and compiler/ import it from here.
+"""
 
 from __future__ import annotations
 
