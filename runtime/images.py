@@ -2,7 +2,7 @@
 
 Decoding is deliberately forgiving about *formats* (palette, CMYK, 16-bit, alpha, EXIF
 orientation all become plain 8-bit RGB) and strict about *data* (a truncated file is refused,
-never half-used). The compile (compiler/data), `edgetl predict` and `edgetl bench` all load
+never half-used). The compile (compiler/data/datasets), `edgetl predict` and `edgetl bench` all load
 images through `load_image`, and the export's metadata describes it (`RESIZE_POLICY`), so a
 deployed app that follows the policy feeds the model what it was checked on.
 

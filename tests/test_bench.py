@@ -164,13 +164,13 @@ def test_bench_rows_cover_every_file_and_runtime(bench):
 
 
 def test_bench_accuracy_is_exactly_the_in_process_accuracy(bench, art, eval_dir):
-    from edgetl.compiler.data import load_images
+    from edgetl.compiler.data.datasets import load_images
     from edgetl.runtime import open_session
 
     report, _, _ = bench
     data = scan_eval_data(eval_dir)
     assert data.classes == sorted(LABELS) and report["data"]["images"] == len(data.paths) == 15
-    from edgetl.compiler.data import Sample
+    from edgetl.compiler.data.datasets import Sample
 
     x, y = load_images([Sample(p, int(t)) for p, t in zip(data.paths, data.labels)], SIZE)
     truth = np.array([LABELS.index(data.classes[t]) for t in y])  # folder order is not label order
@@ -217,7 +217,7 @@ def test_eval_data_layouts(tmp_path):
     write_color_dataset(root / "train", classes=LABELS, per_class=10)
     carved = scan_eval_data(root, {"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3})
     assert "carved" in carved.split and "seed 3" in carved.split and len(carved.paths) == 9  # 3 per class
-    from edgetl.compiler.data import scan_dataset
+    from edgetl.compiler.data.datasets import scan_dataset
 
     compile_test = scan_dataset(root, val_fraction=0.2, test_fraction=0.3, seed=3).splits["test"]
     assert carved.paths == [s.path for s in compile_test]  # the very images the compile tested on

@@ -28,7 +28,7 @@ def build_tiny_artefacts(root: Path) -> dict[str, Path]:
     (a model whose input is not an image).
     """
     from edgetl._compat import keras, tf
-    from edgetl.compiler.export import export_onnx, export_tflite
+    from edgetl.compiler.export.convert import export_onnx, export_tflite
     from edgetl.models import create_model
 
     keras.utils.set_random_seed(0)

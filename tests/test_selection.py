@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler.crossval import choose_epochs, stratified_folds
-from edgetl.compiler.probe import fit_probe, fit_probe_at
-from edgetl.compiler.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.probe import fit_probe, fit_probe_at
+from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,17 @@ import os
 import numpy as np
 import pytest
 
-from edgetl.compiler.config import CompileConfig
-from edgetl.compiler.constraints import TargetConstraintError, check_target
-from edgetl.compiler.targets import TARGETS, get_target
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.spec.constraints import TargetConstraintError, check_target
+from edgetl.compiler.spec.targets import TARGETS, get_target
 from edgetl.errors import EdgetlError
 
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     """A tiny classifier as float TFLite, full-integer uint8 TFLite and float ONNX."""
-    from edgetl.compiler.export import export_onnx, export_tflite
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.export.convert import export_onnx, export_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
     from edgetl.models import create_model
 
     folder = tmp_path_factory.mktemp("targets")
@@ -63,8 +63,8 @@ def test_gpu_target_rejects_an_int8_file_and_tensorrt_accepts_opset_17(tiny_file
 
 
 def test_handoff_snippets_use_the_files_real_quantization(tiny_files, tmp_path):
-    from edgetl.compiler.handoff import write_handoff
-    from edgetl.compiler.quantize import tflite_io_details
+    from edgetl.compiler.export.handoff import write_handoff
+    from edgetl.compiler.compression.quantize import tflite_io_details
     from edgetl.runtime import open_session
 
     io = tflite_io_details(tiny_files["int8"])

@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.progress import console, progress_bar
 from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER
 
@@ -210,7 +210,7 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     """
     import time
 
-    from edgetl.compiler.probe import fit_probe, set_head
+    from edgetl.compiler.training.probe import fit_probe, set_head
 
     start = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = train, val

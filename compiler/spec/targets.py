@@ -17,7 +17,7 @@ class Target:
     summary: str
     runtime: str  # the runtime on the device, in words
     formats: tuple[str, ...]  # files deployed: "tflite", "onnx"
-    quantize: str  # a quantization mode (compiler/quantize.py) or "auto" (fastest within the gate)
+    quantize: str  # a quantization mode (compiler/compression/quantize.py) or "auto" (fastest within the gate)
     io_dtype: str  # input/output type of an integer model: "uint8", "int8" or "float32"
     ops: str  # the op set the device's runtime accepts, checked after conversion
     threads: int  # benchmark thread count, like the device's big cores
@@ -28,7 +28,7 @@ class Target:
         return dataclasses.asdict(self)
 
 
-# Op-set names used by `ops` (compiler/constraints.py checks them):
+# Op-set names used by `ops` (compiler/spec/constraints.py checks them):
 #   "tflite-builtins"    any TFLite builtin op (XNNPACK takes float, fp16 and int8 kernels)
 #   "tflite-int8-only"   every op computes on int8/uint8 tensors (bias int32); no float op at all
 #   "tflite-gpu"         float/fp16 ops the GPU delegate runs (fp16 weights dequantized on load)

@@ -9,8 +9,8 @@ from rich.table import Table
 
 from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
-from edgetl.compiler.report_facts import accuracy_figure
-from edgetl.compiler.report_verdict import build_verdict
+from edgetl.compiler.report.facts import accuracy_figure
+from edgetl.compiler.report.verdict import build_verdict
 
 REPORT_FILE = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -23,8 +23,8 @@ def write_report(report: dict, out: Path) -> Path:
 
 
 def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
-    """confusion_matrix.png: the same drawing as report.html's (compiler/report_charts.py)."""
-    from edgetl.compiler.report_charts import _pyplot, confusion_figure
+    """confusion_matrix.png: the same drawing as report.html's (compiler/report/charts.py)."""
+    from edgetl.compiler.report.charts import _pyplot, confusion_figure
 
     plt = _pyplot()
     fig = confusion_figure(cm, classes, title)

@@ -701,7 +701,7 @@ def add_tflite_metadata(
     _check_repacked(packed, originals, len(model.buffers), index, meta, n_before)
     # The object API's Pack writes every quantization vector again, undoing the converter
     # output's compaction (about 7% of an int8 file); share identical vectors once more.
-    from edgetl.compiler.quantize import compact_tflite
+    from edgetl.compiler.compression.quantize import compact_tflite
 
     packed = compact_tflite(packed)
     _check_repacked(packed, originals, len(model.buffers), index, meta, n_before)

@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.table import Table
 
 from edgetl.compiler.progress import summary_console as console
-from edgetl.compiler.report import REPORT_FILE
-from edgetl.compiler.report_facts import deployed_artifact, deployed_figure, intervals_overlap, test_predictions
-from edgetl.compiler.stats import paired_difference
+from edgetl.compiler.report.summary import REPORT_FILE
+from edgetl.compiler.report.facts import deployed_artifact, deployed_figure, intervals_overlap, test_predictions
+from edgetl.compiler.evaluation.stats import paired_difference
 from edgetl.errors import ReportError
 
 _IGNORED_SETTINGS = {"out", "overwrite", "cache_dir", "use_cache"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetl.compiler.stats import wilson_interval
+from edgetl.compiler.evaluation.stats import wilson_interval
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -95,7 +95,7 @@ class Optimizer:
     @property
     def calibration(self) -> np.ndarray:
         if self._calibration is None:
-            from edgetl.compiler.quantize import calibration_sample
+            from edgetl.compiler.compression.quantize import calibration_sample
 
             x, y = self.images.get("train", self.size)
             self._calibration = calibration_sample(x, y, self.config.calibration_size, self.config.seed)
@@ -135,7 +135,7 @@ class Optimizer:
             self._add(Candidate("fp32", fmt, "fp32", Path(path), "float export, checked against Keras"))
 
     def add_ptq(self, model=None, suffix: str = "", sparsity: float | None = None, precisions=("fp16", "dynamic", "int8")):
-        from edgetl.compiler.quantize import convert_tflite
+        from edgetl.compiler.compression.quantize import convert_tflite
 
         source = model
         model = model or self.float_model
@@ -152,7 +152,7 @@ class Optimizer:
     def add_onnx_int8(self, float_onnx: Path, name: str = "int8", sparsity: float | None = None, model=None):
         """ONNX Runtime static QDQ of `float_onnx`; model: the Keras model it was exported from,
         when that is not the float model (a pruned copy)."""
-        from edgetl.compiler.quantize import quantize_onnx
+        from edgetl.compiler.compression.quantize import quantize_onnx
 
         path = self.folder / f"model.{name}.onnx"
         with progress_bar(f"ONNX {name} (static QDQ)", 1) as advance:
@@ -166,7 +166,7 @@ class Optimizer:
 
         The float file is an intermediate, not a candidate (the pruned fp32 TFLite already shows
         what pruning costs in float); it is written beside the variants and removed."""
-        from edgetl.compiler.export import export_onnx
+        from edgetl.compiler.export.convert import export_onnx
 
         float_onnx = export_onnx(model, self.folder / f".model.fp32{suffix}.onnx")
         try:
@@ -189,8 +189,8 @@ class Optimizer:
     def add_qat(self, model=None, suffix: str = "", sparsity: float | None = None, preserve: str | None = None):
         """QAT fine-tuning, then a full-integer TFLite. preserve: None, "pruning" (PQAT: the
         zeros stay) or "clusters" (PCQAT: the zeros and the shared values stay)."""
-        from edgetl.compiler import compress
-        from edgetl.compiler.quantize import convert_tflite
+        from edgetl.compiler.compression import compress
+        from edgetl.compiler.compression.quantize import convert_tflite
 
         model = model or self.float_model
         make, what = {
@@ -212,7 +212,7 @@ class Optimizer:
 
     def _fine_tune(self, model, epochs: int, learning_rate: float, label: str):
         """compress.fine_tune on the train views, distilled from the teacher when there is one."""
-        from edgetl.compiler import compress
+        from edgetl.compiler.compression import compress
 
         distilled = self.teacher_model is not None
         return compress.fine_tune(
@@ -231,7 +231,7 @@ class Optimizer:
 
     def pruned_model(self):
         """Magnitude pruning to the target sparsity (fine-tuned, distilled), stripped."""
-        from edgetl.compiler import compress
+        from edgetl.compiler.compression import compress
 
         views = self.train_views
         begin, end = compress.pruning_steps(len(views[0]), self.config.batch_size, ramp_epochs=max(1, self.config.prune_epochs / 2))
@@ -243,7 +243,7 @@ class Optimizer:
 
     def clustered_model(self, model):
         """Sparsity-preserving weight clustering of a pruned model (fine-tuned, distilled), stripped."""
-        from edgetl.compiler import compress
+        from edgetl.compiler.compression import compress
 
         clustered = compress.cluster(model, self.config.cluster)
         result = self._fine_tune(clustered, self.config.cluster_epochs, self.config.cluster_learning_rate, f"clustering to {self.config.cluster} values")
@@ -286,7 +286,7 @@ class Optimizer:
         # (30 calls of a ResNet50 fp32 file took 7 s per file on a loaded machine).
         c.latency_p50_ms = measure_latency(session, x_test[0], runs=5, warmup=1)
         if c.format == "tflite":
-            from edgetl.compiler.quantize import tflite_io_details
+            from edgetl.compiler.compression.quantize import tflite_io_details
 
             c.io = tflite_io_details(c.path)
         console.print(

@@ -1,6 +1,6 @@
-"""Cross-validated fine-tuning and distillation: the choices of compiler/crossval.py, trained.
+"""Cross-validated fine-tuning and distillation: the choices of compiler/training/crossval.py, trained.
 
-For a model whose probe (compiler/probe.py) is already fitted on all labelled images:
+For a model whose probe (compiler/training/probe.py) is already fitted on all labelled images:
 
 1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (same
    C), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.crossval import choose_epochs, stratified_folds
-from edgetl.compiler.finetune import EpochProgress, set_trainable_top, training_dataset
-from edgetl.compiler.probe import Probe, fit_probe_at, set_head
+from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
+from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
 from edgetl.compiler.progress import progress_bar
 
 
@@ -124,7 +124,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
     the view size the distillation step resizes from; unlabeled_views: extra images (label -1)
     that feed the soft term in every fold. Teacher and student are returned to their weights.
     """
-    from edgetl.compiler.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
 
     strategy = strategy or tf.distribute.get_strategy()
     student_start = student.get_weights()

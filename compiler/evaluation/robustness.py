@@ -1,7 +1,7 @@
 """How fragile is the model before it ships: accuracy under camera corruptions.
 
 `score_robustness` runs each model (any `predict(images) -> probabilities`) on a seeded,
-deterministic corruption suite of labelled images (compiler/corruptions.py: noise, blur,
+deterministic corruption suite of labelled images (compiler/data/corruptions.py: noise, blur,
 exposure, colour cast, JPEG, pixelation) and returns the table that report.json holds under
 "robustness": accuracy per corruption (mean over the severities) for each model, the clean
 accuracy, and the weakest corruption. `render_section` turns that dict into a self-contained
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from edgetl.compiler.corruptions import CORRUPTIONS, corrupt
+from edgetl.compiler.data.corruptions import CORRUPTIONS, corrupt
 
 DEFAULT_SEVERITIES = (1, 3, 5)
 DEFAULT_MAX_IMAGES = 120
@@ -32,7 +32,7 @@ DEFAULT_MAX_IMAGES = 120
 
 def subsample(y: np.ndarray, max_images: int, seed: int = 0) -> np.ndarray:
     """Indices of at most `max_images` images, class-balanced and seeded (all when fewer)."""
-    from edgetl.compiler.quantize import calibration_indices
+    from edgetl.compiler.compression.quantize import calibration_indices
 
     if len(y) <= max_images:
         return np.arange(len(y))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 
-from edgetl.compiler.report_facts import accuracy_figure
+from edgetl.compiler.report.facts import accuracy_figure
 
 _RUNTIME_COLOURS = {"litert": "#1f77b4", "onnxruntime": "#ff7f0e", "keras": "#7f7f7f"}
 
@@ -193,7 +193,7 @@ def training_chart(role: str, training: dict) -> str | None:
 
 
 def cross_validation_curves(training: dict) -> list[tuple[str, dict]]:
-    """(name, selection record) of every stage chosen by cross-validation (compiler/crossval.py)."""
+    """(name, selection record) of every stage chosen by cross-validation (compiler/training/crossval.py)."""
     found = []
     for key, value in (training or {}).items():
         selection = value.get("selection") if isinstance(value, dict) else None

@@ -3,14 +3,14 @@ next step most likely to help, derived from the report's own figures.
 
 Used at the top of report.html, at the end of the console summary and by `edgetl report`, so
 the three never disagree. Comparisons use the paired difference on the same test images
-(compiler/stats.py): a gap inside the noise is called so, never a gain or a loss.
+(compiler/evaluation/stats.py): a gap inside the noise is called so, never a gain or a loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from edgetl.compiler.report_facts import (
+from edgetl.compiler.report.facts import (
     accuracy_figure,
     compare_deployed_with,
     compare_roles,
@@ -19,7 +19,7 @@ from edgetl.compiler.report_facts import (
     how_measured,
     intervals_overlap,
 )
-from edgetl.compiler.report_gallery import misclassified
+from edgetl.compiler.report.gallery import misclassified
 
 WIDE_INTERVAL_POINTS = 5.0  # half-width beyond which the test split is called too small to rank files
 WEAK_CLASS_GAP = 0.10  # recall this far below overall accuracy makes a class the weak one

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.finetune import KeepBest, StageResult, _fit, augment, prepare_top
+from edgetl.compiler.training.finetune import KeepBest, StageResult, _fit, augment, prepare_top
 from edgetl.models import LOGITS_LAYER
 
 

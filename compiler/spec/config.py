@@ -16,7 +16,7 @@ class CompileConfig:
     # "imagenet" (the registry's pretrained weights), a path to a weights file, or "none" for
     # random initialisation (explicit only: edgetl never falls back to random weights).
     teacher_weights: str = "imagenet"
-    # Stage 1: the linear probe on cached features of the frozen backbone (compiler/probe.py).
+    # Stage 1: the linear probe on cached features of the frozen backbone (compiler/training/probe.py).
     # Stage 2: the top of the backbone unfrozen, low learning rate, batch-norm statistics frozen.
     finetune_epochs: int = 8
     finetune_learning_rate: float = 1e-4
@@ -33,16 +33,16 @@ class CompileConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # share of the teacher's soft targets in the loss (0: labels only)
     unlabeled: Path | None = None  # images without labels: the soft term, and adaptation (--adapt)
-    # Adaptation of the deployed model to the --unlabeled images (compiler/adapt.py): none, bn
+    # Adaptation of the deployed model to the --unlabeled images (compiler/training/adapt.py): none, bn
     # (AdaBN + int8 calibration on them), shot (AdaBN + SHOT self-training), or auto: with
     # --target-val the best there, else the measured default (ADAPT_DEFAULT). Ignored without
     # --unlabeled.
     adapt: str = "auto"
     target_val: Path | None = None  # a small labelled set from the target camera: chooses and reports
     adapt_epochs: int = 3  # self-training epochs (shot)
-    robustness: bool = True  # score the deployed files on the corruption suite (compiler/robustness.py)
+    robustness: bool = True  # score the deployed files on the corruption suite (compiler/evaluation/robustness.py)
     baseline: bool = True  # also train the student without the teacher, for the ablation
-    # Quantization and pruning (compiler/optimize.py).
+    # Quantization and pruning (compiler/compression/optimize.py).
     # None = the target's choice, else the default (see resolved()).
     quantize: str | None = None  # auto (fastest within the gate), fp32, fp16, dynamic, int8
     io_dtype: str | None = None  # input/output type of full-integer files: uint8, int8 or float32
@@ -65,20 +65,20 @@ class CompileConfig:
     cluster_learning_rate: float = 1e-4
     max_accuracy_drop: float = 1.0  # points of val accuracy a quantized file may lose vs fp32
     # --quantize auto: among the files within the accuracy gate, only those whose p50 measured
-    # here is at most this many ms may be deployed (None: no budget); see compiler/optimize.py.
+    # here is at most this many ms may be deployed (None: no budget); see compiler/compression/optimize.py.
     max_latency_ms: float | None = None
-    # Teacher training in bf16 mixed precision (compiler/precision.py): "auto" where the model
+    # Teacher training in bf16 mixed precision (compiler/spec/precision.py): "auto" where the model
     # family gains from it (ModelConfig.bf16_training, measured with benchmarks/bf16_training.py)
     # and the machine computes bf16 natively; "bf16" always; "off" never. The trained teacher is
     # float32 again before anything is exported or checked.
     mixed_precision: str = "auto"
-    target: str | None = None  # a device profile (compiler/targets.py)
+    target: str | None = None  # a device profile (compiler/spec/targets.py)
     threads: int | None = None  # latency measurement threads (default: the target's, else 4, capped by cores)
     batch_size: int = 32
     dropout: float = 0.2
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    # Small data (compiler/crossval.py): below `cv_below` labelled training images, choices
+    # Small data (compiler/training/crossval.py): below `cv_below` labelled training images, choices
     # (probe or fine-tuning, and for how many epochs) are made by `folds`-fold cross-validation
     # and nothing is carved for val or test; the deployed model is refit on all of them.
     # "holdout" or "cv" force one way. 600: a 15% val split of fewer than ~90 images moves by
@@ -94,7 +94,7 @@ class CompileConfig:
     # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
     cache_dir: Path | None = None
     use_cache: bool = True
-    # Bring your own model (compiler/source_model.py): a trained Keras classifier (.keras, .h5,
+    # Bring your own model (compiler/training/source_model.py): a trained Keras classifier (.keras, .h5,
     # SavedModel folder) compiled without training; DATA calibrates, gates and scores it. How it
     # takes its input: a preset (raw, tf, torch, caffe) or mean/std (one number or three) on
     # pixels times scale, in channel_order; an edgetl .keras carries its own. labels: a file of
@@ -124,7 +124,7 @@ class CompileConfig:
         the values actually used (`student_size: null` and 224 are the same lite0 student)."""
         import os
 
-        from edgetl.compiler.targets import get_target
+        from edgetl.compiler.spec.targets import get_target
         from edgetl.models import get_config
 
         target = get_target(self.target) if self.target else None
@@ -169,7 +169,7 @@ class CompileConfig:
 
     def _validate_names(self) -> None:
         """Registry names, target and weights: known, and consistent with each other."""
-        from edgetl.compiler.targets import TARGETS
+        from edgetl.compiler.spec.targets import TARGETS
         from edgetl.errors import SettingError
         from edgetl.models import get_config
 
@@ -204,7 +204,7 @@ class CompileConfig:
             if given:
                 raise SettingError(f"{', '.join(given)} describe a model you bring: give it with --model FILE (edgetl's own models carry their preprocessing)")
             return
-        from edgetl.compiler.source_model import parse_scale, parse_triple
+        from edgetl.compiler.training.source_model import parse_scale, parse_triple
 
         if not Path(self.model).expanduser().exists():
             raise SettingError(_message("model", str(self.model), "must be a Keras model file (.keras, .h5) or SavedModel folder; there is nothing at that path"))

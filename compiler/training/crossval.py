@@ -12,7 +12,7 @@ fine-tuning (distillation for the student) from it for e epochs, e = 1..E. One t
 per fold gives the held-out accuracy after every epoch (epoch 0 being the probe itself), so the
 whole curve costs k runs, not k per candidate. The probe is replaced only when the best number
 of epochs beats it beyond noise: the paired 95% interval of their out-of-fold difference
-(compiler/stats.py) excludes zero. Measured on flowers12 with 5 images per class, a fine-tuned
+(compiler/evaluation/stats.py) excludes zero. Measured on flowers12 with 5 images per class, a fine-tuned
 Lite2 teacher that "won" by +3.3 points out of fold (interval -5.0 to +12.0, n=60) scored
 below its probe on the test split, and its distilled student 6 points below the student's
 probe: on small data a noisy win is a loss.
@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from edgetl.compiler.stats import Accuracy, paired_difference
+from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 
 def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgetl.compiler.stats import PairedDifference, describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.evaluation.stats import PairedDifference, describe_accuracy, paired_difference, wilson_interval
 
 
 @dataclasses.dataclass(frozen=True)

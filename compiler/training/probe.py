@@ -2,7 +2,7 @@
 
 Feature extraction is the first technique of transfer learning and, on a few hundred images,
 often the strongest: fine-tuning can only replace it when cross-validation says it is better
-(compiler/crossval.py). The probe is also where fine-tuning starts (LP-FT, Kumar et al., ICLR
+(compiler/training/crossval.py). The probe is also where fine-tuning starts (LP-FT, Kumar et al., ICLR
 2022: a trained linear head first, then the backbone, distorts the features least).
 
 The head is a multinomial logistic regression (L-BFGS) on standardised features,
@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from edgetl.compiler.crossval import stratified_folds
+from edgetl.compiler.training.crossval import stratified_folds
 
 # Inverse regularisation strengths tried, on standardised features of 1000-2000 dimensions.
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)

@@ -9,11 +9,11 @@ import html
 from pathlib import Path
 
 from edgetl.atomic import atomic_write_text
-from edgetl.compiler.robustness import render_section as render_robustness_section
-from edgetl.compiler.report_charts import confusion_chart, cross_validation_chart, tradeoff_chart, training_chart
-from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
-from edgetl.compiler.report_gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
-from edgetl.compiler.report_verdict import build_verdict
+from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
+from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, tradeoff_chart, training_chart
+from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
+from edgetl.compiler.report.verdict import build_verdict
 
 HTML_FILE = "report.html"
 

@@ -280,7 +280,7 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarr
     check there is: a collapse to a few classes shows up there first).
     Returns (model, report dict).
     """
-    from edgetl.compiler.stats import describe_accuracy
+    from edgetl.compiler.evaluation.stats import describe_accuracy
 
     if method == "auto":
         tried = list(METHODS) if target_val is not None else [ADAPT_DEFAULT] + [m for m in ("bn", "none") if COST_ORDER[m] < COST_ORDER[ADAPT_DEFAULT]]

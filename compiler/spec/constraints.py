@@ -21,7 +21,7 @@ _GPU_OPS = {
 
 def check_target(target, tflite: Path, onnx_path: Path) -> dict:
     """Raise TargetConstraintError on the first violation; return what was checked."""
-    from edgetl.compiler.quantize import tflite_io_details, tflite_summary
+    from edgetl.compiler.compression.quantize import tflite_io_details, tflite_summary
 
     summary = tflite_summary(tflite)
     ops = set(summary["ops"])

@@ -6,7 +6,7 @@ style): `quantize_aware`, `prune`, `strip`, `prune_preserving_qat`, `cluster`,
 `strip_clusters`, `cluster_preserving_qat`. The chain for the smallest download is prune ->
 strip -> cluster -> strip_clusters -> cluster_preserving_qat (PCQAT). `fine_tune` then trains
 the returned model in place for a few epochs, with the distillation loss when a teacher is
-given (compiler.distill's `Distiller`), keeping the best weights seen on validation accuracy.
+given (compiler.training.distill's `Distiller`), keeping the best weights seen on validation accuracy.
 
 Our models are flat functional graphs (models/_registry.py), so tfmot can wrap every layer.
 What stays float:
@@ -23,7 +23,7 @@ What stays float:
     with a large head (1000 classes: 1.28M weights on Lite0).
 
 Fine-tuning keeps batch-norm layers frozen (inference-mode statistics, as in
-compiler.finetune): with small batches, updating them ruins the pretrained features, and QAT
+compiler.training.finetune): with small batches, updating them ruins the pretrained features, and QAT
 then learns ranges for the statistics the converter folds into the convolutions.
 """
 
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.finetune import EpochProgress, KeepBest, StageResult
+from edgetl.compiler.training.finetune import EpochProgress, KeepBest, StageResult
 from edgetl.compiler.progress import progress_bar
 from edgetl.models import LOGITS_LAYER, PREPROCESS_LAYER
 
@@ -570,7 +570,7 @@ def fine_tune(
     UpdatePruningStep callback, and only epochs whose measured sparsity has reached the
     schedule's target count as candidates for the best weights.
     """
-    from edgetl.compiler.distill import Distiller, distillation_dataset
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset
 
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)

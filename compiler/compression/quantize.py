@@ -275,7 +275,7 @@ def convert_tflite(
         )
     quantization_aware = is_quantization_aware(model)
     if quantization_aware:
-        from edgetl.compiler.compress import conversion_copy
+        from edgetl.compiler.compression.compress import conversion_copy
 
         model = conversion_copy(model)  # all-zero (pruned) weight channels: a usable range
     integer_io = precision is Precision.INT8 and io_dtype != "float32"

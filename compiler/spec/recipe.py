@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgetl.atomic import atomic_write_text
-from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.errors import EdgetlError
 
 RECIPE_FILE = "recipe.yaml"
