@@ -822,10 +822,10 @@ def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: I
 
 def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None):
     from edgetl.compiler.compression.optimize import Optimizer
+    from edgetl.runtime.measure import default_threads
 
     distilled = deployed is not teacher
-    cores = os.cpu_count() or 1
-    threads = config.threads or min(target.threads if target else 4, cores)
+    threads = config.threads or default_threads(target.threads if target else 4)
     optimizer = Optimizer(
         float_model=deployed.model,
         teacher_model=teacher.model if distilled else None,

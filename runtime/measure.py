@@ -18,6 +18,20 @@ from collections.abc import Callable
 import numpy as np
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity mask: a container or `taskset` may allow
+    fewer than the machine has, which os.cpu_count() does not see)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def default_threads(preferred: int) -> int:
+    """Threads to measure with when the user did not say: `preferred` (a target's), never more
+    than the cores present, as more threads than cores only time the scheduler."""
+    return max(1, min(preferred, len(usable_cores())))
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     first_ms: float

@@ -95,11 +95,11 @@ def test_variants_carry_labels_and_bench_dir_includes_them(int8_build, capsys):
 
 def test_recipe_is_fully_resolved_and_report_counts_calibration(int8_build):
     """Bug 6 (recipe) and point 8 (calibration_images, the target's wording)."""
-    import os
+    from edgetl.runtime.measure import usable_cores
 
     data, out, report = int8_build
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert recipe["threads"] == min(4, os.cpu_count() or 1) and recipe["quantize"] == "int8"
+    assert recipe["threads"] == min(4, len(usable_cores())) and recipe["quantize"] == "int8"
     assert recipe["io_dtype"] == "int8"
     trained_on = report["dataset"]["totals"]["train"]
     assert report["optimization"]["calibration_images"] == trained_on < report["optimization"]["calibration_size"] == 128

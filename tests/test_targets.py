@@ -12,6 +12,7 @@ from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.spec.constraints import TargetConstraintError, check_target
 from edgetl.compiler.spec.targets import TARGETS, get_target
 from edgetl.errors import EdgetlError
+from edgetl.runtime.measure import usable_cores
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,23 @@ def test_every_target_resolves_to_a_complete_recipe(tmp_path):
         config = CompileConfig(data=tmp_path, out=tmp_path / "o", target=name).resolved()
         assert config.quantize == target.quantize and config.io_dtype == target.io_dtype
         # threads: the target's, capped by this machine's cores (the count the run measures with)
-        assert config.student_size == target.student_size and config.threads == min(target.threads, os.cpu_count() or 1)
+        assert config.student_size == target.student_size and config.threads == min(target.threads, len(usable_cores()))
     # What the user says wins over the profile.
     config = CompileConfig(data=tmp_path, out=tmp_path / "o", target="raspberry-pi", quantize="fp16", student_size=128)
     assert config.resolved().quantize == "fp16" and config.resolved().student_size == 128
     with pytest.raises(EdgetlError, match="android-npu"):
         get_target("android-npu")
+
+
+def test_benchmark_threads_never_exceed_the_cores_present_unless_asked(tmp_path, monkeypatch):
+    """A 4-thread target on a machine (or container) that lets this process use 2 cores of 64."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert get_target("android-cpu").threads == 4
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o", target="android-cpu").resolved().threads == 2
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o").resolved().threads == 2  # no target: 4, capped
+    # What the user asks for is what is measured, even beyond the cores.
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o", target="android-cpu", threads=8).resolved().threads == 8
 
 
 def test_edgetpu_rejects_a_float_op_and_names_it(tiny_files):

@@ -122,10 +122,9 @@ class CompileConfig:
         """Every setting decided: the target's profile fills what the user left open, then the
         defaults. Nothing is left for run time to decide, so the cache keys and recipe.yaml see
         the values actually used (`student_size: null` and 224 are the same lite0 student)."""
-        import os
-
         from edgetl.compiler.spec.targets import get_target
         from edgetl.models import get_config
+        from edgetl.runtime.measure import default_threads
 
         target = get_target(self.target) if self.target else None
         if self.model is not None:  # nothing is trained: no student, the given model is deployed
@@ -138,7 +137,7 @@ class CompileConfig:
             quantize=self.quantize or (target.quantize if target else "auto"),
             io_dtype=self.io_dtype or (target.io_dtype if target else "uint8"),
             student_size=student_size,
-            threads=self.threads or min(target.threads if target else 4, os.cpu_count() or 1),
+            threads=self.threads or default_threads(target.threads if target else 4),
         )
 
     def validate(self) -> None:
