@@ -301,7 +301,9 @@ def test_keras_reference_runs_when_named(art, tmp_path):
     report = run_bench(BenchConfig(models=(art["keras"],), threads=(1,), runs=3, warmup=0, out=tmp_path,
                                    chart=False), log=lambda m: None)
     (row,) = report["results"]
-    assert row["runtime"] == "keras" and row["status"] == "ok" and row["import_s"] > row["load_s"] * 0
+    assert row["runtime"] == "keras" and row["status"] == "ok"
+    # The worker imports TensorFlow before loading the model: both are timed, apart.
+    assert row["import_s"] > 0 and row["load_s"] > 0 and row["p50_ms"] > 0
     folder = run_bench(BenchConfig(models=(art["folder"],), runtimes=("keras",), threads=(1,), runs=3, warmup=0,
                                    out=tmp_path, chart=False), log=lambda m: None)
     assert [r["file"] for r in folder["results"]] == ["teacher.keras"]

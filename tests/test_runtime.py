@@ -177,7 +177,7 @@ def test_compiled_model_api_matches_the_interpreter(art, pixels):
     session.close()
 
 
-def test_gpu_runtimes_say_why_they_cannot_run(art):
+def test_gpu_runtimes_say_why_they_cannot_run(art, pixels):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -187,9 +187,13 @@ def test_gpu_runtimes_say_why_they_cannot_run(art):
     with pytest.raises(RuntimeUnavailableError, match="TensorrtExecutionProvider not available"):
         open_session(art["onnx"], runtime="onnxruntime-tensorrt")
     try:
-        open_session(art["tflite"], runtime="litert-gpu")
-    except RuntimeUnavailableError as exc:
+        gpu = open_session(art["tflite"], runtime="litert-gpu")
+    except RuntimeUnavailableError as exc:  # no GPU accelerator: one line that says so
         assert "GPU" in str(exc) and "\n" not in str(exc)
+    else:  # a GPU accelerator is present: then it must run the file as the CPU interpreter does
+        cpu = open_session(art["tflite"]).run(pixels)
+        assert np.abs(gpu.predict(pixels) - cpu).max() < 0.05  # GPU delegates may compute in fp16
+        gpu.close()
     with pytest.raises(ModelFileError, match="runs .onnx files"):
         open_session(art["tflite"], runtime="onnxruntime")
 
