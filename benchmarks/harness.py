@@ -28,16 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import DataError, EdgetlError, ModelFileError
+from edgetl.errors import BenchSettingsError, DataError, ModelFileError
 
 BENCH_JSON = "bench.json"
 BENCH_PNG = "bench.png"
 EVAL_BATCH = 32  # `edgetl compile`'s default batch; its report's batch_size wins when present
 _CASE_TIMEOUT_S = 900
-
-
-class BenchSettingsError(EdgetlError):
-    """A bench option that cannot be used as given."""
 
 
 @dataclasses.dataclass(frozen=True)

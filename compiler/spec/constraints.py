@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.errors import EdgetlError
-
-
-class TargetConstraintError(EdgetlError):
-    """A deployed file that the target's runtime would not run as intended."""
+from edgetl.errors import TargetConstraintError  # noqa: F401  (callers import it from here too)
 
 
 # Ops LiteRT's GPU delegate runs (those a classifier of the registry uses; others fall back to CPU).
