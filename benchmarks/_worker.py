@@ -25,7 +25,7 @@ def run_case(spec: dict) -> dict:
         os.sched_setaffinity(0, cores)
     result["cores"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
-    from edgetl.benchmarks.measure import current_rss_mb, peak_rss_mb, reset_peak_rss, time_calls
+    from edgetl.runtime.measure import current_rss_mb, peak_rss_mb, reset_peak_rss, time_calls
 
     import numpy as np
 

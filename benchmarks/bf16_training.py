@@ -3,7 +3,7 @@
     python -m edgetl.benchmarks.bf16_training [--models resnet50,efficientnet_lite0] [--rounds 2]
 
 For each model: the registry model (random weights, 12 classes) is built twice, in float32 and
-under tf_keras' `mixed_bfloat16` policy (compiler/precision.py), with the top of the backbone
+under tf_keras' `mixed_bfloat16` policy (compiler/spec/precision.py), with the top of the backbone
 unfrozen as the teacher's fine-tuning does (`set_trainable_top` from the family's
 `unfreeze_from`), compiled with Adam; then, in alternating rounds (fp32, bf16, bf16, fp32, ...),
 --steps training steps (`train_on_batch`, batch --batch of random images) and as many frozen
@@ -24,8 +24,8 @@ import numpy as np
 
 def _build(name: str, bf16: bool, batch: int):
     from edgetl._compat import keras
-    from edgetl.compiler.finetune import set_trainable_top
-    from edgetl.compiler.precision import training_policy
+    from edgetl.compiler.training.finetune import set_trainable_top
+    from edgetl.compiler.spec.precision import training_policy
     from edgetl.models import create_model, get_config
 
     with training_policy(bf16):
@@ -49,7 +49,7 @@ def _time(fn, steps: int) -> float:
 
 
 def measure(name: str, rounds: int, steps: int, batch: int, log) -> dict:
-    from edgetl.compiler.precision import is_mixed
+    from edgetl.compiler.spec.precision import is_mixed
 
     built = {False: _build(name, False, batch), True: _build(name, True, batch)}
     assert is_mixed(built[True][0]) and not is_mixed(built[False][0])
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from edgetl.compiler.precision import cpu_has_bf16
+    from edgetl.compiler.spec.precision import cpu_has_bf16
     from edgetl.models import get_config
 
     rows = [measure(name, args.rounds, args.steps, args.batch, log) for name in args.models.split(",")]

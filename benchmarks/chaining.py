@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.benchmarks.fewshot import deployed_correct, sklearn_probe, subset
-from edgetl.compiler.stats import Accuracy, paired_difference
+from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 
 def class_folder(dataset, classes: list[str], per_class: int | None, seed: int, folder: Path) -> Path:
@@ -75,7 +75,7 @@ def pooled_features(model_name: str, weights, num_classes: int, dataset_b) -> tu
     """Pooled features of task B's train/ and test/ images from a backbone (`weights`: "imagenet"
     or an edgetl .keras file, whose layers are transferred and head replaced)."""
     from edgetl._compat import keras, tf
-    from edgetl.compiler.data import load_images
+    from edgetl.compiler.data.datasets import load_images
     from edgetl.models import FEATURES_LAYER, create_model
 
     model = create_model(model_name, weights=weights, num_classes=num_classes)
@@ -95,9 +95,9 @@ def fine_tuned_source(model_name: str, start: Path, dataset_a, epochs: int, seed
     if path.is_file():
         return path
     from edgetl._compat import keras
-    from edgetl.compiler.config import CompileConfig
-    from edgetl.compiler.data import load_images
-    from edgetl.compiler.finetune import set_trainable_top, training_dataset
+    from edgetl.compiler.spec.config import CompileConfig
+    from edgetl.compiler.data.datasets import load_images
+    from edgetl.compiler.training.finetune import set_trainable_top, training_dataset
     from edgetl.models import create_model, get_config
 
     defaults = CompileConfig(data=Path("."), out=Path("."))  # only its defaults are read
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="fine-tune task A's model this many epochs in the benchmark itself and chain from that")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    from edgetl.compiler.data import scan_dataset
+    from edgetl.compiler.data.datasets import scan_dataset
 
     dataset = scan_dataset(args.data.resolve(), selection="holdout", val_fraction=0.0, test_fraction=0.0)
     if not dataset.splits["test"]:

@@ -18,7 +18,7 @@ def plot_bench(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    from edgetl.compiler.atomic import atomic_path
+    from edgetl.atomic import atomic_path
 
     rows = [r for r in report["results"] if r["status"] == "ok"]
     skipped = [r for r in report["results"] if r["status"] != "ok"]

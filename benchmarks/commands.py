@@ -95,7 +95,7 @@ def bench_command(
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     print_table(report)
     for size, section in (report.get("robustness") or {}).items():
-        from edgetl.compiler.robustness import format_table
+        from edgetl.compiler.evaluation.robustness import format_table
 
         typer.echo(format_table(section))
     written = ", ".join(report["outputs"].values())

@@ -60,7 +60,7 @@ class Study:
         self._load()
 
     def _load(self):
-        from edgetl.compiler.data import load_images, scan_dataset
+        from edgetl.compiler.data.datasets import load_images, scan_dataset
         from edgetl.runtime.keras_model import load_keras_model
 
         a = self.args
@@ -99,14 +99,14 @@ class Study:
         return row
 
     def calibration(self, n: int, seed: int | None = None):
-        from edgetl.compiler.quantize import calibration_sample
+        from edgetl.compiler.compression.quantize import calibration_sample
 
         return calibration_sample(self.x_train, self.y_train, n, self.args.seed if seed is None else seed)
 
     # ---------------------------------------------------------------- steps
     def ptq(self):
-        from edgetl.compiler.export import export_onnx, export_tflite
-        from edgetl.compiler.quantize import convert_tflite, quantize_onnx, tflite_io_details, write_tflite
+        from edgetl.compiler.export.convert import export_onnx, export_tflite
+        from edgetl.compiler.compression.quantize import convert_tflite, quantize_onnx, tflite_io_details, write_tflite
 
         w = self.work
         cal = self.calibration(self.args.calibration)
@@ -129,8 +129,8 @@ class Study:
                      {"convert_s": time.perf_counter() - t})
 
     def calib(self):
-        from edgetl.compiler.export import export_onnx
-        from edgetl.compiler.quantize import convert_tflite, quantize_onnx, write_tflite
+        from edgetl.compiler.export.convert import export_onnx
+        from edgetl.compiler.compression.quantize import convert_tflite, quantize_onnx, write_tflite
 
         w = self.work
         if not (w / "fp32.onnx").exists():
@@ -167,7 +167,7 @@ class Study:
             print(f"calibration broken ({bad}): tflite int8 {acc:.4f}", flush=True)
 
     def _fine_tune(self, model, epochs, lr, label):
-        from edgetl.compiler.compress import fine_tune
+        from edgetl.compiler.compression.compress import fine_tune
 
         result = fine_tune(
             model, teacher=self.teacher, train_views=(self.x_view, self.y_train), val=(self.x_val, self.y_val),
@@ -178,8 +178,8 @@ class Study:
         return result
 
     def qat(self):
-        from edgetl.compiler.compress import float_layers, quantize_aware
-        from edgetl.compiler.quantize import convert_tflite, tflite_summary, write_tflite
+        from edgetl.compiler.compression.compress import float_layers, quantize_aware
+        from edgetl.compiler.compression.quantize import convert_tflite, tflite_summary, write_tflite
 
         a = self.args
         for lr in [float(v) for v in a.qat_lr.split(",")]:
@@ -196,11 +196,11 @@ class Study:
             })
 
     def prune(self):
-        from edgetl.compiler.compress import (
+        from edgetl.compiler.compression.compress import (
             prune, prune_preserving_qat, pruning_steps, sparsity_of, strip, weight_sparsity,
         )
-        from edgetl.compiler.export import export_onnx, export_tflite
-        from edgetl.compiler.quantize import convert_tflite, quantize_onnx, write_tflite
+        from edgetl.compiler.export.convert import export_onnx, export_tflite
+        from edgetl.compiler.compression.quantize import convert_tflite, quantize_onnx, write_tflite
 
         a = self.args
         w = self.work
@@ -239,10 +239,10 @@ class Study:
     def cluster(self):
         """Sparsity-preserving clustering of the pruned model (WORK/pruned_S.keras, from the prune
         step), then pruning- and cluster-preserving QAT (PCQAT) to an int8 TFLite."""
-        from edgetl.compiler.compress import (
+        from edgetl.compiler.compression.compress import (
             cluster, cluster_preserving_qat, distinct_values, sparsity_of, strip_clusters,
         )
-        from edgetl.compiler.quantize import convert_tflite, write_tflite
+        from edgetl.compiler.compression.quantize import convert_tflite, write_tflite
         from edgetl.runtime.keras_model import load_keras_model
 
         a = self.args
@@ -272,8 +272,8 @@ class Study:
     def gzipcurve(self):
         """gzip size of the int8 file against sparsity, by one-shot magnitude pruning (no training:
         the size depends on the zeros, not on the accuracy recovered by fine-tuning)."""
-        from edgetl.compiler.compress import _copy, _prunable, sparsity_of
-        from edgetl.compiler.quantize import convert_tflite, write_tflite
+        from edgetl.compiler.compression.compress import _copy, _prunable, sparsity_of
+        from edgetl.compiler.compression.quantize import convert_tflite, write_tflite
 
         cal = self.calibration(self.args.calibration)
         out = self.results.setdefault("gzip_vs_sparsity", {})

@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from edgetl.compiler.config import CompileConfig
-from edgetl.compiler.data import scan_dataset
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.data.datasets import scan_dataset
 from edgetl.compiler.pipeline import ImageCache, TrainedModel, _student_views, _new_student
 from edgetl.models import get_config
 
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args()
 
-    from edgetl.compiler.distill import train_student
-    from edgetl.compiler.finetune import train_head
+    from edgetl.compiler.training.distill import train_student
+    from edgetl.compiler.training.finetune import train_head
     from edgetl.runtime.keras_model import KerasSession, load_keras_model
 
     teacher_model = load_keras_model(args.teacher)

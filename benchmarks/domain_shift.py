@@ -5,15 +5,15 @@
 One deployable model (EfficientNet-Lite0, 224 px: a head on its frozen ImageNet features, then a
 short fine-tune of the top; or `--model FILE.keras` to reuse one) is trained ONCE on the clean
 `train/` images (15% of them carved out, seeded, for early stopping). Then, for each simulated
-camera (`SHIFTS`: chains of compiler/corruptions.py steps, seeded), the clean `train/` images
+camera (`SHIFTS`: chains of compiler/data/corruptions.py steps, seeded), the clean `train/` images
 are passed through that camera and given WITHOUT labels to each adaptation method
-(compiler/adapt.py), always from the same trained model, and the adapted model is scored on
+(compiler/training/adapt.py), always from the same trained model, and the adapted model is scored on
 the same camera's `test/` images and on the clean `test/` images. With `--int8` the deployed
 int8 TFLite of each method is scored too (calibrated on the camera's images when adapting,
 on clean training images otherwise, as a compile does).
 
 Printed per camera and method: shifted-test accuracy with its 95% Wilson interval
-(compiler/stats.py), the share of the points lost to the shift that the method recovers, the
+(compiler/evaluation/stats.py), the share of the points lost to the shift that the method recovers, the
 clean-test accuracy and its change, and the adaptation's wall time; then the total wall time.
 """
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 _SHARED = [Path(os.environ["EDGETL_SHARED"])] if "EDGETL_SHARED" in os.environ else [REPO.parent / "shared", REPO.parent.parent / "shared"]
 DEFAULT_DATA = next((p / "datasets" / "flowers12" for p in _SHARED if (p / "datasets" / "flowers12").is_dir()), _SHARED[0] / "datasets" / "flowers12")
 
-# Simulated cameras: (kind, parameter) steps applied in order (compiler/corruptions.apply_steps).
+# Simulated cameras: (kind, parameter) steps applied in order (compiler/data/corruptions.apply_steps).
 SHIFTS = {
     # Soft plastic lens, warm white balance, sensor noise, heavy JPEG: the issue's cheap camera.
     "cheap_camera": [("defocus_blur", 3.0), ("colour_cast", 0.2), ("gaussian_noise", 0.05), ("jpeg", 15)],
@@ -47,11 +47,11 @@ SHIFTS = {
 
 
 def train_model(data: Path, size: int, finetune_epochs: int, seed: int):
-    """EfficientNet-Lite0 on the clean training images (compiler/finetune.py's two stages)."""
+    """EfficientNet-Lite0 on the clean training images (compiler/training/finetune.py's two stages)."""
     from edgetl._compat import keras
-    from edgetl.compiler.config import CompileConfig
-    from edgetl.compiler.data import load_images, scan_dataset
-    from edgetl.compiler.finetune import finetune
+    from edgetl.compiler.spec.config import CompileConfig
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
+    from edgetl.compiler.training.finetune import finetune
     from edgetl.models import create_model, get_config
 
     keras.utils.set_random_seed(seed)
@@ -69,7 +69,7 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
 
 
 def int8_probs(model, calibration: np.ndarray, x: list[np.ndarray]) -> list[np.ndarray]:
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
     from edgetl.runtime import open_session
 
     import tempfile
@@ -98,11 +98,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    from edgetl.compiler.adapt import adapt, calibration_images
-    from edgetl.compiler.corruptions import apply_steps
-    from edgetl.compiler.data import load_images, scan_dataset
-    from edgetl.compiler.quantize import calibration_sample
-    from edgetl.compiler.stats import describe_accuracy
+    from edgetl.compiler.training.adapt import adapt, calibration_images
+    from edgetl.compiler.data.corruptions import apply_steps
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
+    from edgetl.compiler.compression.quantize import calibration_sample
+    from edgetl.compiler.evaluation.stats import describe_accuracy
     from edgetl.runtime.keras_model import KerasSession, load_keras_model
 
     wall = time.perf_counter()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from importlib import metadata
 
+from edgetl.runtime.measure import usable_cores  # noqa: F401  (part of this module's interface)
+
 # CPU features that decide which kernels XNNPACK / ONNX Runtime / oneDNN can use.
 _X86_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -79,12 +81,6 @@ def _gpus() -> list[dict]:
         if len(parts) == 3:
             gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
     return gpus
-
-
-def usable_cores() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
 
 
 def collect(pinned: list[int] | None = None) -> dict:

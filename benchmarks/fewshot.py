@@ -10,7 +10,7 @@ drawn with the seed; "all" = the whole of train/, one seed), the benchmark:
 1. fits its own probe: frozen ImageNet features of the student's registry model (global
    average pool) + scikit-learn's StandardScaler and LogisticRegression, C chosen by 5-fold
    stratified cross-validation on those N images alone. It shares no code with edgetl's own
-   probe candidate (compiler/probe.py): an independent yardstick;
+   probe candidate (compiler/training/probe.py): an independent yardstick;
 2. runs `edgetl compile` as a user would (a fresh process) on train/ (the N images) plus the
    full test/, with `--quantize int8 --no-baseline` and the options after `--`;
 3. scores the deployed `model.tflite` on the full test/ in LiteRT, itself;
@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.compiler.stats import Accuracy, paired_difference
+from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 C_GRID = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
 def probe_features(data: Path, model_name: str, work: Path):
     """Pooled features of every train/ and test/ image, from the frozen pretrained model (cached)."""
-    from edgetl.compiler.data import load_images, scan_dataset
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
 
     dataset = scan_dataset(data, selection="holdout", val_fraction=0.0, test_fraction=0.0)
     cache = work / f"features-{model_name}.npz"
@@ -117,7 +117,7 @@ def make_folder(dataset, chosen: np.ndarray, folder: Path) -> Path:
 
 
 def deployed_correct(out: Path, dataset) -> np.ndarray:
-    from edgetl.compiler.data import load_images
+    from edgetl.compiler.data.datasets import load_images
     from edgetl.runtime import open_session
 
     session = open_session(out / "model.tflite")

@@ -8,7 +8,7 @@ load time and peak memory are that case's alone and `cores` pinning covers the r
 threads. Latency is per `Session.invoke` on an input prepared once (copy in, inference, copy
 out): the model on its runtime, not the Python around it (`benchmarks/overhead.py` checks that
 against the raw interpreter). Accuracy (with `data`) runs on the same
-decoded images `edgetl compile` uses (`compiler.data.load_images`), so it reproduces the
+decoded images `edgetl compile` uses (`compiler.data.datasets.load_images`), so it reproduces the
 compile report's figures; it is measured in every case (thread counts may change float
 results in the last bits, so each row's accuracy is its own).
 """
@@ -28,16 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import DataError, EdgetlError, ModelFileError
+from edgetl.errors import BenchSettingsError, DataError, ModelFileError
 
 BENCH_JSON = "bench.json"
 BENCH_PNG = "bench.png"
 EVAL_BATCH = 32  # `edgetl compile`'s default batch; its report's batch_size wins when present
 _CASE_TIMEOUT_S = 900
-
-
-class BenchSettingsError(EdgetlError):
-    """A bench option that cannot be used as given."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +50,7 @@ class BenchConfig:
     out: Path | None = None  # None: <first model's folder>/bench
     chart: bool = True
     trust_model: bool = False  # load Keras models that hold code (runtime/model_safety.py)
-    corruptions: bool = False  # also score each file on the corruption suite of --data (compiler/robustness.py)
+    corruptions: bool = False  # also score each file on the corruption suite of --data (compiler/evaluation/robustness.py)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -294,7 +290,7 @@ def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
     For a DATA folder without test/, the test split is carved from train/ exactly as
     `edgetl compile` did (its seed and fractions, from the report beside the model).
     """
-    from edgetl.compiler.data import scan_dataset
+    from edgetl.compiler.data.datasets import scan_dataset
 
     root = Path(root).expanduser()
     ds = scan_dataset(root, val_fraction=0.0, test_fraction=0.0)
@@ -392,7 +388,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     from edgetl import __version__
     from edgetl.benchmarks import environment
     from edgetl.benchmarks.environment import usable_cores
-    from edgetl.compiler.atomic import atomic_write_text
+    from edgetl.atomic import atomic_write_text
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     started = time.perf_counter()
@@ -495,7 +491,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
 def _score_corruptions(arts: list[_Artefact], npy: dict[int, Path], y_by_file: dict, threads: int, log) -> dict:
     """Each file on the corruption suite of the --data images, in this process (one suite per
     input size, every file of that size in one table)."""
-    from edgetl.compiler.robustness import score_robustness, session_predictor
+    from edgetl.compiler.evaluation.robustness import score_robustness, session_predictor
     from edgetl.runtime import open_session
 
     sections = {}
@@ -514,7 +510,7 @@ def _score_corruptions(arts: list[_Artefact], npy: dict[int, Path], y_by_file: d
 
 
 def _load_eval_images(data: EvalData, sizes: set[int], workdir: Path, log) -> dict[int, Path]:
-    from edgetl.compiler.data import Sample, load_images
+    from edgetl.compiler.data.datasets import Sample, load_images
     from edgetl.compiler.progress import progress_bar
 
     samples = [Sample(p, int(y)) for p, y in zip(data.paths, data.labels)]

@@ -43,8 +43,8 @@ def build(work: Path, keras_file: Path | None, calib_dir: Path | None, log) -> N
     """The three files of `_FILES` into `work` (TensorFlow is imported here only)."""
     from edgetl._compat import keras, tf
     from edgetl.benchmarks.overhead import _calibration_images
-    from edgetl.compiler.metadata import add_tflite_metadata
-    from edgetl.compiler.quantize import _full_pixel_range, _quiet, convert_tflite
+    from edgetl.compiler.export.metadata import add_tflite_metadata
+    from edgetl.compiler.compression.quantize import _full_pixel_range, _quiet, convert_tflite
     from edgetl.models import PREPROCESS_LAYER, create_model
     from edgetl.runtime.model_info import ModelInfo
 

@@ -162,7 +162,7 @@ def _default_calibration_dir() -> Path | None:
 
 
 def _calibration_images(folder: Path | None, size: int, log) -> np.ndarray:
-    from edgetl.compiler.data import load_images, scan_dataset
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
 
     if folder is None:
         log("no calibration photos found (pass --calib DIR): calibrating on random pixels")
@@ -176,13 +176,13 @@ def _calibration_images(folder: Path | None, size: int, log) -> np.ndarray:
 
 
 def _tflite_int8(model, calib: np.ndarray) -> bytes:
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
 
     return convert_tflite(model, "int8", calibration=calib, io_dtype="uint8")
 
 
 def _onnx_int8(float_onnx: Path, out: Path, calib: np.ndarray) -> None:
-    from edgetl.compiler.quantize import quantize_onnx
+    from edgetl.compiler.compression.quantize import quantize_onnx
 
     quantize_onnx(float_onnx, out, calib)
 
@@ -197,8 +197,8 @@ def build_models(work: Path, calib_dir: Path | None, log) -> dict[str, Path]:
     if all(p.is_file() for p in files.values()):
         log(f"using the files already built in {work}")
         return files
-    from edgetl.compiler.atomic import atomic_write_bytes
-    from edgetl.compiler.export import export_onnx, export_tflite
+    from edgetl.atomic import atomic_write_bytes
+    from edgetl.compiler.export.convert import export_onnx, export_tflite
     from edgetl.models import create_model
 
     work.mkdir(parents=True, exist_ok=True)

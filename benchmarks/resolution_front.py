@@ -4,10 +4,10 @@
 
 For each input size, the same recipe: the ImageNet Lite0 backbone at that size, frozen, with
 edgetl's linear probe (logistic regression, C by 5-fold CV on the training images: the stage
-every edgetl model starts from, `compiler/probe.py`) as its head; then edgetl's full-integer
+every edgetl model starts from, `compiler/training/probe.py`) as its head; then edgetl's full-integer
 int8 file (`convert_tflite`, uint8 I/O, calibrated on a class-balanced sample of 128 training
 images). Each file's test accuracy is measured in LiteRT, with its Wilson interval and the paired
-difference to the first size (`compiler/stats.py`); then all files are timed in one process,
+difference to the first size (`compiler/evaluation/stats.py`); then all files are timed in one process,
 interleaved (`int8_overhead.time_interleaved`). The issue's bar: p50 at most 0.5x the 224 px
 file's at no more than 1 point of test accuracy below it.
 
@@ -29,10 +29,10 @@ import numpy as np
 
 
 def build(data: Path, sizes: list[int], work: Path, log) -> dict:
-    from edgetl.compiler.data import load_images, scan_dataset
-    from edgetl.compiler.finetune import extract_features
-    from edgetl.compiler.probe import fit_probe, set_head
-    from edgetl.compiler.quantize import calibration_sample, convert_tflite
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
+    from edgetl.compiler.training.finetune import extract_features
+    from edgetl.compiler.training.probe import fit_probe, set_head
+    from edgetl.compiler.compression.quantize import calibration_sample, convert_tflite
     from edgetl.models import create_model
     from edgetl.runtime import open_session
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgetl.benchmarks.int8_overhead import time_interleaved
     from edgetl.benchmarks.overhead import _default_calibration_dir
-    from edgetl.compiler.stats import describe_accuracy, paired_difference
+    from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference
 
     default_data = (_default_calibration_dir() or Path("flowers12")).parent
     parser = argparse.ArgumentParser(prog="python -m edgetl.benchmarks.resolution_front", description=__doc__.split("\n\n")[0])

@@ -10,7 +10,7 @@ the two ways edgetl can choose a model on N labelled images:
 
 - holdout: carve a 15% validation split (as edgetl does above --cv-below), choose C on it by
   accuracy, train on the other 85%;
-- cv: choose C by 5-fold cross-validation on all N (compiler/probe.py), train on all N;
+- cv: choose C by 5-fold cross-validation on all N (compiler/training/probe.py), train on all N;
 
 and scores both on the full test/ split. The gap is what a held-out split costs at that size
 (the images it holds back plus the noise of choosing on a few dozen). The README quotes the
@@ -23,7 +23,7 @@ import argparse
 
 import numpy as np
 
-from edgetl.compiler.probe import C_GRID, fit_probe, fit_probe_at
+from edgetl.compiler.training.probe import C_GRID, fit_probe, fit_probe_at
 
 
 def holdout_choice(x, y, seed: int, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray, float]:

@@ -11,7 +11,7 @@ def _accuracy(acc: dict | None) -> str:
     """'96.2% [93.0-98.0] n=240': the figure with its 95% Wilson interval and n."""
     if not acc:
         return "-"
-    from edgetl.compiler.stats import wilson_interval
+    from edgetl.compiler.evaluation.stats import wilson_interval
 
     n = acc["images"]
     low, high = wilson_interval(acc.get("correct", round(acc["value"] * n)), n)

@@ -10,7 +10,7 @@ Dense with a softmax), images read with `image_dataset_from_directory`, the norm
 pipeline, outside the model. Trained on DATA/train only, so DATA/test stays unseen by it.
 
 It writes OUT/own_model.keras and prints its accuracy on DATA/test with a 95% Wilson interval
-(compiler/stats.py), then the edgetl command that compiles it. On 720 flower photos a network
+(compiler/evaluation/stats.py), then the edgetl command that compiles it. On 720 flower photos a network
 trained from scratch for a few minutes is weak; the point is the compile, not this model.
 """
 
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from edgetl._compat import keras, tf
-    from edgetl.compiler.stats import describe_accuracy
+    from edgetl.compiler.evaluation.stats import describe_accuracy
 
     keras.utils.set_random_seed(args.seed)
     load = dict(image_size=(args.size, args.size), label_mode="int", batch_size=args.batch_size, seed=args.seed)

@@ -3,8 +3,8 @@
 The CLI builds a CompileConfig and calls this; so can any Python program. Stages, in order:
 
   data      decode-check every file, split, load
-  teacher   two-stage fine-tuning of the teacher (compiler/finetune.py)
-  student   head on cached features, then distillation from the teacher (compiler/distill.py)
+  teacher   two-stage fine-tuning of the teacher (compiler/training/finetune.py)
+  student   head on cached features, then distillation from the teacher (compiler/training/distill.py)
   baseline  the same student trained on the labels alone, same budget (the ablation)
   export    TFLite and ONNX of the deployed model (the student, or the teacher with --student none)
   verify    each file run in its runtime against its Keras model on the test split
@@ -31,16 +31,16 @@ from PIL import Image
 
 from edgetl import __version__
 from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
-from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.outputs import RUN_MARKER  # noqa: F401 (importable from here, as before)
 from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, check_location, environment_errors
-from edgetl.compiler.recipe import MANIFEST_FILE, RECIPE_FILE, recipe_text, write_manifest, write_recipe
-from edgetl.compiler.targets import get_target
-from edgetl.compiler.data import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
-from edgetl.compiler.evaluate import classification_metrics
+from edgetl.compiler.spec.recipe import MANIFEST_FILE, RECIPE_FILE, recipe_text, write_manifest, write_recipe
+from edgetl.compiler.spec.targets import get_target
+from edgetl.compiler.data.datasets import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
+from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
-from edgetl.compiler.html_report import HTML_FILE, write_html_report
-from edgetl.compiler.report import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
+from edgetl.compiler.report.html import HTML_FILE, write_html_report
+from edgetl.compiler.report.summary import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, ModelFileError, ResourceError, SettingError
 from edgetl.models import ModelConfig, get_config
 from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
@@ -165,7 +165,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     build.check()  # a dry run refuses what the run would refuse, and creates nothing either
     _check_inputs(config)
     if config.model is not None:  # its contract is checked before the data: a wrong option fails at once
-        from edgetl.compiler.source_model import load_source
+        from edgetl.compiler.training.source_model import load_source
 
         source = load_source(config, trust_model)
         teacher_config = source.config(int(source.model.count_params()))
@@ -319,7 +319,7 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
         export_key = stage_key("export", model=export_key, adapted=adaptation["key"])
     exported = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"])
     with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
-        from edgetl.compiler.export import export_onnx, export_tflite
+        from edgetl.compiler.export.convert import export_onnx, export_tflite
 
         if exported:
             unverified = {fmt: out / f"model.unverified.{fmt}" for fmt in ("tflite", "onnx")}
@@ -454,7 +454,7 @@ def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: Ima
         )
     if selection == "cv":
         return _train_teacher_cv(config, model_config, model, images, num_classes, strategy)
-    from edgetl.compiler.finetune import finetune
+    from edgetl.compiler.training.finetune import finetune
 
     training = finetune(model, model_config.unfreeze_from, config, images.get("train", size), images.get("val", size), strategy)
     record = training.to_json()
@@ -465,8 +465,8 @@ def _train_teacher(config: CompileConfig, model_config: ModelConfig, images: Ima
 
 def _in_training_precision(config: CompileConfig, model_config: ModelConfig, num_classes: int, train) -> TrainedModel:
     """Run `train` (a teacher stage) in bf16 mixed precision when --mixed-precision decides so
-    (compiler/precision.py); what comes back is always a float32 model."""
-    from edgetl.compiler.precision import MIXED_POLICY, float32_copy, training_policy, use_bf16
+    (compiler/spec/precision.py); what comes back is always a float32 model."""
+    from edgetl.compiler.spec.precision import MIXED_POLICY, float32_copy, training_policy, use_bf16
 
     bf16, why = use_bf16(config.mixed_precision, model_config)
     if bf16:
@@ -481,7 +481,7 @@ def _in_training_precision(config: CompileConfig, model_config: ModelConfig, num
 
 def _holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dict:
     """What the val split chose between the probe and the trained model, in the CV record's terms."""
-    from edgetl.compiler.stats import Accuracy
+    from edgetl.compiler.evaluation.stats import Accuracy
 
     n = len(val_samples)
     kept = stage["best_epoch"] == 0
@@ -509,9 +509,9 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     import time
 
     from edgetl._compat import keras
-    from edgetl.compiler.cv_training import finetune_cv, fit_fixed
-    from edgetl.compiler.finetune import extract_features, set_trainable_top, train_head, training_dataset
-    from edgetl.compiler.probe import set_head
+    from edgetl.compiler.training.cv_training import finetune_cv, fit_fixed
+    from edgetl.compiler.training.finetune import extract_features, set_trainable_top, train_head, training_dataset
+    from edgetl.compiler.training.probe import set_head
 
     start = time.perf_counter()
     size = model_config.input_size
@@ -593,7 +593,7 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
 def _train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
     """The student headed by its linear probe (cached features): where distillation and the
     baseline both start from."""
-    from edgetl.compiler.finetune import train_head
+    from edgetl.compiler.training.finetune import train_head
 
     student = _new_student(config, size, num_classes, strategy)
     x, y = images.get("train", size)
@@ -622,7 +622,7 @@ def _train_baseline(config, model_config, head: TrainedModel, images: ImageCache
 
 def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, selection):
     """Distillation (teacher given) or the labels-only baseline (teacher None), from the probe head."""
-    from edgetl.compiler.distill import train_student
+    from edgetl.compiler.training.distill import train_student
 
     role, key = ("student", "distillation") if teacher is not None else ("baseline", "labels_only")
     description = "student: distillation" if teacher is not None else "baseline: labels only"
@@ -653,11 +653,11 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     import time
 
     from edgetl._compat import keras
-    from edgetl.compiler.cv_training import distill_cv, fit_fixed
-    from edgetl.compiler.distill import Distiller, distillation_dataset, logits_model
-    from edgetl.compiler.finetune import extract_features, set_trainable_top
-    from edgetl.compiler.crossval import stratified_folds
-    from edgetl.compiler.probe import fit_probe_at
+    from edgetl.compiler.training.cv_training import distill_cv, fit_fixed
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.training.finetune import extract_features, set_trainable_top
+    from edgetl.compiler.training.crossval import stratified_folds
+    from edgetl.compiler.training.probe import fit_probe_at
     from edgetl.models import get_config as model_config_of
 
     start = time.perf_counter()
@@ -742,7 +742,7 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
 
 def _precision_key(config: CompileConfig) -> dict:
     """The teacher's training precision, for its cache key: bf16 trains a different model."""
-    from edgetl.compiler.precision import MIXED_POLICY, use_bf16
+    from edgetl.compiler.spec.precision import MIXED_POLICY, use_bf16
 
     return {"precision": MIXED_POLICY} if use_bf16(config.mixed_precision, get_config(config.teacher))[0] else {}
 
@@ -812,8 +812,8 @@ def _predict_keras(config, images: ImageCache, *trained_models) -> None:
 
 def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: ImageCache, batch_size: int) -> dict:
     """Run each float export in its runtime against the Keras model; a miss fails the compile."""
-    from edgetl.compiler.optimize import VARIANTS_DIR
-    from edgetl.compiler.verify import compare
+    from edgetl.compiler.compression.optimize import VARIANTS_DIR
+    from edgetl.compiler.export.verify import compare
     from edgetl.runtime import open_session
 
     x_test, _ = images.get("test", deployed.input_size)
@@ -832,11 +832,11 @@ def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: I
 
 
 def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None):
-    from edgetl.compiler.optimize import Optimizer
+    from edgetl.compiler.compression.optimize import Optimizer
+    from edgetl.runtime.measure import default_threads
 
     distilled = deployed is not teacher
-    cores = os.cpu_count() or 1
-    threads = config.threads or min(target.threads if target else 4, cores)
+    threads = config.threads or default_threads(target.threads if target else 4)
     optimizer = Optimizer(
         float_model=deployed.model,
         teacher_model=teacher.model if distilled else None,
@@ -891,10 +891,10 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
 
 
 def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: ImageCache, dataset: Dataset, out: Path, cache, keys) -> dict:
-    """Replace the deployed model by its adaptation to the unlabelled images (compiler/adapt.py),
+    """Replace the deployed model by its adaptation to the unlabelled images (compiler/training/adapt.py),
     in place, so everything downstream (export, int8, checks) works on the adapted model; its
     Keras file is saved again, as the reference the exports are checked against."""
-    from edgetl.compiler.adapt import choose_and_adapt
+    from edgetl.compiler.training.adapt import choose_and_adapt
 
     size = deployed.input_size
     target_val = _load_target_val(config, dataset, size) if config.target_val else None
@@ -939,7 +939,7 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
 def _adaptation_source(config: CompileConfig, images: ImageCache, size: int):
     """Clean training images, class-balanced: what the model's batch-norm statistics are
     matched from when it is adapted."""
-    from edgetl.compiler.quantize import calibration_sample
+    from edgetl.compiler.compression.quantize import calibration_sample
 
     x, y = images.get("train", size)
     return calibration_sample(x, y, 192, config.seed)
@@ -964,15 +964,15 @@ def _target_calibration(config: CompileConfig, adaptation: dict | None, images: 
     optimizer's class-balanced training sample)."""
     if adaptation is None or adaptation["method"] == "none":
         return None
-    from edgetl.compiler.adapt import calibration_images
+    from edgetl.compiler.training.adapt import calibration_images
 
     return calibration_images(images.get("unlabeled", deployed.input_size)[0], config.calibration_size, config.seed)
 
 
 def _robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimizer, deployed_files: dict, images: ImageCache) -> dict:
     """The float export, the deployed TFLite (and a pruned one) on the corruption suite
-    (compiler/robustness.py), on the test split, or the training images when there is none."""
-    from edgetl.compiler.robustness import score_robustness, session_predictor
+    (compiler/evaluation/robustness.py), on the test split, or the training images when there is none."""
+    from edgetl.compiler.evaluation.robustness import score_robustness, session_predictor
     from edgetl.runtime import open_session
 
     split = "test" if images.samples.get("test") else "train"
@@ -999,10 +999,10 @@ def _robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimi
 
 def _package(config, target, out: Path, deployed: TrainedModel, optimizer, classes, images: ImageCache) -> dict:
     """Copy the chosen files to model.tflite / model.onnx with metadata; check the target; app handoff."""
-    from edgetl.compiler.atomic import atomic_write_bytes
-    from edgetl.compiler.constraints import check_target
-    from edgetl.compiler.handoff import write_handoff
-    from edgetl.compiler.metadata import add_onnx_metadata, add_tflite_metadata, onnx_classifier_props
+    from edgetl.atomic import atomic_write_bytes
+    from edgetl.compiler.spec.constraints import check_target
+    from edgetl.compiler.export.handoff import write_handoff
+    from edgetl.compiler.export.metadata import add_onnx_metadata, add_tflite_metadata, onnx_classifier_props
 
     pinned = None if config.quantize == "auto" else config.quantize
     tflite, why_tflite = optimizer.choose("tflite", pinned, prefer_pruned=config.prune > 0)
@@ -1086,8 +1086,8 @@ def _golden_indices(y: np.ndarray, num_classes: int, count: int = 6) -> list[int
 
 
 def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, images: ImageCache, classes) -> list[dict]:
-    from edgetl.compiler.optimize import gzip_size
-    from edgetl.compiler.verify import compare
+    from edgetl.compiler.compression.optimize import gzip_size
+    from edgetl.compiler.export.verify import compare
 
     _, y_test = images.get("test", deployed.input_size)
     held_out = images.held_out["test"]
@@ -1221,7 +1221,7 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
 
 def _save_keras(model, path: Path) -> None:
     from edgetl._compat import keras
-    from edgetl.compiler.atomic import atomic_path
+    from edgetl.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         # Saved through an uncompiled twin (same layers) so no optimizer state is written:
@@ -1251,7 +1251,7 @@ def _scored(row: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# --model: a classifier trained elsewhere (compiler/source_model.py)
+# --model: a classifier trained elsewhere (compiler/training/source_model.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -1262,7 +1262,7 @@ def _keras_file(trained: TrainedModel) -> str:
 
 def _source_dataset(dataset: Dataset, source, config: CompileConfig) -> Dataset:
     """DATA's classes matched to the model's outputs, and which images do what (nothing trains)."""
-    from edgetl.compiler.source_model import evaluation_dataset, match_classes
+    from edgetl.compiler.training.source_model import evaluation_dataset, match_classes
 
     dataset = evaluation_dataset(match_classes(dataset, source, config.labels))
     train, test = dataset.splits["train"], dataset.splits["test"]
@@ -1276,9 +1276,9 @@ def _source_dataset(dataset: Dataset, source, config: CompileConfig) -> Dataset:
 def _source_stage(config: CompileConfig, source, model_config: ModelConfig, images: ImageCache, out: Path) -> TrainedModel:
     """Wrap the user's model as an edgetl graph and check it against the user's model fed the
     user's preprocessing in NumPy: that reference is what every export is then verified against."""
-    from edgetl.compiler.quantize import calibration_sample
-    from edgetl.compiler.source_model import WRAP_ATOL, reference_probs, wrap_source
-    from edgetl.compiler.verify import compare
+    from edgetl.compiler.compression.quantize import calibration_sample
+    from edgetl.compiler.training.source_model import WRAP_ATOL, reference_probs, wrap_source
+    from edgetl.compiler.export.verify import compare
     from edgetl.runtime.keras_model import KerasSession
 
     size = model_config.input_size

@@ -182,9 +182,9 @@ def compile_command(
     ] = "auto",
 ):
     """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]. With --model, compile a classifier you trained yourself."""
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
-    from edgetl.compiler.recipe import load_recipe
+    from edgetl.compiler.spec.recipe import load_recipe
     from edgetl.errors import EdgetlError
 
     given = {
@@ -227,7 +227,7 @@ def targets_command():
     from rich.console import Console
     from rich.table import Table
 
-    from edgetl.compiler.targets import TARGETS
+    from edgetl.compiler.spec.targets import TARGETS
 
     table = Table(title="edgetl targets (edgetl compile DATA --target NAME)", title_justify="left", show_lines=True)
     for col in ("target", "device file", "precision", "I/O", "checked after conversion", "threads", "student px", "runtime on the device"):
@@ -255,7 +255,7 @@ def demo_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
 ):
     """Offline end-to-end run: make a small labelled image set, then compile it."""
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.demo import make_demo_dataset
     from edgetl.compiler.pipeline import compile_model, prepare_output
 
@@ -326,17 +326,17 @@ def report_command(
     html: Annotated[bool, typer.Option("--html", help="Rewrite BUILD/report.html from its report.json with this edgetl.")] = False,
 ):
     """Print a finished build's summary again; with two builds, compare them side by side."""
-    from edgetl.compiler.report_compare import load_report, print_comparison
+    from edgetl.compiler.report.compare import load_report, print_comparison
 
     first = load_report(build)
     if other is None:
-        from edgetl.compiler.report import print_summary
+        from edgetl.compiler.report.summary import print_summary
 
         print_summary(first)
     else:
         print_comparison(first, load_report(other), str(build), str(other))
     if html:
-        from edgetl.compiler.html_report import write_html_report
+        from edgetl.compiler.report.html import write_html_report
 
         typer.echo(f"wrote {write_html_report(first, build)}", err=True)
 

@@ -57,3 +57,18 @@ class OutputInUseError(EdgetlError):
 
 class ResourceError(EdgetlError):
     """The work asked for cannot fit this machine (e.g. decoded images larger than its memory)."""
+
+
+class RuntimeUnavailableError(EdgetlError):
+    """A runtime that cannot run here (no GPU, GPU package or provider missing).
+
+    `edgetl bench` turns it into a "skipped: ..." row; elsewhere it is a one-line user error.
+    """
+
+
+class TargetConstraintError(EdgetlError):
+    """A deployed file that the target's runtime would not run as intended."""
+
+
+class BenchSettingsError(EdgetlError):
+    """A bench option that cannot be used as given."""

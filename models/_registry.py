@@ -155,7 +155,7 @@ def create_model(
     entry = get_registered(name)
     cfg = entry.config
     from edgetl._compat import keras
-    from edgetl.models._layers import ImagePreprocessing
+    from edgetl.runtime.keras_layers import ImagePreprocessing
 
     size = input_size or cfg.input_size
     inputs = keras.Input((size, size, 3), dtype="float32", name=INPUT_NAME)

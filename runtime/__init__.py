@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgetl.errors import ModelFileError
-from edgetl.runtime._session import RuntimeUnavailableError, Session
+from edgetl.errors import ModelFileError, RuntimeUnavailableError
+from edgetl.runtime._session import Session
 from edgetl.runtime.model_info import ModelInfo, find_model_info
 
 

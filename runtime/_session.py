@@ -7,15 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import EdgetlError, ModelFileError
+from edgetl.errors import ModelFileError, RuntimeUnavailableError  # noqa: F401  (imported from here too)
 from edgetl.runtime.model_info import ModelInfo, find_model_info
-
-
-class RuntimeUnavailableError(EdgetlError):
-    """A runtime that cannot run here (no GPU, GPU package or provider missing).
-
-    `edgetl bench` turns it into a "skipped: ..." row; elsewhere it is a one-line user error.
-    """
 
 
 class Session(abc.ABC):

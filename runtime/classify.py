@@ -1,6 +1,6 @@
 """Top-k classification of image files with any session: what `edgetl predict` prints.
 
-Images are decoded and resized by `compiler.data.load_image`, the exact policy the compile
+Images are decoded and resized by `runtime.images.load_image`, the exact policy the compile
 used (and wrote into model_info.json), so a file gets the scores the compile report implies.
 """
 
@@ -41,7 +41,7 @@ def classify_files(
     session: Session, images: list[Path], top_k: int = 3, batch_size: int = 32
 ) -> tuple[list[Prediction], list[str], list[str]]:
     """(predictions for the readable images, one line per unreadable image, notes on assumptions)."""
-    from edgetl.compiler.data import load_image
+    from edgetl.runtime.images import load_image
 
     size = session.input_size
     labels = session.info().labels

@@ -76,7 +76,7 @@ def load_keras_model(path: Path, trust_model: bool = False):
     refuse_code_in_model_file(path, trust_model)  # before TensorFlow: nothing of the file runs
 
     from edgetl._compat import keras
-    from edgetl.models import _layers  # noqa: F401  (registers ImagePreprocessing)
+    from edgetl.runtime import keras_layers  # noqa: F401  (registers ImagePreprocessing)
     try:
         if path.suffix.lower() == ".keras":
             return keras.models.load_model(str(path), compile=False, safe_mode=not trust_model)

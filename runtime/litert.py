@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, RuntimeUnavailableError
 from edgetl.runtime._session import (
-    RuntimeUnavailableError,
     Session,
     check_class_output,
     check_pixels,
@@ -111,7 +110,7 @@ def pixel_bytes(images: np.ndarray, dtype: np.dtype) -> np.ndarray:
     (pixel - 127) / 128 as scale 1/128, zero point 127), not how to make bytes from pixels.
     That is how MediaPipe and the TFLite Task Library feed a uint8 image model, and how every
     image classifier with an integer input is built (edgetl's included: see
-    edgetl.compiler.quantize.convert_tflite).
+    edgetl.compiler.compression.quantize.convert_tflite).
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:

@@ -64,7 +64,7 @@ class ModelInfo:
         )
 
     def write(self, folder: Path) -> None:
-        from edgetl.compiler.atomic import atomic_write_text
+        from edgetl.atomic import atomic_write_text
 
         atomic_write_text(folder / INFO_FILE, json.dumps(self.to_json(), indent=2) + "\n")
         atomic_write_text(folder / LABELS_FILE, "".join(f"{label}\n" for label in self.labels))

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, RuntimeUnavailableError
 from edgetl.runtime._session import (
-    RuntimeUnavailableError,
     Session,
     check_class_output,
     image_input_layout,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from edgetl.compiler.evaluate import classification_metrics
+from edgetl.compiler.evaluation.evaluate import classification_metrics
 
 
 def _history(epochs: int, rng) -> dict:

@@ -1,4 +1,4 @@
-"""Adaptation to unlabelled target images (compiler/adapt.py) on a tiny model.
+"""Adaptation to unlabelled target images (compiler/training/adapt.py) on a tiny model.
 
 A tiny_cnn trained for a second on noisy solid colours (100% accurate on clean held-out
 images) meets a "target camera": the same colours darkened, washed out and with a cast.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler import adapt as A
-from edgetl.compiler.corruptions import apply_steps
+from edgetl.compiler.training import adapt as A
+from edgetl.compiler.data.corruptions import apply_steps
 
 from conftest import colour_images
 from test_quantize import train_tiny
@@ -82,7 +82,7 @@ def test_bn_adaptation_folds_into_the_int8_file(setup, tmp_path):
     """The int8 TFLite of the adapted model (calibrated on target images) gives the adapted
     float model's outputs within the int8 tolerance, while the adaptation itself moved the
     outputs by more than that: the new statistics are in the file, not lost in conversion."""
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
     from edgetl.runtime import open_session
 
     model, target = setup["model"], setup["target"]
@@ -154,7 +154,7 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
     import json
 
     from conftest import write_color_dataset
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
 
     data = write_color_dataset(tmp_path / "data", classes=("red", "green", "blue", "yellow"), per_class=12)
@@ -174,7 +174,7 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
     assert "adapt" in report["timings_s"] and "robustness" in report["timings_s"]
     robustness = report["robustness"]
     assert robustness["images_from"] == "the test split"
-    assert [r["corruption"] for r in robustness["table"]] == list(__import__("edgetl.compiler.corruptions", fromlist=["x"]).CORRUPTIONS)
+    assert [r["corruption"] for r in robustness["table"]] == list(__import__("edgetl.compiler.data.corruptions", fromlist=["x"]).CORRUPTIONS)
     assert robustness["models"][0].startswith("fp32") and any(m.startswith("int8") for m in robustness["models"])
     assert robustness["weakest"]["corruption"] in {r["corruption"] for r in robustness["table"]}
     assert json.loads((tmp_path / "out" / "report.json").read_text())["robustness"]["table"] == robustness["table"]
@@ -183,7 +183,7 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
 
 
 def test_adapt_without_unlabelled_images_is_a_clear_error(tmp_path):
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.errors import EdgetlError
 
     with pytest.raises(EdgetlError, match="--unlabeled"):

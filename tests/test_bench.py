@@ -22,7 +22,7 @@ from edgetl.benchmarks.harness import (
     run_bench,
     scan_eval_data,
 )
-from edgetl.benchmarks.measure import peak_rss_mb, reset_peak_rss, time_calls
+from edgetl.runtime.measure import peak_rss_mb, reset_peak_rss, time_calls
 from edgetl.errors import DataError, ModelFileError
 
 from test_runtime import LABELS, SIZE, _one_error_line, build_tiny_artefacts, run_cli  # noqa: E402
@@ -164,13 +164,13 @@ def test_bench_rows_cover_every_file_and_runtime(bench):
 
 
 def test_bench_accuracy_is_exactly_the_in_process_accuracy(bench, art, eval_dir):
-    from edgetl.compiler.data import load_images
+    from edgetl.compiler.data.datasets import load_images
     from edgetl.runtime import open_session
 
     report, _, _ = bench
     data = scan_eval_data(eval_dir)
     assert data.classes == sorted(LABELS) and report["data"]["images"] == len(data.paths) == 15
-    from edgetl.compiler.data import Sample
+    from edgetl.compiler.data.datasets import Sample
 
     x, y = load_images([Sample(p, int(t)) for p, t in zip(data.paths, data.labels)], SIZE)
     truth = np.array([LABELS.index(data.classes[t]) for t in y])  # folder order is not label order
@@ -217,7 +217,7 @@ def test_eval_data_layouts(tmp_path):
     write_color_dataset(root / "train", classes=LABELS, per_class=10)
     carved = scan_eval_data(root, {"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3})
     assert "carved" in carved.split and "seed 3" in carved.split and len(carved.paths) == 9  # 3 per class
-    from edgetl.compiler.data import scan_dataset
+    from edgetl.compiler.data.datasets import scan_dataset
 
     compile_test = scan_dataset(root, val_fraction=0.2, test_fraction=0.3, seed=3).splits["test"]
     assert carved.paths == [s.path for s in compile_test]  # the very images the compile tested on
@@ -301,7 +301,9 @@ def test_keras_reference_runs_when_named(art, tmp_path):
     report = run_bench(BenchConfig(models=(art["keras"],), threads=(1,), runs=3, warmup=0, out=tmp_path,
                                    chart=False), log=lambda m: None)
     (row,) = report["results"]
-    assert row["runtime"] == "keras" and row["status"] == "ok" and row["import_s"] > row["load_s"] * 0
+    assert row["runtime"] == "keras" and row["status"] == "ok"
+    # The worker imports TensorFlow before loading the model: both are timed, apart.
+    assert row["import_s"] > 0 and row["load_s"] > 0 and row["p50_ms"] > 0
     folder = run_bench(BenchConfig(models=(art["folder"],), runtimes=("keras",), threads=(1,), runs=3, warmup=0,
                                    out=tmp_path, chart=False), log=lambda m: None)
     assert [r["file"] for r in folder["results"]] == ["teacher.keras"]

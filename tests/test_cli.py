@@ -70,7 +70,7 @@ def test_compile_option_defaults_are_the_config_defaults():
     import inspect
 
     from edgetl.cli import compile_command
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
     renamed = {"cache": "use_cache"}
@@ -81,7 +81,7 @@ def test_compile_option_defaults_are_the_config_defaults():
 
 
 def test_targets_lists_every_profile(capsys):
-    from edgetl.compiler.targets import TARGETS
+    from edgetl.compiler.spec.targets import TARGETS
 
     code, out, _ = run_cli("targets", capsys=capsys)
     assert code == 0
@@ -105,7 +105,7 @@ def test_a_recipe_replays_with_one_change(tmp_path, capsys):
     import yaml
 
     from conftest import write_color_dataset
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
 
     data = write_color_dataset(tmp_path / "data")
     recipe = tmp_path / "recipe.yaml"
@@ -119,8 +119,8 @@ def test_a_recipe_names_its_data_so_it_replays_from_any_folder(tmp_path, capsys,
     import yaml
 
     from conftest import write_color_dataset
-    from edgetl.compiler.config import CompileConfig
-    from edgetl.compiler.recipe import recipe_text
+    from edgetl.compiler.spec.config import CompileConfig
+    from edgetl.compiler.spec.recipe import recipe_text
 
     write_color_dataset(tmp_path / "data")
     monkeypatch.chdir(tmp_path)

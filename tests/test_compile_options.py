@@ -31,7 +31,7 @@ def int8_build(tmp_path_factory):
     API because the tiny model needs a higher head learning rate than the CLI offers to learn the
     colours in seconds (a model that tells them apart makes the agreement checks meaningful)."""
     from conftest import write_color_dataset
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
 
     root = tmp_path_factory.mktemp("int8io")
@@ -55,7 +55,7 @@ def test_io_dtype_int8_compiles_and_predict_agrees_with_float_on_golden_images(i
     """Bug 1: `--io-dtype int8` used to fail at packaging ("input_kind 'INT8'")."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.compiler.metadata import read_tflite_metadata
+    from edgetl.compiler.export.metadata import read_tflite_metadata
 
     _, out, report = int8_build
     interp = Interpreter(model_path=str(out / "model.tflite"))
@@ -95,11 +95,11 @@ def test_variants_carry_labels_and_bench_dir_includes_them(int8_build, capsys):
 
 def test_recipe_is_fully_resolved_and_report_counts_calibration(int8_build):
     """Bug 6 (recipe) and point 8 (calibration_images, the target's wording)."""
-    import os
+    from edgetl.runtime.measure import usable_cores
 
     data, out, report = int8_build
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert recipe["threads"] == min(4, os.cpu_count() or 1) and recipe["quantize"] == "int8"
+    assert recipe["threads"] == min(4, len(usable_cores())) and recipe["quantize"] == "int8"
     assert recipe["io_dtype"] == "int8"
     trained_on = report["dataset"]["totals"]["train"]
     assert report["optimization"]["calibration_images"] == trained_on < report["optimization"]["calibration_size"] == 128
@@ -123,10 +123,10 @@ def test_dry_run_after_a_compile_reuses_the_export_and_refuses_the_folder(int8_b
 def test_student_size_null_and_its_value_key_the_same_stage(tmp_path):
     """Bug 6: the cache saw `student_size: null` and 224 as different students."""
     from conftest import write_color_dataset
-    from edgetl.compiler.config import CompileConfig
-    from edgetl.compiler.data import scan_dataset
+    from edgetl.compiler.spec.config import CompileConfig
+    from edgetl.compiler.data.datasets import scan_dataset
     from edgetl.compiler.pipeline import _stage_keys
-    from edgetl.compiler.recipe import recipe_text
+    from edgetl.compiler.spec.recipe import recipe_text
 
     data = write_color_dataset(tmp_path / "data")
     dataset = scan_dataset(data, val_fraction=0.15, test_fraction=0.15, seed=0)
@@ -190,6 +190,6 @@ def test_targets_and_models_explain_what_they_list(capsys):
 
 
 def test_wording_of_points():
-    from edgetl.compiler.optimize import points
+    from edgetl.compiler.compression.optimize import points
 
     assert (points(1.0), points(1), points(0.5), points(2)) == ("1 point", "1 point", "0.5 points", "2 points")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler import compress as C
-from edgetl.compiler import quantize as Q
+from edgetl.compiler.compression import compress as C
+from edgetl.compiler.compression import quantize as Q
 from edgetl.runtime import open_session
 
 from conftest import BASE_COLOURS, colour_images

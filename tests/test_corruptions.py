@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler.corruptions import CORRUPTIONS, SEVERITIES, apply_steps, corrupt, disk_kernel, motion_kernels
+from edgetl.compiler.data.corruptions import CORRUPTIONS, SEVERITIES, apply_steps, corrupt, disk_kernel, motion_kernels
 
 
 def photos(n=4, size=48, seed=0):

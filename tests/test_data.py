@@ -1,4 +1,4 @@
-"""Tests for edgetl.compiler.data: layouts, splits, bad files, odd image modes, errors.
+"""Tests for edgetl.compiler.data.datasets: layouts, splits, bad files, odd image modes, errors.
 
 All images are tiny and generated in tmp_path, so the whole file runs in a few seconds.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.compiler import data
-from edgetl.compiler.data import (
+from edgetl.compiler.data import datasets as data
+from edgetl.compiler.data.datasets import (
     RESIZE_POLICY,
     load_image,
     load_images,

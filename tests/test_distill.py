@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.distill import Distiller, distillation_loss
+from edgetl.compiler.training.distill import Distiller, distillation_loss
 
 
 def _logits(rng, n=8, k=5):

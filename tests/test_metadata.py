@@ -1,4 +1,4 @@
-"""TFLite metadata and ONNX metadata_props (compiler/metadata.py), checked against real clients:
+"""TFLite metadata and ONNX metadata_props (compiler/export/metadata.py), checked against real clients:
 LiteRT (outputs unchanged), edgetl.runtime, MediaPipe Tasks' ImageClassifier (category names) and
 ONNX Runtime.
 
@@ -17,7 +17,7 @@ import edgetl  # noqa: F401  (before TensorFlow or mediapipe: selects tf_keras)
 import numpy as np
 import pytest
 
-from edgetl.compiler import metadata as md
+from edgetl.compiler.export import metadata as md
 from edgetl.errors import ModelFileError
 
 LABELS = ["red", "green", "blue"]
@@ -74,7 +74,7 @@ def dequantize(path: Path, raw: np.ndarray) -> np.ndarray:
 def built(tmp_path_factory):
     """Trained tiny model; float and uint8 files, each without and with metadata."""
     from edgetl._compat import keras, tf
-    from edgetl.compiler.export import export_tflite
+    from edgetl.compiler.export.convert import export_tflite
     from edgetl.models import create_model
     from edgetl.runtime import ModelInfo
 
@@ -97,7 +97,7 @@ def built(tmp_path_factory):
         warnings.simplefilter("ignore", UserWarning)
         files["uint8"].write_bytes(converter.convert())
     # --io-dtype int8: what edgetl's own converter makes (input q = pixel - 128).
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
 
     files["int8"] = folder / "int8.tflite"
     files["int8"].write_bytes(convert_tflite(model, "int8", calibration=x, io_dtype="int8"))
@@ -223,7 +223,7 @@ def test_metadata_round_trips_through_the_generated_bindings(built, kind):
     aligned as schema.fbs asks (`force_align: 16`)."""
     import flatbuffers
 
-    from edgetl.compiler import metadata_schema_py_generated as ms
+    from edgetl.compiler.export import metadata_schema_py_generated as ms
 
     buf, offset = _metadata_buffer(built["md"][kind].read_bytes())
     assert offset % 16 == 0
@@ -272,12 +272,12 @@ def test_metadata_is_written_and_read_without_tensorflow(built):
 
 
 def test_generated_bindings_come_from_the_committed_schema():
-    """compiler/metadata_schema_py_generated.py names the sha256 of the .fbs it was generated from: editing
-    compiler/metadata_schema.fbs without regenerating (the command is in that header) fails here."""
+    """compiler/export/metadata_schema_py_generated.py names the sha256 of the .fbs it was generated from: editing
+    compiler/export/metadata_schema.fbs without regenerating (the command is in that header) fails here."""
     import hashlib
     import re
 
-    compiler = Path(__file__).resolve().parents[1] / "compiler"
+    compiler = Path(__file__).resolve().parents[1] / "compiler" / "export"
     header = (compiler / "metadata_schema_py_generated.py").read_text()[:2000]
     schema_sha256 = hashlib.sha256((compiler / "metadata_schema.fbs").read_bytes()).hexdigest()
     assert re.search(r"sha256\W+([0-9a-f]{64})", header)[1] == schema_sha256
@@ -421,7 +421,7 @@ def test_errors(built, tmp_path):
 def test_onnx_metadata_props_round_trip(built, tmp_path):
     import onnxruntime as ort
 
-    from edgetl.compiler.export import export_onnx
+    from edgetl.compiler.export.convert import export_onnx
     from edgetl.runtime import ModelInfo, open_session
 
     path = export_onnx(built["model"], tmp_path / "model.onnx")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.compiler.config import CompileConfig
-from edgetl.compiler.optimize import Candidate, Optimizer
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.compression.optimize import Candidate, Optimizer
 
 
 def make_optimizer(tmp_path, rows, **config):

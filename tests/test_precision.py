@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgetl.compiler import precision
+from edgetl.compiler.spec import precision
 from edgetl.models import get_config
 
 
@@ -45,7 +45,7 @@ def test_policy_is_restored_and_the_float32_copy_computes_the_same():
 def test_a_bf16_teacher_is_exported_and_verified_in_float32(tmp_path):
     from conftest import write_color_dataset
 
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
     from edgetl.runtime.keras_model import load_keras_model
 

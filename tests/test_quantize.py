@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler import quantize as Q
+from edgetl.compiler.compression import quantize as Q
 from edgetl.runtime import open_session
 
 from conftest import BASE_COLOURS, colour_images
@@ -193,7 +193,7 @@ def test_conversion_arguments_are_checked(trained):
 
 @pytest.fixture(scope="module")
 def float_onnx(trained):
-    from edgetl.compiler.export import export_onnx
+    from edgetl.compiler.export.convert import export_onnx
 
     return export_onnx(trained["model"], trained["dir"] / "float.onnx")
 

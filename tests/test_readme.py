@@ -219,7 +219,7 @@ def _write_photos(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A user's folder: photos/, two photos and build/flowers/ compiled (tiny model)."""
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
 
     folder = tmp_path_factory.mktemp("readme")
@@ -356,7 +356,7 @@ def test_python_snippet_runs(start, code, fresh, monkeypatch, capsys):
     """The "From Python" snippet, as written, in a folder with photos/ and photo1.jpg; only its
     CompileConfig is given the tiny test model (the same settings class, so any field it names
     must still exist)."""
-    import edgetl.compiler.config as config_module
+    import edgetl.compiler.spec.config as config_module
 
     real = config_module.CompileConfig
     tiny = {**TINY_SNIPPET_SETTINGS, "quantize": "fp32"}  # the API path, not quantization, is under test

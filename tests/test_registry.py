@@ -47,13 +47,17 @@ def test_unknown_model_names_the_known_ones():
         get_config("resnet5O")
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "tiny_cnn"])
+# Every registered model, test variants included: a new family is checked without editing this file.
+ALL_MODELS = list_models(include_test=True)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_declared_params_match_the_built_model(name):
     model = create_model(name, weights=None, num_classes=1000)
     assert model.count_params() == get_config(name).params
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "tiny_cnn"])
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_is_one_flat_graph_with_the_shared_layer_names(name):
     from edgetl._compat import keras
 

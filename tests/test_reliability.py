@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_color_dataset
-from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.outputs import (
     LOCK_FILE,
     RUN_MARKER,
@@ -126,7 +126,7 @@ def test_4_a_precision_the_target_cannot_run_is_refused_before_any_work(data, tm
 
 @pytest.mark.slow
 def test_4_and_11_failed_target_check_deploys_nothing_and_a_corrected_run_is_accepted(data, tmp_path, monkeypatch):
-    from edgetl.compiler import constraints
+    from edgetl.compiler.spec import constraints
 
     def failing_check(target, tflite, onnx_path):
         raise constraints.TargetConstraintError(f"{tflite.name} is not full-integer for {target.name} (test)")
@@ -190,7 +190,7 @@ def test_5_a_kill_while_packaging_leaves_no_deployable_set(data, tmp_path):
 
 
 def test_5_predict_warns_on_a_file_from_an_unfinished_build(tmp_path, capsys):
-    from edgetl.compiler.export import export_tflite
+    from edgetl.compiler.export.convert import export_tflite
     from edgetl.models import create_model
 
     folder = tmp_path / "out"

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.compiler.html_report import render
-from edgetl.compiler.report_charts import _place_labels, tradeoff_figure, training_stages
-from edgetl.compiler.report_facts import accuracy_figure, deployed_figure
-from edgetl.compiler.report_gallery import misclassified
-from edgetl.compiler.report_verdict import build_verdict
+from edgetl.compiler.report.html import render
+from edgetl.compiler.report.charts import _place_labels, tradeoff_figure, training_stages
+from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report.gallery import misclassified
+from edgetl.compiler.report.verdict import build_verdict
 from report_samples import make_report
 
 
@@ -83,7 +83,7 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     assert "cross-validat" in page and "No gallery: this compile had no test split" in page
     verdict = build_verdict(report)
     assert "cross-validation" in verdict.headline and "no test split" in verdict.measured.lower()
-    from edgetl.compiler.report import print_summary
+    from edgetl.compiler.report.summary import print_summary
 
     print_summary(report)
     out = capsys.readouterr().out
@@ -223,7 +223,7 @@ def test_accuracy_figure_reads_test_then_cv():
 
 def test_the_page_says_which_candidate_each_model_kept_and_why(tmp_path):
     """One row per model that chose between its probe and its training, the verdict in words."""
-    from edgetl.compiler.stats import Accuracy, paired_difference
+    from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
     report = make_report(tmp_path / "data", tmp_path, images=False)
     n = 100

@@ -28,7 +28,7 @@ def build_tiny_artefacts(root: Path) -> dict[str, Path]:
     (a model whose input is not an image).
     """
     from edgetl._compat import keras, tf
-    from edgetl.compiler.export import export_onnx, export_tflite
+    from edgetl.compiler.export.convert import export_onnx, export_tflite
     from edgetl.models import create_model
 
     keras.utils.set_random_seed(0)
@@ -177,7 +177,7 @@ def test_compiled_model_api_matches_the_interpreter(art, pixels):
     session.close()
 
 
-def test_gpu_runtimes_say_why_they_cannot_run(art):
+def test_gpu_runtimes_say_why_they_cannot_run(art, pixels):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -187,9 +187,13 @@ def test_gpu_runtimes_say_why_they_cannot_run(art):
     with pytest.raises(RuntimeUnavailableError, match="TensorrtExecutionProvider not available"):
         open_session(art["onnx"], runtime="onnxruntime-tensorrt")
     try:
-        open_session(art["tflite"], runtime="litert-gpu")
-    except RuntimeUnavailableError as exc:
+        gpu = open_session(art["tflite"], runtime="litert-gpu")
+    except RuntimeUnavailableError as exc:  # no GPU accelerator: one line that says so
         assert "GPU" in str(exc) and "\n" not in str(exc)
+    else:  # a GPU accelerator is present: then it must run the file as the CPU interpreter does
+        cpu = open_session(art["tflite"]).run(pixels)
+        assert np.abs(gpu.predict(pixels) - cpu).max() < 0.05  # GPU delegates may compute in fp16
+        gpu.close()
     with pytest.raises(ModelFileError, match="runs .onnx files"):
         open_session(art["tflite"], runtime="onnxruntime")
 
@@ -324,7 +328,7 @@ def test_predict_prints_top_k_labels(art, tmp_path, capsys, kind):
     lines = out.strip().splitlines()
     assert len(lines) == 2
     session = open_session(art[kind])
-    from edgetl.compiler.data import load_image
+    from edgetl.runtime.images import load_image
 
     for line, image in zip(lines, images):
         probs = session.run(load_image(image, SIZE)[None])[0]
@@ -409,7 +413,7 @@ def test_runtime_modules_do_not_import_tensorflow():
         "import sys\n"
         "import edgetl.runtime, edgetl.runtime.litert, edgetl.runtime.onnx_runtime, edgetl.runtime.classify\n"
         "import edgetl.benchmarks.commands, edgetl.benchmarks.harness, edgetl.benchmarks._worker\n"
-        "import edgetl.benchmarks.measure, edgetl.benchmarks.environment, edgetl.benchmarks.table\n"
+        "import edgetl.runtime.measure, edgetl.benchmarks.environment, edgetl.benchmarks.table\n"
         "import edgetl.benchmarks.overhead\n"
         "assert 'tensorflow' not in sys.modules and 'onnxruntime' not in sys.modules, 'heavy import'\n"
     )

@@ -73,7 +73,7 @@ def _hostile_tiny_cnn(marker: Path):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     from edgetl._compat import keras, tf
-    from edgetl.compiler.export import export_tflite
+    from edgetl.compiler.export.convert import export_tflite
 
     root = tmp_path_factory.mktemp("security")
     marker = root / "marker.txt"
@@ -299,7 +299,7 @@ def test_a_hostile_pth_is_refused_before_any_code_runs(tmp_path, capsys):
 
 
 def test_zip_entries_in_a_tflite_are_never_written_anywhere(files, tmp_path, monkeypatch, capsys, photo):
-    from edgetl.compiler import metadata as md
+    from edgetl.compiler.export import metadata as md
     from edgetl.runtime.litert import embedded_tflite_info
 
     model = tmp_path / "a" / "b" / "model.tflite"
@@ -323,7 +323,7 @@ def test_zip_entries_in_a_tflite_are_never_written_anywhere(files, tmp_path, mon
 
 
 def test_an_associated_file_that_would_inflate_past_the_limit_is_not_read(files, tmp_path, monkeypatch):
-    from edgetl.compiler import metadata as md
+    from edgetl.compiler.export import metadata as md
     from edgetl.runtime import litert
 
     monkeypatch.setattr(litert, "MAX_ASSOCIATED_FILE_BYTES", 1 << 20)
@@ -415,7 +415,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_a_decompression_bomb_image_is_refused(files, tmp_path, photo, capsys, monkeypatch, pillow_limit):
     from PIL import Image
 
-    from edgetl.compiler.data import MAX_IMAGE_PIXELS
+    from edgetl.runtime.images import MAX_IMAGE_PIXELS
 
     if pillow_limit == "switched off":  # another library may do this; edgetl keeps its own limit
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)

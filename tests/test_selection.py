@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.compiler.crossval import choose_epochs, stratified_folds
-from edgetl.compiler.probe import fit_probe, fit_probe_at
-from edgetl.compiler.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.probe import fit_probe, fit_probe_at
+from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_held_out_early_stopping_replaces_the_start_only_beyond_noise(extra_corr
     """KeepBest given the val images: an epoch one image better than the probe on val does not
     replace it; one fifteen images better (of 100) does."""
     from edgetl._compat import keras
-    from edgetl.compiler.finetune import KeepBest
+    from edgetl.compiler.training.finetune import KeepBest
 
     n = 100
     y = np.arange(n) % 2

@@ -60,7 +60,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compiled(data, tmp_path_factory):
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
 
     folder = tmp_path_factory.mktemp("own")
@@ -74,7 +74,7 @@ def compiled(data, tmp_path_factory):
 def test_the_deployed_int8_file_takes_raw_pixels_and_agrees_with_the_users_model(compiled, data):
     """The bar: model.tflite is int8 with uint8 input (raw pixels, the preprocessing inside it) and
     gives the user's model's answer (fed the user's own normalisation) on >= 99% of test images."""
-    from edgetl.compiler.data import load_images, scan_dataset
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.runtime import open_session
 
     model, out, report = compiled
@@ -114,7 +114,7 @@ def test_the_report_says_what_was_given_and_how_it_was_scored(compiled):
 def test_an_edgetl_model_carries_its_contract(compiled, data, tmp_path):
     """source.keras (an edgetl graph: raw pixels in) compiles again without saying anything about
     its input; saying something is refused."""
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
     from edgetl.errors import SettingError
 
@@ -131,9 +131,9 @@ def test_an_edgetl_model_carries_its_contract(compiled, data, tmp_path):
 def test_logits_get_a_softmax_and_labels_give_the_output_order(data, tmp_path):
     """A model that outputs logits, classes in its own order, torch-style normalisation (0..1 then
     ImageNet mean/std): the softmax is appended, --labels maps its outputs to DATA's folders."""
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
-    from edgetl.compiler.source_model import IMAGENET_MEAN, IMAGENET_STD
+    from edgetl.compiler.training.source_model import IMAGENET_MEAN, IMAGENET_STD
     from edgetl.runtime import open_session
 
     order = ("red", "green", "blue")
@@ -208,7 +208,7 @@ def test_wrong_models_and_options_are_one_line_errors(case, extra, expected, dat
 
 
 def test_model_options_without_a_model_are_refused():
-    from edgetl.compiler.config import CompileConfig
+    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.errors import SettingError
 
     with pytest.raises(SettingError, match="give it with --model"):
@@ -218,7 +218,7 @@ def test_model_options_without_a_model_are_refused():
 def test_contract_presets_match_keras_applications_preprocess_input():
     """The presets are keras.applications' own: mode tf, torch and caffe on the same pixels."""
     from edgetl._compat import keras
-    from edgetl.compiler.source_model import PRESETS, InputContract
+    from edgetl.compiler.training.source_model import PRESETS, InputContract
 
     x, _ = colour_images(4, seed=0)
     for mode in ("tf", "torch", "caffe"):

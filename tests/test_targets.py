@@ -8,17 +8,18 @@ import os
 import numpy as np
 import pytest
 
-from edgetl.compiler.config import CompileConfig
-from edgetl.compiler.constraints import TargetConstraintError, check_target
-from edgetl.compiler.targets import TARGETS, get_target
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.spec.constraints import TargetConstraintError, check_target
+from edgetl.compiler.spec.targets import TARGETS, get_target
 from edgetl.errors import EdgetlError
+from edgetl.runtime.measure import usable_cores
 
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     """A tiny classifier as float TFLite, full-integer uint8 TFLite and float ONNX."""
-    from edgetl.compiler.export import export_onnx, export_tflite
-    from edgetl.compiler.quantize import convert_tflite
+    from edgetl.compiler.export.convert import export_onnx, export_tflite
+    from edgetl.compiler.compression.quantize import convert_tflite
     from edgetl.models import create_model
 
     folder = tmp_path_factory.mktemp("targets")
@@ -38,7 +39,7 @@ def test_every_target_resolves_to_a_complete_recipe(tmp_path):
         config = CompileConfig(data=tmp_path, out=tmp_path / "o", target=name).resolved()
         assert config.quantize == target.quantize and config.io_dtype == target.io_dtype
         # threads: the target's, capped by this machine's cores (the count the run measures with)
-        assert config.student_size == target.student_size and config.threads == min(target.threads, os.cpu_count() or 1)
+        assert config.student_size == target.student_size and config.threads == min(target.threads, len(usable_cores()))
     # What the user says wins over the profile.
     config = CompileConfig(data=tmp_path, out=tmp_path / "o", target="raspberry-pi", quantize="fp16", student_size=128)
     assert config.resolved().quantize == "fp16" and config.resolved().student_size == 128
@@ -46,11 +47,23 @@ def test_every_target_resolves_to_a_complete_recipe(tmp_path):
         get_target("android-npu")
 
 
+def test_benchmark_threads_never_exceed_the_cores_present_unless_asked(tmp_path, monkeypatch):
+    """A 4-thread target on a machine (or container) that lets this process use 2 cores of 64."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert get_target("android-cpu").threads == 4
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o", target="android-cpu").resolved().threads == 2
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o").resolved().threads == 2  # no target: 4, capped
+    # What the user asks for is what is measured, even beyond the cores.
+    assert CompileConfig(data=tmp_path, out=tmp_path / "o", target="android-cpu", threads=8).resolved().threads == 8
+
+
 def test_edgetpu_rejects_a_float_op_and_names_it(tiny_files):
     edgetpu = get_target("edgetpu")
     with pytest.raises(TargetConstraintError, match="computes in float32") as info:
         check_target(edgetpu, tiny_files["fp32"], tiny_files["onnx"])
-    assert "CONV_2D" in str(info.value) or "SUB" in str(info.value) or "MUL" in str(info.value)
+    # Named: the first float op of every edgetl graph, the in-graph preprocessing's (x - mean).
+    assert "op SUB computes in float32" in str(info.value) and "the Edge TPU would run them on the CPU" in str(info.value)
     checked = check_target(edgetpu, tiny_files["int8"], tiny_files["onnx"])
     assert "CONV_2D" in checked["ops"]
 
@@ -63,8 +76,8 @@ def test_gpu_target_rejects_an_int8_file_and_tensorrt_accepts_opset_17(tiny_file
 
 
 def test_handoff_snippets_use_the_files_real_quantization(tiny_files, tmp_path):
-    from edgetl.compiler.handoff import write_handoff
-    from edgetl.compiler.quantize import tflite_io_details
+    from edgetl.compiler.export.handoff import write_handoff
+    from edgetl.compiler.compression.quantize import tflite_io_details
     from edgetl.runtime import open_session
 
     io = tflite_io_details(tiny_files["int8"])

@@ -1,0 +1,1 @@
+"""Scoring: accuracy of every artefact, intervals and paired differences, robustness to corruptions."""

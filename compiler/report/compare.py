@@ -1,0 +1,104 @@
+"""`edgetl report DIR [DIR2]`: a finished build's summary again, or two builds side by side.
+
+Reads only report.json (no TensorFlow), so it answers at once. Two builds scored on the same
+test images are compared image by image (paired difference); otherwise by their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from edgetl.compiler.progress import summary_console as console
+from edgetl.compiler.report.summary import REPORT_FILE
+from edgetl.compiler.report.facts import deployed_artifact, deployed_figure, intervals_overlap, test_predictions
+from edgetl.compiler.evaluation.stats import paired_difference
+from edgetl.errors import ReportError
+
+_IGNORED_SETTINGS = {"out", "overwrite", "cache_dir", "use_cache"}
+
+
+def load_report(folder: str | Path) -> dict:
+    path = Path(folder) / REPORT_FILE
+    if not path.is_file():
+        raise ReportError(f"{folder} holds no {REPORT_FILE}: pass the --out folder of a finished `edgetl compile`")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} cannot be read as JSON ({exc}); was the compile interrupted?") from exc
+    if not isinstance(report, dict) or not {"artifacts", "deployed", "models", "dataset"} <= report.keys():
+        raise ReportError(f"{path} is not an edgetl compile report (artifacts, deployed, models or dataset missing)")
+    return report
+
+
+def paired_builds(a: dict, b: dict):
+    """B's model.tflite minus A's on the same test images, or None when they were scored on different ones."""
+    rows_a, rows_b = test_predictions(a), test_predictions(b)
+    if not rows_a or [(r["path"], r["true"]) for r in rows_a] != [(r["path"], r["true"]) for r in rows_b]:
+        return None
+    return paired_difference([r["predicted"] == r["true"] for r in rows_b], [r["predicted"] == r["true"] for r in rows_a])
+
+
+def differing_settings(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    ca, cb = a.get("config", {}), b.get("config", {})
+    keys = sorted((ca.keys() | cb.keys()) - _IGNORED_SETTINGS)
+    return [(k, ca.get(k), cb.get(k)) for k in keys if ca.get(k) != cb.get(k)]
+
+
+def compare_lines(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> list[str]:
+    """What the comparison says in words: which build is better, or that the split cannot tell."""
+    diff = paired_builds(a, b)
+    if diff is not None:
+        sentence = diff.verdict(name_b, name_a)
+        if not diff.significant:
+            sentence += ": the test split is too small to separate them"
+        return [f"On the same {diff.n} test images: {sentence}."]
+    fa, fb = deployed_figure(a), deployed_figure(b)
+    if fa is None or fb is None:
+        return ["One build has no accuracy figure: nothing to compare."]
+    note = "The two builds were not scored on the same images, so they cannot be paired image by image: "
+    if intervals_overlap(fa, fb):
+        return [note + "their intervals overlap, so these figures cannot tell them apart."]
+    better = name_a if fa.accuracy > fb.accuracy else name_b
+    return [note + f"their intervals do not overlap: {better} is more accurate."]
+
+
+def print_comparison(a: dict, b: dict, name_a: str, name_b: str) -> None:
+    table = Table(title="two builds, model.tflite of each", title_justify="left")
+    table.add_column("")
+    table.add_column(f"A: {name_a}", overflow="fold")
+    table.add_column(f"B: {name_b}", overflow="fold")
+
+    def row(label, value):
+        table.add_row(label, value(a), value(b))
+
+    def art(report, key, fmt):
+        value = (deployed_artifact(report) or {}).get(key)
+        return fmt(value) if value is not None else "-"
+
+    row("model", lambda r: f"{r['models'].get(r['deployed'].get('model'), {}).get('model', '?')} ({r['deployed'].get('model')})")
+    row("precision", lambda r: art(r, "precision", str))
+    row("accuracy", lambda r: deployed_figure(r).describe() if deployed_figure(r) else "-")
+    row("size", lambda r: art(r, "size_bytes", lambda v: f"{v / 1e6:.2f} MB"))
+    row("gzip", lambda r: art(r, "gzip_bytes", lambda v: f"{v / 1e6:.2f} MB"))
+    row("latency p50", lambda r: art(r, "latency_p50_ms", lambda v: f"{v:.2f} ms")
+        + f" ({(r.get('optimization') or {}).get('threads', '?')} threads)")
+    row("classes", lambda r: str(len(r["dataset"]["classes"])))
+    row("created", lambda r: str(r.get("created_utc", "")))
+    console.print(table)
+    for line in compare_lines(a, b, "A", "B"):
+        console.print(line, markup=False, highlight=False)
+    console.print("[dim]latency was measured on the machine of each compile: compare it only between builds made on one machine[/]")
+    settings = differing_settings(a, b)
+    if settings:
+        console.print("settings that differ:")
+        diff_table = Table()
+        for col in ("setting", "A", "B"):
+            diff_table.add_column(col, overflow="fold")
+        for key, va, vb in settings:
+            diff_table.add_row(key, str(va), str(vb))
+        console.print(diff_table)
+    else:
+        console.print("same settings (output folder aside)")

@@ -1,0 +1,281 @@
+"""report.html: one self-contained page (images inlined, no scripts, opens offline).
+
+Built from the same dict as report.json, so the page and the JSON can never disagree.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from edgetl.atomic import atomic_write_text
+from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
+from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, tradeoff_chart, training_chart
+from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
+from edgetl.compiler.report.verdict import build_verdict
+
+HTML_FILE = "report.html"
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 3px 7px; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.chosen { background: #eaf6ea; font-weight: 600; } .muted { color: #777; } .warn { color: #a60; }
+.box { background: #f7f9fc; border: 1px solid #dde5f0; padding: 0.8em 1em; border-radius: 6px; }
+img.chart { max-width: 100%; display: block; margin: 0.5em 0; }
+.verdict { background: #f7f9fc; border: 1px solid #dde5f0; border-left: 6px solid #3a7bd5; padding: 0.6em 1.2em; border-radius: 6px; }
+.verdict .headline { font-size: 1.15em; font-weight: 600; } .verdict .next { background: #fff8e1; padding: 0.4em 0.6em; border-radius: 4px; }
+.ci { color: #777; font-size: 0.85em; white-space: nowrap; display: block; } h3 { font-size: 1em; margin: 1.2em 0 0.3em; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.group { display: inline-block; vertical-align: top; margin: 0 18px 6px 0; }
+figure { margin: 0; width: 140px; font-size: 12px; border: 1px solid #e3e3e3; border-radius: 4px; padding: 5px; background: #fff; }
+figure img { display: block; max-width: 128px; max-height: 128px; margin: 0 auto 4px; }
+figure.flagged { border: 2px solid #d9822b; background: #fff6ec; }
+.flag { color: #b35c00; font-weight: 600; } .path { color: #888; font-size: 10px; word-break: break-all; }
+.noimg { height: 60px; color: #999; text-align: center; line-height: 60px; background: #f4f4f4; }
+.scroll { overflow: auto; max-height: 1200px; border: 1px solid #eee; } img.cm { display: block; max-width: 100%; } img.cm.big { max-width: none; } /* 25+ classes: full size, scrolled */
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.2f} MB" if n is not None else ""
+
+
+def _points(x) -> str:
+    return f"{x * 100:+.2f} pt" if x is not None else ""
+
+
+def _ms(x) -> str:
+    return f"{x:.2f} ms" if x is not None else ""
+
+
+def _pct(x) -> str:
+    return f"{x:.2%}" if x is not None else ""
+
+
+def _acc(entry) -> str:
+    """An accuracy cell: the figure, its 95% interval and n (cross-validated ones say so)."""
+    figure = accuracy_figure(entry)
+    if figure is None:
+        return "<span class='muted'>not measured</span>"
+    return (f"{figure.accuracy:.1%} <span class='ci'>[{figure.low:.1%}-{figure.high:.1%}] n={figure.n}"
+            + (" cv" if figure.source == "cv" else "") + "</span>")
+
+
+def _verdict_section(report: dict) -> list[str]:
+    verdict = build_verdict(report)
+    parts = ["<div class='verdict'>", f"<p class='headline'>{_e(verdict.headline)}</p>"]
+    parts += [f"<p>{_e(line)}</p>" for line in verdict.comparisons]
+    parts.append(f"<p class='next'><b>Next step:</b> {_e(verdict.next_step or 'nothing in these figures stands out.')}</p>")
+    parts.append(f"<p class='muted'>{_e(verdict.measured)}</p>")
+    target = report.get("target")
+    if target:
+        parts.append(f"<p class='muted'>Target: {_e(target['name'])}: {_e(target['summary'])}.</p>")
+    why = report["deployed"].get("why")
+    if why:
+        parts.append(f"<details><summary>Why these files were chosen</summary><p>{_e(why)}</p></details>")
+    parts.append("</div>")
+    return parts
+
+
+def _gallery_section(report: dict) -> list[str]:
+    rows = report["deployed"].get("test_predictions")
+    parts = ["<h2 id='mistakes'>What model.tflite gets wrong</h2>"]
+    if not rows:
+        reason = ("this compile had no test split" if deployed_figure(report) is None or deployed_figure(report).source == "cv"
+                  else "this report.json predates per-image answers")
+        parts.append(f"<p class='muted'>No gallery: {_e(reason)}.</p>")
+        return parts
+    groups = misclassified(report)
+    wrong = sum(len(g.mistakes) for g in groups)
+    if not wrong:
+        parts.append(f"<p>None: model.tflite classifies all {len(rows)} test images correctly.</p>")
+        return parts
+    flagged = sum(m.possible_label_error for g in groups for m in g.mistakes)
+    parts.append(
+        f"<p>{wrong} of {len(rows)} test images, grouped by <i>true &rarr; predicted</i> class, the most confident mistake "
+        "first. <span class='flag'>possible label error</span>: the file is confident"
+        + (" and the other trained models give the same class" if any(m.agreeing_models for g in groups for m in g.mistakes)
+           or len(report["models"]) > 1 else "")
+        + f"; look at the photo before trusting its label ({flagged} flagged).</p>"
+    )
+    root = report["dataset"]["root"]
+    shown = 0
+    for g in groups:
+        parts.append(f"<div class='group'><h3>{_e(g.true)} &rarr; {_e(g.predicted)} <span class='muted'>({len(g.mistakes)})</span></h3><div class='grid'>")
+        for m in g.mistakes:
+            uri = thumbnail_uri(root, m.path) if shown < MAX_THUMBNAILS else None
+            shown += uri is not None
+            picture = f"<img alt='{_e(m.path)}' src='{uri}'>" if uri else "<div class='noimg'>image not shown</div>"
+            flag = "<br><span class='flag'>possible label error</span>" if m.possible_label_error else ""
+            parts.append(
+                f"<figure class='{'flagged' if m.possible_label_error else ''}'>{picture}<figcaption>"
+                f"true: <b>{_e(m.true)}</b><br>predicted: <b>{_e(m.predicted)}</b> ({m.confidence:.0%}){flag}"
+                f"<br><span class='path'>{_e(m.path)}</span></figcaption></figure>"
+            )
+        parts.append("</div></div>")
+    return parts
+
+
+def _selection_table(report: dict) -> list[str]:
+    """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
+    rows = []
+    for role, model in report["models"].items():
+        for stage, selection in selection_records(model.get("training", {})):
+            probe, versus = selection.get("probe") or {}, selection.get("versus_probe")
+            trained = (f"{versus['best_epochs']} epochs: {_accuracy_cell(versus, probe)}"
+                       if versus and versus.get("best_epochs") else "no epoch beat the probe")
+            won = "the linear probe" if selection.get("probe_kept") else f"{selection.get('chosen_epochs')} epochs of training"
+            why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
+            if versus and versus.get("best_epochs") and selection.get("probe_kept"):
+                why += ": not beyond noise, so the probe is kept"
+            rows.append(f"<tr><td>{_e(role)}: {_e(stage)}</td><td>{_e(selection.get('method', ''))}</td>"
+                        f"<td>{_e(_describe(probe))}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
+    if not rows:
+        return []
+    return ["<table><tr><th>model</th><th>chosen by</th><th>linear probe</th><th>best training</th><th>deployed</th>"
+            "<th>why</th></tr>", *rows, "</table>"]
+
+
+def _describe(accuracy: dict) -> str:
+    if not accuracy or not accuracy.get("n"):
+        return "n/a"
+    low, high = accuracy["ci95"]
+    return f"{accuracy['accuracy']:.1%} ({low:.1%}-{high:.1%}, n={accuracy['n']})"
+
+
+def _accuracy_cell(versus: dict, probe: dict) -> str:
+    """The best epoch's accuracy on the selection images: the probe's plus the paired difference."""
+    n = versus.get("n") or probe.get("n") or 0
+    if not n or not probe:
+        return "n/a"
+    return f"{probe['accuracy'] + versus['difference']:.1%} (n={n})"
+
+
+def _training_section(report: dict) -> list[str]:
+    charts = [(role, training_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
+    charts = [(role, uri) for role, uri in charts if uri]
+    curves = [(role, cross_validation_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
+    curves = [(role, uri) for role, uri in curves if uri]
+    selections = _selection_table(report)
+    if not charts and not curves and not selections:
+        return []
+    parts = ["<h2>Training</h2>"]
+    if selections:
+        parts.append("<p class='muted'>Every trained model has two candidates: its linear probe (frozen backbone, "
+                     "logistic-regression head) and its fine-tuning or distillation. Training replaces the probe only "
+                     "when its paired gain on the images that choose is beyond noise (95% interval above zero).</p>")
+        parts += selections
+    if curves:
+        parts.append("<p class='muted'>Chosen by cross-validation: accuracy on the held-out folds after each epoch of "
+                     "training, epoch 0 being the linear probe; training replaces the probe only when it is better "
+                     "beyond noise, and the deployed model is then trained on all images for the chosen epochs.</p>")
+        parts += [f"<img class='chart' alt='cross-validation curve of the {_e(role)}' src='{uri}'>" for role, uri in curves]
+    if charts:
+        parts.append("<p class='muted'>Loss and accuracy per epoch on the training images (augmented) and "
+                     "the validation split; the dashed line marks the epoch whose weights were kept (early stopping on val "
+                     "accuracy).</p>")
+        parts += [f"<img class='chart' alt='training curves of the {_e(role)}' src='{uri}'>" for role, uri in charts]
+    return parts
+
+
+def render(report: dict, out: Path) -> str:
+    ds = report["dataset"]
+    deployed = report["deployed"]
+    chosen = deployed.get("tflite")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>edgetl report: {_e(Path(report['out']).name)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>edgetl compile report</h1><p class='muted'>{_e(report['out'])} &middot; {_e(report['created_utc'])} "
+        f"&middot; edgetl {_e(report['edgetl_version'])} &middot; total {report['total_s']:.0f} s</p>",
+    ]
+    parts += _verdict_section(report)
+    parts += _gallery_section(report)
+
+    # Artefacts
+    parts.append("<h2>Files: accuracy, size and speed</h2><table><tr>"
+                 + "".join(f"<th>{h}</th>" for h in ("file", "runtime", "precision", "sparsity", "accuracy [95% CI]",
+                                                     "&Delta; vs float", "size", "gzip", "latency p50", "top-1 agreement"))
+                 + "</tr>")
+    for a in report["artifacts"]:
+        parity = a.get("parity") or {}
+        delta = a.get("accuracy_delta")
+        parts.append(
+            f"<tr class='{'chosen' if a['file'] in (chosen, deployed.get('onnx')) else ''}'>"
+            f"<td>{_e(a['file'])}</td><td>{_e(a['runtime'])}</td><td>{_e(a.get('precision', ''))}</td>"
+            f"<td class='n'>{_pct(a.get('sparsity')) if a.get('sparsity') else ''}</td>"
+            f"<td class='n'>{_acc(a)}</td>"
+            f"<td class='n'>{_points(delta)}</td>"
+            f"<td class='n'>{_mb(a['size_bytes'])}</td><td class='n'>{_mb(a.get('gzip_bytes'))}</td>"
+            f"<td class='n'>{_ms(a.get('latency_p50_ms'))}</td>"
+            + (f"<td class='n' title=\"against the {_e(parity.get('against', 'float Keras model'))}\">" if parity else "<td class='n'>")
+            + f"{_pct(parity.get('top1_agreement')) if parity else '(reference)'}</td></tr>"
+        )
+    parts.append("</table><p class='muted'>Top-1 agreement is with the Keras model each file was converted "
+                 "from: for a pruned file, the pruned model. Latency is measured on the compiling machine.</p>")
+    figures = [accuracy_figure(a) for a in report["artifacts"]]
+    widest = max(((f.high - f.low) * 50 for f in figures if f), default=0)
+    if widest > 2:
+        parts.append(f"<p>With these test images each accuracy is known only to within about &plusmn;{widest:.1f} points: "
+                     "files whose intervals overlap cannot be ranked by accuracy on this split.</p>")
+    chart = tradeoff_chart(report)
+    if chart:
+        parts.append(f"<img class='chart' alt='accuracy versus latency' src='{chart}'>")
+
+    # Models
+    parts.append("<h2>Models</h2><table><tr><th>role</th><th>model</th><th>input</th><th>params</th><th>MACs</th>"
+                 "<th>accuracy [95% CI]</th><th>macro F1</th><th>cached</th></tr>")
+    for role, m in report["models"].items():
+        f1 = (m.get("test") or {}).get("macro_f1")
+        parts.append(f"<tr><td>{_e(role)}</td><td>{_e(m['model'])}</td><td class='n'>{m['input_size']} px</td>"
+                     f"<td class='n'>{m['params'] / 1e6:.2f}M</td><td class='n'>{m['macs'] / 1e6:.0f}M</td>"
+                     f"<td class='n'>{_acc(m)}</td><td class='n'>{f'{f1:.3f}' if f1 is not None else ''}</td>"
+                     f"<td>{'yes' if m.get('cached') else ''}</td></tr>")
+    parts.append("</table>")
+    parts += _training_section(report)
+
+    # Per class + confusion matrix of the deployed file
+    deployed_row = next((a for a in report["artifacts"] if a["file"] == chosen), None)
+    if deployed_row and deployed_row.get("test"):
+        parts.append(f"<h2>Per class: {_e(chosen)}</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
+                     "<th>F1</th><th>test images</th></tr>")
+        for row in deployed_row["test"]["per_class"]:
+            parts.append(f"<tr><td>{_e(row['class'])}</td><td class='n'>{row['precision']:.3f}</td>"
+                         f"<td class='n'>{row['recall']:.3f}</td><td class='n'>{row['f1']:.3f}</td>"
+                         f"<td class='n'>{row['support']}</td></tr>")
+        parts.append("</table>")
+    if deployed_row and deployed_row.get("test"):
+        title = f"{chosen} ({deployed_row.get('precision', '')}) on the test split: accuracy {deployed_row['test']['accuracy']:.1%}"
+        uri = confusion_chart(deployed_row["test"]["confusion_matrix"], ds["classes"], title)
+        parts.append(f"<h2>Confusion matrix: {_e(chosen)} on the test split</h2><p class='muted'>Rows: true class; "
+                     "columns: predicted. Blue: the share of each true class classified right; red: mistakes, on their "
+                     "own scale; figures: image counts (while the cells hold them).</p>"
+                     f"<div class='scroll'><img class='cm{' big' if len(ds['classes']) > 25 else ''}' alt='confusion matrix' src='{uri}'></div>")
+
+    # Data
+    counts = ds["counts"]
+    parts.append("<h2>Data</h2><p>" + _e(ds["root"]) + f": {len(ds['classes'])} classes; "
+                 + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()) + " images.</p>")
+    for warning in ds.get("warnings", []):
+        parts.append(f"<p class='warn'>warning: {_e(warning)}</p>")
+    if ds.get("skipped"):
+        parts.append("<p>Skipped files:</p><ul>" + "".join(
+            f"<li><code>{_e(s['path'])}</code>: {_e(s['reason'])}</li>" for s in ds["skipped"]) + "</ul>")
+
+    parts.append(render_robustness_section(report))
+    parts.append("<h2>Wall time per stage</h2><table>" + "".join(
+        f"<tr><td>{_e(k)}</td><td class='n'>{v:.1f} s</td></tr>" for k, v in report["timings_s"].items()) + "</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(report: dict, out: Path) -> Path:
+    path = Path(out) / HTML_FILE
+    atomic_write_text(path, render(report, out))
+    return path

@@ -1,0 +1,157 @@
+"""The compile report: report.json, confusion_matrix.png and the summary printed at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from edgetl.atomic import atomic_path, atomic_write_text
+from edgetl.compiler.progress import summary_console as console
+from edgetl.compiler.report.facts import accuracy_figure
+from edgetl.compiler.report.verdict import build_verdict
+
+REPORT_FILE = "report.json"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+def write_report(report: dict, out: Path) -> Path:
+    path = Path(out) / REPORT_FILE
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
+    """confusion_matrix.png: the same drawing as report.html's (compiler/report/charts.py)."""
+    from edgetl.compiler.report.charts import _pyplot, confusion_figure
+
+    plt = _pyplot()
+    fig = confusion_figure(cm, classes, title)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _best_val(training: dict) -> float:
+    """The best validation accuracy any stage of a model's training reached."""
+    found = [v["best_val_accuracy"] for v in _walk(training) if "best_val_accuracy" in v]
+    return max(found) if found else float("nan")
+
+
+def _walk(d):
+    if isinstance(d, dict):
+        yield d
+        for v in d.values():
+            yield from _walk(v)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def print_summary(report: dict) -> None:
+    ds = report["dataset"]
+    classes = ds["classes"]
+    console.rule("[bold]edgetl compile report")
+    counts = ds["counts"]
+    split_totals = ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
+    console.print(f"dataset  {ds['root']}: {len(classes)} classes, {split_totals} images")
+    if ds["skipped"]:
+        console.print(f"[yellow]skipped {len(ds['skipped'])} unreadable files:")
+        for item in ds["skipped"][:10]:
+            console.print(f"  {item['path']}: {item['reason']}")
+        if len(ds["skipped"]) > 10:
+            console.print(f"  ... and {len(ds['skipped']) - 10} more (see report.json)")
+    for warning in ds["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+    models = report["models"]
+    model_table = Table(title="models (accuracy [95% CI] n)", title_justify="left")
+    for col in ("role", "model", "input", "params", "MACs", "accuracy", "macro F1", "best val accuracy"):
+        model_table.add_column(col, justify="left" if col in ("role", "model") else "right")
+    for role, m in models.items():
+        model_table.add_row(
+            role,
+            m["model"],
+            f"{m['input_size']} px",
+            f"{m['params'] / 1e6:.2f}M",
+            f"{m['macs'] / 1e6:.1f}M",
+            _accuracy_cell(m),
+            f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
+            "" if _best_val(m["training"]) != _best_val(m["training"]) else f"{_best_val(m['training']):.3f}",  # nan: not trained here
+        )
+    console.print(model_table)
+    if report.get("distillation"):
+        d = report["distillation"]
+        gain, behind = d["distillation_gain_accuracy"] * 100, d["student_minus_teacher_accuracy"] * 100
+        console.print(
+            f"distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} points of test accuracy against the "
+            f"same student trained without the teacher; the student is {abs(behind):.1f} points "
+            f"{'above' if behind >= 0 else 'below'} the teacher"
+        )
+
+    table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")
+    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
+        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
+    for a in report["artifacts"]:
+        parity = a.get("parity")
+        delta = a.get("accuracy_delta")
+        table.add_row(
+            a["file"],
+            a["runtime"],
+            a.get("precision", ""),
+            f"{a['sparsity']:.0%}" if a.get("sparsity") else "",
+            _mb(a["size_bytes"]),
+            _mb(a["gzip_bytes"]) if a.get("gzip_bytes") else "",
+            f"{a['latency_p50_ms']:.2f} ms" if a.get("latency_p50_ms") is not None else "",
+            _accuracy_cell(a),
+            f"{delta * 100:+.2f}" if delta is not None else "",
+            f"{parity['top1_agreement']:.2%}" if parity else "(reference)",
+            (a.get("gate") or "").split(":")[0],  # "passed" / "failed"; the why is in report.json
+        )
+    console.print(table)
+    console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
+    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}", markup=False)
+
+    deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
+    if not deployed.get("test"):  # no test split (cross-validated compile): no per-class figures
+        _print_tail(report)
+        return
+    others = [role for role in models if role != report["deployed"]["model"]]
+    per_class = Table(title=f"per class ({deployed['file']}; F1 of the other models beside it)", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", *[f"F1 {r}" for r in others], "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for i, row in enumerate(deployed["test"]["per_class"]):
+        other_f1 = [f"{models[r]['test']['per_class'][i]['f1']:.3f}" for r in others]
+        per_class.add_row(
+            row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", *other_f1, str(row["support"])
+        )
+    console.print(per_class)
+
+    cm = deployed["test"]["confusion_matrix"]
+    if len(classes) <= 20:
+        cm_table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm_table.add_column("")
+        for j in range(len(classes)):
+            cm_table.add_column(str(j), justify="right")
+        for i, name in enumerate(classes):
+            cm_table.add_row(f"{i} {name}", *[(str(v) if v else ".") for v in cm[i]])
+        console.print(cm_table)
+
+    _print_tail(report)
+
+
+def _accuracy_cell(entry: dict) -> str:
+    figure = accuracy_figure(entry)
+    return figure.short() if figure else "-"
+
+
+def _print_tail(report: dict) -> None:
+    """The verdict, wall time and where the files are."""
+    for line in build_verdict(report).lines():
+        console.print(line, markup=False, highlight=False)
+    timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
+    console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
+    console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")

@@ -1,0 +1,177 @@
+"""The verdict: what was deployed and how good it is, in a few plain sentences, and the one
+next step most likely to help, derived from the report's own figures.
+
+Used at the top of report.html, at the end of the console summary and by `edgetl report`, so
+the three never disagree. Comparisons use the paired difference on the same test images
+(compiler/evaluation/stats.py): a gap inside the noise is called so, never a gain or a loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgetl.compiler.report.facts import (
+    accuracy_figure,
+    compare_deployed_with,
+    compare_roles,
+    deployed_artifact,
+    deployed_figure,
+    how_measured,
+    intervals_overlap,
+)
+from edgetl.compiler.report.gallery import misclassified
+
+WIDE_INTERVAL_POINTS = 5.0  # half-width beyond which the test split is called too small to rank files
+WEAK_CLASS_GAP = 0.10  # recall this far below overall accuracy makes a class the weak one
+
+
+@dataclasses.dataclass
+class Verdict:
+    headline: str
+    measured: str
+    comparisons: list[str]
+    next_step: str | None
+
+    def lines(self) -> list[str]:
+        out = [self.headline, *self.comparisons, self.measured]
+        out.append(f"Next step: {self.next_step}" if self.next_step else "Next step: nothing in these figures stands out.")
+        return out
+
+
+def _model_name(report: dict, role: str) -> str:
+    return report["models"].get(role, {}).get("model", role)
+
+
+def _headline(report: dict) -> str:
+    artifact = deployed_artifact(report) or {}
+    role = report["deployed"].get("model", "")
+    figure = deployed_figure(report)
+    precision = artifact.get("precision", "")
+    parts = [f"Deployed {artifact.get('file', 'model.tflite')} ({_model_name(report, role)}, {role}, {precision})"]
+    if figure is None:
+        parts.append("accuracy not measured")
+    else:
+        parts.append(("accuracy " if figure.source == "test" else "accuracy of its float model ") + figure.describe())
+    if artifact.get("size_bytes"):
+        parts.append(f"{artifact['size_bytes'] / 1e6:.1f} MB")
+    if artifact.get("latency_p50_ms") is not None:
+        threads = (report.get("optimization") or {}).get("threads")
+        parts.append(f"{artifact['latency_p50_ms']:.2f} ms per image (p50, batch 1"
+                     + (f", {threads} threads" if threads else "") + ", on the compiling machine)")
+    return ": ".join(parts[:1]) + ": " + "; ".join(parts[1:]) + "."
+
+
+def _compare_text(report: dict, role: str, what: str) -> str | None:
+    """model.tflite against the Keras model `role`: paired on test images when possible."""
+    diff = compare_deployed_with(report, role)
+    if diff is not None:
+        sentence = diff.verdict("model.tflite", what)
+        if not diff.significant:
+            sentence += ": the test split is too small to separate them"
+        return sentence[0].upper() + sentence[1:] + "."
+    mine, theirs = deployed_figure(report), accuracy_figure(report["models"].get(role))
+    if mine is None or theirs is None:
+        return None
+    # Without a test split the deployed file was never scored: name the model it came from.
+    name = "model.tflite" if mine.source == "test" else f"the deployed {report['deployed'].get('model', 'model')} (float)"
+    if intervals_overlap(mine, theirs):
+        text = f"{name} {mine.short()} and {what} {theirs.short()}: the intervals overlap, so these figures cannot tell them apart."
+    else:
+        better = name if mine.accuracy > theirs.accuracy else what
+        text = f"{name} {mine.short()} and {what} {theirs.short()}: {better} is better (the intervals do not overlap)."
+    return text[0].upper() + text[1:]
+
+
+def _comparisons(report: dict) -> list[str]:
+    models = report["models"]
+    deployed_role = report["deployed"].get("model")
+    out = []
+    if deployed_role == "source":  # --model: the file against the model it was converted from
+        text = _compare_text(report, "source", f"the given model ({_model_name(report, 'source')}) it was converted from")
+        if text:
+            out.append(text)
+    elif deployed_role == "teacher":
+        text = _compare_text(report, "teacher", f"the float teacher ({_model_name(report, 'teacher')}) it was converted from")
+        if text:
+            out.append(text)
+    elif "teacher" in models:
+        text = _compare_text(report, "teacher", f"the teacher ({_model_name(report, 'teacher')})")
+        if text:
+            out.append(text)
+    if "baseline" in models:
+        text = _compare_text(report, "baseline", "the no-teacher baseline (the same student trained on labels alone)")
+        if text:
+            out.append(text)
+        diff = compare_roles(report, "student", "baseline")
+        if diff is not None:
+            sentence = diff.verdict("the distilled student", "the baseline")
+            out.append("Distillation: " + sentence + ("; the test split cannot tell whether the teacher helped." if not diff.significant else "."))
+    return out
+
+
+def _weakest_class(report: dict) -> tuple[dict, str | None] | None:
+    """The class with the lowest recall when it is clearly below the rest, and what it is taken for."""
+    artifact = deployed_artifact(report) or {}
+    test = artifact.get("test")
+    if not test:
+        return None
+    rows = [r for r in test["per_class"] if r["support"]]
+    if len(rows) < 2:
+        return None
+    weakest = min(rows, key=lambda r: (r["recall"], -r["support"]))
+    if weakest["recall"] > test["accuracy"] - WEAK_CLASS_GAP:
+        return None
+    classes = [r["class"] for r in test["per_class"]]
+    i = classes.index(weakest["class"])
+    row = list(test["confusion_matrix"][i])
+    row[i] = -1
+    j = max(range(len(row)), key=row.__getitem__)
+    return weakest, classes[j] if row[j] > 0 else None
+
+
+def _failed_quantization(report: dict) -> dict | None:
+    """The int8 file the gate refused when the deployed file is a float one."""
+    artifact = deployed_artifact(report) or {}
+    if artifact.get("precision") not in ("fp32", "float32", "fp16"):
+        return None
+    refused = [a for a in report["artifacts"] if a.get("precision", "").startswith("int8")
+               and str(a.get("gate", "")).startswith("failed") and a.get("format") == "tflite"]
+    return refused[0] if refused else None
+
+
+def _next_step(report: dict) -> str | None:
+    figure = deployed_figure(report)
+    flagged = [m for g in misclassified(report) for m in g.mistakes if m.possible_label_error]
+    if flagged:
+        return (f"check the labels of the {len(flagged)} test image{'s' if len(flagged) > 1 else ''} flagged as possible "
+                "label errors in the gallery below: a wrong label costs accuracy no training can recover, and "
+                "the same mistake is likely in the training images too.")
+    refused = _failed_quantization(report)
+    if refused:
+        config = report.get("config", {})
+        return (f"int8 ({refused['file']}) was refused by the accuracy gate ({refused['gate']}); a larger "
+                f"--max-accuracy-drop (now {config.get('max_accuracy_drop', '?')} points) or --qat would deploy a "
+                "file about 4x smaller.")
+    weak = _weakest_class(report)
+    if weak:
+        row, confused_with = weak
+        counts = (report.get("dataset", {}).get("counts") or {}).get("train", {})
+        have = f" (it has {counts[row['class']]} training images)" if row["class"] in counts else ""
+        taken = f", most often taken for {confused_with}" if confused_with else ""
+        return (f"more training images of {row['class']}{have}: its recall is {row['recall']:.0%} on "
+                f"{row['support']} test images{taken}.")
+    if "baseline" in report["models"] and "student" in report["models"]:
+        diff = compare_roles(report, "student", "baseline")
+        if diff is not None and diff.significant and diff.difference < 0:
+            return "the teacher hurt the student here: try --alpha 0 (labels only) or a stronger --teacher."
+    if figure is not None and figure.source == "cv":
+        return ("a labelled test set from the deployment camera (DATA/test/<class>/): the deployed file itself "
+                "would then be scored on images like the ones it will see.")
+    if figure is not None and (figure.high - figure.low) * 50 > WIDE_INTERVAL_POINTS:
+        return (f"more labelled test images, ideally from the deployment camera: with n={figure.n} the accuracy is only "
+                f"known to within ±{(figure.high - figure.low) * 50:.1f} points.")
+    return None
+
+
+def build_verdict(report: dict) -> Verdict:
+    return Verdict(_headline(report), how_measured(report), _comparisons(report), _next_step(report))

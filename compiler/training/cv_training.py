@@ -1,0 +1,171 @@
+"""Cross-validated fine-tuning and distillation: the choices of compiler/training/crossval.py, trained.
+
+For a model whose probe (compiler/training/probe.py) is already fitted on all labelled images:
+
+1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (same
+   C), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
+   part, scoring the held-out part after every epoch. Epoch 0 is the probe itself.
+2. `crossval.choose_epochs` picks the number of epochs (0: keep the probe).
+3. Refit: the model trained on all labelled images for exactly that many epochs (no
+   validation split, so no early stopping: the epochs were chosen by CV).
+
+The fold teachers a student is distilled from in its own folds are the teacher's fold models
+at the teacher's chosen epochs, so no image a student's fold holds out was seen by its teacher:
+the student's estimate is as honest as the teacher's. They are kept as the trainable weights
+of each fold (the frozen part is the same for all), on disk while the curve is run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgetl._compat import keras, tf
+from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
+from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
+from edgetl.compiler.progress import progress_bar
+
+
+class _HeldOutCurve(keras.callbacks.Callback):
+    """After every epoch: score the held-out images and keep the trainable weights on disk."""
+
+    def __init__(self, predict, x_held, y_held, pred_rows, held_idx, snapshot):
+        super().__init__()
+        self.predict, self.x_held, self.y_held = predict, x_held, y_held
+        self.pred_rows, self.held_idx, self.snapshot = pred_rows, held_idx, snapshot
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.pred_rows[epoch + 1, self.held_idx] = self.predict(self.x_held).argmax(1)
+        self.snapshot(epoch + 1)
+
+
+def _predictor(model, batch_size: int):
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([forward(tf.constant(x[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(x), batch_size)])
+
+    return predict
+
+
+def trainable_weights(model) -> list[np.ndarray]:
+    return [w.numpy() for w in model.trainable_weights]
+
+
+def assign_trainable(model, weights: list[np.ndarray]) -> None:
+    for variable, value in zip(model.trainable_weights, weights, strict=True):
+        variable.assign(value)
+
+
+class FoldSnapshots:
+    """Trainable weights per (fold, epoch), on disk in a temporary folder."""
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="edgetl-cv-")
+
+    def save(self, fold: int, epoch: int, weights: list[np.ndarray]) -> None:
+        np.savez(Path(self._dir.name) / f"f{fold}_e{epoch}.npz", *weights)
+
+    def load(self, fold: int, epoch: int) -> list[np.ndarray]:
+        with np.load(Path(self._dir.name) / f"f{fold}_e{epoch}.npz") as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int, probe: Probe) -> Probe:
+    """The probe refitted on a fold's training part, at the C chosen on all images."""
+    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C)
+
+
+def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_classes: int, epochs: int,
+                learning_rate: float, batch_size: int, folds: int, seed: int, label: str, strategy=None):
+    """Out-of-fold curve of fine-tuning from the probe; returns (choice, per-fold trainable weights
+    at the chosen epoch). `model` is returned to its starting weights."""
+    strategy = strategy or tf.distribute.get_strategy()
+    start = model.get_weights()
+    splits = stratified_folds(y, folds, seed)
+    pred = np.zeros((epochs + 1, len(y)), np.int64)
+    snapshots = FoldSnapshots()
+    try:
+        for f, (tr, ho) in enumerate(splits):
+            model.set_weights(start)
+            head = fold_probe(features, y, tr, num_classes, probe)
+            set_head(model, head)
+            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
+            set_trainable_top(model, unfreeze_from)
+            with strategy.scope():
+                model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+            snapshots.save(f, 0, trainable_weights(model))
+            curve = _HeldOutCurve(_predictor(model, batch_size), x[ho], y[ho], pred, ho,
+                                  lambda e, f=f: snapshots.save(f, e, trainable_weights(model)))
+            if epochs:
+                with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
+                    model.fit(training_dataset(x[tr], y[tr], batch_size, seed + f), epochs=epochs,
+                              callbacks=[curve, EpochProgress(advance)], verbose=0)
+        choice = choose_epochs(pred == y[None, :], len(splits), pred)
+        fold_weights = [snapshots.load(f, choice.epochs) for f in range(len(splits))]
+    finally:
+        snapshots.close()
+        model.set_weights(start)
+    return choice, fold_weights, splits
+
+
+def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: str | None, teacher_fold_weights,
+               splits, x_student, x_views, y, unlabeled_views, features, probe: Probe, num_classes: int, epochs: int,
+               learning_rate: float, batch_size: int, temperature: float, alpha: float, seed: int, label: str, strategy=None):
+    """Out-of-fold curve of distillation (teacher None: labels only) from the student's probe.
+
+    x_student: labelled images at the student's size (for scoring); x_views: the same images at
+    the view size the distillation step resizes from; unlabeled_views: extra images (label -1)
+    that feed the soft term in every fold. Teacher and student are returned to their weights.
+    """
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
+
+    strategy = strategy or tf.distribute.get_strategy()
+    student_start = student.get_weights()
+    teacher_start = teacher.get_weights() if teacher is not None else None
+    pred = np.zeros((epochs + 1, len(y)), np.int64)
+    try:
+        for f, (tr, ho) in enumerate(splits):
+            student.set_weights(student_start)
+            head = fold_probe(features, y, tr, num_classes, probe)
+            set_head(student, head)
+            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
+            if not epochs:
+                continue
+            if teacher is not None:
+                teacher.set_weights(teacher_start)
+                set_trainable_top(teacher, teacher_unfreeze_from)
+                assign_trainable(teacher, teacher_fold_weights[f])
+            keras.utils.set_random_seed(seed + f)
+            distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha)
+            set_trainable_top(student, unfreeze_from)
+            with strategy.scope():
+                distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+            curve = _HeldOutCurve(_predictor(student, batch_size), x_student[ho], y[ho], pred, ho, lambda e: None)
+            xv, yv = x_views[tr], y[tr]
+            if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
+                xv = np.concatenate([xv, unlabeled_views])
+                yv = np.concatenate([yv, np.full(len(unlabeled_views), -1, yv.dtype)])
+            with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
+                distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
+                              callbacks=[curve, EpochProgress(advance)], verbose=0)
+        choice = choose_epochs(pred == y[None, :], len(splits), pred)
+    finally:
+        student.set_weights(student_start)
+        if teacher is not None:
+            teacher.set_weights(teacher_start)
+    return choice
+
+
+def fit_fixed(trained, dataset, epochs: int, description: str) -> None:
+    """Train for exactly `epochs` epochs (the number cross-validation chose): no early stopping."""
+    if epochs <= 0:
+        return
+    with progress_bar(description, epochs) as advance:
+        trained.fit(dataset, epochs=epochs, callbacks=[EpochProgress(advance)], verbose=0)
