@@ -98,6 +98,13 @@ def make_strategy(name: str):
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+def is_default(strategy) -> bool:
+    """Whether `strategy` is TensorFlow's default one-device strategy (call outside any scope)."""
+    from edgetl._compat import tf
+
+    return strategy is tf.distribute.get_strategy()
+
+
 def describe(strategy) -> dict:
     """What the report says about how training ran."""
     replicas = int(strategy.num_replicas_in_sync)

@@ -328,6 +328,21 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
     return report
 
 
+def _plain_copies(config: CompileConfig, num_classes: int, *trained) -> None:
+    """Trained models rebuilt outside the distribution strategy, same weights, for everything
+    after training (export, checks, quantization): a model built under MultiWorkerMirroredStrategy
+    reads its batch-norm statistics through cross-worker collectives, which then end up in the
+    exported graphs (and ONNX Runtime refuses them)."""
+    from edgetl.compiler.precision import float32_copy
+
+    done = set()
+    for t in trained:
+        if t is None or id(t) in done or t.role == "source":
+            continue
+        done.add(id(t))
+        t.model = float32_copy(t.model, t.name, num_classes, t.input_size, config.dropout)
+
+
 def _scaled_for(strategy, config: CompileConfig) -> CompileConfig:
     """The settings training uses with R replicas in sync: --batch-size per replica (global batch
     R times larger) and every learning rate times R (linear scaling). R = 1: unchanged."""
@@ -378,6 +393,9 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
                 baseline = _cached(
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
+
+    if not distribution.is_default(strategy):
+        _plain_copies(config, len(classes), teacher, deployed, baseline)
 
     adaptation = None
     if config.unlabeled and config.adapt != "none":
