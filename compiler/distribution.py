@@ -109,8 +109,11 @@ def describe(strategy) -> dict:
     """What the report says about how training ran."""
     replicas = int(strategy.num_replicas_in_sync)
     config = tf_config()
+    name = type(strategy).__name__
+    # tf.distribute.MultiWorkerMirroredStrategy is an alias of this class: report the public name.
+    name = {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy", "_DefaultDistributionStrategy": "default"}.get(name, name)
     return {
-        "strategy": type(strategy).__name__,
+        "strategy": name,
         "replicas": replicas,
         "workers": len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", [])) if config else 1,
         "chief": is_chief(),
