@@ -16,7 +16,7 @@ in sync the global batch is R x ``--batch-size`` and every training learning rat
 R (the linear scaling rule, Goyal et al. 2017), so one replica trains exactly as before and R
 replicas take the same number of epochs with R times fewer steps.
 
-Fault tolerance: with a strategy other than ``one``, every training `fit` gets
+Fault tolerance: when training is distributed (any strategy but the default one), every training `fit` gets
 `BackupAndRestore` in a folder named after the run (`backup_root`): a worker that dies and is
 restarted with the same command resumes the interrupted fit at the epoch after its last
 finished one, instead of starting that fit over. (What a fit keeps in memory besides weights

@@ -316,7 +316,8 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
     """Every stage after the data check, writing into `out` (the staging folder)."""
     # The strategy first: MultiWorkerMirroredStrategy must be made before TensorFlow starts.
     strategy = distribution.make_strategy(config.strategy)
-    distribution.set_backup(backup_root)
+    # Backups only when training is distributed: the one-device path stays as it always was.
+    distribution.set_backup(None if distribution.is_default(strategy) else backup_root)
     # Decoded images go to a hidden folder of the staging folder (never published, removed at the end).
     images = ImageCache(dataset, unlabeled, out / ".images")
     try:
