@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,6 +181,8 @@ class ImageFolder:
         self._temporary = folder is None
         self.path = Path(tempfile.mkdtemp(prefix="edgetl-images-")) if folder is None else Path(folder)
         self.path.mkdir(parents=True, exist_ok=True)
+        if self._temporary:  # removed at exit too, for callers that never call remove()
+            weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
     def file(self, split: str, size: int) -> Path:
         return self.path / f"{split}-{size}px.npy"
