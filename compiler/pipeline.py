@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl import __version__
+from edgetl.compiler.training import distribution
 from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.outputs import RUN_MARKER  # noqa: F401 (importable from here, as before)
@@ -74,18 +75,29 @@ def run_id(config: CompileConfig) -> str:
 class ImageCache:
     """Each split decoded and resized once per input size, however many models need it.
 
+    The pixels go to one .npy file per split and size in `folder` (compiler/data/image_store.py),
+    not into memory: `get` returns a DiskImages that training streams from a batch at a time,
+    so memory does not grow with the number of images. Without a folder a temporary one is used;
+    `close()` removes it either way.
+
     With cross-validation there is no val split and maybe no test split: asking for one gives
     the training images instead (export parity, the quantization gate and the golden images need
     some images; they measure fidelity to the float model, not generalisation). `held_out`
     says which splits are real, and the report says so next to every figure.
     """
 
-    def __init__(self, dataset: Dataset, unlabeled=()):
+    def __init__(self, dataset: Dataset, unlabeled=(), folder: Path | None = None):
+        from edgetl.compiler.data.image_store import ImageFolder
+
         self.samples = {**dataset.splits, "unlabeled": list(unlabeled)}
         self.held_out = {split: bool(self.samples.get(split)) for split in ("val", "test")}
-        self._arrays: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays: dict[tuple[str, int], tuple[object, np.ndarray]] = {}
+        self.folder = ImageFolder(folder)
 
-    def get(self, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, split: str, size: int):
+        """(images, labels): images a DiskImages (uint8 [N, size, size, 3], read on demand)."""
+        from edgetl.compiler.data.image_store import write_images
+
         if split in self.held_out and not self.held_out[split]:
             split = "train"
         if self.samples.get(split) is self.samples["train"]:  # the same images (--model): decoded once
@@ -93,9 +105,15 @@ class ImageCache:
         key = (split, size)
         if key not in self._arrays:
             samples = self.samples[split]
+            labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
             with progress_bar(f"load {split} ({size} px)", len(samples)) as advance:
-                self._arrays[key] = load_images(samples, size, progress=advance)
+                images = write_images(samples, size, self.folder.file(split, size), progress=advance)
+            self._arrays[key] = (images, labels)
         return self._arrays[key]
+
+    def close(self) -> None:
+        self._arrays.clear()
+        self.folder.remove()
 
 
 @dataclasses.dataclass
@@ -153,6 +171,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     start = time.perf_counter()
     timer = StageTimer()
     config.validate()
+    config, backup_root = _for_this_worker(config)
     _check_weights_files(config, trust_model)
     config = config.resolved()
     target = get_target(config.target) if config.target else None
@@ -197,15 +216,39 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     try:
         with environment_errors(config.out), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # noted once by the data check
-            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source)
+            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, backup_root)
         build.publish()
     except BaseException:
         build.fail()
         raise
     finally:
         build.close()
-    print_summary(report)
+        if not distribution.is_chief():  # a non-chief worker's build was only ever temporary
+            shutil.rmtree(config.out, ignore_errors=True)
+    if distribution.is_chief():
+        print_summary(report)
     return report
+
+
+def _for_this_worker(config: CompileConfig) -> tuple[CompileConfig, Path | None]:
+    """Under --strategy multi-worker: a worker that is not the chief builds into a temporary
+    folder and nobody uses the stage cache (every worker must run every training step in step
+    with the others, so none may skip a stage the others train). Also the BackupAndRestore
+    folder of this run (None under --strategy one), named after the chief's run so a restarted
+    worker finds it."""
+    import tempfile
+
+    distribution.check(config.strategy)
+    backup = None
+    if config.strategy != "one":
+        # The same folder on every worker: tf_keras' BackupAndRestore has the chief write it and
+        # every worker restore from it (on several machines: --cache-dir on storage they share).
+        backup = Path(config.cache_dir or default_cache_root()) / "backup" / run_id(config)
+    if config.strategy == "multi-worker":
+        config = dataclasses.replace(config, use_cache=False)
+        if not distribution.is_chief():
+            config = dataclasses.replace(config, out=Path(tempfile.mkdtemp(prefix="edgetl-worker-")) / "build")
+    return config, backup
 
 
 @contextlib.contextmanager
@@ -269,17 +312,62 @@ def _bytes(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source=None) -> dict:
+def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source=None, backup_root=None) -> dict:
     """Every stage after the data check, writing into `out` (the staging folder)."""
-    images = ImageCache(dataset, unlabeled)
+    # The strategy first: MultiWorkerMirroredStrategy must be made before TensorFlow starts.
+    strategy = distribution.make_strategy(config.strategy)
+    # Backups only when training is distributed: the one-device path stays as it always was.
+    distribution.set_backup(None if distribution.is_default(strategy) else backup_root)
+    # Decoded images go to a hidden folder of the staging folder (never published, removed at the end).
+    images = ImageCache(dataset, unlabeled, out / ".images")
+    try:
+        report = _run_stages_on(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy)
+    finally:
+        images.close()
+        distribution.set_backup(None)
+    distribution.clear_backup_folder(backup_root)  # finished: nothing left to resume
+    return report
+
+
+def _plain_copies(config: CompileConfig, num_classes: int, *trained) -> None:
+    """Trained models rebuilt outside the distribution strategy, same weights, for everything
+    after training (export, checks, quantization): a model built under MultiWorkerMirroredStrategy
+    reads its batch-norm statistics through cross-worker collectives, which then end up in the
+    exported graphs (and ONNX Runtime refuses them)."""
+    from edgetl.compiler.precision import float32_copy
+
+    done = set()
+    for t in trained:
+        if t is None or id(t) in done or t.role == "source":
+            continue
+        done.add(id(t))
+        t.model = float32_copy(t.model, t.name, num_classes, t.input_size, config.dropout)
+
+
+def _scaled_for(strategy, config: CompileConfig) -> CompileConfig:
+    """The settings training uses with R replicas in sync: --batch-size per replica (global batch
+    R times larger) and every learning rate times R (linear scaling). R = 1: unchanged."""
+    replicas = int(strategy.num_replicas_in_sync)
+    if replicas == 1:
+        return config
+    rates = ("finetune_learning_rate", "distill_learning_rate", "qat_learning_rate", "prune_learning_rate", "cluster_learning_rate")
+    return dataclasses.replace(config, batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
+
+
+def _run_stages_on(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy) -> dict:
+    given = config  # what the recipe and the report record
+    config = _scaled_for(strategy, config)
     classes = dataset.classes
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
     keys = _stage_keys(config, dataset, unlabeled)
 
-    from edgetl._compat import keras, tf
+    from edgetl._compat import keras
 
     keras.utils.set_random_seed(config.seed)
-    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1 or config.strategy == "multi-worker":
+        d = distribution.describe(strategy)
+        console.print(f"    training on {d['replicas']} replicas ({d['strategy']}, {d['workers']} worker(s)): global batch "
+                      f"{config.batch_size}, learning rates x{d['replicas']}")
 
     if source is not None:  # --model: nothing to train; the given model is the teacher and the deployed one
         with timer.stage("source", f"{source.name}: raw RGB pixels in, its preprocessing inside the graph ({teacher_config.input_size} px)"):
@@ -306,6 +394,9 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
                 baseline = _cached(
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
+
+    if not distribution.is_default(strategy):
+        _plain_copies(config, len(classes), teacher, deployed, baseline)
 
     adaptation = None
     if config.unlabeled and config.adapt != "none":
@@ -352,7 +443,8 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
 
     artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
     deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
-    report = _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
+    report = _build_report(given, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
+    report["distribution"] = distribution.describe(strategy)
     deployed_cv = report["models"][deployed.role].get("cv")
     if deployed_artifact["test"] is not None or deployed_cv is None:
         metrics = _scored(deployed_artifact)
@@ -371,7 +463,7 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
     report["deployed"]["test_predictions"] = _test_predictions(dataset, optimizer, deployed_files, teacher, deployed, baseline)
     write_report(report, out)
     write_html_report(report, out)
-    write_recipe(config, out)
+    write_recipe(given, out)
     write_manifest(out, dataset, keys, keys["data_content"])
     return report
 
@@ -574,7 +666,7 @@ def _student_views(config: CompileConfig, teacher: TrainedModel | None, size: in
     x, y = images.get("train", view_size)
     if teacher is not None and images.samples["unlabeled"]:
         xu, yu = images.get("unlabeled", view_size)
-        x, y = np.concatenate([x, xu]), np.concatenate([y, yu])
+        x, y = x.concat(xu), np.concatenate([y, yu])
     return x, y
 
 

@@ -137,7 +137,10 @@ def compile_command(
         str, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
     ] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel="Data")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step on each replica (the global batch is this times the replicas).", rich_help_panel="Data")] = 32,
+    strategy: Annotated[
+        str, typer.Option(help="Training devices: auto (every GPU of this machine when there are several), one, mirrored (every GPU here), multi-worker (the machines of TF_CONFIG; README: Scaling out).", rich_help_panel="Data")
+    ] = "auto",
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = 0.15,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.", rich_help_panel="Data")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of splits, folds, initialisation and augmentation.", rich_help_panel="Data")] = 0,
@@ -195,7 +198,7 @@ def compile_command(
         "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
         "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
         "max_latency_ms": max_latency_ms, "mixed_precision": mixed_precision,
-        "threads": threads, "batch_size": batch_size, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "threads": threads, "batch_size": batch_size, "strategy": strategy, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
         "model": model, "input_size": input_size, "preprocess": preprocess, "mean": mean, "std": std, "scale": scale,
         "channel_order": channel_order, "labels": labels, "model_output": model_output,

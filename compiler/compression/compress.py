@@ -583,10 +583,13 @@ def fine_tune(
         teacher_logits = keras.Model(teacher.input, find_layer(teacher, LOGITS_LAYER).output)
     distiller = Distiller(student_logits, teacher_logits, temperature, alpha)
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    x_val, y_val = val
-    start_loss, start_acc = distiller.evaluate(x_val, y_val, batch_size=batch_size, verbose=0)
+    from edgetl.compiler.data.streaming import eval_data, validation_data
 
-    callbacks = []
+    start_loss, start_acc = distiller.evaluate(**eval_data(val, batch_size), verbose=0)
+
+    from edgetl.compiler.training.distribution import fit_callbacks
+
+    callbacks = fit_callbacks()  # BackupAndRestore on multi-device runs, first (see finetune._fit)
     wrappers = _pruning_wrappers(model)
     if wrappers:
         # Before KeepBest: it re-applies the masks at epoch end, so the kept weights are sparse.
@@ -608,8 +611,9 @@ def fine_tune(
     with progress_bar(label, epochs) as advance:
         distiller.fit(
             data,
-            validation_data=(x_val, y_val),
-            validation_batch_size=batch_size,
+            # Images on disk come as batches (of batch_size); arrays as before.
+            **({"validation_data": val, "validation_batch_size": batch_size} if isinstance(val[0], np.ndarray)
+               else {"validation_data": validation_data(val, batch_size)}),
             epochs=epochs,
             callbacks=callbacks + [EpochProgress(advance)],
             verbose=0,

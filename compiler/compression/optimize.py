@@ -113,7 +113,10 @@ class Optimizer:
         if model is not None and model is not self.float_model:
             if id(model) not in self._reference_probs:
                 x_test, _ = self.images.get("test", self.size)
-                probs = model.predict(x_test.astype(np.float32), batch_size=self.config.batch_size, verbose=0)
+                # A batch at a time: the test images may be on disk (compiler/data/image_store.py).
+                batch = self.config.batch_size
+                probs = np.concatenate([model.predict(x_test[i : i + batch].astype(np.float32), batch_size=batch, verbose=0)
+                                        for i in range(0, len(x_test), batch)])
                 self._reference_probs[id(model)] = probs
             candidate.reference_probs = self._reference_probs[id(model)]
             candidate.reference = f"{suffix.strip('-') or 'derived'} Keras model"

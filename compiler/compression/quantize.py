@@ -97,7 +97,11 @@ def calibration_sample(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) -> n
     """A class-balanced, deterministic sample of `n` training images (uint8 NHWC pixels)."""
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-    return np.asarray(x)[calibration_indices(y, n, seed)]
+    picks = calibration_indices(y, n, seed)
+    # Images on disk (compiler/image_store.DiskImages) read only the picked rows.
+    from edgetl.compiler.data.image_store import DiskImages
+
+    return x[np.asarray(picks)] if isinstance(x, DiskImages) else np.asarray(x)[picks]
 
 
 def _span_pixel_range(images: np.ndarray) -> np.ndarray:

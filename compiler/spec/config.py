@@ -74,7 +74,9 @@ class CompileConfig:
     mixed_precision: str = "auto"
     target: str | None = None  # a device profile (compiler/spec/targets.py)
     threads: int | None = None  # latency measurement threads (default: the target's, else 4, capped by cores)
-    batch_size: int = 32
+    batch_size: int = 32  # per replica: with R replicas the global batch is R x this (compiler/training/distribution.py)
+    # Training devices and machines (compiler/training/distribution.py): auto, one, mirrored, multi-worker.
+    strategy: str = "auto"
     dropout: float = 0.2
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -348,6 +350,7 @@ _RULES = {
     "target": _optional_text,
     "threads": _int(1, 1024, optional=True),
     "batch_size": _int(1, 4096),
+    "strategy": _choice("auto", "one", "mirrored", "multi-worker"),
     "dropout": _float(0.0, 1.0, hi_open=True),
     "val_fraction": _float(0.0, 0.5, lo_open=True),
     "test_fraction": _float(0.0, 0.5, lo_open=True),

@@ -26,7 +26,10 @@ from edgetl._compat import keras, tf
 from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
 from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
 from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
+from edgetl.compiler.training.distribution import fit_callbacks
+from edgetl.compiler.data.image_store import DiskImages, rows_of
 from edgetl.compiler.progress import progress_bar
+from edgetl.compiler.data.streaming import iterate_batches
 
 
 class _HeldOutCurve(keras.callbacks.Callback):
@@ -46,7 +49,7 @@ def _predictor(model, batch_size: int):
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(tf.constant(x[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(x), batch_size)])
+        return np.concatenate([forward(tf.constant(batch, tf.float32)).numpy() for batch in iterate_batches(x, batch_size)])
 
     return predict
 
@@ -101,12 +104,12 @@ def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_
             with strategy.scope():
                 model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
             snapshots.save(f, 0, trainable_weights(model))
-            curve = _HeldOutCurve(_predictor(model, batch_size), x[ho], y[ho], pred, ho,
+            curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred, ho,
                                   lambda e, f=f: snapshots.save(f, e, trainable_weights(model)))
             if epochs:
                 with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
-                    model.fit(training_dataset(x[tr], y[tr], batch_size, seed + f), epochs=epochs,
-                              callbacks=[curve, EpochProgress(advance)], verbose=0)
+                    model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
+                              callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
         choice = choose_epochs(pred == y[None, :], len(splits), pred)
         fold_weights = [snapshots.load(f, choice.epochs) for f in range(len(splits))]
     finally:
@@ -147,14 +150,14 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
             set_trainable_top(student, unfreeze_from)
             with strategy.scope():
                 distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-            curve = _HeldOutCurve(_predictor(student, batch_size), x_student[ho], y[ho], pred, ho, lambda e: None)
-            xv, yv = x_views[tr], y[tr]
+            curve = _HeldOutCurve(_predictor(student, batch_size), rows_of(x_student, ho), y[ho], pred, ho, lambda e: None)
+            xv, yv = rows_of(x_views, tr), y[tr]
             if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
-                xv = np.concatenate([xv, unlabeled_views])
+                xv = xv.concat(unlabeled_views) if isinstance(xv, DiskImages) else np.concatenate([xv, unlabeled_views])
                 yv = np.concatenate([yv, np.full(len(unlabeled_views), -1, yv.dtype)])
             with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
                 distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
-                              callbacks=[curve, EpochProgress(advance)], verbose=0)
+                              callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
         choice = choose_epochs(pred == y[None, :], len(splits), pred)
     finally:
         student.set_weights(student_start)
@@ -168,4 +171,4 @@ def fit_fixed(trained, dataset, epochs: int, description: str) -> None:
     if epochs <= 0:
         return
     with progress_bar(description, epochs) as advance:
-        trained.fit(dataset, epochs=epochs, callbacks=[EpochProgress(advance)], verbose=0)
+        trained.fit(dataset, epochs=epochs, callbacks=[*fit_callbacks(), EpochProgress(advance)], verbose=0)

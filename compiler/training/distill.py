@@ -28,6 +28,7 @@ import numpy as np
 
 from edgetl._compat import keras, tf
 from edgetl.compiler.training.finetune import KeepBest, StageResult, _fit, augment, prepare_top
+from edgetl.compiler.data.streaming import augmented_batches
 from edgetl.models import LOGITS_LAYER
 
 
@@ -107,12 +108,10 @@ class Distiller(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-def distillation_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    """Shuffled, augmented batches of (pixels, labels); labels -1 for unlabelled images."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def distillation_dataset(x, y: np.ndarray, batch_size: int, seed: int):
+    """Shuffled, augmented batches of (pixels, labels); labels -1 for unlabelled images.
+    `x` in memory or on disk (DiskImages, streamed)."""
+    return augmented_batches(x, y, batch_size, seed, augment, label_dtype=np.int32)
 
 
 @dataclasses.dataclass
@@ -168,7 +167,7 @@ def train_student(
     )
     keep = KeepBest(patience=patience, baseline=start_point, target=student, val=val, batch_size=batch_size)
     x, y = train_views
-    stage = _fit(distiller, (distillation_dataset(x, y, batch_size, seed),), val, epochs, keep, label)
+    stage = _fit(distiller, (distillation_dataset(x, y, batch_size, seed),), val, epochs, keep, label, val_batch_size=batch_size)
     return DistillResult(
         stage=stage,
         unfrozen_layers=unfrozen,

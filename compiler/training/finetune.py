@@ -24,7 +24,9 @@ import numpy as np
 
 from edgetl._compat import keras, tf
 from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.training.distribution import fit_callbacks
 from edgetl.compiler.progress import console, progress_bar
+from edgetl.compiler.data.streaming import augmented_batches, eval_data, iterate_batches, validation_data
 from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER
 
 
@@ -159,13 +161,14 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
     spec = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
     # float32 out even from a bf16 mixed-precision model: the probe fits on these features.
     forward = tf.function(lambda x: tf.cast(features_model(x, training=False), tf.float32), input_signature=[spec])
-    out = []
+    # Batch by batch: images on disk (DiskImages) are read one batch at a time, and only the
+    # features (N x 1280 floats: 5 kB an image) are kept.
+    out = np.empty((len(images), features_model.output_shape[-1]), np.float32)
     with progress_bar(description, len(images)) as advance:
-        for i in range(0, len(images), batch_size):
-            batch = images[i : i + batch_size]
-            out.append(forward(tf.constant(batch, tf.float32)).numpy())
+        for i, batch in zip(range(0, len(images), batch_size), iterate_batches(images, batch_size)):
+            out[i : i + len(batch)] = forward(tf.constant(batch, tf.float32)).numpy()
             advance(len(batch))
-    return np.concatenate(out)
+    return out
 
 
 def augment(image, label):
@@ -191,14 +194,12 @@ def augment(image, label):
     return tf.clip_by_value(image, 0.0, 255.0), label
 
 
-def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def training_dataset(x, y: np.ndarray, batch_size: int, seed: int):
+    """Shuffled, augmented batches; `x` in memory or on disk (DiskImages, streamed)."""
+    return augmented_batches(x, y, batch_size, seed, augment)
 
 
-def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
+def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_batch_size=32):
     import time
 
     if epochs == 0:  # `--finetune-epochs 0` / `--distill-epochs 0`: the stage is skipped
@@ -208,9 +209,11 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None):
         fitted = model.fit(
             *data,
             batch_size=batch_size,
-            validation_data=val,
+            validation_data=validation_data(val, val_batch_size),
             epochs=epochs,
-            callbacks=[keep_best, EpochProgress(advance)],
+            # BackupAndRestore (multi-device runs) first: it restores the weights before
+            # KeepBest records where the fit starts.
+            callbacks=[*fit_callbacks(), keep_best, EpochProgress(advance)],
             verbose=0,
         )
     elapsed = time.perf_counter() - start
@@ -283,7 +286,7 @@ def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, t
     """
     unfrozen = set_trainable_top(model, unfreeze_from)
     compile_with()
-    loss, acc = (trained or model).evaluate(*val, batch_size=batch_size, verbose=0)
+    loss, acc = (trained or model).evaluate(**eval_data(val, batch_size), verbose=0)
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: {acc:.3f}")
     return unfrozen, trainable, (float(acc), float(loss))
@@ -313,5 +316,6 @@ def finetune(model, unfreeze_from: str, config: CompileConfig, train, val, strat
         config.finetune_epochs,
         KeepBest(patience=config.patience, baseline=start, val=val, batch_size=config.batch_size),
         "teacher: fine-tune top of backbone",
+        val_batch_size=config.batch_size,
     )
     return FinetuneResult(head_result, top_result, unfrozen, trainable)
