@@ -49,7 +49,7 @@ assert strategy.num_replicas_in_sync == len(gpus), "mirrored must use every GPU"
 if len(gpus) > 1:
     assert isinstance(auto, tf.distribute.MirroredStrategy), "auto must mirror over several GPUs"
 
-from edgetl.compiler.finetune import set_trainable_top, training_dataset
+from edgetl.compiler.training.finetune import set_trainable_top, training_dataset
 from edgetl.models import create_model, get_config
 
 per_replica = 32

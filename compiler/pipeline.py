@@ -334,7 +334,7 @@ def _plain_copies(config: CompileConfig, num_classes: int, *trained) -> None:
     after training (export, checks, quantization): a model built under MultiWorkerMirroredStrategy
     reads its batch-norm statistics through cross-worker collectives, which then end up in the
     exported graphs (and ONNX Runtime refuses them)."""
-    from edgetl.compiler.precision import float32_copy
+    from edgetl.compiler.spec.precision import float32_copy
 
     done = set()
     for t in trained:

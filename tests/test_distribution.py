@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgetl.compiler.training import distribution
-from edgetl.compiler.config import CompileConfig
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.errors import SettingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_two_workers_on_loopback(tmp_path):
 
 KILL_SCRIPT = """
 import os, sys
-from edgetl.compiler import finetune
+from edgetl.compiler.training import finetune
 
 log, kill_after = sys.argv[1], int(sys.argv[2])
 begin, end = finetune.EpochProgress.on_epoch_begin, finetune.EpochProgress.on_epoch_end

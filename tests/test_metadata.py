@@ -260,7 +260,7 @@ def test_metadata_is_written_and_read_without_tensorflow(built):
     import sys
 
     code = (
-        "import sys; from edgetl.compiler import metadata as md; "
+        "import sys; from edgetl.compiler.export import metadata as md; "
         f"data = md.add_tflite_metadata(open({str(built['plain']['int8'])!r}, 'rb').read(), labels={LABELS!r}, "
         f"model_info={{'labels': {LABELS!r}}}, **{FIELDS!r}); "
         f"assert md.read_tflite_metadata(data)['labels'] == {LABELS!r}; "
