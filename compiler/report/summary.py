@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
@@ -113,7 +114,8 @@ def print_summary(report: dict) -> None:
         )
     console.print(table)
     console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
-    console.print(f"[bold]deployed:[/] {report['deployed'].get('why', '')}", markup=False)
+    # Text, not markup: the reason may hold brackets that rich would read as tags.
+    console.print(Text.assemble(("deployed: ", "bold"), report["deployed"].get("why", "")))
 
     deployed = next(a for a in report["artifacts"] if a["file"] == report["deployed"]["tflite"])
     if not deployed.get("test"):  # no test split (cross-validated compile): no per-class figures
