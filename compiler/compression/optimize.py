@@ -275,6 +275,13 @@ class Optimizer:
             if any(c.gate == "passed" for c in built):
                 return
 
+    def _gate_images(self) -> str:
+        """The images the gate compares on: the val split, or (cross-validated compiles carve
+        none) the training images, where it checks fidelity to fp32 rather than accuracy."""
+        if self.images is None or self.images.held_out["val"]:  # tests measure candidates they built themselves
+            return "val"
+        return "the training images (no val split under cross-validation)"
+
     # -- measurement --------------------------------------------------------------------
     def _measure(self, c: Candidate) -> None:
         from edgetl.runtime import open_session
@@ -373,7 +380,7 @@ class Optimizer:
                     chosen = min(match, key=lambda c: c.latency_p50_ms)
                     if tried:
                         return chosen, f"{pinned} was asked for but {'; '.join(tried)}; {chosen.name} is the next option that passes"
-                    return chosen, f"{chosen.name} as asked for; within {points(self.config.max_accuracy_drop)} of fp32 on val"
+                    return chosen, f"{chosen.name} as asked for; within {points(self.config.max_accuracy_drop)} of fp32 on {self._gate_images()}"
                 failed = [c for c in pool if c.name.split("-pruned")[0] == name]
                 tried.append(f"{name} {failed[0].gate}" if failed else f"{name} was not built")
             fp32 = next(c for c in pool if c.name == "fp32")
@@ -385,7 +392,7 @@ class Optimizer:
         fastest = min(tied, key=lambda c: (c.path.stat().st_size, c.latency_p50_ms))
         others = ", ".join(f"{c.name} {c.latency_p50_ms:.2f} ms" for c in sorted(passing, key=lambda c: c.latency_p50_ms) if c is not fastest)
         failed = [f"{c.name} ({c.gate})" for c in pool if c.gate != "passed"]
-        why = f"fastest {fmt} within {points(self.config.max_accuracy_drop)} of fp32 on val: {fastest.latency_p50_ms:.2f} ms p50"
+        why = f"fastest {fmt} within {points(self.config.max_accuracy_drop)} of fp32 on {self._gate_images()}: {fastest.latency_p50_ms:.2f} ms p50"
         if len(tied) > 1:
             why += f" (the smallest of those within {LATENCY_TIE:.0%} of the best p50)"
         if others:

@@ -88,7 +88,8 @@ def print_summary(report: dict) -> None:
         d = report["distillation"]
         gain, behind = d["distillation_gain_accuracy"] * 100, d["student_minus_teacher_accuracy"] * 100
         console.print(
-            f"distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} points of test accuracy against the "
+            f"distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} points of accuracy "
+            f"{'out of fold (cross-validation)' if 'cross-validation' in d.get('measured_on', '') else 'on the test split'} against the "
             f"same student trained without the teacher; the student is {abs(behind):.1f} points "
             f"{'above' if behind >= 0 else 'below'} the teacher"
         )
