@@ -89,7 +89,8 @@ def write_manifest(out: Path, dataset, stage_keys: dict, data_hash: str) -> Path
     artefacts = {
         p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
+        # Hidden files and folders (the decoded-image store, .images/) are working files, never published.
+        if p.is_file() and p.name != MANIFEST_FILE and not any(part.startswith(".") for part in p.relative_to(out).parts)
     }
     manifest = {
         "dataset": {
