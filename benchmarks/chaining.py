@@ -26,7 +26,6 @@ that as the source. Everything is written to WORK/chaining.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.benchmarks.fewshot import deployed_correct, sklearn_probe, subset
+from edgetl.benchmarks.fewshot import benchmark_arguments, deployed_correct, sklearn_probe, subset
 from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 
@@ -114,12 +113,7 @@ def fine_tuned_source(model_name: str, start: Path, dataset_a, epochs: int, seed
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--work", type=Path, required=True)
+    parser, argv, extra = benchmark_arguments(argv, __doc__)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--shots", default="5,10,all")
     parser.add_argument("--seeds", default="0,1,2")

@@ -125,13 +125,19 @@ def deployed_correct(out: Path, dataset) -> np.ndarray:
     return session.predict(x, 32).argmax(1) == y
 
 
-def main(argv: list[str] | None = None) -> None:
+def benchmark_arguments(argv: list[str] | None, description: str) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """The parser of a compile-running benchmark (--data, --work), the benchmark's own arguments
+    and the compile options after `--`."""
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
+    return parser, own, extra
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, argv, extra = benchmark_arguments(argv, __doc__)
     parser.add_argument("--shots", default="5,10,20,all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher", default="efficientnet_lite2")
