@@ -92,6 +92,13 @@ class StageCache:
         paths = {name: folder / name for name in names}
         return paths if all(p.is_file() for p in paths.values()) else None
 
+    def holds(self, stage: str, key: str, names=None) -> bool:
+        """Whether a finished entry is there: its record, or the named files of a files entry."""
+        if self.root is None:
+            return False
+        folder = self._dir(stage, key)
+        return all((folder / name).is_file() for name in (names or [self.RECORD]))
+
     @contextlib.contextmanager
     def _entry(self, stage: str, key: str):
         """Yield a temporary folder that becomes the stage's entry only if the block succeeds."""

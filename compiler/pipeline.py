@@ -40,6 +40,7 @@ from edgetl.compiler.spec.targets import get_target
 from edgetl.compiler.data.datasets import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
+from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stages_for
 from edgetl.compiler.report.html import HTML_FILE, write_html_report
 from edgetl.compiler.report.summary import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, ModelFileError, ResourceError, SettingError
@@ -191,7 +192,8 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     if dry_run:
         return plan(config)
 
-    data_stage = timer.stage("data", f"checking images in {config.data}")
+    stages = StageSequence(config, timer)  # held to the declaration --dry-run lists (compiler/stages.py)
+    data_stage = stages.stage("data", f"checking images in {config.data}")
     with data_stage, _large_images_noted(), activity("decode-check images", unit="files") as advance:
         dataset = scan_dataset(
             config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
@@ -216,7 +218,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     try:
         with environment_errors(config.out), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # noted once by the data check
-            report = _run_stages(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, backup_root)
+            report = _run_stages(config, out, stages, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, backup_root)
         build.publish()
     except BaseException:
         build.fail()
@@ -312,7 +314,7 @@ def _bytes(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _run_stages(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source=None, backup_root=None) -> dict:
+def _run_stages(config, out: Path, stages: StageSequence, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source=None, backup_root=None) -> dict:
     """Every stage after the data check, writing into `out` (the staging folder)."""
     # The strategy first: MultiWorkerMirroredStrategy must be made before TensorFlow starts.
     strategy = distribution.make_strategy(config.strategy)
@@ -321,7 +323,7 @@ def _run_stages(config, out: Path, timer, start, target, teacher_config, student
     # Decoded images go to a hidden folder of the staging folder (never published, removed at the end).
     images = ImageCache(dataset, unlabeled, out / ".images")
     try:
-        report = _run_stages_on(config, out, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy)
+        report = _run_stages_on(config, out, stages, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy)
     finally:
         images.close()
         distribution.set_backup(None)
@@ -354,7 +356,7 @@ def _scaled_for(strategy, config: CompileConfig) -> CompileConfig:
     return dataclasses.replace(config, batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
 
 
-def _run_stages_on(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy) -> dict:
+def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy) -> dict:
     given = config  # what the recipe and the report record
     config = _scaled_for(strategy, config)
     classes = dataset.classes
@@ -370,10 +372,10 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
                       f"{config.batch_size}, learning rates x{d['replicas']}")
 
     if source is not None:  # --model: nothing to train; the given model is the teacher and the deployed one
-        with timer.stage("source", f"{source.name}: raw RGB pixels in, its preprocessing inside the graph ({teacher_config.input_size} px)"):
+        with stages.stage("source", f"{source.name}: raw RGB pixels in, its preprocessing inside the graph ({teacher_config.input_size} px)"):
             teacher = _source_stage(config, source, teacher_config, images, out)
     else:
-        with timer.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
+        with stages.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
             teacher = _cached(cache, "teacher", keys["teacher"], lambda: _in_training_precision(
                 config, teacher_config, len(classes), lambda: _train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection)))
             _save_keras(teacher.model, out / TEACHER_FILE)
@@ -381,7 +383,7 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
     deployed, baseline = teacher, None
     if config.distills:
         size = config.student_size or student_config.input_size
-        with timer.stage("student", f"distilling {config.teacher} into {config.student} ({size} px)"):
+        with stages.stage("student", f"distilling {config.teacher} into {config.student} ({size} px)"):
             head = _cached(
                 cache, "student_head", keys["student_head"], lambda: _train_student_head(config, student_config, size, images, len(classes), strategy)
             )
@@ -390,7 +392,7 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
             )
             _save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
-            with timer.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
+            with stages.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
                 baseline = _cached(
                     cache, "baseline", keys["baseline"], lambda: _train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
@@ -400,16 +402,14 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
 
     adaptation = None
     if config.unlabeled and config.adapt != "none":
-        with timer.stage("adapt", f"adapting {deployed.name} to the {len(unlabeled)} unlabelled images (--adapt {config.adapt})"):
+        with stages.stage("adapt", f"adapting {deployed.name} to the {len(unlabeled)} unlabelled images (--adapt {config.adapt})"):
             adaptation = _adapt_deployed(config, deployed, images, dataset, out, cache, keys)
 
     # The float exports depend only on the deployed model: a replay that changes only the
     # quantization takes them (already verified once) from the cache.
-    export_key = stage_key("export", model=keys[deployed.role])
-    if adaptation is not None:
-        export_key = stage_key("export", model=export_key, adapted=adaptation["key"])
-    exported = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"])
-    with timer.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
+    export_key = keys["export"]
+    exported = cache.load_files("export", export_key, list(EXPORT_FILES))
+    with stages.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
         from edgetl.compiler.export.convert import export_onnx, export_tflite
 
         if exported:
@@ -423,27 +423,28 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
                 onnx_file = export_onnx(deployed.model, out / "model.unverified.onnx")
             unverified = {"tflite": tflite_file, "onnx": onnx_file}
 
-    with timer.stage("verify", "checking the float exports against their Keras model on the test split"):
+    with stages.stage("verify", "checking the float exports against their Keras model on the test split"):
         _predict_keras(config, images, teacher, deployed, baseline)
         float_files = _verify_float(out, deployed, unverified, images, config.batch_size)
         if not exported:
             cache.store_files("export", export_key, {f"model.fp32.{fmt}": path for fmt, path in float_files.items()})
 
-    with timer.stage("optimize", "quantization and pruning: building, measuring and choosing"):
+    with stages.stage("optimize", "quantization and pruning: building, measuring and choosing"):
         with _conversion_errors(deployed, "building the quantized files", "--quantize fp16 or fp32 still works, and int8 without --qat/--prune"):
             optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
 
-    with timer.stage("package", "deployed files, metadata, app handoff"):
+    with stages.stage("package", "deployed files, metadata, app handoff"):
         deployed_files = _package(config, target, out, deployed, optimizer, classes, images)
 
     robustness = None
     if config.robustness:
-        with timer.stage("robustness", "scoring the deployed files on camera corruptions"):
+        with stages.stage("robustness", "scoring the deployed files on camera corruptions"):
             robustness = _robustness(config, out, deployed, optimizer, deployed_files, images)
 
+    stages.finish()
     artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
     deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
-    report = _build_report(given, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start)
+    report = _build_report(given, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, stages.timer, start)
     report["distribution"] = distribution.describe(strategy)
     deployed_cv = report["models"][deployed.role].get("cv")
     if deployed_artifact["test"] is not None or deployed_cv is None:
@@ -469,7 +470,8 @@ def _run_stages_on(config, out: Path, timer, start, target, teacher_config, stud
 
 
 def plan(config: CompileConfig) -> dict:
-    """The resolved recipe and the stages a compile would run, with what the cache already holds.
+    """The resolved recipe and the stages a compile would run (compiler/stages.py, the declaration
+    the run itself is held to), with what the cache already holds.
 
     What would make the real run fail before any training is an error here too: an output folder
     it would refuse, a weights file that is not there, weights that cannot be had at all. Weights
@@ -479,27 +481,19 @@ def plan(config: CompileConfig) -> dict:
 
     dataset = scan_dataset(
         config.data, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed,
-        selection=config.selection, cv_below=config.cv_below,
+        selection="cv" if config.model else config.selection, cv_below=config.cv_below,
     )
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
     keys = _stage_keys(config, dataset, unlabeled)
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
-    stages = [{"stage": "source", "key": keys["source"], "cached": False}] if config.model else []
-    for stage in ("teacher", "student_head", "student", "baseline"):
-        if stage in keys and (stage != "baseline" or config.baseline):
-            cached = cache.root is not None and (cache.root / f"{stage}-{keys[stage]}" / StageCache.RECORD).is_file()
-            stages.append({"stage": stage, "key": keys[stage], "cached": cached})
-    # The float exports are cached by the deployed model's key (as in compile_model).
-    export_key = stage_key("export", model=keys["source" if config.model else "student" if config.distills else "teacher"])
-    export_cached = cache.load_files("export", export_key, ["model.fp32.tflite", "model.fp32.onnx"]) is not None
-    stages.append({"stage": "export", "key": export_key, "cached": export_cached})
-    stages += [{"stage": s, "key": None, "cached": False} for s in ("verify", "optimize", "package")]
-    cached = {s["stage"] for s in stages if s["cached"]}
+    stages = [{"stage": s.name, "does": s.does, "cached": s.cached(cache, keys), "keys": {e: keys[e] for e in s.caches}}
+              for s in stages_for(config)]
+    cached = {entry for s in stages if s["cached"] for entry in s["keys"]}
     needs = [] if config.model else _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)
     summary_console.print("stages:")
     for s in stages:
-        summary_console.print(f"  {s['stage']:<13} {'cached, reused' if s['cached'] else 'would run'}", highlight=False)
+        summary_console.print(f"  {s['stage']:<11} {'cached, reused' if s['cached'] else 'would run':<15} {s['does']}", highlight=False)
     for need in needs:
         summary_console.print(f"needs network: {need}", highlight=False)
     return {"config": config.to_json(), "stages": stages, "dataset": dataset.to_report(), "needs_network": needs}
@@ -800,6 +794,14 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
     )
     common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed,
                   selection=dataset.selection, folds=config.folds)
+    keys = {"data_content": content, "data": data}
+    if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
+        model = Path(config.model)
+        files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
+        contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
+        keys["source"] = stage_key(
+            "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})
+        return _deployment_keys(config, keys, keys["source"], unlabeled)
     head = dict(head="linear probe, C by cross-validation")
     teacher = stage_key(
         "teacher",
@@ -811,13 +813,7 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
         finetune_learning_rate=config.finetune_learning_rate,
         **_precision_key(config),
     )
-    keys = {"data_content": content, "data": data, "teacher": teacher}
-    if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
-        model = Path(config.model)
-        files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
-        contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
-        return {"data_content": content, "data": data, "source": stage_key(
-            "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})}
+    keys["teacher"] = teacher
     if config.distills:
         student_head = stage_key(
             "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
@@ -829,6 +825,27 @@ def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str,
             "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash
         )
         keys["baseline"] = stage_key("baseline", **training)
+    return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled)
+
+
+def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str, unlabeled) -> dict[str, str]:
+    """The adaptation's key (when one runs) and the float exports', from the deployed model's key:
+    the exports depend only on the deployed (and adapted) model, so a replay that changes only
+    the quantization takes them, verified once already, from the cache."""
+    keys["export"] = stage_key("export", model=deployed)
+    if config.unlabeled is not None and config.adapt != "none":
+        target_val = Path(config.target_val) if config.target_val else None
+        keys["adapt"] = stage_key(
+            "adapt",
+            model=deployed,
+            unlabeled=hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()),
+            method=config.adapt,
+            target_val=hash_files([p for p in sorted(target_val.rglob("*")) if p.is_file()], target_val) if target_val else None,
+            epochs=config.adapt_epochs,
+            max_drop=config.max_accuracy_drop,
+            seed=config.seed,
+        )
+        keys["export"] = stage_key("export", model=keys["export"], adapted=keys["adapt"])
     return keys
 
 
@@ -990,16 +1007,7 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
 
     size = deployed.input_size
     target_val = _load_target_val(config, dataset, size) if config.target_val else None
-    key = stage_key(
-        "adapt",
-        model=keys["student" if config.distills else "teacher"],
-        unlabeled=hash_files([s.path for s in images.samples["unlabeled"]], Path(config.unlabeled).resolve()),
-        method=config.adapt,
-        target_val=hash_files([p for p in sorted(Path(config.target_val).rglob("*")) if p.is_file()], Path(config.target_val)) if config.target_val else None,
-        epochs=config.adapt_epochs,
-        max_drop=config.max_accuracy_drop,
-        seed=config.seed,
-    )
+    key = keys["adapt"]
     record_key = "adaptation"
     hit = cache.load("adapt", key)
     if hit is not None:

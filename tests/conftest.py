@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,3 +49,27 @@ def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.nda
 @pytest.fixture
 def color_dataset(tmp_path) -> Path:
     return write_color_dataset(tmp_path / "colors")
+
+
+# The fast tier: tests/fast holds the tests that import no TensorFlow (configuration, stage
+# declarations and cache keys, candidate choice, the accuracy gate, statistics, layer rules);
+# `python -m pytest -q tests/fast` runs them alone in seconds. When only that folder is
+# collected, importing TensorFlow (or tf_keras, tfmot, tf2onnx) is an ImportError, so a test
+# that reaches for it fails instead of quietly making the tier slow; tests/test_architecture.py
+# runs the tier that way inside the full suite, so CI checks it too.
+FAST = Path(__file__).resolve().parent / "fast"
+HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "keras")
+
+
+class _RefuseHeavyImports(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"the fast test tier imports no {name.split('.')[0]} (tests/conftest.py); move the test to tests/")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if items and all(Path(str(item.fspath)).resolve().is_relative_to(FAST) for item in items):
+        loaded = [name for name in HEAVY if name in sys.modules]
+        if loaded:
+            raise RuntimeError(f"collecting the fast tier imported {', '.join(loaded)}")
+        sys.meta_path.insert(0, _RefuseHeavyImports())

@@ -114,7 +114,8 @@ def test_dry_run_after_a_compile_reuses_the_export_and_refuses_the_folder(int8_b
     code, stdout, err = run_cli(*args, "--out", tmp_path / "again", capsys=capsys)
     assert code == 0, err
     stages = dict(line.split(None, 1) for line in stdout.split("stages:\n")[1].splitlines() if line.startswith("  "))
-    assert stages["teacher"] == stages["export"] == "cached, reused" and stages["optimize"] == "would run"
+    assert stages["teacher"].startswith("cached, reused") and stages["export"].startswith("cached, reused")
+    assert stages["optimize"].startswith("would run")
     code, _, err = run_cli(*args, "--out", out, capsys=capsys)  # the real run would refuse it
     assert code == 1 and "already holds files" in err.strip().splitlines()[-1]
     assert not (tmp_path / "again").exists()

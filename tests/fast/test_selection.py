@@ -1,4 +1,5 @@
-"""Honest figures and small-data selection: intervals, folds, the probe, the epoch choice (TensorFlow only for KeepBest)."""
+"""Honest figures and small-data selection: intervals, folds, the probe, the epoch choice. No TensorFlow
+(KeepBest, the held-out epoch choice inside Keras training, is tested in tests/test_finetune.py)."""
 
 from __future__ import annotations
 
@@ -152,40 +153,3 @@ def test_probe_weights_survive_int8_per_channel_rounding_despite_near_constant_f
     xt, _ = _blobs(10, 4, 64, seed=6, spread=1.0)
     xt[:, :8] = 3.0 + rng.normal(0, 1e-3, (len(xt), 8))
     assert np.mean((xt @ rounded + probe.bias).argmax(1) == (xt @ probe.kernel + probe.bias).argmax(1)) >= 0.95
-
-
-def _one_image_per_input(correct: np.ndarray, y: np.ndarray):
-    """Kernel of a Dense layer over one-hot inputs (one per val image) that gets exactly the
-    images flagged in `correct` right."""
-    kernel = np.zeros((len(y), 2), np.float32)
-    kernel[np.arange(len(y)), np.where(correct, y, 1 - y)] = 1.0
-    return [kernel, np.zeros(2, np.float32)]
-
-
-@pytest.mark.parametrize("extra_correct, kept", [(1, False), (15, True)])
-def test_held_out_early_stopping_replaces_the_start_only_beyond_noise(extra_correct, kept):
-    """KeepBest given the val images: an epoch one image better than the probe on val does not
-    replace it; one fifteen images better (of 100) does."""
-    from edgetl._compat import keras
-    from edgetl.compiler.training.finetune import KeepBest
-
-    n = 100
-    y = np.arange(n) % 2
-    x = np.eye(n, dtype=np.float32)
-    start_correct = np.arange(n) < 80
-    best_correct = np.arange(n) < 80 + extra_correct
-    model = keras.Sequential([keras.Input((n,)), keras.layers.Dense(2, activation="softmax")])
-    start, best = _one_image_per_input(start_correct, y), _one_image_per_input(best_correct, y)
-    model.set_weights(start)
-    keep = KeepBest(patience=3, baseline=(0.80, 1.0), val=(x, y))
-    keep.set_model(model)
-    keep.on_train_begin()
-    model.set_weights(best)
-    keep.on_epoch_end(0, {"val_accuracy": best_correct.mean(), "val_loss": 0.5})
-    keep.on_train_end()
-
-    assert keep.versus_start["best_epochs"] == 1 and keep.versus_start["significant"] == kept
-    assert keep.best_epoch == (1 if kept else 0)
-    assert keep.best[0] == pytest.approx(best_correct.mean() if kept else 0.80)
-    got = model.predict(x, verbose=0).argmax(1) == y
-    assert np.array_equal(got, best_correct if kept else start_correct)

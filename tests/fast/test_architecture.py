@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("importlinter", reason="import-linter is in the [test] extra")
 pytest.importorskip("setuptools", reason="the scratch install builds the package with setuptools")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE_FOLDERS = ("edgetl", "compiler", "runtime", "models", "benchmarks")
 # The package-dir mapping of pyproject.toml: repository folder -> installed package.
 INSTALLED_AS = {"edgetl": "edgetl", "compiler": "edgetl/compiler", "runtime": "edgetl/runtime",

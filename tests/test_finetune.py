@@ -1,0 +1,43 @@
+"""Fine-tuning's held-out epoch choice (compiler/training/finetune.py, KeepBest) inside Keras training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _one_image_per_input(correct: np.ndarray, y: np.ndarray):
+    """Kernel of a Dense layer over one-hot inputs (one per val image) that gets exactly the
+    images flagged in `correct` right."""
+    kernel = np.zeros((len(y), 2), np.float32)
+    kernel[np.arange(len(y)), np.where(correct, y, 1 - y)] = 1.0
+    return [kernel, np.zeros(2, np.float32)]
+
+
+@pytest.mark.parametrize("extra_correct, kept", [(1, False), (15, True)])
+def test_held_out_early_stopping_replaces_the_start_only_beyond_noise(extra_correct, kept):
+    """KeepBest given the val images: an epoch one image better than the probe on val does not
+    replace it; one fifteen images better (of 100) does."""
+    from edgetl._compat import keras
+    from edgetl.compiler.training.finetune import KeepBest
+
+    n = 100
+    y = np.arange(n) % 2
+    x = np.eye(n, dtype=np.float32)
+    start_correct = np.arange(n) < 80
+    best_correct = np.arange(n) < 80 + extra_correct
+    model = keras.Sequential([keras.Input((n,)), keras.layers.Dense(2, activation="softmax")])
+    start, best = _one_image_per_input(start_correct, y), _one_image_per_input(best_correct, y)
+    model.set_weights(start)
+    keep = KeepBest(patience=3, baseline=(0.80, 1.0), val=(x, y))
+    keep.set_model(model)
+    keep.on_train_begin()
+    model.set_weights(best)
+    keep.on_epoch_end(0, {"val_accuracy": best_correct.mean(), "val_loss": 0.5})
+    keep.on_train_end()
+
+    assert keep.versus_start["best_epochs"] == 1 and keep.versus_start["significant"] == kept
+    assert keep.best_epoch == (1 if kept else 0)
+    assert keep.best[0] == pytest.approx(best_correct.mean() if kept else 0.80)
+    got = model.predict(x, verbose=0).argmax(1) == y
+    assert np.array_equal(got, best_correct if kept else start_correct)
