@@ -170,7 +170,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     """
     start = time.perf_counter()
     timer = StageTimer()
-    config.validate()
+    # `config` was checked when it was built (CompileConfig validates itself, whatever its source).
     config, backup_root = _for_this_worker(config)
     _check_weights_files(config, trust_model)
     config = config.resolved()
