@@ -960,19 +960,15 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         if config.qat and mode == "int8":
             optimizer.ensure("int8-qat")
     if config.prune > 0:
-        pruned, sparsity = optimizer.pruned_model()
-        suffix = f"-pruned{round(sparsity * 100)}"
-        preserve = "pruning"  # PQAT
+        compressed = optimizer.pruned_model()
         if config.cluster:
-            pruned = optimizer.clustered_model(pruned)
-            suffix += f"-clustered{config.cluster}"
-            preserve = "clusters"  # PCQAT
-        optimizer.add_ptq(pruned, suffix, sparsity, precisions=("fp32",))
+            compressed = optimizer.clustered_model(compressed)
+        optimizer.add_ptq(compressed, precisions=("fp32",))
         if mode in ("auto", "int8"):
-            optimizer.ensure("int8-qat", pruned, suffix, sparsity, preserve)
-            optimizer.add_onnx_compressed(pruned, suffix, sparsity)
+            optimizer.ensure("int8-qat", compressed)  # PQAT, or PCQAT when clustered
+            optimizer.add_onnx_compressed(compressed)
         elif mode in ("fp16", "dynamic"):
-            optimizer.add_ptq(pruned, suffix, sparsity, precisions=(mode,))
+            optimizer.add_ptq(compressed, precisions=(mode,))
     if mode in ("auto", "int8"):
         optimizer.add_onnx_int8(float_files["onnx"])
     if mode == "fp16" or (target and target.ops == "onnx-tensorrt"):
