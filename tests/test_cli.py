@@ -108,7 +108,7 @@ def test_every_option_reaches_the_config(tmp_path, capsys):
     )
     assert code == 0, err
     recipe = yaml.safe_load(stdout.split("stages:")[0])
-    given = dict(quantize="fp16", strategy="one", selection="holdout", mixed_precision="off", seed=5, use_cache=False)
+    given = {"quantize": "fp16", "strategy": "one", "selection": "holdout", "mixed_precision": "off", "seed": 5, "use_cache": False}
     assert {name: recipe[name] for name in given} == given
 
 

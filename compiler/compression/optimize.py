@@ -52,7 +52,7 @@ class Compressed:
 
 def _compression_fields(compressed: Compressed | None) -> dict:
     """A candidate's sparsity and clusters when made from `compressed` (None: the float model)."""
-    return dict(sparsity=compressed.sparsity, clusters=compressed.clusters) if compressed else dict(sparsity=None, clusters=0)
+    return {"sparsity": compressed.sparsity, "clusters": compressed.clusters} if compressed else {"sparsity": None, "clusters": 0}
 
 
 def compression_label(sparsity: float | None, clusters: int = 0) -> str:
