@@ -351,7 +351,7 @@ def _scaled_for(strategy, config: CompileConfig) -> CompileConfig:
     if replicas == 1:
         return config
     rates = ("finetune_learning_rate", "distill_learning_rate", "qat_learning_rate", "prune_learning_rate", "cluster_learning_rate")
-    return dataclasses.replace(config, batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
+    return config.for_training(batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
 
 
 def _run_stages_on(config, out: Path, timer, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy) -> dict:

@@ -86,3 +86,20 @@ def test_stage_keys_are_those_of_plain_string_settings(tmp_path):
     assert type(plain.quantize) is str and isinstance(typed.quantize, modes.Mode)
     assert _stage_keys(typed, dataset, []) == _stage_keys(plain, dataset, [])
     assert run_id(typed) == run_id(plain)
+
+
+def test_values_edgetl_derives_for_training_are_not_held_to_the_users_ranges(tmp_path):
+    """Eight replicas of the largest per-replica batch make a global batch of 32768: training
+    uses it, though a user may not give more than 4096 per replica."""
+    from edgetl.compiler.pipeline import _scaled_for
+
+    class EightReplicas:
+        num_replicas_in_sync = 8
+
+    config = CompileConfig(data=tmp_path, out=tmp_path / "o", batch_size=4096)
+    scaled = _scaled_for(EightReplicas(), config)
+    assert scaled.batch_size == 8 * 4096 and config.batch_size == 4096 and scaled.quantize is config.quantize
+    with pytest.raises(SettingError, match="--batch-size 32768"):
+        dataclasses.replace(scaled)  # the user's way in is still checked
+    with pytest.raises(TypeError, match="batch"):
+        config.for_training(batch=1)

@@ -232,6 +232,17 @@ class CompileConfig:
         parse_triple(self.std, "std")
         parse_scale(self.scale)
 
+    def for_training(self, **changes) -> "CompileConfig":
+        """A copy with values derived by edgetl, not given by the user, so not held to the user's
+        ranges: with R replicas training uses R x --batch-size (which may pass 4096) and R x each
+        learning rate (compiler/pipeline.py, _scaled_for)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"not CompileConfig settings: {', '.join(sorted(unknown))}")
+        copy = object.__new__(type(self))
+        copy.__dict__.update({**vars(self), **changes})  # frozen: no __setattr__, so no __post_init__ checks
+        return copy
+
     @property
     def distills(self) -> bool:
         return self.student.lower() != "none"
