@@ -171,7 +171,7 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
     """
     start = time.perf_counter()
     timer = StageTimer()
-    config.validate()
+    # `config` was checked when it was built (CompileConfig validates itself, whatever its source).
     config, backup_root = _for_this_worker(config)
     _check_weights_files(config, trust_model)
     config = config.resolved()
@@ -353,7 +353,7 @@ def _scaled_for(strategy, config: CompileConfig) -> CompileConfig:
     if replicas == 1:
         return config
     rates = ("finetune_learning_rate", "distill_learning_rate", "qat_learning_rate", "prune_learning_rate", "cluster_learning_rate")
-    return dataclasses.replace(config, batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
+    return config.for_training(batch_size=config.batch_size * replicas, **{r: getattr(config, r) * replicas for r in rates})
 
 
 def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teacher_config, student_config, dataset, unlabeled, unlabeled_skipped, source, images, strategy) -> dict:
@@ -977,19 +977,15 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         if config.qat and mode == "int8":
             optimizer.ensure("int8-qat")
     if config.prune > 0:
-        pruned, sparsity = optimizer.pruned_model()
-        suffix = f"-pruned{round(sparsity * 100)}"
-        preserve = "pruning"  # PQAT
+        compressed = optimizer.pruned_model()
         if config.cluster:
-            pruned = optimizer.clustered_model(pruned)
-            suffix += f"-clustered{config.cluster}"
-            preserve = "clusters"  # PCQAT
-        optimizer.add_ptq(pruned, suffix, sparsity, precisions=("fp32",))
+            compressed = optimizer.clustered_model(compressed)
+        optimizer.add_ptq(compressed, precisions=("fp32",))
         if mode in ("auto", "int8"):
-            optimizer.ensure("int8-qat", pruned, suffix, sparsity, preserve)
-            optimizer.add_onnx_compressed(pruned, suffix, sparsity)
+            optimizer.ensure("int8-qat", compressed)  # PQAT, or PCQAT when clustered
+            optimizer.add_onnx_compressed(compressed)
         elif mode in ("fp16", "dynamic"):
-            optimizer.add_ptq(pruned, suffix, sparsity, precisions=(mode,))
+            optimizer.add_ptq(compressed, precisions=(mode,))
     if mode in ("auto", "int8"):
         optimizer.add_onnx_int8(float_files["onnx"])
     if mode == "fp16" or (target and target.ops == "onnx-tensorrt"):

@@ -5,6 +5,7 @@ TensorFlow is imported inside commands only, so `edgetl --help` answers at once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -13,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.spec.modes import Adapt, ChannelOrder, IoDtype, MixedPrecision, ModelOutput, Preprocess, Quantize, Selection, Strategy
 from edgetl.errors import EdgetlError
 
 app = typer.Typer(
@@ -64,8 +67,14 @@ def _global_options(
         raise typer.Exit(0)
 
 
-# compile's options, grouped in --help by what they tune. Their defaults equal CompileConfig's
-# (tests/test_cli.py checks it), and with --recipe only the options given on the line count.
+# compile's options, grouped in --help by what they tune. Each one that is a setting is named as
+# CompileConfig's field (but --cache: use_cache) and takes its default from it, written once there
+# (tests/test_cli.py checks both); with --recipe only the options given on the line count.
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
+_FIELD = {"cache": "use_cache"}  # CLI name -> setting, where they differ
+_NOT_SETTINGS = ("recipe", "dry_run", "trust_model")  # options of the command, not of the build
+
+
 @app.command("compile")
 def compile_command(
     ctx: typer.Context,
@@ -75,83 +84,83 @@ def compile_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder. \\[default: build/<DATA's name>]")] = None,
     target: Annotated[
         Optional[str], typer.Option(help="Device profile (see `edgetl targets`): sets precision, I/O types, student size.")
-    ] = None,
+    ] = _DEFAULT["target"],
     recipe: Annotated[
         Optional[Path], typer.Option(help="Replay a recipe.yaml; options given beside it change just those settings.")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and the stages that would run.")] = False,
-    teacher: Annotated[str, typer.Option(help="Registry model to fine-tune (see `edgetl models`).", rich_help_panel="Teacher")] = "resnet50",
+    teacher: Annotated[str, typer.Option(help="Registry model to fine-tune (see `edgetl models`).", rich_help_panel="Teacher")] = _DEFAULT["teacher"],
     teacher_weights: Annotated[
         str, typer.Option(help="'imagenet', a weights file (e.g. a Keras no-top .h5), or 'none'.", rich_help_panel="Teacher")
-    ] = "imagenet",
+    ] = _DEFAULT["teacher_weights"],
     finetune_epochs: Annotated[
         int, typer.Option(min=0, help="Max epochs fine-tuning the top of the backbone, from the linear probe (0: the probe alone).", rich_help_panel="Teacher")
-    ] = 8,
+    ] = _DEFAULT["finetune_epochs"],
     student: Annotated[
         str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.", rich_help_panel="Student")
-    ] = "efficientnet_lite0",
+    ] = _DEFAULT["student"],
     student_size: Annotated[
         Optional[int], typer.Option(min=32, help="Student input px (e.g. 160 or 128 for a slow device). \\[default: the target's, else the model's]", rich_help_panel="Student")
-    ] = None,
-    student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = "imagenet",
-    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation from the student's probe (chosen on val, or by cross-validation on small data).", rich_help_panel="Student")] = 12,
-    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = 2.0,
+    ] = _DEFAULT["student_size"],
+    student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = _DEFAULT["student_weights"],
+    distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation from the student's probe (chosen on val, or by cross-validation on small data).", rich_help_panel="Student")] = _DEFAULT["distill_epochs"],
+    temperature: Annotated[float, typer.Option(min=1.0, help="Softmax temperature of the soft targets.", rich_help_panel="Student")] = _DEFAULT["temperature"],
     alpha: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Teacher's share of the loss (0: labels only).", rich_help_panel="Student")
-    ] = 0.5,
+    ] = _DEFAULT["alpha"],
     unlabeled: Annotated[
         Optional[Path], typer.Option(help="Unlabelled images from the device's camera: the soft loss, and adaptation (--adapt).", rich_help_panel="Student")
-    ] = None,
+    ] = _DEFAULT["unlabeled"],
     adapt: Annotated[
-        str, typer.Option(help="Adapt the deployed model to the --unlabeled images: none, bn (batch-norm statistics + int8 calibration on them), shot (bn + self-training), auto (the best on --target-val, else the measured default).", rich_help_panel="Domain adaptation")
-    ] = "auto",
+        Adapt, typer.Option(help="Adapt the deployed model to the --unlabeled images: none, bn (batch-norm statistics + int8 calibration on them), shot (bn + self-training), auto (the best on --target-val, else the measured default).", rich_help_panel="Domain adaptation")
+    ] = _DEFAULT["adapt"],
     target_val: Annotated[
         Optional[Path], typer.Option(help="A few labelled images from the device (DIR/<class>/*): chooses the adaptation and reports target accuracy.", rich_help_panel="Domain adaptation")
-    ] = None,
-    adapt_epochs: Annotated[int, typer.Option(min=1, help="Self-training epochs of --adapt shot.", rich_help_panel="Domain adaptation")] = 3,
+    ] = _DEFAULT["target_val"],
+    adapt_epochs: Annotated[int, typer.Option(min=1, help="Self-training epochs of --adapt shot.", rich_help_panel="Domain adaptation")] = _DEFAULT["adapt_epochs"],
     robustness: Annotated[
         bool, typer.Option("--robustness/--no-robustness", help="Score the deployed files on camera corruptions (report: robustness).", rich_help_panel="Domain adaptation")
-    ] = True,
+    ] = _DEFAULT["robustness"],
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).", rich_help_panel="Student")
-    ] = True,
+    ] = _DEFAULT["baseline"],
     quantize: Annotated[
-        Optional[str], typer.Option(help="auto (fastest within the gate), fp32, fp16, dynamic or int8. \\[default: the target's, else auto]", rich_help_panel="Quantization and pruning")
-    ] = None,
+        Optional[Quantize], typer.Option(help="auto (fastest within the gate), fp32, fp16, dynamic or int8. \\[default: the target's, else auto]", rich_help_panel="Quantization and pruning")
+    ] = _DEFAULT["quantize"],
     io_dtype: Annotated[
-        Optional[str], typer.Option(help="I/O type of int8 files: uint8, int8 or float32. \\[default: the target's, else uint8]", rich_help_panel="Quantization and pruning")
-    ] = None,
-    calibration_size: Annotated[int, typer.Option(min=1, help="Class-balanced training images that calibrate int8.", rich_help_panel="Quantization and pruning")] = 128,
-    qat: Annotated[bool, typer.Option("--qat", help="Also build a quantization-aware-trained int8 file.", rich_help_panel="Quantization and pruning")] = False,
-    prune: Annotated[float, typer.Option(min=0.0, max=0.95, help="Target sparsity of magnitude pruning, e.g. 0.5 (0: none).", rich_help_panel="Quantization and pruning")] = 0.0,
+        Optional[IoDtype], typer.Option(help="I/O type of int8 files: uint8, int8 or float32. \\[default: the target's, else uint8]", rich_help_panel="Quantization and pruning")
+    ] = _DEFAULT["io_dtype"],
+    calibration_size: Annotated[int, typer.Option(min=1, help="Class-balanced training images that calibrate int8.", rich_help_panel="Quantization and pruning")] = _DEFAULT["calibration_size"],
+    qat: Annotated[bool, typer.Option("--qat", help="Also build a quantization-aware-trained int8 file.", rich_help_panel="Quantization and pruning")] = _DEFAULT["qat"],
+    prune: Annotated[float, typer.Option(min=0.0, max=0.95, help="Target sparsity of magnitude pruning, e.g. 0.5 (0: none).", rich_help_panel="Quantization and pruning")] = _DEFAULT["prune"],
     cluster: Annotated[
         int, typer.Option(min=0, help="After --prune, share each kernel's weights among N values (e.g. 16; tfmot clustering, then PCQAT): a smaller gzip. 0: none.", rich_help_panel="Quantization and pruning")
-    ] = 0,
+    ] = _DEFAULT["cluster"],
     max_accuracy_drop: Annotated[
         float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
-    ] = 1.0,
+    ] = _DEFAULT["max_accuracy_drop"],
     max_latency_ms: Annotated[
         Optional[float], typer.Option(min=0.0, help="With --quantize auto: deploy only files whose p50 here is at most this (ms); the fastest within the accuracy gate and the budget wins.", rich_help_panel="Quantization and pruning")
-    ] = None,
+    ] = _DEFAULT["max_latency_ms"],
     mixed_precision: Annotated[
-        str, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
-    ] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step on each replica (the global batch is this times the replicas).", rich_help_panel="Data")] = 32,
+        MixedPrecision, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
+    ] = _DEFAULT["mixed_precision"],
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = _DEFAULT["threads"],
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step on each replica (the global batch is this times the replicas).", rich_help_panel="Data")] = _DEFAULT["batch_size"],
     strategy: Annotated[
-        str, typer.Option(help="Training devices: auto (every GPU of this machine when there are several), one, mirrored (every GPU here), multi-worker (the machines of TF_CONFIG; README: Scaling out).", rich_help_panel="Data")
-    ] = "auto",
-    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = 0.15,
-    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.", rich_help_panel="Data")] = 0.15,
-    seed: Annotated[int, typer.Option(help="Seed of splits, folds, initialisation and augmentation.", rich_help_panel="Data")] = 0,
+        Strategy, typer.Option(help="Training devices: auto (every GPU of this machine when there are several), one, mirrored (every GPU here), multi-worker (the machines of TF_CONFIG; README: Scaling out).", rich_help_panel="Data")
+    ] = _DEFAULT["strategy"],
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of images carved out for val.", rich_help_panel="Data")] = _DEFAULT["val_fraction"],
+    test_fraction: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share carved out for test.", rich_help_panel="Data")] = _DEFAULT["test_fraction"],
+    seed: Annotated[int, typer.Option(help="Seed of splits, folds, initialisation and augmentation.", rich_help_panel="Data")] = _DEFAULT["seed"],
     selection: Annotated[
-        str, typer.Option(help="How the probe, fine-tuning and epochs are chosen and accuracy estimated: auto (cross-validation below --cv-below images, else a val split), cv or holdout.", rich_help_panel="Data")
-    ] = "auto",
-    cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = 600,
-    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds for the training choices (each fold trains).", rich_help_panel="Data")] = 3,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = None,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = True,
+        Selection, typer.Option(help="How the probe, fine-tuning and epochs are chosen and accuracy estimated: auto (cross-validation below --cv-below images, else a val split), cv or holdout.", rich_help_panel="Data")
+    ] = _DEFAULT["selection"],
+    cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = _DEFAULT["cv_below"],
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds for the training choices (each fold trains).", rich_help_panel="Data")] = _DEFAULT["folds"],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = _DEFAULT["overwrite"],
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = _DEFAULT["cache_dir"],
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = _DEFAULT["use_cache"],
     trust_model: Annotated[
         bool,
         typer.Option(
@@ -162,65 +171,49 @@ def compile_command(
     ] = False,
     model: Annotated[
         Optional[Path], typer.Option(help="A trained Keras classifier (.keras, .h5 or SavedModel folder) to compile as it is: no training; DATA calibrates, gates and scores it.", rich_help_panel="Bring your own model")
-    ] = None,
+    ] = _DEFAULT["model"],
     input_size: Annotated[
         Optional[int], typer.Option(min=16, help="The --model's input px, when its input shape does not fix it.", rich_help_panel="Bring your own model")
-    ] = None,
+    ] = _DEFAULT["input_size"],
     preprocess: Annotated[
-        Optional[str], typer.Option(help="How the --model expects pixels: raw (0..255), tf (-1..1), torch (0..1, ImageNet mean/std), caffe (BGR, ImageNet mean). Put inside the exported graph.", rich_help_panel="Bring your own model")
-    ] = None,
+        Optional[Preprocess], typer.Option(help="How the --model expects pixels: raw (0..255), tf (-1..1), torch (0..1, ImageNet mean/std), caffe (BGR, ImageNet mean). Put inside the exported graph.", rich_help_panel="Bring your own model")
+    ] = _DEFAULT["preprocess"],
     mean: Annotated[
         Optional[str], typer.Option(help="Instead of --preprocess: the --model's input is (pixels x scale - mean) / std; one number or three, e.g. 0.485,0.456,0.406.", rich_help_panel="Bring your own model")
-    ] = None,
-    std: Annotated[Optional[str], typer.Option(help="See --mean; one number or three. \\[default: 1]", rich_help_panel="Bring your own model")] = None,
-    scale: Annotated[Optional[str], typer.Option(help="See --mean, e.g. 1/255. \\[default: 1]", rich_help_panel="Bring your own model")] = None,
+    ] = _DEFAULT["mean"],
+    std: Annotated[Optional[str], typer.Option(help="See --mean; one number or three. \\[default: 1]", rich_help_panel="Bring your own model")] = _DEFAULT["std"],
+    scale: Annotated[Optional[str], typer.Option(help="See --mean, e.g. 1/255. \\[default: 1]", rich_help_panel="Bring your own model")] = _DEFAULT["scale"],
     channel_order: Annotated[
-        Optional[str], typer.Option(help="RGB or BGR: the channel order the --model expects. \\[default: the preset's, else RGB]", rich_help_panel="Bring your own model")
-    ] = None,
+        Optional[ChannelOrder], typer.Option(help="RGB or BGR: the channel order the --model expects. \\[default: the preset's, else RGB]", rich_help_panel="Bring your own model")
+    ] = _DEFAULT["channel_order"],
     labels: Annotated[
         Optional[Path], typer.Option(help="The --model's class names in output order, one per line. \\[default: DATA's class folders, sorted]", rich_help_panel="Bring your own model")
-    ] = None,
+    ] = _DEFAULT["labels"],
     model_output: Annotated[
-        str, typer.Option(help="auto (a softmax in the model, else measured on DATA), probabilities or logits (a Softmax is appended).", rich_help_panel="Bring your own model")
-    ] = "auto",
+        ModelOutput, typer.Option(help="auto (a softmax in the model, else measured on DATA), probabilities or logits (a Softmax is appended).", rich_help_panel="Bring your own model")
+    ] = _DEFAULT["model_output"],
 ):
     """Fine-tune a teacher on DATA, distil it into a student, quantize, export checked [bold]model.tflite[/] and [bold]model.onnx[/]. With --model, compile a classifier you trained yourself."""
-    from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.pipeline import compile_model
     from edgetl.compiler.spec.recipe import load_recipe
-    from edgetl.errors import EdgetlError
 
-    given = {
-        "data": data, "out": out, "target": target, "teacher": teacher, "teacher_weights": teacher_weights,
-        "finetune_epochs": finetune_epochs, "student": student, "student_size": student_size,
-        "student_weights": student_weights, "distill_epochs": distill_epochs, "temperature": temperature, "alpha": alpha,
-        "unlabeled": unlabeled, "adapt": adapt, "target_val": target_val, "adapt_epochs": adapt_epochs, "robustness": robustness,
-        "baseline": baseline, "quantize": quantize, "io_dtype": io_dtype,
-        "calibration_size": calibration_size, "qat": qat, "prune": prune, "cluster": cluster, "max_accuracy_drop": max_accuracy_drop,
-        "max_latency_ms": max_latency_ms, "mixed_precision": mixed_precision,
-        "threads": threads, "batch_size": batch_size, "strategy": strategy, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "seed": seed, "selection": selection, "cv_below": cv_below, "folds": folds, "overwrite": overwrite, "cache_dir": cache_dir, "use_cache": cache,
-        "model": model, "input_size": input_size, "preprocess": preprocess, "mean": mean, "std": std, "scale": scale,
-        "channel_order": channel_order, "labels": labels, "model_output": model_output,
-    }
-    if recipe is not None:
-        settings = load_recipe(recipe)
-        cli_name = {"use_cache": "cache"}
-        for name, value in given.items():
-            source = ctx.get_parameter_source(cli_name.get(name, name))
-            if source is not None and source.name == "COMMANDLINE":
-                settings[name] = value
-        if "overwrite" not in settings or not overwrite:
-            settings["overwrite"] = overwrite
-    else:
-        if data is None:
-            raise EdgetlError("compile needs DATA (a folder of class folders) or --recipe FILE")
-        settings = given
+    if recipe is None and data is None:
+        raise EdgetlError("compile needs DATA (a folder of class folders) or --recipe FILE")
+
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    # The settings on the line, by their CompileConfig names; beside a recipe, only those typed.
+    line = {_FIELD.get(name, name): value for name, value in ctx.params.items()
+            if name not in _NOT_SETTINGS and (recipe is None or typed(name))}
+    settings = {**load_recipe(recipe), **line} if recipe is not None else line
+    settings["overwrite"] = overwrite  # never from a recipe: replacing files is asked for each time
     if settings.get("out") is None and isinstance(settings.get("data"), (str, os.PathLike)):
         settings["out"] = Path("build") / (Path(settings["data"]).resolve().name or "model")
     _state["command"] = "compile"
     # trust_model is an argument, not a setting: a recipe (itself a file someone may hand over)
-    # can never grant it.
+    # can never grant it. Settings from the line and the recipe alike are checked by CompileConfig.
     compile_model(CompileConfig(**settings), dry_run=dry_run, trust_model=trust_model)
 
 

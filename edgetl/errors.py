@@ -39,6 +39,10 @@ class UnsafeModelError(ModelFileError):
     bytecode, a module import, a file-writing graph op); refused unless the user trusts it."""
 
 
+class MetadataError(EdgetlError):
+    """Metadata that cannot be written to (or read from) the given model."""
+
+
 class ReportError(EdgetlError):
     """A build folder without a readable report.json."""
 

@@ -64,20 +64,58 @@ def test_one_class_folder_fails_in_one_line(tmp_path, capsys):
     assert last.startswith("error:") and "class" in last and "Traceback" not in err
 
 
-def test_compile_option_defaults_are_the_config_defaults():
-    """With --recipe only explicit options override, so the CLI must not invent its own defaults."""
+def test_compile_options_take_their_defaults_from_the_config():
+    """Each default is written once, in CompileConfig: an option that is a setting carries its
+    field's name and a default read from the field (`= _DEFAULT["teacher"]`), never a literal that
+    could drift. With --recipe only explicit options override, so an invented default would
+    silently change a replayed build."""
+    import ast
     import dataclasses
     import inspect
+    import textwrap
 
-    from edgetl.cli import compile_command
+    from edgetl.cli import _DEFAULT, _FIELD, _NOT_SETTINGS, compile_command
     from edgetl.compiler.spec.config import CompileConfig
 
-    defaults = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
-    renamed = {"cache": "use_cache"}
-    for name, parameter in inspect.signature(compile_command).parameters.items():
-        field = renamed.get(name, name)
-        if field in defaults and name not in ("out",):
-            assert parameter.default == defaults[field], name
+    fields = {f.name: f for f in dataclasses.fields(CompileConfig)}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(compile_command)))
+    args = tree.body[0].args
+    written = dict(zip([a.arg for a in args.args][-len(args.defaults):], args.defaults))
+    settings = [name for name in inspect.signature(compile_command).parameters if name not in ("ctx", *_NOT_SETTINGS)]
+    assert len(settings) > 40
+    for name in settings:
+        field, option = _FIELD.get(name, name), "--" + name.replace("_", "-")
+        assert field in fields, f"{option} is not a CompileConfig setting"
+        if fields[field].default is dataclasses.MISSING:  # data, out: required by the config, found by the CLI
+            continue
+        default = written[name]
+        assert ast.unparse(default) == f"_DEFAULT['{field}']", f"{option} writes its default by hand: {ast.unparse(default)}"
+        assert inspect.signature(compile_command).parameters[name].default == fields[field].default == _DEFAULT[field]
+
+
+def test_every_option_reaches_the_config(tmp_path, capsys):
+    """The settings are read from the options by name (no hand-kept list): a value given on the
+    line is the value in the resolved recipe."""
+    import yaml
+
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data")
+    code, stdout, err = run_cli(
+        "compile", str(data), "--out", str(tmp_path / "out"), "--teacher", "tiny_cnn", "--teacher-weights", "none",
+        "--student", "none", "--quantize", "fp16", "--strategy", "one", "--selection", "holdout", "--mixed-precision", "off",
+        "--seed", "5", "--no-cache", "--dry-run", capsys=capsys,
+    )
+    assert code == 0, err
+    recipe = yaml.safe_load(stdout.split("stages:")[0])
+    given = {"quantize": "fp16", "strategy": "one", "selection": "holdout", "mixed_precision": "off", "seed": 5, "use_cache": False}
+    assert {name: recipe[name] for name in given} == given
+
+
+def test_a_choice_the_cli_does_not_offer_is_one_line_and_exit_code_1(capsys):
+    code, _, err = run_cli("compile", ".", "--quantize", "int4", capsys=capsys)
+    assert code == 1 and err.count("error:") == 1
+    assert "--quantize" in err and "'int4' is not one of 'auto', 'fp32', 'fp16', 'dynamic', 'int8'" in err
 
 
 def test_targets_lists_every_profile(capsys):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgetl.compiler.export import metadata as md
-from edgetl.errors import ModelFileError
+from edgetl.errors import MetadataError, ModelFileError
 
 LABELS = ["red", "green", "blue"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -404,17 +404,17 @@ def test_buffers_outside_the_flatbuffer_are_taken_in(built, tmp_path):
 
 def test_errors(built, tmp_path):
     plain_float, plain_uint8 = built["plain"]["float"].read_bytes(), built["plain"]["uint8"].read_bytes()
-    with pytest.raises(md.MetadataError, match="2 labels given"):
+    with pytest.raises(MetadataError, match="2 labels given"):
         md.add_tflite_metadata(plain_float, labels=LABELS[:2], **FIELDS)
-    with pytest.raises(md.MetadataError, match="uint8 input tensor"):
+    with pytest.raises(MetadataError, match="uint8 input tensor"):
         md.add_tflite_metadata(plain_float, labels=LABELS, input_kind="uint8", **FIELDS)
-    with pytest.raises(md.MetadataError, match="float32 input tensor"):
+    with pytest.raises(MetadataError, match="float32 input tensor"):
         md.add_tflite_metadata(plain_uint8, labels=LABELS, input_kind="float_raw_pixels", **FIELDS)
-    with pytest.raises(md.MetadataError, match="single lines"):
+    with pytest.raises(MetadataError, match="single lines"):
         md.add_tflite_metadata(plain_float, labels=["a", "b\nc", "d"], **FIELDS)
     with pytest.raises(ModelFileError, match="not a TFLite model"):
         md.add_tflite_metadata(b"PK\x03\x04 not a model at all", labels=LABELS, **FIELDS)
-    with pytest.raises(md.MetadataError, match="no TFLite metadata"):
+    with pytest.raises(MetadataError, match="no TFLite metadata"):
         md.read_tflite_metadata(built["plain"]["float"])
 
 

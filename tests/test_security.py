@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import write_color_dataset
-from edgetl.errors import EdgetlError, UnsafeModelError, WeightsUnavailableError
+from edgetl.errors import EdgetlError, MetadataError, UnsafeModelError, WeightsUnavailableError
 
 LABELS = ("red", "green", "blue")
 SIZE = 32
@@ -335,7 +335,7 @@ def test_an_associated_file_that_would_inflate_past_the_limit_is_not_read(files,
         zf.writestr("model_info.json", b" " * (4 << 20))  # 4 MiB of spaces, a few kB on disk
     assert bomb.stat().st_size < files["tflite"].stat().st_size + (64 << 10)
     assert litert.embedded_tflite_info(bomb)["labels"] == list(LABELS)  # the bomb is skipped
-    with pytest.raises(md.MetadataError, match="would inflate to 4194304 bytes"):
+    with pytest.raises(MetadataError, match="would inflate to 4194304 bytes"):
         md.read_tflite_metadata(bomb)
 
 

@@ -23,21 +23,58 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.compiler.progress import console, progress_bar
+from edgetl.compiler.spec.modes import Precision
 
 VARIANTS_DIR = "variants"
 LATENCY_TIE = 0.15  # p50s this close count as equal when choosing (measurement noise here)
-# Fallback order when a pinned precision fails the accuracy gate.
+# Fallback order when a pinned precision fails the accuracy gate, by Candidate.kind.
 FALLBACK = {"int8": ["int8-qat", "fp16", "fp32"], "dynamic": ["fp16", "fp32"], "int8-qat": ["fp16", "fp32"], "fp16": ["fp32"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressed:
+    """A stripped Keras model made smaller than the float model, and how: pruned to `sparsity`
+    (measured), and with `clusters` shared values per kernel when also clustered (0: not)."""
+
+    model: object
+    sparsity: float
+    clusters: int = 0
+
+    @property
+    def preserve(self) -> str:
+        """What QAT of this model must keep (Optimizer.add_qat)."""
+        return "clusters" if self.clusters else "pruning"
+
+    @property
+    def label(self) -> str:
+        return compression_label(self.sparsity, self.clusters)
+
+
+def _compression_fields(compressed: Compressed | None) -> dict:
+    """A candidate's sparsity and clusters when made from `compressed` (None: the float model)."""
+    return {"sparsity": compressed.sparsity, "clusters": compressed.clusters} if compressed else {"sparsity": None, "clusters": 0}
+
+
+def compression_label(sparsity: float | None, clusters: int = 0) -> str:
+    """"pruned50", "pruned50-clustered16", or "" for a model that was not compressed."""
+    return "-".join(([f"pruned{round(sparsity * 100)}"] if sparsity is not None else []) + ([f"clustered{clusters}"] if clusters else []))
+
+
+def candidate_name(precision: str, qat: bool = False, sparsity: float | None = None, clusters: int = 0) -> str:
+    """"int8", "int8-qat", "fp32-pruned50", "int8-qat-pruned50-clustered16": the file's name in
+    variants/ and in the report, made from the candidate's fields (never parsed back)."""
+    return "-".join(part for part in (str(precision), "qat" if qat else "", compression_label(sparsity, clusters)) if part)
 
 
 @dataclasses.dataclass
 class Candidate:
-    name: str  # "int8", "int8-qat", "fp16", "fp32-pruned50", ...
     format: str  # "tflite" or "onnx"
-    precision: str  # fp32, fp16, dynamic, int8
+    precision: Precision  # what it computes in: fp32, fp16, dynamic, int8
     path: Path
     origin: str  # how it was made, in words
-    sparsity: float | None = None
+    qat: bool = False  # int8 from quantization-aware training (pruning-/cluster-preserving when compressed)
+    sparsity: float | None = None  # measured share of zero weights, when converted from a pruned model
+    clusters: int = 0  # shared values per kernel, when the pruned model was also clustered
     val_accuracy: float | None = None
     test_probs: np.ndarray | None = None
     latency_p50_ms: float | None = None
@@ -48,13 +85,25 @@ class Candidate:
     reference_probs: np.ndarray | None = None
     reference: str = "float Keras model"
 
+    def __post_init__(self):
+        self.precision = Precision(self.precision)
+
+    @property
+    def kind(self) -> str:
+        """The precision and method, whatever the model was compressed to: "int8", "int8-qat", ..."""
+        return candidate_name(self.precision, self.qat)
+
+    @property
+    def name(self) -> str:
+        return candidate_name(self.precision, self.qat, self.sparsity, self.clusters)
+
     @property
     def file(self) -> str:
         return f"{VARIANTS_DIR}/{self.path.name}"
 
     @property
     def pruned(self) -> bool:
-        return bool(self.sparsity)
+        return self.sparsity is not None
 
 
 def points(value: float) -> str:
@@ -107,9 +156,16 @@ class Optimizer:
         --calibration-size when the training split holds fewer."""
         return 0 if self._calibration is None else len(self._calibration)
 
-    def _source(self, candidate: Candidate, model, suffix: str) -> Candidate:
-        """Record that `candidate` was converted from `model` (the copy that `suffix` names, e.g.
-        "-pruned50") when that is not the float model, with its test probabilities for parity."""
+    def _candidate(self, fmt: str, precision: str, origin: str, compressed: Compressed | None = None, qat: bool = False) -> Candidate:
+        """A new candidate, its file named after its fields, converted from `compressed` (or the float model)."""
+        what = dict(qat=qat, **_compression_fields(compressed))
+        path = self.folder / f"model.{candidate_name(precision, **what)}.{fmt}"
+        candidate = Candidate(fmt, precision, path, origin, **what)
+        return self._source(candidate, compressed.model if compressed else None)
+
+    def _source(self, candidate: Candidate, model) -> Candidate:
+        """Record that `candidate` was converted from `model` (a pruned or clustered copy) when
+        that is not the float model, with its test probabilities for parity."""
         if model is not None and model is not self.float_model:
             if id(model) not in self._reference_probs:
                 x_test, _ = self.images.get("test", self.size)
@@ -119,7 +175,7 @@ class Optimizer:
                                         for i in range(0, len(x_test), batch)])
                 self._reference_probs[id(model)] = probs
             candidate.reference_probs = self._reference_probs[id(model)]
-            candidate.reference = f"{suffix.strip('-') or 'derived'} Keras model"
+            candidate.reference = f"{compression_label(candidate.sparsity, candidate.clusters) or 'derived'} Keras model"
         return candidate
 
     # -- candidates ---------------------------------------------------------------------
@@ -135,45 +191,43 @@ class Optimizer:
     def add_float(self, tflite: Path, onnx: Path) -> None:
         """The verified float exports (already in the variants folder) as the fp32 candidates."""
         for path, fmt in ((tflite, "tflite"), (onnx, "onnx")):
-            self._add(Candidate("fp32", fmt, "fp32", Path(path), "float export, checked against Keras"))
+            self._add(Candidate(fmt, "fp32", Path(path), "float export, checked against Keras"))
 
-    def add_ptq(self, model=None, suffix: str = "", sparsity: float | None = None, precisions=("fp16", "dynamic", "int8")):
+    def add_ptq(self, compressed: Compressed | None = None, precisions=("fp16", "dynamic", "int8")):
+        """Post-training conversions of the float model, or of `compressed`."""
         from edgetl.compiler.compression.quantize import convert_tflite
 
-        source = model
-        model = model or self.float_model
+        model = compressed.model if compressed else self.float_model
         for precision in precisions:
             calibration = self.calibration if precision == "int8" else None
             io_dtype = self.config.io_dtype if precision == "int8" else "float32"
-            with progress_bar(f"TFLite {precision}{suffix}", 1) as advance:
+            candidate = self._candidate("tflite", precision, "post-training quantization", compressed)
+            with progress_bar(f"TFLite {candidate.name}", 1) as advance:
                 data = convert_tflite(model, precision, calibration=calibration, io_dtype=io_dtype)
                 advance()
-            name = f"{precision}{suffix}"
-            candidate = Candidate(name, "tflite", precision, self.folder / f"model.{name}.tflite", "post-training quantization", sparsity)
-            self._add(self._source(candidate, source, suffix), data)
+            self._add(candidate, data)
 
-    def add_onnx_int8(self, float_onnx: Path, name: str = "int8", sparsity: float | None = None, model=None):
-        """ONNX Runtime static QDQ of `float_onnx`; model: the Keras model it was exported from,
+    def add_onnx_int8(self, float_onnx: Path, compressed: Compressed | None = None):
+        """ONNX Runtime static QDQ of `float_onnx`; compressed: the model it was exported from,
         when that is not the float model (a pruned copy)."""
         from edgetl.compiler.compression.quantize import quantize_onnx
 
-        path = self.folder / f"model.{name}.onnx"
-        with progress_bar(f"ONNX {name} (static QDQ)", 1) as advance:
-            quantize_onnx(float_onnx, path, self.calibration, per_channel=True)
+        candidate = self._candidate("onnx", "int8", "ONNX Runtime static QDQ, per channel", compressed)
+        with progress_bar(f"ONNX {candidate.name} (static QDQ)", 1) as advance:
+            quantize_onnx(float_onnx, candidate.path, self.calibration, per_channel=True)
             advance()
-        candidate = Candidate(name, "onnx", "int8", path, "ONNX Runtime static QDQ, per channel", sparsity)
-        return self._add(self._source(candidate, model, name.removeprefix("int8")))
+        return self._add(candidate)
 
-    def add_onnx_compressed(self, model, suffix: str, sparsity: float | None):
+    def add_onnx_compressed(self, compressed: Compressed):
         """A pruned (and clustered) model as ONNX: the float export, then its int8 QDQ file.
 
         The float file is an intermediate, not a candidate (the pruned fp32 TFLite already shows
         what pruning costs in float); it is written beside the variants and removed."""
         from edgetl.compiler.export.convert import export_onnx
 
-        float_onnx = export_onnx(model, self.folder / f".model.fp32{suffix}.onnx")
+        float_onnx = export_onnx(compressed.model, self.folder / f".model.fp32-{compressed.label}.onnx")
         try:
-            return self.add_onnx_int8(float_onnx, f"int8{suffix}", sparsity, model=model)
+            return self.add_onnx_int8(float_onnx, compressed)
         finally:
             float_onnx.unlink(missing_ok=True)
 
@@ -187,31 +241,31 @@ class Optimizer:
         converted = convert_float_to_float16(onnx.load(str(float_onnx)), keep_io_types=True)
         with atomic_path(path) as tmp:
             onnx.save(converted, str(tmp))
-        return self._add(Candidate("fp16", "onnx", "fp16", path, "fp16 weights and compute, float32 I/O"))
+        return self._add(Candidate("onnx", "fp16", path, "fp16 weights and compute, float32 I/O"))
 
-    def add_qat(self, model=None, suffix: str = "", sparsity: float | None = None, preserve: str | None = None):
-        """QAT fine-tuning, then a full-integer TFLite. preserve: None, "pruning" (PQAT: the
-        zeros stay) or "clusters" (PCQAT: the zeros and the shared values stay)."""
+    def add_qat(self, compressed: Compressed | None = None):
+        """QAT fine-tuning, then a full-integer TFLite. Of a compressed model, what it keeps:
+        pruning-preserving QAT (PQAT: the zeros stay), or cluster-preserving (PCQAT: the zeros
+        and the shared values stay) when it was also clustered."""
         from edgetl.compiler.compression import compress
         from edgetl.compiler.compression.quantize import convert_tflite
 
-        model = model or self.float_model
+        model = compressed.model if compressed else self.float_model
+        preserve = compressed.preserve if compressed else None
         make, what = {
             None: (compress.quantize_aware, "QAT"),
             "pruning": (compress.prune_preserving_qat, "pruning-preserving QAT"),
             "clusters": (compress.cluster_preserving_qat, "pruning- and cluster-preserving QAT"),
         }[preserve]
-        source = model
         qat = make(model, self.calibration, batch_size=self.config.batch_size)
         label = what + (" + distillation" if self.teacher_model else "")
         result = self._fine_tune(qat, self.config.qat_epochs, self.config.qat_learning_rate, what)
-        name = f"int8-qat{suffix}"  # with a pruning suffix it is pruning-preserving QAT (see origin)
+        name = candidate_name("int8", qat=True, **_compression_fields(compressed))
         self.trained[name] = result.to_json()
         with progress_bar(f"TFLite {name}", 1) as advance:
             data = convert_tflite(qat, "int8", calibration=self.calibration, io_dtype=self.config.io_dtype)
             advance()
-        candidate = Candidate(name, "tflite", "int8", self.folder / f"model.{name}.tflite", label, sparsity)
-        return self._add(self._source(candidate, source, suffix), data)
+        return self._add(self._candidate("tflite", "int8", label, compressed, qat=True), data)
 
     def _fine_tune(self, model, epochs: int, learning_rate: float, label: str):
         """compress.fine_tune on the train views, distilled from the teacher when there is one."""
@@ -232,7 +286,7 @@ class Optimizer:
             label=label + (" + distillation" if distilled else ""),
         )
 
-    def pruned_model(self):
+    def pruned_model(self) -> Compressed:
         """Magnitude pruning to the target sparsity (fine-tuned, distilled), stripped."""
         from edgetl.compiler.compression import compress
 
@@ -242,37 +296,42 @@ class Optimizer:
         result = self._fine_tune(pruned, self.config.prune_epochs, self.config.prune_learning_rate, f"pruning to {self.config.prune:.0%}")
         self.trained["pruning"] = result.to_json()
         stripped = compress.strip(pruned)
-        return stripped, compress.sparsity_of(stripped)
+        return Compressed(stripped, compress.sparsity_of(stripped))
 
-    def clustered_model(self, model):
+    def clustered_model(self, pruned: Compressed) -> Compressed:
         """Sparsity-preserving weight clustering of a pruned model (fine-tuned, distilled), stripped."""
         from edgetl.compiler.compression import compress
 
-        clustered = compress.cluster(model, self.config.cluster)
+        clustered = compress.cluster(pruned.model, self.config.cluster)
         result = self._fine_tune(clustered, self.config.cluster_epochs, self.config.cluster_learning_rate, f"clustering to {self.config.cluster} values")
         self.trained["clustering"] = result.to_json()
-        return compress.strip_clusters(clustered)
+        return Compressed(compress.strip_clusters(clustered), pruned.sparsity, self.config.cluster)
 
-    def has(self, name: str, fmt: str = "tflite") -> bool:
-        return any(c.name == name and c.format == fmt for c in self.candidates)
+    def _built(self, kind: str, compressed: Compressed | None = None, fmt: str = "tflite") -> list[Candidate]:
+        """The candidates of one kind ("int8-qat", ...) made from the float model, or from `compressed`."""
+        what = _compression_fields(compressed)
+        return [c for c in self.candidates if c.format == fmt and c.kind == kind and (c.sparsity, c.clusters) == (what["sparsity"], what["clusters"])]
 
-    def ensure(self, name: str, model=None, suffix: str = "", sparsity: float | None = None, preserve: str | None = None) -> None:
-        """Build TFLite candidate `name` (fp16, dynamic, int8, int8-qat) unless it exists.
-        preserve: what QAT must keep (add_qat); default: the zeros when `sparsity` is given."""
-        if self.has(name + suffix):
+    def has(self, kind: str, fmt: str = "tflite") -> bool:
+        """Whether a candidate of `kind` ("fp16", "int8-qat", ...) was made from the float model."""
+        return bool(self._built(kind, fmt=fmt))
+
+    def ensure(self, kind: str, compressed: Compressed | None = None) -> None:
+        """Build TFLite candidate `kind` (fp16, dynamic, int8, int8-qat) of the float model, or of
+        `compressed`, unless it exists."""
+        if self._built(kind, compressed):
             return
-        if name == "int8-qat":
-            self.add_qat(model, suffix, sparsity, preserve=preserve or ("pruning" if sparsity else None))
-        elif name != "fp32":
-            self.add_ptq(model, suffix, sparsity, precisions=(name,))
+        if kind == "int8-qat":
+            self.add_qat(compressed)
+        elif kind != "fp32":
+            self.add_ptq(compressed, precisions=(kind,))
 
-    def settle(self, pinned: str, model=None, suffix: str = "", sparsity: float | None = None) -> None:
+    def settle(self, pinned: str, compressed: Compressed | None = None) -> None:
         """Build the pinned precision, then each fallback in turn until one passes the gate."""
-        for name in [pinned] + FALLBACK.get(pinned, []):
-            self.ensure(name, model, suffix, sparsity)
+        for kind in [pinned] + FALLBACK.get(pinned, []):
+            self.ensure(kind, compressed)
             self.apply_gate()
-            built = [c for c in self.candidates if c.format == "tflite" and c.name == name + suffix]
-            if any(c.gate == "passed" for c in built):
+            if any(c.gate == "passed" for c in self._built(kind, compressed)):
                 return
 
     def _gate_images(self) -> str:
@@ -324,7 +383,7 @@ class Optimizer:
 
     # -- the gate and the choice ----------------------------------------------------------
     def float_val_accuracy(self, fmt: str) -> float:
-        return next(c.val_accuracy for c in self.candidates if c.format == fmt and c.name == "fp32")
+        return next(c.val_accuracy for c in self._built("fp32", fmt=fmt))
 
     def apply_gate(self) -> None:
         drop = self.config.max_accuracy_drop / 100.0
@@ -375,15 +434,15 @@ class Optimizer:
             for name in wanted:
                 # A pruned file counts as the precision it computes in (pruning-preserving QAT is
                 # how a pruned model becomes int8).
-                match = [c for c in passing if c.name.split("-pruned")[0] == name or (c.pruned and c.precision == name)]
+                match = [c for c in passing if c.kind == name or (c.pruned and c.precision == name)]
                 if match:
                     chosen = min(match, key=lambda c: c.latency_p50_ms)
                     if tried:
                         return chosen, f"{pinned} was asked for but {'; '.join(tried)}; {chosen.name} is the next option that passes"
                     return chosen, f"{chosen.name} as asked for; within {points(self.config.max_accuracy_drop)} of fp32 on {self._gate_images()}"
-                failed = [c for c in pool if c.name.split("-pruned")[0] == name]
+                failed = [c for c in pool if c.kind == name]
                 tried.append(f"{name} {failed[0].gate}" if failed else f"{name} was not built")
-            fp32 = next(c for c in pool if c.name == "fp32")
+            fp32 = next(c for c in pool if c.kind == "fp32" and not c.pruned)
             return fp32, "no quantized option passed the accuracy gate (" + "; ".join(tried) + "): fp32 is deployed"
         best = min(c.latency_p50_ms for c in passing)
         # Latencies within LATENCY_TIE of the best are a tie on a shared machine: the smallest

@@ -24,7 +24,6 @@ EfficientNet-Lite0 3.5x slower than fp32 on this CPU): callers measure, never as
 from __future__ import annotations
 
 import contextlib
-import enum
 import io
 import logging
 import os
@@ -38,23 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.atomic import atomic_path, atomic_write_bytes
+from edgetl.compiler.spec.modes import IoDtype, Precision
 
 PIXEL_MIN, PIXEL_MAX = 0.0, 255.0
-IO_DTYPES = ("float32", "uint8", "int8")
+IO_DTYPES = IoDtype.values()
 _SPAN_SLACK = 16.0
 _PACK_LOCK = threading.Lock()
-
-
-class Precision(str, enum.Enum):
-    """Weight/activation precision of an exported file; values are what configs and reports say."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    DYNAMIC = "dynamic"  # int8 weights, float activations (kernels quantize activations on the fly)
-    INT8 = "int8"  # full integer: int8 weights (per channel) and int8 activations
-
-    def __str__(self) -> str:  # f"{Precision.INT8}" -> "int8"
-        return self.value
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ai_edge_litert import schema_py_generated as tfl
 
 from edgetl.compiler.export import metadata_schema_py_generated as ms
 from edgetl.compiler.compression.quantize import pack_tflite
-from edgetl.errors import EdgetlError, ModelFileError
+from edgetl.errors import MetadataError, ModelFileError
 
 TFLITE_IDENTIFIER = b"TFL3"  # model flatbuffer, bytes 4..8 of every .tflite
 METADATA_IDENTIFIER = b"M001"  # metadata flatbuffer (metadata_schema.fbs `file_identifier`)
@@ -53,10 +53,6 @@ _TENSOR_TYPES, _FILE_TYPES, _COLOR_SPACES = (
     {code: name for name, code in vars(enum).items() if not name.startswith("_")}
     for enum in (tfl.TensorType, ms.AssociatedFileType, ms.ColorSpaceType)
 )
-
-
-class MetadataError(EdgetlError):
-    """Metadata that cannot be written to (or read from) the given model."""
 
 
 # ---- The metadata flatbuffer, written and read through the generated object API
@@ -431,7 +427,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 __all__ = [
-    "INPUT_KINDS", "METADATA_NAME", "MetadataError", "OUTPUT_KINDS", "add_onnx_metadata", "add_tflite_metadata",
+    "INPUT_KINDS", "METADATA_NAME", "OUTPUT_KINDS", "add_onnx_metadata", "add_tflite_metadata",
     "add_tflite_metadata_file", "onnx_classifier_props", "parse_metadata_buffer", "read_onnx_metadata",
     "read_tflite_metadata",
 ]

@@ -7,9 +7,18 @@ import math
 import os
 from pathlib import Path
 
+from edgetl.compiler.spec.modes import (
+    Adapt, ChannelOrder, IoDtype, MixedPrecision, Mode, ModelOutput, Preprocess, Quantize, Selection, Strategy,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class CompileConfig:
+    """Every setting of one compile. Building one checks it (validate()) and holds each choice
+    as its Mode: the command line, a recipe and the Python API all build a CompileConfig, so every
+    setting passes the same checks whatever its source, before any work. The defaults below are
+    the only ones: the CLI reads its own from these fields."""
+
     data: Path
     out: Path
     teacher: str = "resnet50"
@@ -37,15 +46,15 @@ class CompileConfig:
     # (AdaBN + int8 calibration on them), shot (AdaBN + SHOT self-training), or auto: with
     # --target-val the best there, else the measured default (ADAPT_DEFAULT). Ignored without
     # --unlabeled.
-    adapt: str = "auto"
+    adapt: Adapt = Adapt.AUTO
     target_val: Path | None = None  # a small labelled set from the target camera: chooses and reports
     adapt_epochs: int = 3  # self-training epochs (shot)
     robustness: bool = True  # score the deployed files on the corruption suite (compiler/evaluation/robustness.py)
     baseline: bool = True  # also train the student without the teacher, for the ablation
     # Quantization and pruning (compiler/compression/optimize.py).
     # None = the target's choice, else the default (see resolved()).
-    quantize: str | None = None  # auto (fastest within the gate), fp32, fp16, dynamic, int8
-    io_dtype: str | None = None  # input/output type of full-integer files: uint8, int8 or float32
+    quantize: Quantize | None = None  # auto (fastest within the gate), fp32, fp16, dynamic, int8
+    io_dtype: IoDtype | None = None  # input/output type of full-integer files: uint8, int8 or float32
     # Defaults measured on flowers12 (benchmarks/compression_study.py): int8 accuracy is flat from
     # 16 to 256 calibration images and worse with all 612 (min/max catches outliers); QAT from
     # calibrated ranges keeps its start at 1e-5 and loses accuracy at 1e-4; 50% pruning needs
@@ -71,12 +80,12 @@ class CompileConfig:
     # family gains from it (ModelConfig.bf16_training, measured with benchmarks/bf16_training.py)
     # and the machine computes bf16 natively; "bf16" always; "off" never. The trained teacher is
     # float32 again before anything is exported or checked.
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = MixedPrecision.AUTO
     target: str | None = None  # a device profile (compiler/spec/targets.py)
     threads: int | None = None  # latency measurement threads (default: the target's, else 4, capped by cores)
     batch_size: int = 32  # per replica: with R replicas the global batch is R x this (compiler/training/distribution.py)
     # Training devices and machines (compiler/training/distribution.py): auto, one, mirrored, multi-worker.
-    strategy: str = "auto"
+    strategy: Strategy = Strategy.AUTO
     dropout: float = 0.2
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -88,7 +97,7 @@ class CompileConfig:
     # 3 folds, not 5: each fold trains the model, so the cost is (folds - 1) trainings on the
     # whole set; 3 folds keep a compile of a few hundred images at about 2-3x a held-out one.
     # (The probe's C, cheap on cached features, always uses 5 folds.)
-    selection: str = "auto"
+    selection: Selection = Selection.AUTO
     cv_below: int = 600
     folds: int = 3
     seed: int = 0
@@ -104,13 +113,13 @@ class CompileConfig:
     # auto (a softmax in the model, else measured on DATA), probabilities or logits.
     model: Path | None = None
     input_size: int | None = None
-    preprocess: str | None = None
+    preprocess: Preprocess | None = None
     mean: object = None
     std: object = None
     scale: object = None
-    channel_order: str | None = None
+    channel_order: ChannelOrder | None = None
     labels: Path | None = None
-    model_output: str = "auto"
+    model_output: ModelOutput = ModelOutput.AUTO
 
     def __post_init__(self):
         # Only path-like values become Paths: anything else (a number or a list from a recipe)
@@ -119,6 +128,12 @@ class CompileConfig:
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 object.__setattr__(self, name, Path(value))
+        self.validate()
+        # Checked, so each choice is one of its Mode's values: hold it as that member.
+        for name, (mode, _) in _MODE_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, mode(value))
 
     def resolved(self) -> "CompileConfig":
         """Every setting decided: the target's profile fills what the user left open, then the
@@ -217,6 +232,17 @@ class CompileConfig:
         parse_triple(self.std, "std")
         parse_scale(self.scale)
 
+    def for_training(self, **changes) -> "CompileConfig":
+        """A copy with values derived by edgetl, not given by the user, so not held to the user's
+        ranges: with R replicas training uses R x --batch-size (which may pass 4096) and R x each
+        learning rate (compiler/pipeline.py, _scaled_for)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"not CompileConfig settings: {', '.join(sorted(unknown))}")
+        copy = object.__new__(type(self))
+        copy.__dict__.update({**vars(self), **changes})  # frozen: no __setattr__, so no __post_init__ checks
+        return copy
+
     @property
     def distills(self) -> bool:
         return self.student.lower() != "none"
@@ -227,7 +253,8 @@ class CompileConfig:
         return None if weights.lower() == "none" else weights
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
+        """Plain values (a Mode as its string, paths as text): what recipe.yaml and report.json hold."""
+        d = {name: value.value if isinstance(value, Mode) else value for name, value in dataclasses.asdict(self).items()}
         d["data"], d["out"] = str(self.data), str(self.out)
         d["unlabeled"] = str(self.unlabeled) if self.unlabeled else None
         d["target_val"] = str(self.target_val) if self.target_val else None
@@ -250,7 +277,7 @@ MIN_INPUT_SIZE = 16  # the tiny test models run at 24 px; the CLI asks for at le
 def _message(name: str, value, problem: str) -> str:
     """'--finetune-epochs 'two' must be ... (setting finetune_epochs)': the flag for command-line users,
     the setting's name for recipes and the Python API."""
-    shown = repr(value) if isinstance(value, str) else str(value)
+    shown = repr(str(value)) if isinstance(value, str) else str(value)  # str(): a Mode as its plain value
     return f"--{name.replace('_', '-')} {shown} {problem} (setting {name})"
 
 
@@ -288,11 +315,13 @@ def _text(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty name (text)"
 
 
-def _choice(*allowed: str):
+def _choice(mode: type[Mode], optional: bool):
+    allowed = mode.values()
+
     def rule(value):
-        if value is None or (isinstance(value, str) and value in allowed):
+        if (value is None and optional) or (isinstance(value, str) and value in allowed):
             return None
-        return f"must be one of {', '.join(allowed)}"
+        return f"must be one of {', '.join(allowed)}" + (" (or left unset)" if optional else "")
 
     return rule
 
@@ -332,8 +361,6 @@ _RULES = {
     "alpha": _float(0.0, 1.0),
     "unlabeled": _path(optional=True),
     "baseline": _bool,
-    "quantize": _choice("auto", "fp32", "fp16", "dynamic", "int8"),
-    "io_dtype": _choice("uint8", "int8", "float32"),
     "calibration_size": _int(1, 100_000),
     "qat": _bool,
     "qat_epochs": _int(1, 10_000),
@@ -346,19 +373,15 @@ _RULES = {
     "cluster_learning_rate": _float(0.0, 10.0, lo_open=True),
     "max_accuracy_drop": _float(0.0, 100.0),
     "max_latency_ms": lambda v: None if v is None else _float(0.0, 1e6, lo_open=True)(v),
-    "mixed_precision": _choice("auto", "bf16", "off"),
     "target": _optional_text,
     "threads": _int(1, 1024, optional=True),
     "batch_size": _int(1, 4096),
-    "strategy": _choice("auto", "one", "mirrored", "multi-worker"),
     "dropout": _float(0.0, 1.0, hi_open=True),
     "val_fraction": _float(0.0, 0.5, lo_open=True),
     "test_fraction": _float(0.0, 0.5, lo_open=True),
     "seed": _int(0, 2**32 - 1),
-    "selection": _choice("auto", "cv", "holdout"),
     "cv_below": _int(0, 10_000_000),
     "folds": _int(2, 20),
-    "adapt": _choice("auto", "none", "bn", "shot"),
     "target_val": _path(optional=True),
     "adapt_epochs": _int(1, 10_000),
     "robustness": _bool,
@@ -367,8 +390,24 @@ _RULES = {
     "use_cache": _bool,
     "model": _path(optional=True),
     "input_size": lambda v: _int(MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True)(v),
-    "preprocess": _choice("raw", "tf", "torch", "caffe"),
-    "channel_order": _choice("RGB", "BGR"),
     "labels": _path(optional=True),
-    "model_output": _choice("auto", "probabilities", "logits"),
 }
+
+
+def _mode_fields() -> dict[str, tuple[type[Mode], bool]]:
+    """{field: (its Mode, whether it may be unset)}, read from CompileConfig's annotations, so a
+    choice is declared once, by its type."""
+    import types
+    import typing
+
+    found = {}
+    for name, hint in typing.get_type_hints(CompileConfig).items():
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+        modes = [a for a in args if isinstance(a, type) and issubclass(a, Mode)]
+        if modes:
+            found[name] = (modes[0], type(None) in args)
+    return found
+
+
+_MODE_FIELDS = _mode_fields()
+_RULES.update({name: _choice(mode, optional) for name, (mode, optional) in _MODE_FIELDS.items()})

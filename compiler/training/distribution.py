@@ -30,9 +30,10 @@ import os
 import shutil
 from pathlib import Path
 
+from edgetl.compiler.spec.modes import Strategy
 from edgetl.errors import SettingError
 
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+STRATEGIES = Strategy.values()
 
 # Where this process's fits back up to (None: no BackupAndRestore), and how many fits have run:
 # the n-th fit of a compile backs up to fit-<n>, the same folder when the command is restarted.
