@@ -69,7 +69,7 @@ def _global_options(
 
 # compile's options, grouped in --help by what they tune. Each one that is a setting is named as
 # CompileConfig's field (but --cache: use_cache) and takes its default from it, written once there
-# (tests/test_cli.py checks both); with --recipe only the options given on the line count.
+# (tests/fast/test_cli.py checks both); with --recipe only the options given on the line count.
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
 _FIELD = {"cache": "use_cache"}  # CLI name -> setting, where they differ
 _NOT_SETTINGS = ("recipe", "dry_run", "trust_model")  # options of the command, not of the build

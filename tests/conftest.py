@@ -55,7 +55,7 @@ def color_dataset(tmp_path) -> Path:
 # declarations and cache keys, candidate choice, the accuracy gate, statistics, layer rules);
 # `python -m pytest -q tests/fast` runs them alone in seconds. When only that folder is
 # collected, importing TensorFlow (or tf_keras, tfmot, tf2onnx) is an ImportError, so a test
-# that reaches for it fails instead of quietly making the tier slow; tests/test_architecture.py
+# that reaches for it fails instead of quietly making the tier slow; tests/test_fast_tier.py
 # runs the tier that way inside the full suite, so CI checks it too.
 FAST = Path(__file__).resolve().parent / "fast"
 HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "keras")
