@@ -988,7 +988,7 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
             optimizer.add_ptq(compressed, precisions=(mode,))
     if mode in ("auto", "int8"):
         optimizer.add_onnx_int8(float_files["onnx"])
-    if mode == "fp16" or (target and target.ops == "onnx-tensorrt"):
+    if mode == "fp16" or (target and target.onnx_precision == "fp16"):
         optimizer.add_onnx_fp16(float_files["onnx"])
     optimizer.apply_gate()
     optimizer.time_all()
@@ -1102,7 +1102,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
 
     pinned = None if config.quantize == "auto" else config.quantize
     tflite, why_tflite = optimizer.choose("tflite", pinned, prefer_pruned=config.prune > 0)
-    onnx_pinned = "fp16" if target and target.ops == "onnx-tensorrt" else (
+    onnx_pinned = target.onnx_precision if target and target.onnx_precision else (
         pinned if optimizer.has(pinned or "", "onnx") else ("fp32" if pinned else None)
     )
     onnx_choice, why_onnx = optimizer.choose("onnx", onnx_pinned, prefer_pruned=config.prune > 0)
@@ -1140,7 +1140,7 @@ def _package(config, target, out: Path, deployed: TrainedModel, optimizer, class
         check_target(target, out / TFLITE_FILE, out / ONNX_FILE)
         fastest = min((tflite, onnx_choice), key=lambda c: c.latency_p50_ms)
         primary = {"tflite": TFLITE_FILE, "onnx": ONNX_FILE}
-        if target.name == "x86-cpu":
+        if target.fastest_format:
             chosen_file = primary[fastest.format]
             reason = f"{chosen_file} measured faster here ({fastest.latency_p50_ms:.2f} ms p50)"
         else:

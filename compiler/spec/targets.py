@@ -23,6 +23,11 @@ class Target:
     threads: int  # benchmark thread count, like the device's big cores
     student_size: int  # default student input size in px
     notes: str = ""
+    # The ONNX file's precision whatever --quantize says (None: as --quantize): TensorRT builds
+    # its engine from fp16 weights.
+    onnx_precision: str | None = None
+    # Of the files in `formats`, deploy the one measured faster here (else the first format).
+    fastest_format: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,6 +100,7 @@ TARGETS: dict[str, Target] = {
             threads=4,
             student_size=224,
             notes="fp16 weights and compute with float32 input/output; build the TensorRT engine on the device",
+            onnx_precision="fp16",
         ),
         Target(
             name="x86-cpu",
@@ -107,6 +113,7 @@ TARGETS: dict[str, Target] = {
             threads=2,
             student_size=224,
             notes="both files are built and benchmarked here; the report names the faster one",
+            fastest_format=True,
         ),
     )
 }

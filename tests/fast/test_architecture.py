@@ -79,3 +79,20 @@ def test_layer_contracts_hold_and_catch_a_forbidden_import(tmp_path):
     result = _lint(_install(tmp_path / "bad", forbidden), tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "edgetl.runtime.litert -> edgetl.compiler" in result.stdout, result.stdout
+
+
+def test_no_stage_branches_on_a_target_name():
+    """Target behaviour is fields of the target (compiler/spec/targets.py), so a new profile needs
+    no edit elsewhere: nothing outside that file compares a target's or the --target name."""
+    import re
+
+    pattern = re.compile(r"""(target\.name|config\.target)\s*[!=]=|["'](android-cpu|android-gpu|edgetpu|raspberry-pi|jetson|x86-cpu)["']""")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("compiler", "edgetl", "runtime")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name != "targets.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line.split("#")[0])
+    ]
+    assert offenders == []
