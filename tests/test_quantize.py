@@ -110,6 +110,26 @@ def converted(trained):
     return out
 
 
+@pytest.mark.parametrize(("precision", "io"), [("fp32", "float32"), ("fp16", "float32"), ("dynamic", "float32"), ("int8", "uint8")])
+def test_the_lean_saved_model_converts_to_the_file_from_keras_model_gives(trained, converted, precision, io, monkeypatch):
+    """compiler/export/convert.py converts from a SavedModel of the inference function alone (4x
+    faster than TFLiteConverter.from_keras_model); the files must compute exactly the same."""
+    import contextlib
+
+    from edgetl._compat import tf
+    from edgetl.compiler.export import convert
+
+    monkeypatch.setattr(convert, "tflite_converter", lambda model: contextlib.nullcontext(tf.lite.TFLiteConverter.from_keras_model(model)))
+    cal = trained["cal"] if precision == "int8" else None
+    reference = Q.convert_tflite(trained["model"], precision, cal, io)
+    ours = converted[precision, io]
+    assert abs(len(ours) - len(reference)) <= 64  # the saved function's name differs, nothing else
+    outputs = [open_session(Q.write_tflite(trained["dir"] / f"{name}-{precision}-{io}.tflite", data), threads=1).predict(trained["x_test"])
+               for name, data in (("keras", reference), ("lean", ours))]
+    assert np.array_equal(outputs[0], outputs[1])
+    assert Q.tflite_summary(ours)["ops"] == Q.tflite_summary(reference)["ops"]
+
+
 @pytest.mark.parametrize(("precision", "io", "atol", "size_ratio"), TFLITE_CASES)
 def test_every_tflite_precision_runs_in_litert_close_to_the_float_model(trained, converted, precision, io, atol, size_ratio):
     data = converted[precision, io]

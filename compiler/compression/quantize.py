@@ -301,12 +301,12 @@ def _input_range(calibration, integer_io: bool):
 def _convert(model, precision: Precision, images, io_dtype: str) -> bytes:
     """One TFLiteConverter run; `images`: calibration inputs exactly as the model takes them."""
     from edgetl._compat import tf
+    from edgetl.compiler.export.convert import tflite_converter
 
-    with _quiet(), warnings.catch_warnings():
+    with _quiet(), warnings.catch_warnings(), tflite_converter(model) as converter:
         # Integer I/O: "Statistics for quantized inputs were expected, but not specified" is
         # about the legacy quantized-input API; the calibration gives the input its range.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
         if precision is Precision.FP16:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
