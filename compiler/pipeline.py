@@ -31,7 +31,7 @@ from PIL import Image
 
 from edgetl import __version__
 from edgetl.compiler.training import distribution
-from edgetl.compiler.cache import StageCache, default_cache_root, hash_files, stage_key
+from edgetl.compiler.cache import StageCache, default_cache_root, stage_key
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.outputs import RUN_MARKER  # noqa: F401 (importable from here, as before)
 from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, check_location, environment_errors
@@ -40,7 +40,7 @@ from edgetl.compiler.spec.targets import get_target
 from edgetl.compiler.data.datasets import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
-from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stages_for
+from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stage_keys, stages_for
 from edgetl.compiler.report.html import HTML_FILE, write_html_report
 from edgetl.compiler.report.summary import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, ModelFileError, ResourceError, SettingError
@@ -361,7 +361,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     config = _scaled_for(strategy, config)
     classes = dataset.classes
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
-    keys = _stage_keys(config, dataset, unlabeled)
+    keys = stage_keys(config, dataset, unlabeled)
 
     from edgetl._compat import keras
 
@@ -484,7 +484,7 @@ def plan(config: CompileConfig) -> dict:
         selection="cv" if config.model else config.selection, cv_below=config.cv_below,
     )
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
-    keys = _stage_keys(config, dataset, unlabeled)
+    keys = stage_keys(config, dataset, unlabeled)
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
     stages = [{"stage": s.name, "does": s.does, "cached": s.cached(cache, keys), "keys": {e: keys[e] for e in s.caches}}
               for s in stages_for(config)]
@@ -783,79 +783,6 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
             "seconds": time.perf_counter() - start}
 
 
-def _stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
-    """What each training stage's result depends on, hashed (see compiler/cache.py)."""
-    content = hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root)
-    data = stage_key(
-        "data",
-        content=content,
-        splits={split: [(s.path.relative_to(dataset.root).as_posix(), s.label) for s in samples] for split, samples in dataset.splits.items()},
-        classes=dataset.classes,
-    )
-    common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed,
-                  selection=dataset.selection, folds=config.folds)
-    keys = {"data_content": content, "data": data}
-    if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
-        model = Path(config.model)
-        files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
-        contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
-        keys["source"] = stage_key(
-            "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})
-        return _deployment_keys(config, keys, keys["source"], unlabeled)
-    head = dict(head="linear probe, C by cross-validation")
-    teacher = stage_key(
-        "teacher",
-        **common,
-        **head,
-        model=config.teacher,
-        weights=_weights_id(config.teacher_weights),
-        finetune_epochs=config.finetune_epochs,
-        finetune_learning_rate=config.finetune_learning_rate,
-        **_precision_key(config),
-    )
-    keys["teacher"] = teacher
-    if config.distills:
-        student_head = stage_key(
-            "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
-        )
-        training = dict(head=student_head, epochs=config.distill_epochs, learning_rate=config.distill_learning_rate)
-        unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
-        keys["student_head"] = student_head
-        keys["student"] = stage_key(
-            "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash
-        )
-        keys["baseline"] = stage_key("baseline", **training)
-    return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled)
-
-
-def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str, unlabeled) -> dict[str, str]:
-    """The adaptation's key (when one runs) and the float exports', from the deployed model's key:
-    the exports depend only on the deployed (and adapted) model, so a replay that changes only
-    the quantization takes them, verified once already, from the cache."""
-    keys["export"] = stage_key("export", model=deployed)
-    if config.unlabeled is not None and config.adapt != "none":
-        target_val = Path(config.target_val) if config.target_val else None
-        keys["adapt"] = stage_key(
-            "adapt",
-            model=deployed,
-            unlabeled=hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()),
-            method=config.adapt,
-            target_val=hash_files([p for p in sorted(target_val.rglob("*")) if p.is_file()], target_val) if target_val else None,
-            epochs=config.adapt_epochs,
-            max_drop=config.max_accuracy_drop,
-            seed=config.seed,
-        )
-        keys["export"] = stage_key("export", model=keys["export"], adapted=keys["adapt"])
-    return keys
-
-
-def _precision_key(config: CompileConfig) -> dict:
-    """The teacher's training precision, for its cache key: bf16 trains a different model."""
-    from edgetl.compiler.spec.precision import MIXED_POLICY, use_bf16
-
-    return {"precision": MIXED_POLICY} if use_bf16(config.mixed_precision, get_config(config.teacher))[0] else {}
-
-
 def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:
     """Refuse a weights file that is a full Keras model holding code, unless trusted.
 
@@ -868,12 +795,6 @@ def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:
             refuse_code_in_model_file(Path(weights), trust_model)
     if config.model is not None and Path(config.model).exists():  # --model: the same rule, before any work
         refuse_code_in_model_file(Path(config.model), trust_model)
-
-
-def _weights_id(weights: str) -> str:
-    """A weights option as it matters for caching: a file by its content, a name by itself."""
-    path = Path(weights)
-    return hash_files([path], path.parent) if path.is_file() else weights
 
 
 def _cached(cache: StageCache, stage: str, key: str, train) -> TrainedModel:

@@ -17,8 +17,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
+from edgetl.compiler.cache import hash_files, stage_key
+from edgetl.models import get_config
+
 if TYPE_CHECKING:
     from edgetl.compiler.cache import StageCache
+    from edgetl.compiler.data.datasets import Dataset
     from edgetl.compiler.progress import StageTimer
     from edgetl.compiler.spec.config import CompileConfig
 
@@ -32,7 +38,7 @@ class Stage:
     does: str  # one line: what the stage makes (the dry run prints it)
     applies: Callable[[CompileConfig], bool]
     # Entries of the stage cache the stage reads and writes, named as in `stage_keys`
-    # (compiler/pipeline.py); empty when it always runs.
+    # below; empty when it always runs.
     caches: tuple[str, ...] = ()
 
     def cached(self, cache: StageCache, keys: dict[str, str]) -> bool:
@@ -100,3 +106,86 @@ class StageSequence:
         if self.entered != self.expected:
             missing = [name for name in self.expected if name not in self.entered]
             raise RuntimeError(f"internal error: declared stages never ran: {', '.join(missing)} (compiler/stages.py)")
+
+
+# -- cache keys ----------------------------------------------------------------------------
+
+
+def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
+    """What each cached stage's result depends on, hashed (compiler/cache.py): the keys the
+    declaration's `caches` name, plus the data's, for the manifest."""
+    content = hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root)
+    data = stage_key(
+        "data",
+        content=content,
+        splits={split: [(s.path.relative_to(dataset.root).as_posix(), s.label) for s in samples] for split, samples in dataset.splits.items()},
+        classes=dataset.classes,
+    )
+    common = dict(data=data, batch_size=config.batch_size, dropout=config.dropout, patience=config.patience, seed=config.seed,
+                  selection=dataset.selection, folds=config.folds)
+    keys = {"data_content": content, "data": data}
+    if config.model is not None:  # nothing trained: the exports depend on the file and how it is wrapped
+        model = Path(config.model)
+        files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else [model]
+        contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
+        keys["source"] = stage_key(
+            "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})
+        return _deployment_keys(config, keys, keys["source"], unlabeled)
+    head = dict(head="linear probe, C by cross-validation")
+    teacher = stage_key(
+        "teacher",
+        **common,
+        **head,
+        model=config.teacher,
+        weights=_weights_id(config.teacher_weights),
+        finetune_epochs=config.finetune_epochs,
+        finetune_learning_rate=config.finetune_learning_rate,
+        **_precision_key(config),
+    )
+    keys["teacher"] = teacher
+    if config.distills:
+        student_head = stage_key(
+            "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
+        )
+        training = dict(head=student_head, epochs=config.distill_epochs, learning_rate=config.distill_learning_rate)
+        unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
+        keys["student_head"] = student_head
+        keys["student"] = stage_key(
+            "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash
+        )
+        keys["baseline"] = stage_key("baseline", **training)
+    return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled)
+
+
+def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str, unlabeled) -> dict[str, str]:
+    """The adaptation's key (when one runs) and the float exports', from the deployed model's key:
+    the exports depend only on the deployed (and adapted) model, so a replay that changes only
+    the quantization takes them, verified once already, from the cache."""
+    keys["export"] = stage_key("export", model=deployed)
+    if config.unlabeled is not None and config.adapt != "none":
+        target_val = Path(config.target_val) if config.target_val else None
+        keys["adapt"] = stage_key(
+            "adapt",
+            model=deployed,
+            unlabeled=hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()),
+            method=config.adapt,
+            target_val=hash_files([p for p in sorted(target_val.rglob("*")) if p.is_file()], target_val) if target_val else None,
+            epochs=config.adapt_epochs,
+            max_drop=config.max_accuracy_drop,
+            seed=config.seed,
+        )
+        keys["export"] = stage_key("export", model=keys["export"], adapted=keys["adapt"])
+    return keys
+
+
+def _precision_key(config: CompileConfig) -> dict:
+    """The teacher's training precision, for its cache key: bf16 trains a different model."""
+    from edgetl.compiler.spec.precision import MIXED_POLICY, use_bf16
+
+    return {"precision": MIXED_POLICY} if use_bf16(config.mixed_precision, get_config(config.teacher))[0] else {}
+
+
+def _weights_id(weights: str) -> str:
+    """A weights option as it matters for caching: a file by its content, a name by itself."""
+    path = Path(weights)
+    return hash_files([path], path.parent) if path.is_file() else weights

@@ -126,7 +126,7 @@ def test_student_size_null_and_its_value_key_the_same_stage(tmp_path):
     from conftest import write_color_dataset
     from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.data.datasets import scan_dataset
-    from edgetl.compiler.pipeline import _stage_keys
+    from edgetl.compiler.stages import stage_keys as _stage_keys
     from edgetl.compiler.spec.recipe import recipe_text
 
     data = write_color_dataset(tmp_path / "data")

@@ -73,7 +73,8 @@ def test_stage_keys_are_those_of_plain_string_settings(tmp_path):
     """The same settings key the same cached stages as before the modes were typed."""
     from conftest import write_color_dataset
     from edgetl.compiler.data.datasets import scan_dataset
-    from edgetl.compiler.pipeline import _stage_keys, run_id
+    from edgetl.compiler.pipeline import run_id
+    from edgetl.compiler.stages import stage_keys as _stage_keys
 
     data = write_color_dataset(tmp_path / "data")
     dataset = scan_dataset(data, val_fraction=0.15, test_fraction=0.15, seed=0, selection="holdout")

@@ -10,10 +10,11 @@ import pytest
 from conftest import write_color_dataset
 from edgetl.compiler.cache import StageCache
 from edgetl.compiler.data.datasets import scan_dataset
-from edgetl.compiler.pipeline import _stage_keys, plan
+from edgetl.compiler.pipeline import plan
 from edgetl.compiler.progress import StageTimer
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.stages import EXPORT_FILES, STAGES, StageSequence, stages_for
+from edgetl.compiler.stages import stage_keys as _stage_keys
 
 
 @pytest.fixture
