@@ -40,6 +40,8 @@ class Stage:
     # Entries of the stage cache the stage reads and writes, named as in `stage_keys`
     # below; empty when it always runs.
     caches: tuple[str, ...] = ()
+    # How a user leaves the stage out when it is optional (the report prices it), else "".
+    skip_with: str = ""
 
     def cached(self, cache: StageCache, keys: dict[str, str]) -> bool:
         """Whether every cache entry of this stage is already held (the run reuses them)."""
@@ -64,14 +66,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", "decode-check every image; split, or plan the cross-validation folds", _always),
     Stage("source", "wrap the given --model: raw pixels in, its preprocessing inside the graph", lambda c: c.model is not None),
     Stage("teacher", "linear probe on frozen features, then fine-tuning; the better by the selection rule", _trains, ("teacher",)),
-    Stage("student", "the student's probe, then distillation from the teacher", _distils, ("student_head", "student")),
-    Stage("baseline", "the student on the labels alone, for the ablation", lambda c: _distils(c) and c.baseline, ("baseline",)),
-    Stage("adapt", "adapt the deployed model to the --unlabeled images", lambda c: c.unlabeled is not None and c.adapt != "none", ("adapt",)),
+    Stage("student", "the student's probe, then distillation from the teacher", _distils, ("student_head", "student"),
+          skip_with="--student none (deploys the teacher)"),
+    Stage("baseline", "the student on the labels alone, for the ablation", lambda c: _distils(c) and c.baseline, ("baseline",),
+          skip_with="--no-baseline"),
+    Stage("adapt", "adapt the deployed model to the --unlabeled images", lambda c: c.unlabeled is not None and c.adapt != "none", ("adapt",),
+          skip_with="--adapt none"),
     Stage("export", "float32 TFLite and ONNX files", _always, ("export",)),
     Stage("verify", "each float export against its Keras model", _always),
     Stage("optimize", "quantized (and pruned) candidates, measured; the accuracy gate chooses", _always),
     Stage("package", "deployed files with metadata, labels, app handoff", _always),
-    Stage("robustness", "the deployed files on camera corruptions", lambda c: c.robustness),
+    Stage("robustness", "the deployed files on camera corruptions", lambda c: c.robustness, skip_with="--no-robustness"),
 )
 
 

@@ -269,10 +269,26 @@ def render(report: dict, out: Path) -> str:
             f"<li><code>{_e(s['path'])}</code>: {_e(s['reason'])}</li>" for s in ds["skipped"]) + "</ul>")
 
     parts.append(render_robustness_section(report))
-    parts.append("<h2>Wall time per stage</h2><table>" + "".join(
-        f"<tr><td>{_e(k)}</td><td class='n'>{v:.1f} s</td></tr>" for k, v in report["timings_s"].items()) + "</table>")
+    parts += _wall_time_section(report)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _wall_time_section(report: dict) -> list[str]:
+    """Each stage's wall time and share of the compile, what it does, and for an optional one the
+    option that leaves it out: what the ablation and the corruption suite cost, priced."""
+    from edgetl.compiler.stages import STAGES
+
+    declared = {stage.name: stage for stage in STAGES}
+    total = report.get("total_s") or sum(report["timings_s"].values()) or 1.0
+    rows = []
+    for name, seconds in report["timings_s"].items():
+        stage = declared.get(name)
+        skip = f"optional: <code>{_e(stage.skip_with)}</code> leaves it out" if stage and stage.skip_with else ""
+        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(stage.does if stage else '')}</td><td class='n'>{seconds:.1f} s</td>"
+                    f"<td class='n'>{seconds / total:.0%}</td><td>{skip}</td></tr>")
+    return ["<h2>Wall time per stage</h2>", f"<p>Total {total:.0f} s.</p>",
+            "<table><tr><th>stage</th><th>what it does</th><th>wall time</th><th>share</th><th></th></tr>" + "".join(rows) + "</table>"]
 
 
 def write_html_report(report: dict, out: Path) -> Path:

@@ -247,3 +247,20 @@ def test_the_page_says_which_candidate_each_model_kept_and_why(tmp_path):
     assert "within noise" in teacher[5] and "not beyond noise" in teacher[5] and teacher[3].startswith("3 epochs: 81.0%")
     assert student[1] == "3-fold cross-validation" and student[4] == "2 epochs of training"
     assert "better than the probe" in student[5] and student[2].startswith("75.0% (")
+
+
+def test_the_page_prices_each_stage_and_says_how_to_leave_out_the_optional_ones(tmp_path):
+    """Issue 15: the ablation and the corruption suite priced in the report."""
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    report["timings_s"] = {"data": 2.0, "teacher": 50.0, "student": 20.0, "baseline": 10.0, "export": 8.0,
+                           "verify": 4.0, "optimize": 30.0, "package": 1.0, "robustness": 25.0}
+    report["total_s"] = 150.0
+    page = render(report, tmp_path)
+    section = page[page.index("<h2>Wall time per stage</h2>"):]
+    rows = re.findall(r"<tr><td>(\w+)</td><td>[^<]*</td><td class='n'>([\d.]+) s</td><td class='n'>(\d+)%</td><td>(.*?)</td></tr>", section)
+    assert [r[0] for r in rows] == list(report["timings_s"])
+    shares = {name: int(share) for name, _, share, _ in rows}
+    assert shares["teacher"] == 33 and shares["robustness"] == 17 and shares["baseline"] == 7
+    skips = {name: skip for name, _, _, skip in rows}
+    assert "--no-robustness" in skips["robustness"] and "--no-baseline" in skips["baseline"]
+    assert skips["teacher"] == skips["export"] == ""
