@@ -33,16 +33,23 @@ from edgetl.errors import DataError, OutputExistsError, OutputInUseError, Output
 RUN_MARKER = ".edgetl-incomplete"  # present from the start of a compile until it is published
 LOCK_FILE = ".edgetl.lock"
 STAGING_DIR = ".edgetl-staging"
+# The files of a build (the report, recipe and metadata files are named in their own modules).
+TFLITE_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+TEACHER_FILE = "teacher.keras"
+STUDENT_FILE = "student.keras"
+SOURCE_FILE = "source.keras"  # --model: the user's model wrapped (raw pixels in, preprocessing inside)
+VARIANTS_FP32_TFLITE = "variants/model.fp32.tflite"  # the verified float export
 # What edgetl writes at the top of --out: replaced as a whole by --overwrite. Anything else in
 # --out is the user's and is left alone.
 EDGETL_FILES = (
-    "model.tflite", "model.onnx", "teacher.keras", "student.keras", "labels.txt", "model_info.json", "report.json",
+    TFLITE_FILE, ONNX_FILE, TEACHER_FILE, STUDENT_FILE, SOURCE_FILE, "labels.txt", "model_info.json", "report.json",
     "report.html", "confusion_matrix.png", "recipe.yaml", "manifest.json",
 )
 EDGETL_DIRS = ("variants", "app")
 _HIDDEN_OWN = (RUN_MARKER, LOCK_FILE, STAGING_DIR)
 # Final names of deployable files: never left in place when a check failed.
-DEPLOYABLE = ("model.tflite", "model.onnx")
+DEPLOYABLE = (TFLITE_FILE, ONNX_FILE)
 # Errors of the environment, not of edgetl: reported as one line naming the path and the cause.
 # Anywhere in a compile: a full disk, a read-only or forbidden place.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

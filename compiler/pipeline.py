@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import os
 import shutil
 import time
@@ -35,24 +34,20 @@ from edgetl.compiler.cache import StageCache, default_cache_root, stage_key
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.outputs import RUN_MARKER  # noqa: F401 (importable from here, as before)
 from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, check_location, environment_errors
-from edgetl.compiler.spec.recipe import MANIFEST_FILE, RECIPE_FILE, recipe_text, write_manifest, write_recipe
+from edgetl.compiler.outputs import ONNX_FILE, SOURCE_FILE, STUDENT_FILE, TEACHER_FILE, TFLITE_FILE, VARIANTS_FP32_TFLITE
+from edgetl.compiler.spec.recipe import recipe_text, write_manifest, write_recipe
 from edgetl.compiler.spec.targets import get_target
 from edgetl.compiler.data.datasets import RESIZE_POLICY, Dataset, load_images, scan_dataset, scan_unlabeled
 from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.progress import StageTimer, activity, console, progress_bar
 from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stage_keys, stages_for
-from edgetl.compiler.report.html import HTML_FILE, write_html_report
+from edgetl.compiler.report import assemble
+from edgetl.compiler.report.html import write_html_report
 from edgetl.compiler.report.summary import CONFUSION_PNG, plot_confusion_matrix, print_summary, write_report
 from edgetl.errors import ExportMismatchError, ModelFileError, ResourceError, SettingError
 from edgetl.models import ModelConfig, get_config
-from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE, ModelInfo
+from edgetl.runtime.model_info import ModelInfo
 
-TEACHER_FILE = "teacher.keras"
-STUDENT_FILE = "student.keras"
-SOURCE_FILE = "source.keras"  # --model: the user's model wrapped (raw pixels in, preprocessing inside)
-TFLITE_FILE = "model.tflite"
-ONNX_FILE = "model.onnx"
-VARIANTS_FP32_TFLITE = "variants/model.fp32.tflite"  # the verified float export (_verify_float)
 
 
 def prepare_output(out: Path, overwrite: bool, run_id: str | None = None) -> Path:
@@ -442,13 +437,13 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
             robustness = _robustness(config, out, deployed, optimizer, deployed_files, images)
 
     stages.finish()
-    artifacts = _artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
+    artifacts = assemble.artifacts(out, teacher, deployed, optimizer, deployed_files, images, classes)
     deployed_artifact = next(a for a in artifacts if a["file"] == TFLITE_FILE)
-    report = _build_report(given, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, stages.timer, start)
+    report = assemble.build_report(given, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, stages.timer, start)
     report["distribution"] = distribution.describe(strategy)
     deployed_cv = report["models"][deployed.role].get("cv")
     if deployed_artifact["test"] is not None or deployed_cv is None:
-        metrics = _scored(deployed_artifact)
+        metrics = assemble.scored(deployed_artifact)
         where = "on the test split" if deployed_artifact["test"] is not None else "on the training images (no test split)"
         title = f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) {where}: accuracy {metrics['accuracy']:.1%}"
     else:
@@ -461,7 +456,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     report["app"] = deployed_files.get("app")
     report["adaptation"] = adaptation
     report["robustness"] = robustness
-    report["deployed"]["test_predictions"] = _test_predictions(dataset, optimizer, deployed_files, teacher, deployed, baseline)
+    report["deployed"]["test_predictions"] = assemble.test_predictions(dataset, optimizer, deployed_files, teacher, deployed, baseline)
     write_report(report, out)
     write_html_report(report, out)
     write_recipe(given, out)
@@ -1102,140 +1097,6 @@ def _golden_indices(y: np.ndarray, num_classes: int, count: int = 6) -> list[int
     return picks
 
 
-def _artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, images: ImageCache, classes) -> list[dict]:
-    from edgetl.compiler.compression.optimize import gzip_size
-    from edgetl.compiler.export.verify import compare
-
-    _, y_test = images.get("test", deployed.input_size)
-    held_out = images.held_out["test"]
-    rows = [_artifact(out / _keras_file(teacher), "keras", teacher.test_probs, y_test, classes, None, held_out)]
-    if deployed is not teacher:
-        rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None, held_out))
-    fp32_accuracy = {}
-    variant_rows = []
-    for c in optimizer.candidates:
-        runtime = "litert" if c.format == "tflite" else "onnxruntime"
-        reference = deployed.test_probs if c.reference_probs is None else c.reference_probs
-        parity = compare(c.file, runtime, c.test_probs, reference, deployed.config.export_atol if c.precision == "fp32" else 1.0)
-        row = _artifact(c.path, runtime, c.test_probs, y_test, classes, {**parity.to_json(), "against": c.reference}, held_out)
-        row.update(
-            file=c.file,
-            precision=c.precision,
-            sparsity=c.sparsity,
-            origin=c.origin,
-            gzip_bytes=gzip_size(c.path),
-            latency_p50_ms=c.latency_p50_ms,
-            val_accuracy=c.val_accuracy,
-            gate=c.gate,
-        )
-        if c.name == "fp32":
-            fp32_accuracy[c.format] = _scored(row)["accuracy"]
-        variant_rows.append(row)
-    for row in variant_rows:
-        row["accuracy_delta"] = _scored(row)["accuracy"] - fp32_accuracy[row["format"]]
-    by_file = {row["file"]: row for row in variant_rows}
-    for final, variant in ((TFLITE_FILE, deployed_files["deployed"]["tflite_variant"]), (ONNX_FILE, deployed_files["deployed"]["onnx_variant"])):
-        row = dict(by_file[variant], file=final, size_bytes=(out / final).stat().st_size, gzip_bytes=gzip_size(out / final), variant=variant)
-        rows.append(row)
-    return rows + variant_rows
-
-
-def _test_predictions(dataset: Dataset, optimizer, deployed_files: dict, teacher, deployed, baseline) -> list[dict]:
-    """Per test image: what model.tflite said, for the report's gallery of mistakes.
-
-    `keras` holds each trained Keras model's answer (teacher, student, baseline), so the report
-    can compare models image by image (paired differences) and tell a confident mistake that
-    every model repeats (a likely label error) from one model's slip. Paths are relative to
-    the data root, in the order of the test split.
-    """
-    variant = deployed_files["deployed"]["tflite_variant"]
-    probs = next(c for c in optimizer.candidates if c.file == variant).test_probs
-    keras_probs = {m.role: m.test_probs for m in (teacher, deployed, baseline) if m is not None}
-    rows = []
-    for i, sample in enumerate(dataset.splits["test"]):  # empty without a held-out test split
-        row = {
-            "path": sample.path.relative_to(dataset.root).as_posix(),
-            "true": dataset.classes[sample.label],
-            "predicted": dataset.classes[int(probs[i].argmax())],
-            "confidence": round(float(probs[i].max()), 4),
-        }
-        row["keras"] = {
-            role: {"predicted": dataset.classes[int(p[i].argmax())], "confidence": round(float(p[i].max()), 4)}
-            for role, p in keras_probs.items()
-        }
-        rows.append(row)
-    return rows
-
-
-def _build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, baseline, artifacts, timer, start) -> dict:
-    _, y_test = images.get("test", deployed.input_size)
-    classes = dataset.classes
-    dataset_report = dataset.to_report()
-    if config.unlabeled:
-        dataset_report["unlabeled"] = {
-            "root": str(config.unlabeled),
-            "images": len(images.samples["unlabeled"]),
-            "skipped": [{"path": s.path.as_posix(), "reason": s.reason} for s in unlabeled_skipped],
-        }
-    held_out = images.held_out["test"]
-    _, y_train = images.get("train", deployed.input_size)
-    summarise = dict(test_held_out=held_out, y_train=y_train)
-    models = {teacher.role: teacher.summary(y_test, classes, **summarise)}
-    if deployed is not teacher:
-        models["student"] = deployed.summary(y_test, classes, **summarise)
-    if baseline is not None:
-        models["baseline"] = baseline.summary(y_test, classes, **summarise)
-    comparison = None
-    if baseline is not None:
-        source = "test" if held_out else "cv"
-        student, base, teach = (models[r].get(source) for r in ("student", "baseline", "teacher"))
-        if student and base:
-            comparison = {
-                "measured_on": "the held-out test split" if held_out else "cross-validation (out-of-fold, all labelled images)",
-                "distillation_gain_accuracy": student["accuracy"] - base["accuracy"],
-                "distillation_gain_macro_f1": student["macro_f1"] - base["macro_f1"],
-                "student_minus_teacher_accuracy": student["accuracy"] - teach["accuracy"] if teach else None,
-            }
-    files = [TFLITE_FILE, ONNX_FILE, _keras_file(teacher)] + ([STUDENT_FILE] if deployed is not teacher else [])
-    return {
-        "edgetl_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "out": str(config.out),
-        "config": config.to_json(),
-        "dataset": dataset_report,
-        "models": models,
-        "distillation": comparison,
-        "evaluation": _evaluation(config, dataset, images),
-        "artifacts": artifacts,
-        "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
-        "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
-        "total_s": round(time.perf_counter() - start, 2),
-        "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, RECIPE_FILE, MANIFEST_FILE, "variants/", "app/"],
-    }
-
-
-def _evaluation(config, dataset, images: ImageCache) -> dict:
-    """How every accuracy in the report was obtained, in words and figures."""
-    n_train, n_val, n_test = (len(dataset.splits[s]) for s in ("train", "val", "test"))
-    given = "given" if "test" not in dataset.carved else "carved from the training images"
-    if config.model is not None:
-        return _source_evaluation(config, dataset)
-    if dataset.selection == "cv":
-        choices = (f"{config.folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
-                   "between each model's linear probe and its fine-tuning or distillation, and the number of epochs; "
-                   "each deployed model was then refit on all of them")
-    else:
-        choices = (f"the validation split ({n_val} images) chose between each model's linear probe and its "
-                   "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation")
-    test = (f"accuracies marked test are on the held-out test split ({n_test} images, {given}), which decided nothing"
-            if images.held_out["test"] else
-            "there is no test split: model accuracies are cross-validated estimates (marked cv); the exported files "
-            "were scored on the training images only, to measure what quantization changed, not accuracy")
-    return {"selection": dataset.selection, "folds": config.folds if dataset.selection == "cv" else None,
-            "cv_below": config.cv_below, "test_images": n_test, "val_images": n_val, "train_images": n_train,
-            "choices": choices, "accuracy": test}
-
-
 def _save_keras(model, path: Path) -> None:
     from edgetl._compat import keras
     from edgetl.atomic import atomic_path
@@ -1246,35 +1107,9 @@ def _save_keras(model, path: Path) -> None:
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
 
 
-def _artifact(path: Path, runtime: str, probs, y_true, classes, parity: dict | None, held_out: bool = True) -> dict:
-    """A file's figures. Without a held-out test split its accuracy is measured on the training
-    images, under "training_images": a measure of what quantization lost, never of accuracy."""
-    metrics = classification_metrics(y_true, probs, classes)
-    return {
-        "file": path.name,
-        "format": path.suffix.lstrip("."),
-        "runtime": runtime,
-        "precision": "float32",
-        "size_bytes": path.stat().st_size,
-        "test": metrics if held_out else None,
-        **({} if held_out else {"training_images": metrics}),
-        "parity": parity,
-    }
-
-
-def _scored(row: dict) -> dict:
-    """A row's metrics: on the test split, or on the training images when there is none."""
-    return row["test"] if row.get("test") is not None else row["training_images"]
-
-
 # --------------------------------------------------------------------------------------------
 # --model: a classifier trained elsewhere (compiler/training/source_model.py)
 # --------------------------------------------------------------------------------------------
-
-
-def _keras_file(trained: TrainedModel) -> str:
-    """The Keras file a model is saved as in the build."""
-    return {"source": SOURCE_FILE, "student": STUDENT_FILE}.get(trained.role, TEACHER_FILE)
 
 
 def _source_dataset(dataset: Dataset, source, config: CompileConfig) -> Dataset:
@@ -1363,27 +1198,3 @@ def _conversion_errors(deployed: TrainedModel, what: str, still_works: str = "no
         where = next((a or b for a, b in named), None)
         detail = f"at {where}" if where else f"({type(exc).__name__}: {text[:200]})"
         raise ModelFileError(f"{deployed.name}: {what} failed {detail}; {still_works}") from None
-
-
-def _source_evaluation(config: CompileConfig, dataset: Dataset) -> dict:
-    """How the figures of a --model compile were obtained."""
-    train, test = dataset.splits["train"], dataset.splits["test"]
-    if test is train:
-        accuracy = (f"nothing was trained: every one of the {len(test)} images of DATA calibrated int8, fed the accuracy gate "
-                    "and scored the files, and accuracies marked test are on all of them. edgetl cannot know whether your "
-                    "model was trained on some of these images: if it was, they overstate its accuracy on new images "
-                    "(give DATA a test/ folder of images it never saw for a held-out figure). What quantization changed "
-                    "(file against the source model, same images) is measured either way")
-        images = f"all {len(test)} images of DATA"
-        measured = (f"Nothing was trained here (--model): accuracies are on all {len(test)} images of DATA, which also calibrated "
-                    "int8 and fed the accuracy gate; your model may have been trained on some of them (a test/ folder of new "
-                    "images gives a held-out figure). Brackets give the 95% Wilson interval.")
-    else:
-        accuracy = (f"nothing was trained: the {len(train)} images of train/ (and val/) calibrated int8 and fed the accuracy gate; "
-                    f"accuracies marked test are on the {len(test)} images of test/, which decided nothing")
-        images = f"the {len(test)} images of test/"
-        measured = (f"Nothing was trained here (--model): accuracies are on the {len(test)} images of test/, which decided nothing "
-                    "(your model may still have seen them in its own training). Brackets give the 95% Wilson interval.")
-    return {"selection": "none (--model: nothing trained)", "folds": None, "cv_below": config.cv_below, "test_images": len(test),
-            "val_images": 0, "train_images": len(train), "choices": "none: the model was given (--model)",
-            "accuracy": accuracy, "scored_on": images, "measured": measured}
