@@ -602,6 +602,9 @@ def fine_tune(
         # mirrored kernels (measured: TypeError in PruneLowMagnitude's weight_mask_op).
         distiller = Distiller(student_logits, teacher_logits, temperature, alpha)
         distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        # Built before fit, so BackupAndRestore (distribution.fit_callbacks) can restore the
+        # optimizer's state too; Keras skips that for an unbuilt model, with a warning.
+        distiller.build((None, *student_logits.input_shape[1:]))
     from edgetl.compiler.data.streaming import eval_data, validation_data
 
     start_loss, start_acc = distiller.evaluate(**eval_data(val, batch_size), verbose=0)
