@@ -7,6 +7,9 @@ From the float model to deploy, it builds candidate files:
           with --prune S: the pruned model as fp32 and, pruning-preserving QAT, as int8.
   ONNX    fp32, int8 (ONNX Runtime static QDQ, per channel, the same calibration images),
           fp16 for TensorRT targets.
+Under a tf.distribute strategy (--strategy), QAT, pruning and clustering fine-tune across its
+replicas like the training stages, and each trained model is copied back to an ordinary Keras
+model before it is converted.
 Every candidate is run in its runtime on the validation and test splits and timed at batch 1
 on this machine. The accuracy gate compares validation accuracy (the test split never decides
 anything) with the float model's; among the candidates within `max_accuracy_drop` points the
@@ -143,7 +146,10 @@ class Optimizer:
         # The tf.distribute strategy the training stages ran under (None: the default one
         # device). QAT, pruning and clustering fine-tune under it too: `config` is then already
         # scaled for its replicas (pipeline._scaled_for: global batch, learning rates x R).
+        from edgetl.compiler.training.distribution import is_default
+
         self.strategy = strategy
+        self._distributed = strategy is not None and not is_default(strategy)  # asked outside any scope
         self._teacher_in_strategy = None
 
     # -- inputs -------------------------------------------------------------------------
@@ -281,12 +287,6 @@ class Optimizer:
         return self._add(self._candidate("tflite", "int8", label, compressed, qat=True), data)
 
     # -- the distribution strategy ------------------------------------------------------
-    @property
-    def _distributed(self) -> bool:
-        from edgetl.compiler.training.distribution import is_default
-
-        return self.strategy is not None and not is_default(self.strategy)
-
     def _scope(self):
         """Where a tfmot-wrapped model is built: inside the strategy's scope, so its variables
         are mirrored across the replicas (a no-op on one device)."""
