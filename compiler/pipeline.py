@@ -426,7 +426,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
 
     with stages.stage("optimize", "quantization and pruning: building, measuring and choosing"):
         with _conversion_errors(deployed, "building the quantized files", "--quantize fp16 or fp32 still works, and int8 without --qat/--prune"):
-            optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed))
+            optimizer = _optimize(config, target, out, teacher, deployed, images, float_files, _target_calibration(config, adaptation, images, deployed), strategy)
 
     with stages.stage("package", "deployed files, metadata, app handoff"):
         deployed_files = _package(config, target, out, deployed, optimizer, classes, images)
@@ -856,7 +856,7 @@ def _verify_float(out: Path, deployed: TrainedModel, unverified: dict, images: I
     return verified
 
 
-def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None):
+def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None, strategy=None):
     from edgetl.compiler.compression.optimize import Optimizer
     from edgetl.runtime.measure import default_threads
 
@@ -872,6 +872,7 @@ def _optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, d
         out=out,
         threads=threads,
         calibration=calibration,
+        strategy=strategy,  # QAT, pruning and clustering train under it, like the training stages
     )
     optimizer.add_float(float_files["tflite"], float_files["onnx"])
     mode = config.quantize

@@ -98,6 +98,65 @@ def test_prune_then_strip_keeps_outputs_and_reaches_the_target(data):
     assert _same(before, model.get_weights())  # the float model is untouched
 
 
+def test_pruning_trains_under_a_distribution_strategy_and_strips_to_a_plain_model(data):
+    """Built inside a MirroredStrategy's scope (one CPU replica here: the same mirrored variables
+    and cross-replica mask updates as on several GPUs), the pruned model and the teacher copy
+    fine-tune under it, and strip() gives back an ordinary model with the same outputs."""
+    from edgetl._compat import tf
+
+    def distributed(model):
+        return [isinstance(v, tf.distribute.DistributedValues) for v in model.weights]
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    begin, end = C.pruning_steps(len(data["train"][1]), 16, ramp_epochs=1)
+    with strategy.scope():
+        pruned = C.prune(data["model"], 0.5, begin, end)
+        teacher = C.copy_model(data["model"])
+    assert all(distributed(pruned)) and all(distributed(teacher))
+    result = _fine_tune(pruned, data, epochs=2, learning_rate=1e-3, teacher=teacher, strategy=strategy)
+    assert result.replicas == 1 and result.distilled
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
+    with strategy.scope():  # tfmot's wrappers run only under the strategy that made them
+        expected = _predict(pruned, data["x_test"])
+    stripped = C.strip(pruned)
+    assert not any(distributed(stripped))
+    np.testing.assert_allclose(_predict(stripped, data["x_test"]), expected, atol=1e-6)
+    assert C.sparsity_of(stripped) == pytest.approx(0.5, abs=0.01)
+
+
+def test_an_interrupted_pruning_fit_resumes_from_its_backup(data, tmp_path):
+    """Distributed compiles back every fit up (distribution.fit_callbacks): a pruning fine-tune
+    stopped after its 2nd of 4 epochs, run again, begins at the 3rd and still reaches the target."""
+    from edgetl._compat import keras
+    from edgetl.compiler.training import distribution
+
+    began = []
+
+    class StopAfter(keras.callbacks.Callback):
+        def __init__(self, epoch):
+            super().__init__()
+            self.stop_epoch = epoch
+
+        def on_epoch_begin(self, epoch, logs=None):
+            began.append(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.stop_epoch:
+                raise KeyboardInterrupt  # as a lost worker: the fit ends without finishing
+
+    begin, end = C.pruning_steps(len(data["train"][1]), 16, ramp_epochs=2)
+    try:
+        distribution.set_backup(tmp_path / "backup")
+        with pytest.raises(KeyboardInterrupt):
+            _fine_tune(C.prune(data["model"], 0.5, begin, end), data, epochs=4, learning_rate=1e-3, callbacks_extra=[StopAfter(1)])
+        distribution.set_backup(tmp_path / "backup")  # the same command again: its first fit is fit-1 again
+        result = _fine_tune(C.prune(data["model"], 0.5, begin, end), data, epochs=4, learning_rate=1e-3, callbacks_extra=[StopAfter(-1)])
+    finally:
+        distribution.set_backup(None)
+    assert began == [0, 1, 2, 3]  # epochs 0-1, then 2-3: resumed, not started over
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
+
+
 def test_prune_head_option_and_bad_arguments(data):
     pruned = C.prune(data["model"], 0.5, 0, 4, prune_head=True)
     assert "prune_low_magnitude_logits" in [layer.name for layer in pruned.layers]

@@ -104,6 +104,55 @@ def test_mirrored_compile_over_two_logical_cpus(tmp_path):
     assert {a["file"] for a in checked} >= {"model.tflite", "model.onnx"} and all(a["parity"]["passed"] for a in checked)
 
 
+SPLIT_CPU_AND_COMPILE = """
+import sys
+from edgetl._compat import tf
+if sys.argv[1] == "mirrored":  # two logical CPU devices: two replicas
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from edgetl.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["mirrored", "one"])
+def test_pruning_and_qat_train_under_the_strategy(tmp_path, strategy):
+    """--prune 0.5 --qat: QAT, pruning and pruning-preserving QAT fine-tune under the compile's
+    strategy (two replicas under MirroredStrategy over two logical CPUs, one under --strategy
+    one), and their files are built and checked against the Keras models they came from."""
+    from conftest import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data", per_class=12)
+    out = tmp_path / "out"
+    short = tmp_path / "short.yaml"  # fewer compression epochs than the defaults: the test stays short
+    short.write_text("prune_epochs: 2\nqat_epochs: 1\n")
+    args = ["compile", str(data), "--recipe", str(short), "--out", str(out), "--strategy", strategy,
+            "--prune", "0.5", "--qat", "--finetune-epochs", "1", *TINY, "--quantize", "int8"]
+    run = subprocess.run([sys.executable, "-c", SPLIT_CPU_AND_COMPILE, strategy, *args], env=_env(), capture_output=True,
+                         text=True, timeout=CHILD_TIMEOUT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    replicas = 2 if strategy == "mirrored" else 1
+    assert report["distribution"]["replicas"] == replicas
+    trained = report["optimization"]["trained"]
+    assert set(trained) == {"int8-qat", "pruning", "int8-qat-pruned50"}
+    assert {name: record["replicas"] for name, record in trained.items()} == dict.fromkeys(trained, replicas)
+    assert trained["pruning"]["stage"]["epochs_run"] == 2 and trained["int8-qat"]["stage"]["epochs_run"] == 1
+    # Learning rates scaled like the training stages' (pipeline._scaled_for): x R.
+    given = report["config"]
+    assert trained["pruning"]["learning_rate"] == pytest.approx(given["prune_learning_rate"] * replicas)
+    assert trained["int8-qat"]["learning_rate"] == pytest.approx(given["qat_learning_rate"] * replicas)
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    built = ["variants/model.int8-qat.tflite", "variants/model.fp32-pruned50.tflite",
+             "variants/model.int8-qat-pruned50.tflite", "variants/model.int8-pruned50.onnx"]
+    for name in built:
+        assert (out / name).is_file(), name
+        assert by_file[name]["parity"]["passed"], (name, by_file[name]["parity"])
+    pruned = [by_file[name] for name in built if "pruned50" in name]
+    assert all(a["sparsity"] == pytest.approx(0.5, abs=0.05) and "pruned50" in a["parity"]["against"] for a in pruned)
+
+
 @pytest.mark.slow
 def test_two_workers_on_loopback(tmp_path):
     """Two MultiWorkerMirroredStrategy workers: the chief's build is complete and verified, the

@@ -66,6 +66,12 @@ def _copy(model):
     return clone
 
 
+def copy_model(model):
+    """A copy of an ordinary (not tfmot-wrapped) model with new variables, made in the current
+    scope: inside `strategy.scope()`, a mirrored copy of a plain model for distributed fine-tuning."""
+    return _copy(model)
+
+
 def _inner(layer):
     """The layer a tfmot wrapper (QuantizeWrapper, PruneLowMagnitude, QuantizeAnnotate) wraps."""
     while hasattr(layer, "layer") and isinstance(layer.layer, keras.layers.Layer):
@@ -506,6 +512,7 @@ class CompressResult:
     learning_rate: float
     seconds: float
     model: object = dataclasses.field(default=None, repr=False)
+    replicas: int = 1  # devices that trained it in sync (tf.distribute), 1 on one device
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(dataclasses.replace(self, model=None))
@@ -561,6 +568,7 @@ def fine_tune(
     label: str = "fine-tune",
     patience: int | None = None,
     callbacks_extra: list | None = None,
+    strategy=None,
 ) -> CompressResult:
     """Fine-tune a QAT, pruned or PQAT model (in place) for `epochs`; keep the best on val.
 
@@ -569,6 +577,11 @@ def fine_tune(
     unlabelled); val: pixels at the model's input size. Pruned models get tfmot's
     UpdatePruningStep callback, and only epochs whose measured sparsity has reached the
     schedule's target count as candidates for the best weights.
+
+    strategy: the tf.distribute strategy `model` (and `teacher`) were built under (their
+    variables created inside `strategy.scope()`); the distillation wrapper is made and compiled
+    there too, and `batch_size` is the global batch (split across the replicas). None: the
+    default one-device strategy.
     """
     from edgetl.compiler.training.distill import Distiller, distillation_dataset
 
@@ -581,8 +594,17 @@ def fine_tune(
         # Frozen by construction: the Distiller trains the student's variables only and runs
         # the teacher with training=False (its flags are left alone: it is the caller's model).
         teacher_logits = keras.Model(teacher.input, find_layer(teacher, LOGITS_LAYER).output)
-    distiller = Distiller(student_logits, teacher_logits, temperature, alpha)
-    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        # Under a distribution strategy the wrapper's metrics and the optimizer's slots must be
+        # mirrored like the model's variables: a wrapper compiled outside the scope runs its
+        # steps under the default strategy, and tfmot's pruning mask update then fails on the
+        # mirrored kernels (measured: TypeError in PruneLowMagnitude's weight_mask_op).
+        distiller = Distiller(student_logits, teacher_logits, temperature, alpha)
+        distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        # Built before fit, so BackupAndRestore (distribution.fit_callbacks) can restore the
+        # optimizer's state too; Keras skips that for an unbuilt model, with a warning.
+        distiller.build((None, *student_logits.input_shape[1:]))
     from edgetl.compiler.data.streaming import eval_data, validation_data
 
     start_loss, start_acc = distiller.evaluate(**eval_data(val, batch_size), verbose=0)
@@ -636,4 +658,5 @@ def fine_tune(
         learning_rate=float(learning_rate),
         seconds=time.perf_counter() - start,
         model=model,
+        replicas=int(strategy.num_replicas_in_sync),
     )

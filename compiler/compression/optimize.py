@@ -7,6 +7,9 @@ From the float model to deploy, it builds candidate files:
           with --prune S: the pruned model as fp32 and, pruning-preserving QAT, as int8.
   ONNX    fp32, int8 (ONNX Runtime static QDQ, per channel, the same calibration images),
           fp16 for TensorRT targets.
+Under a tf.distribute strategy (--strategy), QAT, pruning and clustering fine-tune across its
+replicas like the training stages, and each trained model is copied back to an ordinary Keras
+model before it is converted.
 Every candidate is run in its runtime on the validation and test splits and timed at batch 1
 on this machine. The accuracy gate compares validation accuracy (the test split never decides
 anything) with the float model's; among the candidates within `max_accuracy_drop` points the
@@ -126,7 +129,8 @@ def measure_latency(session, image: np.ndarray, runs: int = 30, warmup: int = 5)
 class Optimizer:
     """Builds and measures candidates for one float model; `choose` applies the gate."""
 
-    def __init__(self, *, float_model, teacher_model, train_views, config, images, size: int, out: Path, threads: int, calibration=None):
+    def __init__(self, *, float_model, teacher_model, train_views, config, images, size: int, out: Path, threads: int, calibration=None,
+                 strategy=None):
         self.float_model = float_model
         self.teacher_model = teacher_model  # float Keras teacher for distillation during QAT/pruning, or None
         self.train_views = train_views  # (pixels, labels) as the distillation stage trains on
@@ -139,6 +143,14 @@ class Optimizer:
         self.trained: dict[str, dict] = {}  # QAT / pruning fine-tuning records, for the report
         self._calibration = calibration  # None: a class-balanced sample of the training split
         self._reference_probs: dict[int, np.ndarray] = {}
+        # The tf.distribute strategy the training stages ran under (None: the default one
+        # device). QAT, pruning and clustering fine-tune under it too: `config` is then already
+        # scaled for its replicas (pipeline._scaled_for: global batch, learning rates x R).
+        from edgetl.compiler.training.distribution import is_default
+
+        self.strategy = strategy
+        self._distributed = strategy is not None and not is_default(strategy)  # asked outside any scope
+        self._teacher_in_strategy = None
 
     # -- inputs -------------------------------------------------------------------------
     @property
@@ -257,24 +269,53 @@ class Optimizer:
             "pruning": (compress.prune_preserving_qat, "pruning-preserving QAT"),
             "clusters": (compress.cluster_preserving_qat, "pruning- and cluster-preserving QAT"),
         }[preserve]
-        qat = make(model, self.calibration, batch_size=self.config.batch_size)
+        with self._scope():
+            qat = make(model, self.calibration, batch_size=self.config.batch_size)
         label = what + (" + distillation" if self.teacher_model else "")
         result = self._fine_tune(qat, self.config.qat_epochs, self.config.qat_learning_rate, what)
         name = candidate_name("int8", qat=True, **_compression_fields(compressed))
         self.trained[name] = result.to_json()
+        if self._distributed:
+            # The converter gets an ordinary model: the same QAT wrapping built outside the
+            # strategy, with the trained weights (quantization ranges included).
+            plain = make(model, None)
+            plain.set_weights(qat.get_weights())
+            qat = plain
         with progress_bar(f"TFLite {name}", 1) as advance:
             data = convert_tflite(qat, "int8", calibration=self.calibration, io_dtype=self.config.io_dtype)
             advance()
         return self._add(self._candidate("tflite", "int8", label, compressed, qat=True), data)
 
+    # -- the distribution strategy ------------------------------------------------------
+    def _scope(self):
+        """Where a tfmot-wrapped model is built: inside the strategy's scope, so its variables
+        are mirrored across the replicas (a no-op on one device)."""
+        import contextlib
+
+        return self.strategy.scope() if self._distributed else contextlib.nullcontext()
+
+    def _teacher(self):
+        """The distillation teacher as fine-tuning reads it: under a distribution strategy a copy
+        built inside its scope (the pipeline's teacher is a plain model for export), made once."""
+        if self.teacher_model is None or not self._distributed:
+            return self.teacher_model
+        if self._teacher_in_strategy is None:
+            from edgetl.compiler.compression import compress
+
+            with self._scope():
+                self._teacher_in_strategy = compress.copy_model(self.teacher_model)
+        return self._teacher_in_strategy
+
     def _fine_tune(self, model, epochs: int, learning_rate: float, label: str):
-        """compress.fine_tune on the train views, distilled from the teacher when there is one."""
+        """compress.fine_tune on the train views, distilled from the teacher when there is one,
+        under the strategy `model` was built in (self._scope())."""
         from edgetl.compiler.compression import compress
 
         distilled = self.teacher_model is not None
         return compress.fine_tune(
             model,
-            teacher=self.teacher_model,
+            strategy=self.strategy if self._distributed else None,
+            teacher=self._teacher(),
             train_views=self.train_views,
             val=self.images.get("val", self.size),
             epochs=epochs,
@@ -292,19 +333,22 @@ class Optimizer:
 
         views = self.train_views
         begin, end = compress.pruning_steps(len(views[0]), self.config.batch_size, ramp_epochs=max(1, self.config.prune_epochs / 2))
-        pruned = compress.prune(self.float_model, self.config.prune, begin, end)
+        with self._scope():
+            pruned = compress.prune(self.float_model, self.config.prune, begin, end)
         result = self._fine_tune(pruned, self.config.prune_epochs, self.config.prune_learning_rate, f"pruning to {self.config.prune:.0%}")
         self.trained["pruning"] = result.to_json()
-        stripped = compress.strip(pruned)
+        stripped = compress.strip(pruned)  # built outside the strategy: an ordinary model
         return Compressed(stripped, compress.sparsity_of(stripped))
 
     def clustered_model(self, pruned: Compressed) -> Compressed:
         """Sparsity-preserving weight clustering of a pruned model (fine-tuned, distilled), stripped."""
         from edgetl.compiler.compression import compress
 
-        clustered = compress.cluster(pruned.model, self.config.cluster)
+        with self._scope():
+            clustered = compress.cluster(pruned.model, self.config.cluster)
         result = self._fine_tune(clustered, self.config.cluster_epochs, self.config.cluster_learning_rate, f"clustering to {self.config.cluster} values")
         self.trained["clustering"] = result.to_json()
+        # strip_clusters builds outside the strategy: an ordinary model.
         return Compressed(compress.strip_clusters(clustered), pruned.sparsity, self.config.cluster)
 
     def _built(self, kind: str, compressed: Compressed | None = None, fmt: str = "tflite") -> list[Candidate]:
