@@ -419,7 +419,7 @@ class Optimizer:
                 return chosen, note + why
             chosen, why = self._choose(fmt, pool, passing, pinned)
             console.print(f"    no {fmt} file within the accuracy gate meets the {budget:g} ms p50 budget; "
-                          f"the fastest ({chosen.name}, {chosen.latency_p50_ms:.2f} ms) is deployed")
+                          f"{chosen.name} ({chosen.latency_p50_ms:.2f} ms), chosen among all files within the gate, is deployed")
             return chosen, note + f"NO file within the accuracy gate meets the {budget:g} ms p50 budget (--max-latency-ms); " + why
         chosen, why = self._choose(fmt, pool, passing, pinned)
         if budget is not None:
