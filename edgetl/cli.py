@@ -125,7 +125,7 @@ def compile_command(
         bool, typer.Option("--baseline/--no-baseline", help="Also train the student without the teacher (ablation).", rich_help_panel="Student")
     ] = _DEFAULT["baseline"],
     quantize: Annotated[
-        Optional[Quantize], typer.Option(help="auto (fastest within the gate), fp32, fp16, dynamic or int8. \\[default: the target's, else auto]", rich_help_panel="Quantization and pruning")
+        Optional[Quantize], typer.Option(help="auto (within the gate, the smallest of the files within 15% of the fastest p50), fp32, fp16, dynamic or int8. \\[default: the target's, else auto]", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["quantize"],
     io_dtype: Annotated[
         Optional[IoDtype], typer.Option(help="I/O type of int8 files: uint8, int8 or float32. \\[default: the target's, else uint8]", rich_help_panel="Quantization and pruning")

@@ -58,10 +58,11 @@ TINY_SNIPPET_SETTINGS = dict(
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    text: str  # as written, comment stripped
-    argv: tuple[str, ...]
+    text: str  # as written, comment stripped (environment assignments included)
+    argv: tuple[str, ...]  # the program and its arguments, environment assignments removed
     line: int  # 1-based, for messages only
     inline: bool  # an `inline span` in prose rather than a fenced block line
+    env: tuple[str, ...] = ()  # leading `NAME=value` words, e.g. TF_CONFIG for multi-worker
 
     @property
     def program(self) -> str:
@@ -84,8 +85,13 @@ def fenced_blocks(text: str) -> list[tuple[str, int, list[str]]]:
     return blocks
 
 
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+
+
 def _split(text: str) -> list[list[str]]:
-    """A shell line as argv lists: `#` comments dropped, `&&` separating commands."""
+    """A shell line as argv lists: `#` comments dropped, `&&` separating commands. Leading
+    `NAME=value` words (an environment variable for that command, e.g. TF_CONFIG) are kept in
+    argv; `Command.env` and `Command.argv` separate them."""
     lexer = shlex.shlex(text, posix=True, punctuation_chars="&")
     lexer.whitespace_split, lexer.commenters = True, "#"
     argvs, current = [], []
@@ -101,17 +107,31 @@ def _split(text: str) -> list[list[str]]:
 PROGRAM = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
+def _without_env(words: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(leading NAME=value words, the command itself)."""
+    n = 0
+    while n < len(words) and ENV_ASSIGNMENT.match(words[n]):
+        n += 1
+    return tuple(words[:n]), tuple(words[n:])
+
+
 def readme_commands(text: str) -> list[Command]:
     commands = []
     for lang, start, lines in fenced_blocks(text):
         if lang not in ("", "sh", "bash", "shell", "console"):
             continue
-        first = next((line.split()[0] for line in lines if line.strip()), "")
+        first_line = next((line for line in lines if line.strip()), "")
+        try:
+            first = next((_without_env(words)[1][:1] or ("",) for words in _split(first_line)), ("",))[0]
+        except ValueError:  # not shell at all (unbalanced quotes in a folder tree, ...)
+            continue
         if not PROGRAM.match(first):  # e.g. a folder tree (`photos/ ...`), not commands
             continue
         for offset, line in enumerate(lines):
-            for argv in _split(line):
-                commands.append(Command(" ".join(argv), tuple(argv), start + offset, inline=False))
+            for words in _split(line):
+                env, argv = _without_env(words)
+                if argv:
+                    commands.append(Command(" ".join(words), argv, start + offset, inline=False, env=env))
     prose = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
     for match in re.finditer(r"`([^`]+)`", prose):  # a span may wrap onto the next line
         span = " ".join(match.group(1).split())
@@ -295,6 +315,8 @@ def test_readme_command_runs(command, workspace, fresh, monkeypatch, capsys):
     reason = _expensive(command)
     if reason:
         pytest.skip(f"not run: {reason}")
+    if command.env:  # parsed by test_every_edgetl_command_parses; running it needs what env names
+        pytest.skip(f"not run: {' '.join(e.split('=')[0] for e in command.env)} names other machines (a multi-worker cluster)")
     argv = list(command.argv)
     if argv[0] == "python" and argv[1:2] == ["-m"]:
         _check_python_module(argv, command)
@@ -378,3 +400,28 @@ def test_python_snippet_imports_as_a_script_from_another_folder(tmp_path):
     script.write_text(imports + "\nprint('ok')\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-500:]
+
+
+# Paths the README gives as files of this repository: the top-level folders of the checkout.
+REPO_FILE = re.compile(r"(?<![\w./-])((?:edgetl|compiler|models|runtime|benchmarks|tests)/[\w./-]*\.(?:py|sh|fbs|toml|md))\b")
+
+
+def readme_repository_files(text: str) -> set[tuple[int, str]]:
+    """(line, path) of every repository file the README names in a code span or command block."""
+    found = set()
+    prose = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    for match in re.finditer(r"`([^`]+)`", prose):
+        line = prose.count("\n", 0, match.start()) + 1
+        found |= {(line, path) for path in REPO_FILE.findall(match.group(1))}
+    for _lang, start, lines in fenced_blocks(text):
+        found |= {(start + i, path) for i, line in enumerate(lines) for path in REPO_FILE.findall(line)}
+    return found
+
+
+def test_every_repository_file_the_readme_names_exists():
+    """A file the README points to (`compiler/stages.py`, `tests/test_security.py`) is there, so a
+    moved or renamed module cannot leave the README pointing at nothing."""
+    named = readme_repository_files(TEXT)
+    assert len(named) >= 10, "the reader found almost no file paths: has the README's form changed?"
+    missing = sorted((line, path) for line, path in named if not (REPO / path).is_file())
+    assert not missing, "files the README names that are not in the repository (line, path): " + repr(missing)

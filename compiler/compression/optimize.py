@@ -385,6 +385,11 @@ class Optimizer:
             return "val"
         return "the training images (no val split under cross-validation)"
 
+    def _gate_accuracy(self) -> str:
+        """What the gate's accuracy figure is, for messages: "val accuracy" is wrong under
+        cross-validation, where the gate scores the training images."""
+        return "val accuracy" if self._gate_images() == "val" else "accuracy on the training images"
+
     # -- measurement --------------------------------------------------------------------
     def _measure(self, c: Candidate) -> None:
         from edgetl.runtime import open_session
@@ -403,7 +408,7 @@ class Optimizer:
 
             c.io = tflite_io_details(c.path)
         console.print(
-            f"    {c.file}: val accuracy {c.val_accuracy:.2%}, p50 {c.latency_p50_ms:.2f} ms, {c.path.stat().st_size / 1e6:.2f} MB"
+            f"    {c.file}: {self._gate_accuracy()} {c.val_accuracy:.2%}, p50 {c.latency_p50_ms:.2f} ms, {c.path.stat().st_size / 1e6:.2f} MB"
         )
 
     def time_all(self, rounds: int = 3, runs: int = 30) -> None:
@@ -437,7 +442,7 @@ class Optimizer:
                 c.gate = "passed"
             else:
                 c.gate = (
-                    f"failed: val accuracy {c.val_accuracy:.2%} is {100 * (self.float_val_accuracy(c.format) - c.val_accuracy):.2f} "
+                    f"failed: {self._gate_accuracy()} {c.val_accuracy:.2%} is {100 * (self.float_val_accuracy(c.format) - c.val_accuracy):.2f} "
                     f"points below fp32 (max {self.config.max_accuracy_drop:g})"
                 )
 
@@ -463,7 +468,7 @@ class Optimizer:
                 return chosen, note + why
             chosen, why = self._choose(fmt, pool, passing, pinned)
             console.print(f"    no {fmt} file within the accuracy gate meets the {budget:g} ms p50 budget; "
-                          f"the fastest ({chosen.name}, {chosen.latency_p50_ms:.2f} ms) is deployed")
+                          f"{chosen.name} ({chosen.latency_p50_ms:.2f} ms), chosen among all files within the gate, is deployed")
             return chosen, note + f"NO file within the accuracy gate meets the {budget:g} ms p50 budget (--max-latency-ms); " + why
         chosen, why = self._choose(fmt, pool, passing, pinned)
         if budget is not None:

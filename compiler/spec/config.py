@@ -53,7 +53,7 @@ class CompileConfig:
     baseline: bool = True  # also train the student without the teacher, for the ablation
     # Quantization and pruning (compiler/compression/optimize.py).
     # None = the target's choice, else the default (see resolved()).
-    quantize: Quantize | None = None  # auto (fastest within the gate), fp32, fp16, dynamic, int8
+    quantize: Quantize | None = None  # auto (within the gate: the smallest file among those within 15% of the fastest p50), fp32, fp16, dynamic, int8
     io_dtype: IoDtype | None = None  # input/output type of full-integer files: uint8, int8 or float32
     # Defaults measured on flowers12 (benchmarks/compression_study.py): int8 accuracy is flat from
     # 16 to 256 calibration images and worse with all 612 (min/max catches outliers); QAT from

@@ -112,3 +112,16 @@ def test_candidates_are_named_from_their_fields_and_chosen_by_them(tmp_path):
     chosen, why = opt.choose("tflite", pinned="fp16", prefer_pruned=True)
     assert chosen.name == "fp16-pruned50-clustered16" and "as asked for" in why
     assert opt.choose("tflite", pinned="fp16", prefer_pruned=False)[0].name == "fp16-pruned50-clustered16"  # faster
+
+
+def test_under_cross_validation_the_gate_does_not_call_the_training_images_val(tmp_path):
+    """Cross-validated compiles carve no val split: the gate scores the training images, and its
+    verdict must say so rather than "val accuracy"."""
+    from types import SimpleNamespace
+
+    opt = make_optimizer(tmp_path, [row("fp32", 0.98, 2.7), row("int8", 0.90, 1.0)])
+    assert "val accuracy" in opt.candidates[1].gate  # a val split (the default here)
+    opt.images = SimpleNamespace(held_out={"val": False})  # what a cross-validated compile holds
+    opt.apply_gate()
+    gate = opt.candidates[1].gate
+    assert gate.startswith("failed") and "val accuracy" not in gate and "training images" in gate
