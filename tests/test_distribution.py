@@ -49,6 +49,10 @@ def test_strategy_names_and_tf_config_are_checked(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(SettingError, match="needs TF_CONFIG"):
         distribution.check("multi-worker")
+    for task in ({"type": "worker", "index": 3}, {"type": "chief", "index": 0}, {"type": "worker", "index": -1}):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": task}))
+        with pytest.raises(SettingError, match="but its cluster has"):
+            distribution.check("multi-worker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(SettingError, match="TF_CONFIG is not valid"):
         distribution.check("multi-worker")

@@ -52,6 +52,14 @@ def tf_config() -> dict | None:
             "TF_CONFIG is not valid: it must be JSON like "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         ) from None
+    task, cluster = value["task"], value["cluster"]
+    members = cluster.get(task["type"]) if isinstance(cluster, dict) else None
+    if not isinstance(members, list) or not 0 <= int(task["index"]) < len(members):
+        size = f"{len(members)} {task['type']} address(es)" if isinstance(members, list) else f"no {task['type']!r} list"
+        raise SettingError(
+            f"TF_CONFIG names this process {task['type']} {task['index']}, but its cluster has {size}: "
+            f"the task index counts from 0 in the cluster's {task['type']!r} list"
+        )
     return value
 
 
