@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetl.compiler.cache import hash_files, stage_key
 from edgetl.models import get_config
