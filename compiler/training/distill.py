@@ -161,6 +161,9 @@ def train_student(
     def compile_distiller():
         with strategy.scope():
             distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+            # Built before fit, so BackupAndRestore (distribution.fit_callbacks) restores the
+            # optimizer's state too; Keras skips that for an unbuilt model, with a warning.
+            distiller.build((None, *student_logits.input_shape[1:]))
 
     unfrozen, trainable, start_point = prepare_top(
         student, unfreeze_from, compile_distiller, val, batch_size, trained=distiller
