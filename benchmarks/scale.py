@@ -60,25 +60,14 @@ def write_dataset(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:
     return root
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def run_compile(edgetl: str, data: Path, out: Path, workers: int = 1) -> dict:
     """One compile (or `workers` multi-worker processes on loopback); its figures."""
     command = [edgetl, "compile", str(data), "--teacher", "efficientnet_lite0", "--student", "none",
                "--finetune-epochs", "1", "--selection", "holdout", "--quantize", "fp32", "--no-robustness",
                "--no-cache"]
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(workers)]}
+    from edgetl.compiler.training.distribution import loopback_cluster
+
+    cluster = loopback_cluster(workers)
     start = time.perf_counter()
     children, logs = [], []
     for index in range(workers):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,17 +29,6 @@ def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO / "tests"), **extra)
     return env
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def test_strategy_names_and_tf_config_are_checked(monkeypatch):
@@ -164,8 +152,7 @@ def test_two_workers_on_loopback(tmp_path):
     from conftest import write_color_dataset
 
     data = write_color_dataset(tmp_path / "data", per_class=12)
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cluster = distribution.loopback_cluster(2)
     outs = [tmp_path / "chief_out", tmp_path / "worker_out"]
     children = []
     for index, out in enumerate(outs):

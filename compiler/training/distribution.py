@@ -63,6 +63,21 @@ def tf_config() -> dict | None:
     return value
 
 
+def loopback_cluster(workers: int) -> dict:
+    """A TF_CONFIG cluster of `workers` workers on free ports of 127.0.0.1: several workers on one
+    machine, as the tests and benchmarks/scale.py run them."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def is_chief() -> bool:
     """Whether this process writes --out and the cache: always, unless TF_CONFIG names another chief."""
     config = tf_config()
