@@ -86,11 +86,9 @@ class StageCache:
 
     def load_files(self, stage: str, key: str, names: list[str]) -> dict[str, Path] | None:
         """Paths of files a finished stage stored (e.g. verified exports), or None."""
-        if self.root is None:
+        if not self.holds(stage, key, names):
             return None
-        folder = self._dir(stage, key)
-        paths = {name: folder / name for name in names}
-        return paths if all(p.is_file() for p in paths.values()) else None
+        return {name: self._dir(stage, key) / name for name in names}
 
     def holds(self, stage: str, key: str, names=None) -> bool:
         """Whether a finished entry is there: its record, or the named files of a files entry."""
