@@ -5,10 +5,13 @@
 One deployable model (EfficientNet-Lite0, 224 px: a head on its frozen ImageNet features, then a
 short fine-tune of the top; or `--model FILE.keras` to reuse one) is trained ONCE on the clean
 `train/` images (15% of them carved out, seeded, for early stopping). Then, for each simulated
-camera (`SHIFTS`: chains of compiler/data/corruptions.py steps, seeded), the clean `train/` images
-are passed through that camera and given WITHOUT labels to each adaptation method
-(compiler/training/adapt.py), always from the same trained model, and the adapted model is scored on
-the same camera's `test/` images and on the clean `test/` images. With `--int8` the deployed
+camera (`SHIFTS`: chains of compiler/data/corruptions.py steps, seeded), a seeded half of the
+clean `train/` images is passed through that camera and given WITHOUT labels to each adaptation
+method (compiler/training/adapt.py), always from the same trained model; the clean images the
+methods match statistics from come from the other half, so no method can pair a device image
+with its clean original (a user's device photos are other scenes). Methods that train on labels
+(`camera`) get every labelled clean training image, as in a compile. The adapted model is scored
+on the same camera's `test/` images and on the clean `test/` images. With `--int8` the deployed
 int8 TFLite of each method is scored too (calibrated on the camera's images when adapting,
 on clean training images otherwise, as a compile does).
 
@@ -89,7 +92,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--save-model", type=Path, help="save the trained model here (to pass as --model later)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--methods", default="none,bn,shot")
+    parser.add_argument("--methods", default="none,bn,camera,shot")
     parser.add_argument("--shifts", default=",".join(SHIFTS))
     parser.add_argument("--int8", default="", help="methods whose int8 TFLite is scored too, e.g. none,bn")
     parser.add_argument("--epochs", type=int, default=3, help="self-training epochs (shot)")
@@ -122,22 +125,29 @@ def main(argv=None) -> dict:
 
     methods = [m for m in args.methods.split(",") if m]
     int8_methods = [m for m in args.int8.split(",") if m]
-    source = calibration_sample(x_train, y_train, 192, args.seed)  # as a compile passes (pipeline._adaptation_source)
+    # The device's images are a seeded half of train/ through the camera; the clean images that
+    # statistics are matched from come from the other half (module docstring).
+    order = np.random.default_rng(args.seed).permutation(len(y_train))
+    device_half, source_half = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    source = calibration_sample(x_train[source_half], y_train[source_half], 192, args.seed)  # as pipeline._adaptation_source
     clean_correct, n = accuracy(predict(model, x_test), y_test)
     clean = clean_correct / n
     print(f"clean test, no adaptation: {describe_accuracy(clean, n)}")
     results = {"clean": clean, "n_test": n, "shifts": {}}
     for shift in [s for s in args.shifts.split(",") if s]:
         steps = SHIFTS[shift]
-        target_train = apply_steps(x_train, steps, seed=args.seed)
+        target_train = apply_steps(x_train[device_half], steps, seed=args.seed)
         target_test = apply_steps(x_test, steps, seed=args.seed + 1)
         print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
         rows = {}
         for method in methods:
-            adapted, record = adapt(model, method, target_train, source=source, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate)
+            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), seed=args.seed,
+                                    epochs=args.epochs, learning_rate=args.learning_rate)
             shifted_acc = accuracy(predict(adapted, target_test), y_test)[0] / n
             clean_acc = accuracy(predict(adapted, x_test), y_test)[0] / n
             row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}
+            if record.camera is not None:
+                row["camera"] = record.camera["steps"]
             if method in int8_methods:
                 calibration = (
                     calibration_images(target_train, 128, args.seed) if method != "none" else calibration_sample(x_train, y_train, 128, args.seed)
@@ -156,6 +166,8 @@ def main(argv=None) -> dict:
                 + (f", recovers {recovered:.0%} of the {lost * 100:.1f} points lost" if recovered is not None and method != "none" else "")
                 + f"; clean {row['clean']:.1%} ({(row['clean'] - clean) * 100:+.1f} pt); {row['seconds']:.0f} s"
             )
+            if "camera" in row:
+                line += "\n        fitted camera: " + (", ".join(f"{k} {p:g}" for k, p in row["camera"]) or "none (nothing trained)")
             if "int8_shifted" in row:
                 line += f"\n        int8 TFLite: shifted {describe_accuracy(row['int8_shifted'], n)}, clean {row['int8_clean']:.1%}"
             print(line, flush=True)

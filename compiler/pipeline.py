@@ -933,6 +933,7 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
             config.adapt,
             images.get("unlabeled", size)[0],
             source=_adaptation_source(config, images, size),
+            labelled=images.get("train", size),
             clean_val=images.get("val", size),
             target_val=target_val,
             max_drop=config.max_accuracy_drop,

@@ -127,9 +127,11 @@ def test_centroid_pseudo_labels_follow_the_clusters_not_the_wrong_argmax():
 def test_auto_without_target_labels_uses_the_default_and_with_them_the_best(setup):
     model, target, target_y = setup["model"], setup["target"], setup["target_y"]
     clean_val = colour_images(32, seed=3)
-    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], clean_val=clean_val, max_drop=100.0, batch_size=16, epochs=1)
+    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], labelled=(setup["x"], setup["y"]), clean_val=clean_val,
+                                        max_drop=100.0, batch_size=16, epochs=1)
     assert report["method"] == A.ADAPT_DEFAULT and report["tried"][0]["method"] == A.ADAPT_DEFAULT and len(report["tried"]) == 1
-    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], clean_val=clean_val, target_val=(target, target_y), batch_size=16, epochs=1)
+    chosen, report = A.choose_and_adapt(model, "auto", target, source=setup["x"], labelled=(setup["x"], setup["y"]), clean_val=clean_val,
+                                        target_val=(target, target_y), batch_size=16, epochs=1)
     tried = {r["method"]: r["target_val_accuracy"] for r in report["tried"]}
     assert set(tried) == set(A.METHODS)
     assert tried[report["method"]] == max(tried.values())
@@ -190,3 +192,50 @@ def test_adapt_without_unlabelled_images_is_a_clear_error(tmp_path):
         CompileConfig(data=tmp_path, out=tmp_path / "o", adapt="bn").validate()
     with pytest.raises(EdgetlError, match="--adapt"):
         CompileConfig(data=tmp_path, out=tmp_path / "o", adapt="tent").validate()
+
+
+# -- camera: a simulated camera fitted without labels, then training through it ----------------
+
+
+def test_clean_target_images_fit_no_camera_and_change_nothing(setup):
+    from edgetl.compiler.training.camera import fit_camera
+
+    model, (x, y) = setup["model"], (setup["x"], setup["y"])
+    other_clean, _ = colour_images(40, seed=5)
+    fit = fit_camera(model, x, other_clean, seed=0)
+    assert fit.steps == [] and fit.distance == fit.clean_distance
+    adapted, result = A.adapt(model, "camera", other_clean, source=x, labelled=(x, y), seed=0)
+    assert adapted is model and result.epochs == 0 and result.camera["steps"] == []
+
+
+def test_the_fitted_camera_resembles_the_device_and_is_seeded(setup):
+    from edgetl.compiler.training.camera import MIN_GAIN, fit_camera
+
+    model, x = setup["model"], setup["x"]
+    fit = fit_camera(model, x, setup["target"], seed=0)
+    assert fit.steps, "a darkened, washed-out, colour-cast camera fits some camera"
+    assert fit.distance < fit.clean_distance * (1 - MIN_GAIN)
+    # CAMERA darkens and flattens: the fit finds at least one of exposure, contrast, white balance.
+    assert {kind for kind, _ in fit.steps} & {"brightness", "contrast", "colour_cast"}
+    assert fit_camera(model, x, setup["target"], seed=0).steps == fit.steps
+
+
+def test_training_through_the_camera_keeps_batch_norm_statistics_and_the_input_model(setup):
+    from edgetl.compiler.training.camera import train_through_camera
+
+    model, x, y = setup["model"], setup["x"], setup["y"]
+    before = _weights(model)
+    tuned, _ = train_through_camera(model, x, y, CAMERA, epochs=1, batch_size=16, seed=0)
+    assert all(np.array_equal(w, before[name]) for name, w in _weights(model).items()), "the input model is never changed"
+    after = _weights(tuned)
+    for name, w in before.items():
+        if "moving_" in name:
+            assert np.array_equal(after[name], w), f"{name}: batch norm runs frozen"
+    assert any(not np.array_equal(after[n], w) for n, w in before.items() if "kernel" in n), "the weights trained"
+    again, _ = train_through_camera(model, x, y, CAMERA, epochs=1, batch_size=16, seed=0)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(tuned.get_weights(), again.get_weights())), "seeded"
+
+
+def test_camera_needs_the_labelled_training_images(setup):
+    with pytest.raises(ValueError, match="labels"):
+        A.adapt(setup["model"], "camera", setup["target"], source=setup["x"])

@@ -43,7 +43,8 @@ class CompileConfig:
     alpha: float = 0.5  # share of the teacher's soft targets in the loss (0: labels only)
     unlabeled: Path | None = None  # images without labels: the soft term, and adaptation (--adapt)
     # Adaptation of the deployed model to the --unlabeled images (compiler/training/adapt.py): none, bn
-    # (AdaBN + int8 calibration on them), shot (AdaBN + SHOT self-training), or auto: with
+    # (AdaBN + int8 calibration on them), camera (a simulated camera fitted to them, training
+    # through it), shot (AdaBN + SHOT self-training), or auto: with
     # --target-val the best there, else the measured default (ADAPT_DEFAULT). Ignored without
     # --unlabeled.
     adapt: Adapt = Adapt.AUTO

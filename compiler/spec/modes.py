@@ -63,6 +63,7 @@ class Adapt(Mode):
     AUTO = "auto"
     NONE = "none"
     BN = "bn"
+    CAMERA = "camera"
     SHOT = "shot"
 
 

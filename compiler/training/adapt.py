@@ -14,6 +14,10 @@ never changed), so the adapted model is what gets exported, quantized and checke
         ("hypothesis transfer"). Only the batch-norm scale and shift are trained (as TENT does),
         with the batch-norm layers in inference mode: on a few hundred images this cannot
         wander far from the source model, and it folds into the int8 file like AdaBN.
+  camera  a simulated camera (blur, exposure, contrast, white balance, noise, JPEG) fitted to
+        the target images without labels, then the model trained on the labelled training
+        images, half of each batch through that camera (compiler/training/camera.py). When
+        the target images fit no camera, nothing is trained.
 
 The statistics are matched relative to the source (training) images, not replaced by the
 target's (adapt_batch_norm says why): on the target images each batch-norm layer then
@@ -30,9 +34,9 @@ import numpy as np
 from edgetl._compat import keras, tf
 from edgetl.models import FEATURES_LAYER, LOGITS_LAYER
 
-METHODS = ("none", "bn", "shot")
+METHODS = ("none", "bn", "camera", "shot")
 # Cheapest first: a tie on the labelled target set goes to the cheaper method.
-COST_ORDER = {"none": 0, "bn": 1, "shot": 2}
+COST_ORDER = {"none": 0, "bn": 1, "camera": 2, "shot": 3}
 
 
 @dataclasses.dataclass
@@ -43,6 +47,7 @@ class AdaptResult:
     bn_layers: int = 0
     epochs: int = 0
     pseudo_label_agreement: list[float] = dataclasses.field(default_factory=list)  # with the model's own argmax, per epoch
+    camera: dict | None = None  # camera: the fitted chain (compiler/training/camera.py CameraFit)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,6 +78,12 @@ def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
 def source_statistics(model, images: np.ndarray, batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per batch-norm layer, the (mean, variance) per channel of its input when `model` runs
     as it is (inference mode) on `images`: what each layer saw on the source data."""
+    return statistics_function(model, batch_size)(images)
+
+
+def statistics_function(model, batch_size: int = 32):
+    """`source_statistics` for one model as a function of the images, traced once (for callers
+    that measure many image sets, such as compiler/training/camera.py's fit)."""
     layers = batch_norm_layers(model)
     probe = keras.Model(model.input, [layer.input for layer in layers])
 
@@ -83,16 +94,19 @@ def source_statistics(model, images: np.ndarray, batch_size: int = 32) -> list[t
         axes = lambda t: list(range(len(t.shape) - 1))  # noqa: E731 - every axis but channels
         return [tf.reduce_mean(t, axes(t)) for t in outs], [tf.reduce_mean(t * t, axes(t)) for t in outs]
 
-    sums = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
-    squares = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
-    for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size]
-        means, mean_squares = moments(tf.constant(batch, tf.float32))
-        for j in range(len(layers)):
-            sums[j] += len(batch) * means[j].numpy()
-            squares[j] += len(batch) * mean_squares[j].numpy()
-    n = len(images)
-    return [(sums[j] / n, np.maximum(squares[j] / n - (sums[j] / n) ** 2, 0.0)) for j in range(len(layers))]
+    def statistics(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        sums = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+        squares = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            means, mean_squares = moments(tf.constant(batch, tf.float32))
+            for j in range(len(layers)):
+                sums[j] += len(batch) * means[j].numpy()
+                squares[j] += len(batch) * mean_squares[j].numpy()
+        n = len(images)
+        return [(sums[j] / n, np.maximum(squares[j] / n - (sums[j] / n) ** 2, 0.0)) for j in range(len(layers))]
+
+    return statistics
 
 
 def adapt_batch_norm(model, images: np.ndarray, source: np.ndarray | None = None, *, max_images: int = STATS_IMAGES,
@@ -227,19 +241,41 @@ def self_train(model, images: np.ndarray, *, epochs: int = 3, learning_rate: flo
     return adapted, result
 
 
-def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None = None, batch_size: int = 32, seed: int = 0,
-          epochs: int = 3, learning_rate: float = 1e-3):
-    """The model adapted by `method` on the target `images` (a new model; "none" returns `model`)."""
+def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None = None, labelled=None, batch_size: int = 32,
+          seed: int = 0, epochs: int = 3, learning_rate: float = 1e-3):
+    """The model adapted by `method` on the target `images` (a new model; "none" returns `model`).
+
+    source: clean training images (statistics are matched from them); labelled: (x, y) training
+    images with labels, which `camera` trains on."""
     if method not in METHODS:
         raise ValueError(f"unknown adaptation {method!r}; one of {', '.join(METHODS)}")
     if method == "none":
         return model, AdaptResult("none", len(images), 0.0)
+    if method == "camera":
+        return adapt_camera(model, images, source=source, labelled=labelled, batch_size=batch_size, seed=seed)
     adapted, bn = adapt_batch_norm(model, images, source, batch_size=batch_size, seed=seed)
     if method == "bn":
         return adapted, bn
     tuned, result = self_train(adapted, images, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed)
     result.seconds += bn.seconds
     return tuned, result
+
+
+def adapt_camera(model, images: np.ndarray, *, source, labelled, batch_size: int = 32, seed: int = 0, epochs: int = 2,
+                 learning_rate: float = 1e-4):
+    """`camera`: fit a camera to the target images, then train through it (compiler/training/camera.py)."""
+    from edgetl.compiler.training.camera import fit_camera, train_through_camera
+
+    if source is None or labelled is None:
+        raise ValueError("camera adaptation needs the clean training images, with their labels")
+    start = time.perf_counter()
+    fit = fit_camera(model, source, images, seed=seed)
+    adapted = model
+    if fit.steps:
+        adapted, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, learning_rate=learning_rate,
+                                          batch_size=batch_size, seed=seed)
+    return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if fit.steps else 0,
+                                camera=fit.to_json())
 
 
 def calibration_images(target: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -268,28 +304,30 @@ def _accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float | N
 
 
 def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarray | None, clean_val, target_val=None,
-                     max_drop: float = 1.0, batch_size: int = 32, seed: int = 0, epochs: int = 3):
+                     labelled=None, max_drop: float = 1.0, batch_size: int = 32, seed: int = 0, epochs: int = 3):
     """Adapt `model` to the unlabelled `target` images by `method` ("auto" chooses); a new model.
 
     source: training images (what the model's statistics are matched from; see adapt_batch_norm).
+    labelled: (x, y) training images with labels (what `camera` trains on).
     clean_val: (x, y) labelled source images (the validation split), to check that adaptation
     keeps what the model knew; target_val: (x, y) labelled target images or None.
     auto with target_val: every method is tried and the most accurate there wins (a tie goes
     to the cheaper one). auto without: ADAPT_DEFAULT, unless it costs more than `max_drop`
-    points of clean validation accuracy, then the next cheaper method (the only label-free
+    points of clean validation accuracy, then none (the only label-free
     check there is: a collapse to a few classes shows up there first).
     Returns (model, report dict).
     """
     from edgetl.compiler.evaluation.stats import describe_accuracy
 
     if method == "auto":
-        tried = list(METHODS) if target_val is not None else [ADAPT_DEFAULT] + [m for m in ("bn", "none") if COST_ORDER[m] < COST_ORDER[ADAPT_DEFAULT]]
+        tried = list(METHODS) if target_val is not None else [ADAPT_DEFAULT] + (["none"] if ADAPT_DEFAULT != "none" else [])
     else:
         tried = [method]
     rows, models = [], {}
     base_clean = _accuracy(model, *clean_val, batch_size)
     for name in tried:
-        adapted, result = adapt(model, name, target, source=source, batch_size=batch_size, seed=seed, epochs=epochs)
+        adapted, result = adapt(model, name, target, source=source, labelled=labelled, batch_size=batch_size, seed=seed,
+                                epochs=epochs)
         row = {**result.to_json(), "clean_val_accuracy": _accuracy(adapted, *clean_val, batch_size)}
         if target_val is not None:
             row["target_val_accuracy"] = _accuracy(adapted, *target_val, batch_size)
