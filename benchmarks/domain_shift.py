@@ -112,6 +112,7 @@ def main(argv=None) -> dict:
     dataset = scan_dataset(args.data, val_fraction=0.15, seed=args.seed)
     x_train, y_train = load_images(dataset.splits["train"], args.size)
     x_test, y_test = load_images(dataset.splits["test"], args.size)
+    clean_val = load_images(dataset.splits["val"], args.size)  # what `camera` keeps its accuracy on, as in a compile
     t = time.perf_counter()
     if args.model:
         model = load_keras_model(args.model)
@@ -141,13 +142,14 @@ def main(argv=None) -> dict:
         print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
         rows = {}
         for method in methods:
-            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), seed=args.seed,
+            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val, seed=args.seed,
                                     epochs=args.epochs, learning_rate=args.learning_rate)
             shifted_acc = accuracy(predict(adapted, target_test), y_test)[0] / n
             clean_acc = accuracy(predict(adapted, x_test), y_test)[0] / n
             row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}
             if record.camera is not None:
                 row["camera"] = record.camera["steps"]
+                row["blend_share"] = record.camera.get("blend_share")
             if method in int8_methods:
                 calibration = (
                     calibration_images(target_train, 128, args.seed) if method != "none" else calibration_sample(x_train, y_train, 128, args.seed)
@@ -168,6 +170,8 @@ def main(argv=None) -> dict:
             )
             if "camera" in row:
                 line += "\n        fitted camera: " + (", ".join(f"{k} {p:g}" for k, p in row["camera"]) or "none (nothing trained)")
+                if row["blend_share"] is not None:
+                    line += f"; {row['blend_share']:.0%} of the trained weights kept"
             if "int8_shifted" in row:
                 line += f"\n        int8 TFLite: shifted {describe_accuracy(row['int8_shifted'], n)}, clean {row['int8_clean']:.1%}"
             print(line, flush=True)

@@ -239,3 +239,18 @@ def test_training_through_the_camera_keeps_batch_norm_statistics_and_the_input_m
 def test_camera_needs_the_labelled_training_images(setup):
     with pytest.raises(ValueError, match="labels"):
         A.adapt(setup["model"], "camera", setup["target"], source=setup["x"])
+
+
+def test_the_blend_keeps_clean_validation_accuracy_and_its_ends_are_the_two_models(setup):
+    from edgetl.compiler.training.camera import blend, choose_blend, train_through_camera
+
+    model, x, y = setup["model"], setup["x"], setup["y"]
+    tuned, _ = train_through_camera(model, x, y, CAMERA, epochs=1, batch_size=16, seed=0)
+    for share, ends in ((0.0, model), (1.0, tuned)):
+        assert all(np.allclose(a, b) for a, b in zip(blend(model, tuned, share).get_weights(), ends.get_weights()))
+    clean_val = colour_images(32, seed=3)
+    chosen, share, counts = choose_blend(model, tuned, clean_val, batch_size=16)
+    before = int(np.sum(model.predict(clean_val[0], verbose=0).argmax(1) == clean_val[1]))
+    assert counts[share] >= before or share == min(counts), "the largest share that keeps the clean images, else the smallest"
+    assert all(counts[s] < before for s in counts if s > share)
+    assert choose_blend(model, tuned, None)[1] == 1.0

@@ -241,18 +241,19 @@ def self_train(model, images: np.ndarray, *, epochs: int = 3, learning_rate: flo
     return adapted, result
 
 
-def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None = None, labelled=None, batch_size: int = 32,
-          seed: int = 0, epochs: int = 3, learning_rate: float = 1e-3):
+def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None = None, labelled=None, clean_val=None,
+          batch_size: int = 32, seed: int = 0, epochs: int = 3, learning_rate: float = 1e-3):
     """The model adapted by `method` on the target `images` (a new model; "none" returns `model`).
 
     source: clean training images (statistics are matched from them); labelled: (x, y) training
-    images with labels, which `camera` trains on."""
+    images with labels, which `camera` trains on; clean_val: (x, y) clean validation images,
+    which `camera` keeps its accuracy on."""
     if method not in METHODS:
         raise ValueError(f"unknown adaptation {method!r}; one of {', '.join(METHODS)}")
     if method == "none":
         return model, AdaptResult("none", len(images), 0.0)
     if method == "camera":
-        return adapt_camera(model, images, source=source, labelled=labelled, batch_size=batch_size, seed=seed)
+        return adapt_camera(model, images, source=source, labelled=labelled, clean_val=clean_val, batch_size=batch_size, seed=seed)
     adapted, bn = adapt_batch_norm(model, images, source, batch_size=batch_size, seed=seed)
     if method == "bn":
         return adapted, bn
@@ -261,21 +262,25 @@ def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None =
     return tuned, result
 
 
-def adapt_camera(model, images: np.ndarray, *, source, labelled, batch_size: int = 32, seed: int = 0, epochs: int = 2,
-                 learning_rate: float = 1e-4):
-    """`camera`: fit a camera to the target images, then train through it (compiler/training/camera.py)."""
-    from edgetl.compiler.training.camera import fit_camera, train_through_camera
+def adapt_camera(model, images: np.ndarray, *, source, labelled, clean_val=None, batch_size: int = 32, seed: int = 0,
+                 epochs: int = 2, learning_rate: float = 1e-4):
+    """`camera`: fit a camera to the target images, train through it, blend with the model
+    (compiler/training/camera.py)."""
+    from edgetl.compiler.training.camera import choose_blend, fit_camera, train_through_camera
 
     if source is None or labelled is None:
         raise ValueError("camera adaptation needs the clean training images, with their labels")
     start = time.perf_counter()
     fit = fit_camera(model, source, images, seed=seed)
+    record = fit.to_json()
     adapted = model
     if fit.steps:
-        adapted, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, learning_rate=learning_rate,
-                                          batch_size=batch_size, seed=seed)
+        tuned, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, learning_rate=learning_rate,
+                                        batch_size=batch_size, seed=seed)
+        adapted, share, counts = choose_blend(model, tuned, clean_val, batch_size)
+        record.update(blend_share=share, clean_val_correct={str(k): v for k, v in counts.items()})
     return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if fit.steps else 0,
-                                camera=fit.to_json())
+                                camera=record)
 
 
 def calibration_images(target: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -326,8 +331,8 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarr
     rows, models = [], {}
     base_clean = _accuracy(model, *clean_val, batch_size)
     for name in tried:
-        adapted, result = adapt(model, name, target, source=source, labelled=labelled, batch_size=batch_size, seed=seed,
-                                epochs=epochs)
+        adapted, result = adapt(model, name, target, source=source, labelled=labelled, clean_val=clean_val, batch_size=batch_size,
+                                seed=seed, epochs=epochs)
         row = {**result.to_json(), "clean_val_accuracy": _accuracy(adapted, *clean_val, batch_size)}
         if target_val is not None:
             row["target_val_accuracy"] = _accuracy(adapted, *target_val, batch_size)

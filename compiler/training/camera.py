@@ -14,10 +14,16 @@ and JPEG. Those are compiler/data/corruptions.py's kinds, so a camera is a chain
    is kept only when it lowers the distance beyond `MIN_GAIN`: clean device images fit no
    camera, and nothing is trained.
 2. `train_through_camera`: a copy of the model trained on the LABELLED training images, each
-   batch half clean and half passed through the fitted camera (fresh noise every batch), batch
-   norm frozen (inference mode, as edgetl fine-tunes), so the adapted model keeps what it knew
-   on clean photos and learns the device's. Nothing about the architecture changes: the int8
-   file is exported and checked as usual (calibrated on the device's images).
+   batch half clean and half passed through the fitted camera at a random strength between half
+   and all of it (fresh noise every batch: a fit is never exact, and a milder camera costs less
+   on clean photos), batch norm frozen (inference mode, as edgetl fine-tunes).
+3. `choose_blend`: the weights interpolated between the model and the trained copy (WiSE-FT,
+   Wortsman et al., CVPR 2022: the interpolation keeps in-distribution accuracy that plain
+   fine-tuning loses, and most of the robustness). The share of the trained weights is the
+   largest of `BLEND_SHARES` that loses no clean validation image against the original model
+   (labels of the clean validation split only; the device's images have none).
+Nothing about the architecture changes: the int8 file is exported and checked as usual
+(calibrated on the device's images).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ SLOTS: dict[str, list] = {
 MIN_GAIN = 0.05
 FIT_IMAGES = 96  # per side: the statistics of 96 images per batch-norm layer are stable enough to rank settings
 MAX_ROUNDS = 3
+JITTER = 0.5  # each batch's camera strength is drawn from [1 - JITTER, 1]
+BLEND_SHARES = (1.0, 0.85, 0.7, 0.55)  # shares of the trained weights tried, largest first
 
 
 @dataclasses.dataclass
@@ -118,11 +126,49 @@ def fit_camera(model, source: np.ndarray, target: np.ndarray, *, seed: int = 0, 
                     settings[slot], best, changed = option, trial, True
         if not changed:
             break
+    # The grid is coarse: each setting that is on then tries the midpoints to its neighbours of
+    # the same kind, twice (a quarter of a grid step, at the end).
+    for _ in range(2):
+        for slot, current in settings.items():
+            for option in _midpoints(slot, current):
+                trial = distance({**settings, slot: option})
+                if trial < best:
+                    settings[slot], best = option, trial
     return CameraFit(chain(settings), best, clean, len(cache), time.perf_counter() - start)
 
 
+def _midpoints(slot: str, current) -> list[tuple[str, float]]:
+    """Settings halfway between `current` and its neighbours of the same kind in SLOTS[slot]
+    (or, once refined, in the grid the current value now falls in)."""
+    if current is None:
+        return []
+    kind, value = current
+    grid = sorted({option[1] for option in SLOTS[slot] if option is not None and option[0] == kind} | {value})
+    i = grid.index(value)
+    neighbours = [grid[j] for j in (i - 1, i + 1) if 0 <= j < len(grid)]
+    return [(kind, round((value + n) / 2, 4)) for n in neighbours]
+
+
+def soften(steps, strength: float) -> list[tuple[str, float]]:
+    """The camera at `strength` (0: no effect, 1: as fitted), each parameter moved towards its
+    no-op value on its own scale (fewer photons is stronger noise, lower JPEG quality is
+    stronger compression)."""
+    out = []
+    for kind, p in steps:
+        if kind == "contrast":
+            p = 1.0 - (1.0 - p) * strength
+        elif kind == "shot_noise":
+            p = p / max(strength, 1e-3)
+        elif kind == "jpeg":
+            p = round(100 - (100 - p) * strength)
+        else:  # blur radii, brightness, colour cast, gaussian sigma: 0 is no effect
+            p = p * strength
+        out.append((kind, p))
+    return out
+
+
 def train_through_camera(model, x, y, steps, *, epochs: int = 2, learning_rate: float = 1e-4, batch_size: int = 32,
-                         seed: int = 0, progress=None):
+                         seed: int = 0, jitter: float = JITTER, progress=None):
     """A copy of `model` trained on labelled (x, y), each batch half clean and half through the
     camera `steps` (new noise every batch); batch norm frozen. Returns (copy, seconds)."""
     from edgetl.compiler.data.corruptions import apply_steps
@@ -154,9 +200,40 @@ def train_through_camera(model, x, y, steps, *, epochs: int = 2, learning_rate: 
         for b, i in enumerate(range(0, len(order), half)):
             idx = np.sort(order[i : i + half])
             clean = np.asarray(x[idx])
-            shifted = apply_steps(clean, steps, seed=seed * 100_003 + epoch * 1_009 + b)
+            batch_seed = seed * 100_003 + epoch * 1_009 + b
+            strength = 1.0 - jitter * np.random.default_rng(batch_seed).random()
+            shifted = apply_steps(clean, soften(steps, strength), seed=batch_seed)
             labels = np.asarray(y)[idx]
             step(tf.constant(np.concatenate([clean, shifted]), tf.float32), tf.constant(np.concatenate([labels, labels]), tf.int32))
             if progress:
                 progress()
     return tuned, time.perf_counter() - start
+
+
+def blend(model, tuned, share: float):
+    """A copy of `model` whose weights are (1 - share) * model's + share * tuned's."""
+    from edgetl.compiler.training.adapt import copy_model
+
+    out = copy_model(model)
+    out.set_weights([(1.0 - share) * a + share * b for a, b in zip(model.get_weights(), tuned.get_weights())])
+    return out
+
+
+def choose_blend(model, tuned, clean_val, batch_size: int = 32):
+    """The blend (module docstring, 3.) with the largest share of `tuned` that gets no fewer clean
+    validation images right than `model`; the smallest share when none does, and all of `tuned`
+    when there are no validation labels. Returns (model, share, {share: correct images})."""
+    from edgetl.runtime.keras_model import KerasSession
+
+    x, y = clean_val if clean_val is not None else (None, None)
+    if y is None or len(y) == 0:
+        return tuned, 1.0, {}
+    correct = lambda m: int(np.sum(KerasSession(model=m).predict(x, batch_size).argmax(1) == np.asarray(y)))  # noqa: E731
+    floor = correct(model)
+    counts = {}
+    for share in BLEND_SHARES:
+        candidate = tuned if share == 1.0 else blend(model, tuned, share)
+        counts[share] = correct(candidate)
+        if counts[share] >= floor:
+            return candidate, share, counts
+    return candidate, share, counts
