@@ -17,7 +17,9 @@ on clean training images otherwise, as a compile does).
 
 Printed per camera and method: shifted-test accuracy with its 95% Wilson interval
 (compiler/evaluation/stats.py), the share of the points lost to the shift that the method recovers, the
-clean-test accuracy and its change, and the adaptation's wall time; then the total wall time.
+clean-test accuracy and its change, the adaptation's wall time, and the paired differences on
+the same images (shifted vs no adaptation, clean vs the unadapted model, Newcombe intervals);
+then the total wall time. `--adapt-seed` reruns everything after the model with another seed.
 """
 
 from __future__ import annotations
@@ -97,15 +99,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--int8", default="", help="methods whose int8 TFLite is scored too, e.g. none,bn")
     parser.add_argument("--epochs", type=int, default=3, help="self-training epochs (shot)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="self-training learning rate (shot)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the split and the trained model's seed")
+    parser.add_argument("--adapt-seed", type=int, help="the seed of everything after the model (device/source halves, "
+                        "camera noise, adaptation); default --seed. Several runs with one --model give the spread over seeds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    seed = args.seed if args.adapt_seed is None else args.adapt_seed
 
     from edgetl.compiler.training.adapt import adapt, calibration_images
     from edgetl.compiler.data.corruptions import apply_steps
     from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.compiler.compression.quantize import calibration_sample
-    from edgetl.compiler.evaluation.stats import describe_accuracy
+    from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference
     from edgetl.runtime.keras_model import KerasSession, load_keras_model
 
     wall = time.perf_counter()
@@ -128,31 +133,31 @@ def main(argv=None) -> dict:
     int8_methods = [m for m in args.int8.split(",") if m]
     # The device's images are a seeded half of train/ through the camera; the clean images that
     # statistics are matched from come from the other half (module docstring).
-    order = np.random.default_rng(args.seed).permutation(len(y_train))
+    order = np.random.default_rng(seed).permutation(len(y_train))
     device_half, source_half = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
-    source = calibration_sample(x_train[source_half], y_train[source_half], 192, args.seed)  # as pipeline._adaptation_source
-    clean_correct, n = accuracy(predict(model, x_test), y_test)
-    clean = clean_correct / n
+    source = calibration_sample(x_train[source_half], y_train[source_half], 192, seed)  # as pipeline._adaptation_source
+    clean_hits = predict(model, x_test).argmax(1) == y_test
+    clean, n = float(np.mean(clean_hits)), len(y_test)
     print(f"clean test, no adaptation: {describe_accuracy(clean, n)}")
-    results = {"clean": clean, "n_test": n, "shifts": {}}
+    results = {"clean": clean, "n_test": n, "seed": args.seed, "adapt_seed": seed, "shifts": {}}
     for shift in [s for s in args.shifts.split(",") if s]:
         steps = SHIFTS[shift]
-        target_train = apply_steps(x_train[device_half], steps, seed=args.seed)
-        target_test = apply_steps(x_test, steps, seed=args.seed + 1)
+        target_train = apply_steps(x_train[device_half], steps, seed=seed)
+        target_test = apply_steps(x_test, steps, seed=seed + 1)
         print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
-        rows = {}
+        rows, hits = {}, {}
         for method in methods:
-            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val, seed=args.seed,
+            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val, seed=seed,
                                     epochs=args.epochs, learning_rate=args.learning_rate)
-            shifted_acc = accuracy(predict(adapted, target_test), y_test)[0] / n
-            clean_acc = accuracy(predict(adapted, x_test), y_test)[0] / n
+            hits[method] = (predict(adapted, target_test).argmax(1) == y_test, predict(adapted, x_test).argmax(1) == y_test)
+            shifted_acc, clean_acc = float(np.mean(hits[method][0])), float(np.mean(hits[method][1]))
             row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}
             if record.camera is not None:
                 row["camera"] = record.camera["steps"]
                 row["blend_share"] = record.camera.get("blend_share")
             if method in int8_methods:
                 calibration = (
-                    calibration_images(target_train, 128, args.seed) if method != "none" else calibration_sample(x_train, y_train, 128, args.seed)
+                    calibration_images(target_train, 128, seed) if method != "none" else calibration_sample(x_train, y_train, 128, seed)
                 )
                 p_shift, p_clean = int8_probs(adapted, calibration, [target_test, x_test])
                 row["int8_shifted"] = accuracy(p_shift, y_test)[0] / n
@@ -163,11 +168,19 @@ def main(argv=None) -> dict:
             lost = clean - base if base is not None else None
             recovered = (row["shifted"] - base) / lost if lost and lost > 0 else None
             row["recovered_share"] = recovered
+            if "none" in hits and method != "none":
+                row["shifted_gain"] = paired_difference(hits[method][0], hits["none"][0]).to_json()
+            row["clean_change"] = paired_difference(hits[method][1], clean_hits).to_json()
             line = (
                 f"  {method:<5} shifted {describe_accuracy(row['shifted'], n)}"
                 + (f", recovers {recovered:.0%} of the {lost * 100:.1f} points lost" if recovered is not None and method != "none" else "")
                 + f"; clean {row['clean']:.1%} ({(row['clean'] - clean) * 100:+.1f} pt); {row['seconds']:.0f} s"
             )
+            if "shifted_gain" in row:
+                gain, change = row["shifted_gain"], row["clean_change"]
+                line += (f"\n        paired, same images: shifted {gain['difference'] * 100:+.1f} pt (95% CI {gain['ci95'][0] * 100:+.1f} "
+                         f"to {gain['ci95'][1] * 100:+.1f}), clean {change['difference'] * 100:+.1f} pt (95% CI "
+                         f"{change['ci95'][0] * 100:+.1f} to {change['ci95'][1] * 100:+.1f})")
             if "camera" in row:
                 line += "\n        fitted camera: " + (", ".join(f"{k} {p:g}" for k, p in row["camera"]) or "none (nothing trained)")
                 if row["blend_share"] is not None:

@@ -254,3 +254,23 @@ def test_the_blend_keeps_clean_validation_accuracy_and_its_ends_are_the_two_mode
     assert counts[share] >= before or share == min(counts), "the largest share that keeps the clean images, else the smallest"
     assert all(counts[s] < before for s in counts if s > share)
     assert choose_blend(model, tuned, None)[1] == 1.0
+
+
+def test_the_domain_shift_benchmark_runs_on_a_tiny_model(setup, tmp_path):
+    """benchmarks/domain_shift.py end to end (flowers12 and Lite0 take half an hour): every
+    figure the README quotes comes out, paired intervals included."""
+    import json
+
+    from edgetl.benchmarks import domain_shift
+
+    names = ("0red", "1green", "2blue", "3yellow")  # folder order = the tiny model's class order
+    for split, seed in (("train", 10), ("test", 11)):
+        x, y = colour_images(48, seed=seed)
+        _write_images(tmp_path / "data" / split, x, y, names=names)
+    setup["model"].save(tmp_path / "tiny.keras")
+    results = domain_shift.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "tiny.keras"), "--size", "32",
+                                 "--shifts", "washed_out", "--methods", "none,camera", "--int8", "camera", "--json", str(tmp_path / "r.json")])
+    assert results["clean"] >= 0.9 and results["n_test"] == 48
+    camera = json.loads((tmp_path / "r.json").read_text())["shifts"]["washed_out"]["methods"]["camera"]
+    assert camera["camera"], "a washed-out camera is fitted"
+    assert camera["shifted_gain"]["n"] == 48 and camera["clean_change"]["n"] == 48 and "int8_shifted" in camera
