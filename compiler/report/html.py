@@ -185,6 +185,39 @@ def _training_section(report: dict) -> list[str]:
     return parts
 
 
+def _adaptation_section(report: dict) -> list[str]:
+    """What --adapt did to the deployed model (compiler/training/adapt.py's report), in words."""
+    adaptation = report.get("adaptation")
+    if not adaptation:
+        return []
+    parts = [f"<h2>Adaptation to the device's camera</h2><p><b>{_e(adaptation['method'])}</b> "
+             f"(--adapt {_e(adaptation['asked'])}): {_e(adaptation['why'])}. {adaptation['target_images']} unlabelled "
+             f"device images; int8 calibrated on the {_e(adaptation['int8_calibration'])}.</p>"]
+    chosen = next((r for r in adaptation["tried"] if r["method"] == adaptation["method"]), {})
+    camera = chosen.get("camera")
+    if camera is not None:
+        steps = ", ".join(f"{kind} {value:g}" for kind, value in camera["steps"])
+        if steps:
+            parts.append(f"<p>Fitted camera (no labels; batch-norm statistics of the device images matched from clean "
+                         f"training images): {_e(steps)}. Trained through it, then "
+                         f"{camera.get('blend_share', 1.0):.0%} of the trained weights kept (the largest share that loses no "
+                         "clean validation image).</p>")
+        else:
+            parts.append("<p>The device images fit no camera (they look like the training images to the model): "
+                         "nothing was trained.</p>")
+    parts.append("<table><tr><th>method</th><th>clean validation accuracy</th><th>labelled device images (--target-val)</th>"
+                 "<th>time</th></tr>")
+    before = adaptation.get("clean_val_accuracy_before")
+    if before is not None:
+        parts.append(f"<tr><td>(before adapting)</td><td class='n'>{_pct(before)}</td><td></td><td></td></tr>")
+    for row in adaptation["tried"]:
+        parts.append(f"<tr class='{'chosen' if row['method'] == adaptation['method'] else ''}'><td>{_e(row['method'])}</td>"
+                     f"<td class='n'>{_pct(row.get('clean_val_accuracy'))}</td><td class='n'>{_e(row.get('target_val', ''))}</td>"
+                     f"<td class='n'>{row['seconds']:.0f} s</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
 def render(report: dict, out: Path) -> str:
     ds = report["dataset"]
     deployed = report["deployed"]
@@ -268,6 +301,7 @@ def render(report: dict, out: Path) -> str:
         parts.append("<p>Skipped files:</p><ul>" + "".join(
             f"<li><code>{_e(s['path'])}</code>: {_e(s['reason'])}</li>" for s in ds["skipped"]) + "</ul>")
 
+    parts += _adaptation_section(report)
     parts.append(render_robustness_section(report))
     parts += _wall_time_section(report)
     parts.append("</body></html>")

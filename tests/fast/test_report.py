@@ -264,3 +264,22 @@ def test_the_page_prices_each_stage_and_says_how_to_leave_out_the_optional_ones(
     skips = {name: skip for name, _, _, skip in rows}
     assert "--no-robustness" in skips["robustness"] and "--no-baseline" in skips["baseline"]
     assert skips["teacher"] == skips["export"] == ""
+
+
+def test_the_page_says_how_the_model_was_adapted_to_the_device(tmp_path):
+    """Issue 14: --adapt's choice, the fitted camera and the methods tried, in report.html."""
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    assert "Adaptation to the device" not in render(report, tmp_path)
+    camera = {"steps": [["motion_blur", 12.0], ["jpeg", 21.75]], "distance": 0.01, "clean_distance": 0.4, "evaluations": 70,
+              "seconds": 90.0, "blend_share": 0.85}
+    report["adaptation"] = {
+        "method": "camera", "asked": "auto", "why": "the measured default (camera; no --target-val to choose with)",
+        "target_images": 306, "clean_val_accuracy_before": 0.98, "int8_calibration": "target images",
+        "tried": [{"method": "camera", "seconds": 240.0, "clean_val_accuracy": 0.98, "camera": camera}],
+    }
+    page = render(report, tmp_path)
+    section = page[page.index("<h2>Adaptation to the device's camera</h2>"):]
+    assert "<b>camera</b> (--adapt auto)" in section and "306 unlabelled" in section
+    assert "motion_blur 12, jpeg 21.75" in section and "85% of the trained weights kept" in section
+    camera["steps"] = []
+    assert "fit no camera" in render(report, tmp_path)
