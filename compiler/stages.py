@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgetl.compiler.cache import hash_files, stage_key
+from edgetl.compiler.spec.modes import AUTO_WITHOUT_TARGET_VAL
 from edgetl.models import get_config
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str,
             model=deployed,
             unlabeled=hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()),
             method=config.adapt,
+            auto_default=AUTO_WITHOUT_TARGET_VAL.value if config.adapt == "auto" else None,
             target_val=hash_files([p for p in sorted(target_val.rglob("*")) if p.is_file()], target_val) if target_val else None,
             epochs=config.adapt_epochs,
             max_drop=config.max_accuracy_drop,

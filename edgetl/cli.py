@@ -112,7 +112,7 @@ def compile_command(
         Optional[Path], typer.Option(help="Unlabelled images from the device's camera: the soft loss, and adaptation (--adapt).", rich_help_panel="Student")
     ] = _DEFAULT["unlabeled"],
     adapt: Annotated[
-        Adapt, typer.Option(help="Adapt the deployed model to the --unlabeled images: none, bn (batch-norm statistics + int8 calibration on them), camera (a camera fitted to them, then training through it), shot (bn + self-training), auto (the best on --target-val, else the measured default).", rich_help_panel="Domain adaptation")
+        Adapt, typer.Option(help="Adapt the deployed model to the --unlabeled images: none, bn (batch-norm statistics + int8 calibration on them), camera (a camera fitted to them, then training through it), shot (bn + self-training), auto (the best on --target-val, else camera).", rich_help_panel="Domain adaptation")
     ] = _DEFAULT["adapt"],
     target_val: Annotated[
         Optional[Path], typer.Option(help="A few labelled images from the device (DIR/<class>/*): chooses the adaptation and reports target accuracy.", rich_help_panel="Domain adaptation")

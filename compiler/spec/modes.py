@@ -67,6 +67,11 @@ class Adapt(Mode):
     SHOT = "shot"
 
 
+# What `--adapt auto` applies when no labelled --target-val chooses (the measurements behind it:
+# compiler/training/adapt.py, ADAPT_DEFAULT). Part of the adaptation's cache key.
+AUTO_WITHOUT_TARGET_VAL = Adapt.CAMERA
+
+
 class MixedPrecision(Mode):
     """--mixed-precision: teacher training in bf16 (compiler/spec/precision.py)."""
 
