@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_color_dataset
+from conftest import REPO, colour_images, write_color_dataset
 from edgetl.cli import app, main
 
 README = REPO / "README.md"
@@ -234,6 +234,13 @@ def _write_photos(folder: Path) -> None:
     for i, name in enumerate(("red", "blue"), 1):
         src = next((folder / "photos" / "test" / name).glob("*.png"))
         Image.open(src).convert("RGB").save(folder / f"photo{i}.jpg")
+    # device_photos/: unlabelled images from the device's camera (--unlabeled), darker and JPEG'd.
+    from edgetl.compiler.data.corruptions import apply_steps
+
+    (folder / "device_photos").mkdir()
+    pixels, _ = colour_images(8, seed=3)
+    for i, image in enumerate(apply_steps(pixels, [("brightness", -0.2), ("jpeg", 30)], seed=0)):
+        Image.fromarray(image).save(folder / "device_photos" / f"{i}.jpg")
 
 
 @pytest.fixture(scope="module")
