@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
     seed = args.seed if args.adapt_seed is None else args.adapt_seed
 
     from edgetl.compiler.training.adapt import adapt, calibration_images
-    from edgetl.compiler.data.corruptions import apply_steps
+    from edgetl.compiler.data.corruptions import apply_steps, describe_steps
     from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.compiler.compression.quantize import calibration_sample
     from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
         steps = SHIFTS[shift]
         target_train = apply_steps(x_train[device_half], steps, seed=seed)
         target_test = apply_steps(x_test, steps, seed=seed + 1)
-        print(f"\n== {shift}: " + ", ".join(f"{k} {p:g}" for k, p in steps))
+        print(f"\n== {shift}: " + describe_steps(steps))
         rows, hits = {}, {}
         for method in methods:
             adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val, seed=seed,
@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
                          f"to {gain['ci95'][1] * 100:+.1f}), clean {change['difference'] * 100:+.1f} pt (95% CI "
                          f"{change['ci95'][0] * 100:+.1f} to {change['ci95'][1] * 100:+.1f})")
             if "camera" in row:
-                line += "\n        fitted camera: " + (", ".join(f"{k} {p:g}" for k, p in row["camera"]) or "none (nothing trained)")
+                line += "\n        fitted camera: " + (describe_steps(row["camera"]) or "none (nothing trained)")
                 if row["blend_share"] is not None:
                     line += f"; {row['blend_share']:.0%} of the trained weights kept"
             if "int8_shifted" in row:

@@ -945,7 +945,9 @@ def _adapt_deployed(config: CompileConfig, deployed: TrainedModel, images: Image
     console.print(f"    adaptation: {report['method']} ({report['why']})")
     camera = next((r.get("camera") for r in report["tried"] if r["method"] == report["method"]), None)
     if camera is not None:
-        fitted = ", ".join(f"{kind} {value:g}" for kind, value in camera["steps"])
+        from edgetl.compiler.data.corruptions import describe_steps
+
+        fitted = describe_steps(camera["steps"])
         console.print(f"    fitted camera: {fitted}; {camera.get('blend_share', 1.0):.0%} of the trained weights kept" if fitted
                       else "    the device images fit no camera: nothing trained")
     report = {**report, "key": key}

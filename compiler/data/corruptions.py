@@ -203,6 +203,11 @@ def corrupt(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.n
     return out[0] if single else out
 
 
+def describe_steps(steps) -> str:
+    """A chain of corruption steps in words, e.g. "motion_blur 12, jpeg 20" (reports, logs)."""
+    return ", ".join(f"{kind} {float(parameter):g}" for kind, parameter in steps)
+
+
 def apply_steps(images: np.ndarray, steps, seed: int = 0) -> np.ndarray:
     """A chain of corruptions with explicit parameters: [(kind, parameter), ...], in order.
 

@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from edgetl.atomic import atomic_write_text
+from edgetl.compiler.data.corruptions import describe_steps
 from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
 from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, tradeoff_chart, training_chart
 from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
@@ -196,7 +197,7 @@ def _adaptation_section(report: dict) -> list[str]:
     chosen = next((r for r in adaptation["tried"] if r["method"] == adaptation["method"]), {})
     camera = chosen.get("camera")
     if camera is not None:
-        steps = ", ".join(f"{kind} {value:g}" for kind, value in camera["steps"])
+        steps = describe_steps(camera["steps"])
         if steps:
             parts.append(f"<p>Fitted camera (no labels; batch-norm statistics of the device images matched from clean "
                          f"training images): {_e(steps)}. Trained through it, then "

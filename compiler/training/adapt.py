@@ -33,6 +33,7 @@ import numpy as np
 
 from edgetl._compat import keras, tf
 from edgetl.compiler.spec.modes import AUTO_WITHOUT_TARGET_VAL
+from edgetl.compiler.training.camera import LEARNING_RATE, choose_blend, fit_camera, train_through_camera, training_steps
 from edgetl.models import FEATURES_LAYER, LOGITS_LAYER
 
 METHODS = ("none", "bn", "camera", "shot")
@@ -264,20 +265,23 @@ def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None =
 
 
 def adapt_camera(model, images: np.ndarray, *, source, labelled, clean_val=None, batch_size: int = 32, seed: int = 0,
-                 epochs: int = 2, learning_rate: float | None = None):
+                 epochs: int = 2, learning_rate: float = LEARNING_RATE):
     """`camera`: fit a camera to the target images, train through it, blend with the model
-    (compiler/training/camera.py)."""
-    from edgetl.compiler.training.camera import choose_blend, fit_camera, train_through_camera
+    (compiler/training/camera.py); minutes, so both steps show progress."""
+    from edgetl.compiler.progress import activity, progress_bar
 
     if source is None or labelled is None:
         raise ValueError("camera adaptation needs the clean training images, with their labels")
     start = time.perf_counter()
-    fit = fit_camera(model, source, images, seed=seed)
+    with activity("camera: fitting it to the device images", unit="settings measured") as advance:
+        fit = fit_camera(model, source, images, seed=seed, progress=advance)
     record = fit.to_json()
     adapted = model
     if fit.steps:
-        tuned, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, batch_size=batch_size, seed=seed,
-                                        **({"learning_rate": learning_rate} if learning_rate else {}))
+        steps = training_steps(len(labelled[1]), batch_size, epochs)
+        with progress_bar("camera: training through it", steps) as advance:
+            tuned, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, learning_rate=learning_rate,
+                                            batch_size=batch_size, seed=seed, progress=advance)
         adapted, share, counts = choose_blend(model, tuned, clean_val, batch_size)
         record.update(blend_share=share, clean_val_correct={str(k): v for k, v in counts.items()})
     return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if fit.steps else 0,

@@ -170,6 +170,15 @@ def soften(steps, strength: float) -> list[tuple[str, float]]:
     return out
 
 
+def _clean_per_batch(batch_size: int) -> int:
+    return max(1, batch_size // 2)  # the other half of each batch is the same images through the camera
+
+
+def training_steps(images: int, batch_size: int, epochs: int) -> int:
+    """How many batches (and `progress()` calls) train_through_camera runs."""
+    return epochs * -(-images // _clean_per_batch(batch_size))
+
+
 def train_through_camera(model, x, y, steps, *, epochs: int = 2, learning_rate: float = LEARNING_RATE, batch_size: int = 32,
                          seed: int = 0, jitter: float = JITTER, progress=None):
     """A copy of `model` trained on labelled (x, y), each batch half clean and half through the
@@ -197,7 +206,7 @@ def train_through_camera(model, x, y, steps, *, epochs: int = 2, learning_rate: 
         return loss
 
     rng = np.random.default_rng(seed)
-    half = max(1, batch_size // 2)
+    half = _clean_per_batch(batch_size)
     for epoch in range(epochs):
         order = rng.permutation(len(y))
         for b, i in enumerate(range(0, len(order), half)):
