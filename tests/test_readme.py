@@ -35,7 +35,7 @@ README = REPO / "README.md"
 
 # What is not run, and why. Matched on the start of a command (program and subcommand).
 EXPENSIVE = {
-    "edgetl demo": "trains two EfficientNet-Lite0 models (minutes); tests/test_end_to_end.py runs the demo (slow)",
+    "edgetl demo": "trains two EfficientNet-Lite0 models (minutes); tests/test_demo.py runs it (slow)",
     "pip install": "installs packages: needs a package index, and would change this environment",
     "pip uninstall": "changes this environment",
     "python -m pytest": "the test suite itself",
