@@ -16,7 +16,9 @@ from pathlib import Path
 
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.data.datasets import scan_dataset
-from edgetl.compiler.pipeline import ImageCache, TrainedModel, _student_views, _new_student
+from edgetl.compiler.data.image_store import ImageCache
+from edgetl.compiler.stages.student import new_student, student_views
+from edgetl.compiler.stages.trained import TrainedModel
 from edgetl.models import get_config
 
 
@@ -53,7 +55,7 @@ def main() -> None:
 
     from edgetl._compat import tf
 
-    student = _new_student(config, size, len(dataset.classes), tf.distribute.get_strategy())
+    student = new_student(config, size, len(dataset.classes), tf.distribute.get_strategy())
     val = images.get("val", size)
     x_test, y_test = images.get("test", size)
     train_head(student, config, images.get("train", size), val, label="student")
@@ -72,7 +74,7 @@ def main() -> None:
             student,
             teacher_model if alpha > 0 else None,
             unfreeze_from=student_cfg.unfreeze_from,
-            train_views=_student_views(config, teacher if alpha > 0 else None, size, images),
+            train_views=student_views(config, teacher if alpha > 0 else None, size, images),
             val=val,
             epochs=config.distill_epochs,
             learning_rate=config.distill_learning_rate,

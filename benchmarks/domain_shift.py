@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     # statistics are matched from come from the other half (module docstring).
     order = np.random.default_rng(seed).permutation(len(y_train))
     device_half, source_half = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
-    source = calibration_sample(x_train[source_half], y_train[source_half], 192, seed)  # as pipeline._adaptation_source
+    source = calibration_sample(x_train[source_half], y_train[source_half], 192, seed)  # as compiler/stages/adapt.py, adaptation_source
     clean_hits = predict(model, x_test).argmax(1) == y_test
     clean, n = float(np.mean(clean_hits)), len(y_test)
     print(f"clean test, no adaptation: {describe_accuracy(clean, n)}")

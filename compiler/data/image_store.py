@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.compiler.data.datasets import _WORKERS, Sample
+from edgetl.compiler.data.datasets import _WORKERS, Dataset, Sample
+from edgetl.compiler.progress import progress_bar
 from edgetl.runtime.images import check_size, load_image
 
 __all__ = ["DiskImages", "ImageFolder", "rows_of", "write_images"]
@@ -190,3 +191,44 @@ class ImageFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ImageCache:
+    """Each split decoded and resized once per input size, however many models need it.
+
+    The pixels go to one .npy file per split and size in `folder` (ImageFolder above), not
+    into memory: `get` returns a DiskImages that training streams from a batch at a time,
+    so memory does not grow with the number of images. Without a folder a temporary one is used;
+    `close()` removes it either way.
+
+    With cross-validation there is no val split and maybe no test split: asking for one gives
+    the training images instead (export parity, the quantization gate and the golden images need
+    some images; they measure fidelity to the float model, not generalisation). `held_out`
+    says which splits are real, and the report says so next to every figure.
+    """
+
+    def __init__(self, dataset: Dataset, unlabeled=(), folder: Path | None = None):
+        self.samples = {**dataset.splits, "unlabeled": list(unlabeled)}
+        self.held_out = {split: bool(self.samples.get(split)) for split in ("val", "test")}
+        self._arrays: dict[tuple[str, int], tuple[object, np.ndarray]] = {}
+        self.folder = ImageFolder(folder)
+
+    def get(self, split: str, size: int):
+        """(images, labels): images a DiskImages (uint8 [N, size, size, 3], read on demand)."""
+        if split in self.held_out and not self.held_out[split]:
+            split = "train"
+        if self.samples.get(split) is self.samples["train"]:  # the same images (--model): decoded once
+            split = "train"
+        key = (split, size)
+        if key not in self._arrays:
+            samples = self.samples[split]
+            labels = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
+            with progress_bar(f"load {split} ({size} px)", len(samples)) as advance:
+                images = write_images(samples, size, self.folder.file(split, size), progress=advance)
+            self._arrays[key] = (images, labels)
+        return self._arrays[key]
+
+    def close(self) -> None:
+        self._arrays.clear()
+        self.folder.remove()
+

@@ -20,7 +20,8 @@ from edgetl.runtime.model_info import INFO_FILE, LABELS_FILE
 
 if TYPE_CHECKING:
     from edgetl.compiler.data.datasets import Dataset
-    from edgetl.compiler.pipeline import ImageCache, TrainedModel
+    from edgetl.compiler.data.image_store import ImageCache
+    from edgetl.compiler.stages.trained import TrainedModel
     from edgetl.compiler.spec.config import CompileConfig
 
 

@@ -1,4 +1,4 @@
-"""The stage declaration (compiler/stages.py): the run is held to it, the dry run lists it, and
+"""The stage declaration (compiler/stages/__init__.py): the run is held to it, the dry run lists it, and
 the cache keys say which stages a changed setting invalidates. No TensorFlow."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_a_stage_out_of_its_declared_order_or_never_run_is_an_internal_error(dat
     run = StageSequence(c, timer)
     with run.stage("data", "data"):
         pass
-    with pytest.raises(RuntimeError, match="entered stage 'student' where compiler/stages.py declares 'teacher'"):
+    with pytest.raises(RuntimeError, match="entered stage 'student' where compiler/stages/__init__.py declares 'teacher'"):
         with run.stage("student", "student"):
             pass
     for name in ("teacher", "export", "verify", "optimize", "package"):

@@ -1,4 +1,18 @@
-"""The stages of one compile, declared once.
+"""The stages of one compile: declared once here, each run by the module named after it.
+
+  source      source.py      --model: the user's classifier wrapped, nothing trained
+  teacher     teacher.py     linear probe, then fine-tuning; the better kept
+  student     student.py     the student's probe, then distillation from the teacher
+  baseline    student.py     the same student on the labels alone (the ablation)
+  adapt       adapt.py       the deployed model adapted to the device's unlabelled photos
+  export      export.py      float32 TFLite and ONNX files
+  verify      export.py      each float export run against its Keras model
+  optimize    optimize.py    quantized and pruned candidates, measured, through the gate
+  package     package.py     deployed files with metadata, the target's checks, app handoff
+  robustness  robustness.py  the deployed files on camera corruptions
+
+(trained.py: what a training stage hands on, and its round trip through the stage cache.)
+`compiler/pipeline.py` is the spine that calls them in this order.
 
 `compile_model` enters its stages through `StageSequence`, which refuses a stage that is not the
 next one declared here for the compile's settings and, at the end, one that was skipped;
@@ -7,7 +21,7 @@ dry run promises and what the run does cannot drift apart: a change to one that 
 the other fails the first compile that takes the changed path (tests/fast/test_stages.py and
 the pipeline tests cover every branch).
 
-Importing this module imports no TensorFlow.
+Importing this package imports no TensorFlow (its stage modules import it when they run).
 """
 
 from __future__ import annotations
@@ -98,7 +112,7 @@ class StageSequence:
         position = len(self.entered)
         if position >= len(self.expected) or self.expected[position] != name:
             raise RuntimeError(
-                f"internal error: the compile entered stage {name!r} where compiler/stages.py declares "
+                f"internal error: the compile entered stage {name!r} where compiler/stages/__init__.py declares "
                 f"{self.expected[position] if position < len(self.expected) else 'no further stage'!r} "
                 f"(declared for these settings: {', '.join(self.expected)})"
             )
@@ -110,7 +124,7 @@ class StageSequence:
         """Raise when a declared stage never ran (the dry run would have promised it)."""
         if self.entered != self.expected:
             missing = [name for name in self.expected if name not in self.entered]
-            raise RuntimeError(f"internal error: declared stages never ran: {', '.join(missing)} (compiler/stages.py)")
+            raise RuntimeError(f"internal error: declared stages never ran: {', '.join(missing)} (compiler/stages/__init__.py)")
 
 
 # -- cache keys ----------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""The student and baseline stages: the small model headed by its linear probe on cached
+features, then distilled from the teacher (student) or trained on the labels alone with the same
+budget (baseline, the ablation); chosen on the held-out split or by cross-validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgetl.compiler.data.image_store import ImageCache
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.stages.trained import TrainedModel, holdout_selection, say_choice, say_holdout_choice
+from edgetl.models import ModelConfig
+
+
+def new_student(config: CompileConfig, size: int, num_classes: int, strategy):
+    from edgetl.models import create_model
+
+    with strategy.scope():
+        return create_model(
+            config.student,
+            weights=config.weights_arg(config.student_weights),
+            num_classes=num_classes,
+            dropout=config.dropout,
+            input_size=size,
+        )
+
+
+def student_views(config: CompileConfig, teacher: TrainedModel | None, size: int, images: ImageCache):
+    """Training pixels at the larger input size (one view, resized for each model), plus unlabelled."""
+    view_size = max(size, teacher.input_size) if teacher is not None else size
+    x, y = images.get("train", view_size)
+    if teacher is not None and images.samples["unlabeled"]:
+        xu, yu = images.get("unlabeled", view_size)
+        x, y = x.concat(xu), np.concatenate([y, yu])
+    return x, y
+
+
+def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
+    return dict(
+        unfreeze_from=model_config.unfreeze_from,
+        epochs=config.distill_epochs,
+        learning_rate=config.distill_learning_rate,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        temperature=config.temperature,
+        seed=config.seed,
+    )
+
+
+def train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
+    """The student headed by its linear probe (cached features): where distillation and the
+    baseline both start from."""
+    from edgetl.compiler.training.finetune import train_head
+
+    student = new_student(config, size, num_classes, strategy)
+    x, y = images.get("train", size)
+    val = images.get("val", size) if images.held_out["val"] else (x[:0], y[:0])  # no val split under cross-validation
+    head, _ = train_head(student, config, (x, y), val, strategy, label="student")
+    return TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
+
+
+def _from_head(head: TrainedModel, config, num_classes, strategy):
+    """A fresh student with the head stage's weights (the cached head model stays untouched)."""
+    from edgetl.models import create_model
+
+    with strategy.scope():
+        model = create_model(config.student, weights=None, num_classes=num_classes, dropout=config.dropout, input_size=head.input_size)
+    model.set_weights(head.model.get_weights())
+    return model
+
+
+def distil(config, model_config, head: TrainedModel, teacher: TrainedModel, images: ImageCache, num_classes, strategy, selection="holdout"):
+    return _train_from_head(config, model_config, head, teacher, images, num_classes, strategy, selection)
+
+
+def train_baseline(config, model_config, head: TrainedModel, images: ImageCache, num_classes, strategy, selection="holdout"):
+    return _train_from_head(config, model_config, head, None, images, num_classes, strategy, selection)
+
+
+def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, selection):
+    """Distillation (teacher given) or the labels-only baseline (teacher None), from the probe head."""
+    from edgetl.compiler.training.distill import train_student
+
+    role, key = ("student", "distillation") if teacher is not None else ("baseline", "labels_only")
+    description = "student: distillation" if teacher is not None else "baseline: labels only"
+    student = _from_head(head, config, num_classes, strategy)
+    if selection == "cv":
+        record = _train_from_head_cv(config, model_config, head, student, teacher, images, num_classes, strategy, description)
+        training = {**head.training, key: record}
+        return TrainedModel(role, config.student, model_config, student, head.input_size, training)
+    result = train_student(
+        student,
+        teacher.model if teacher is not None else None,
+        train_views=student_views(config, teacher, head.input_size, images),
+        val=images.get("val", head.input_size),
+        alpha=config.alpha if teacher is not None else 0.0,
+        label=description,
+        strategy=strategy,
+        **_student_kwargs(config, model_config),
+    )
+    record = result.to_json()
+    record["selection"] = holdout_selection(head.training["head"]["val_accuracy"], record["stage"], images.samples["val"])
+    say_holdout_choice(role, record["selection"])
+    training = {**head.training, key: record}
+    return TrainedModel(role, config.student, model_config, student, head.input_size, training)
+
+
+def _train_from_head_cv(config, model_config, head: TrainedModel, student, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, description):
+    """Cross-validated distillation curve from the probe head, then the refit on all images."""
+    import time
+
+    from edgetl._compat import keras
+    from edgetl.compiler.training.cv_training import distill_cv, fit_fixed
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.training.finetune import extract_features, set_trainable_top
+    from edgetl.compiler.training.crossval import stratified_folds
+    from edgetl.compiler.training.probe import fit_probe_at
+    from edgetl.models import get_config as model_config_of
+
+    start = time.perf_counter()
+    size = head.input_size
+    x, y = images.get("train", size)
+    features = extract_features(student, x, config.batch_size, f"{description}: features")
+    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"])  # C as the head stage chose it
+    view_size = max(size, teacher.input_size) if teacher is not None else size
+    x_views, _ = images.get("train", view_size)
+    unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None
+    fold_weights = (teacher.extras or {}).get("fold_weights") if teacher is not None else None
+    if teacher is not None and fold_weights is None:
+        raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
+    splits = stratified_folds(y, config.folds, config.seed)
+    alpha = config.alpha if teacher is not None else 0.0
+    choice = distill_cv(
+        student, teacher.model if teacher is not None else None,
+        unfreeze_from=model_config.unfreeze_from,
+        teacher_unfreeze_from=model_config_of(teacher.name).unfreeze_from if teacher is not None else None,
+        teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
+        features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
+        learning_rate=config.distill_learning_rate, batch_size=config.batch_size, temperature=config.temperature,
+        alpha=alpha, seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
+    )
+    say_choice(description.split(":")[0], choice)
+    if choice.epochs:
+        keras.utils.set_random_seed(config.seed)
+        distiller = Distiller(logits_model(student), logits_model(teacher.model) if teacher is not None else None, config.temperature, alpha)
+        set_trainable_top(student, model_config.unfreeze_from)
+        with strategy.scope():
+            distiller.compile(optimizer=keras.optimizers.Adam(config.distill_learning_rate))
+        xv, yv = student_views(config, teacher, size, images)
+        fit_fixed(distiller, distillation_dataset(xv, yv, config.batch_size, config.seed), choice.epochs,
+                  f"{description}: refit on all {len(y)} images")
+    return {"selection": choice.to_json(), "temperature": config.temperature, "alpha": alpha,
+            "labelled_images": int(len(y)), "unlabelled_images": 0 if unlabeled is None else int(len(unlabeled)),
+            "seconds": time.perf_counter() - start}
+

@@ -1,0 +1,142 @@
+"""What a training stage hands on: the model with the record the report needs
+(`TrainedModel`), its round trip through the stage cache (`cached`), the Keras reference file
+(`save_keras`), and how a stage records and says what its selection chose (held-out split or
+cross-validation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.compiler.cache import StageCache
+from edgetl.compiler.evaluation.evaluate import classification_metrics
+from edgetl.compiler.progress import console
+from edgetl.models import ModelConfig, get_config
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model that came out of a training stage, with what the report needs about it."""
+
+    role: str  # "teacher", "student", "baseline", or "source" (--model: trained elsewhere)
+    name: str
+    config: ModelConfig
+    model: object  # tf_keras.Model
+    input_size: int
+    training: dict
+    test_probs: np.ndarray | None = None
+    cached: bool = False  # reused from the stage cache rather than trained in this run
+    # Arrays a later stage needs besides the model (the teacher's fold models under
+    # cross-validation), stored with it in the stage cache.
+    extras: dict | None = None
+
+    @property
+    def selection(self) -> dict | None:
+        """How this model's recipe was chosen: the probe or training, by CV or on val."""
+        stage = {"teacher": self.training, "student": self.training.get("distillation"), "baseline": self.training.get("labels_only")}.get(self.role)
+        return (stage or {}).get("selection")
+
+    def summary(self, y_test, classes, test_held_out: bool = True, y_train=None) -> dict:
+        from edgetl.models import count_macs
+
+        summary = {
+            "model": self.name,
+            "input_size": self.input_size,
+            "params": int(self.model.count_params()),
+            "macs": count_macs(self.model),
+            "preprocessing": self.config.preprocessing + " (inside the exported graphs)",
+            "training": self.training,
+            "cached": self.cached,
+            "test": classification_metrics(y_test, self.test_probs, classes) if test_held_out else None,
+        }
+        selection = self.selection
+        if selection and selection.get("oof_pred") is not None and y_train is not None:
+            # Cross-validated estimate: every labelled image scored by a fold model that did not train on it.
+            oof = np.eye(len(classes))[np.asarray(selection["oof_pred"], np.int64)]
+            cv = classification_metrics(y_train, oof, classes)
+            summary["cv"] = {**cv, "n": cv["images"], "folds": int(selection["method"].split("-")[0]),
+                             "chose": "the linear probe" if selection["probe_kept"] else f"{selection['chosen_epochs']} epochs of training"}
+        return summary
+
+
+def cached(cache: StageCache, stage: str, key: str, train) -> TrainedModel:
+    """Train, or reuse the stage's cached result when its inputs are unchanged."""
+    hit = cache.load(stage, key)
+    if hit is not None:
+        model, record, arrays = hit
+        console.print(f"    reusing cached {stage} ({key}) from {cache.root}")
+        return TrainedModel(
+            record["role"], record["name"], get_config(record["name"]), model, record["input_size"], record["training"],
+            cached=True, extras=_extras_from_arrays(arrays),
+        )
+    trained = train()
+    record = {"role": trained.role, "name": trained.name, "input_size": trained.input_size, "training": trained.training}
+    cache.store(stage, key, trained.model, record, _extras_to_arrays(trained.extras))
+    return trained
+
+
+def _extras_to_arrays(extras: dict | None) -> dict:
+    """Fold models as flat named arrays (w<fold>_<index>), for the stage cache."""
+    if not extras or not extras.get("fold_weights"):
+        return {}
+    return {f"w{f}_{i}": w for f, weights in enumerate(extras["fold_weights"]) for i, w in enumerate(weights)}
+
+
+def _extras_from_arrays(arrays: dict) -> dict | None:
+    if not arrays:
+        return None
+    folds: dict[int, dict[int, np.ndarray]] = {}
+    for name, value in arrays.items():
+        fold, index = name[1:].split("_")
+        folds.setdefault(int(fold), {})[int(index)] = value
+    return {"fold_weights": [[ws[i] for i in sorted(ws)] for _, ws in sorted(folds.items())]}
+
+
+def save_keras(model, path: Path) -> None:
+    from edgetl._compat import keras
+    from edgetl.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        # Saved through an uncompiled twin (same layers) so no optimizer state is written:
+        # the file is a reference model, not a training checkpoint.
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
+
+
+def holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dict:
+    """What the val split chose between the probe and the trained model, in the CV record's terms."""
+    from edgetl.compiler.evaluation.stats import Accuracy
+
+    n = len(val_samples)
+    kept = stage["best_epoch"] == 0
+    chosen = probe_val if kept else stage["best_val_accuracy"]
+    return {
+        "method": f"held-out validation split ({n} images)",
+        "chosen_epochs": stage["best_epoch"],
+        "probe_kept": kept,
+        "estimate": Accuracy(round((chosen or 0.0) * n), n).to_json(),
+        "probe": Accuracy(round((probe_val or 0.0) * n), n).to_json(),
+        "versus_probe": stage.get("versus_start"),
+    }
+
+
+def say_holdout_choice(role: str, selection: dict) -> None:
+    versus = selection.get("versus_probe")
+    if versus and selection["probe_kept"]:
+        console.print(f"    {role}: the linear probe is kept on val: {versus['verdict']}, not beyond noise")
+    elif versus:
+        console.print(f"    {role}: {selection['chosen_epochs']} epochs chosen on val; {versus['verdict']}")
+
+
+def say_choice(role: str, choice) -> None:
+    curve = " ".join(f"{a:.1%}" for a in choice.accuracy_by_epoch)
+    console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe): {curve}")
+    if choice.probe_kept:
+        if choice.versus_probe["best_epochs"] == 0:
+            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")
+        else:
+            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
+    else:
+        console.print(f"    {role}: {choice.epochs} epochs chosen, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
+
