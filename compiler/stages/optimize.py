@@ -14,6 +14,9 @@ from edgetl.compiler.stages.trained import TrainedModel
 
 
 def optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, deployed: TrainedModel, images: ImageCache, float_files: dict, calibration=None, strategy=None):
+    """Every candidate file the settings ask for (PTQ precisions, QAT when int8 misses the gate or
+    --qat asks, the pruned and clustered ones, ONNX int8/fp16), through the gate and timed: the
+    Optimizer that the package stage chooses the deployed files from."""
     from edgetl.compiler.compression.optimize import Optimizer
     from edgetl.runtime.measure import default_threads
 
