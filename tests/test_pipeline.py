@@ -268,3 +268,27 @@ def test_held_out_selection_also_keeps_the_probe_when_fine_tuning_is_ruined(tmp_
     selection = report["models"]["teacher"]["training"]["selection"]
     assert report["dataset"]["selection"] == "holdout" and selection["probe_kept"]
     assert report["models"]["teacher"]["test"]["accuracy"] >= 0.9
+
+
+def test_under_cross_validation_the_students_features_are_extracted_once(tmp_path, monkeypatch):
+    """Distillation and the baseline start from the student head's unchanged backbone: they reuse
+    its training-image features instead of running the backbone over every image again."""
+    from conftest import write_color_dataset
+    from edgetl.compiler.training import finetune
+
+    calls = []
+    extract = finetune.extract_features
+
+    def counted(model, images, batch_size, description):
+        calls.append((description, len(images)))
+        return extract(model, images, batch_size, description)
+
+    monkeypatch.setattr(finetune, "extract_features", counted)
+    data = write_color_dataset(tmp_path / "data", per_class=10)
+    config = CompileConfig(data=data, out=tmp_path / "out", **{**DISTIL, "quantize": "fp32", "selection": "auto", "cv_below": 600, "folds": 3})
+    report = compile_model(config)
+    assert report["dataset"]["selection"] == "cv"
+    assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
+    assert report["models"]["baseline"]["training"]["labels_only"]["selection"]
+    student_passes = [d for d, n in calls if not d.startswith("teacher")]
+    assert student_passes == ["student: features (train)"], calls

@@ -52,13 +52,17 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
 def train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
     """The student headed by its linear probe (cached features): where distillation and the
     baseline both start from."""
-    from edgetl.compiler.training.finetune import train_head
+    from edgetl.compiler.training.finetune import extract_features, train_head
 
     student = new_student(config, size, num_classes, strategy)
     x, y = images.get("train", size)
-    val = images.get("val", size) if images.held_out["val"] else (x[:0], y[:0])  # no val split under cross-validation
-    head, _ = train_head(student, config, (x, y), val, strategy, label="student")
-    return TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
+    cross_validated = not images.held_out["val"]  # no val split under cross-validation
+    val = (x[:0], y[:0]) if cross_validated else images.get("val", size)
+    features = extract_features(student, x, config.batch_size, "student: features (train)")
+    head, _ = train_head(student, config, (x, y), val, strategy, label="student", features=features)
+    trained = TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
+    trained.features = features if cross_validated else None  # only the CV stages start from them again
+    return trained
 
 
 def _from_head(head: TrainedModel, config, num_classes, strategy):
@@ -122,7 +126,9 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     start = time.perf_counter()
     size = head.input_size
     x, y = images.get("train", size)
-    features = extract_features(student, x, config.batch_size, f"{description}: features")
+    if head.features is None:  # the head came from the stage cache: its features were not kept
+        head.features = extract_features(student, x, config.batch_size, f"{description}: features")
+    features = head.features
     probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"])  # C as the head stage chose it
     view_size = max(size, teacher.input_size) if teacher is not None else size
     x_views, _ = images.get("train", view_size)

@@ -31,6 +31,10 @@ class TrainedModel:
     # Arrays a later stage needs besides the model (the teacher's fold models under
     # cross-validation), stored with it in the stage cache.
     extras: dict | None = None
+    # The backbone's pooled features of the training images, in memory only (not in the stage
+    # cache). Under cross-validation distillation and the baseline both start from the student
+    # head's backbone, unchanged, so they reuse these instead of each running it over every image.
+    features: np.ndarray | None = None
 
     @property
     def selection(self) -> dict | None:
