@@ -14,6 +14,11 @@
 (trained.py: what a training stage hands on, and its round trip through the stage cache.)
 `compiler/pipeline.py` is the spine that calls them in this order.
 
+A new stage: declare it in STAGES below (when it applies, what the dry run says, its cache
+entries), give a cached stage its key in `stage_keys`, write its run in a module here, and call
+that from `compiler/pipeline.py` inside `stages.stage(name, ...)` at its place in the order.
+tests/fast/test_stages.py then holds the dry run and the run to the same list.
+
 `compile_model` enters its stages through `StageSequence`, which refuses a stage that is not the
 next one declared here for the compile's settings and, at the end, one that was skipped;
 `--dry-run` lists the same declaration with what the stage cache already holds. So what the
