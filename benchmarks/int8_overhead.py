@@ -11,7 +11,7 @@ uint8 input, then times them in one process, interleaved:
              a bare TFLiteConverter; no compaction, no metadata.
   edgetl     what `edgetl compile` deploys: `convert_tflite(model, "int8", io_dtype="uint8")`
              (the normalisation folded into the input quantization), then the TFLite metadata,
-             labels and model_info.json that `_package` adds.
+             labels and model_info.json that the package stage (compiler/stages/package.py) adds.
   unfolded   the same with `fold=False`: the "preprocess" layer converted as Sub and Mul, as
              edgetl did before (so the table shows what folding bought).
 

@@ -337,11 +337,21 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarr
     else:
         tried = [method]
     rows, models = [], {}
-    base_clean = _accuracy(model, *clean_val, batch_size)
+    scored: dict[int, float | None] = {}  # id(model) -> clean val accuracy: each model predicted once
+
+    def clean_accuracy(m) -> float | None:
+        if id(m) not in scored:
+            scored[id(m)] = _accuracy(m, *clean_val, batch_size)
+        return scored[id(m)]
+
+    base_clean = clean_accuracy(model)
     for name in tried:
         adapted, result = adapt(model, name, target, source=source, labelled=labelled, clean_val=clean_val, batch_size=batch_size,
                                 seed=seed, epochs=epochs)
-        row = {**result.to_json(), "clean_val_accuracy": _accuracy(adapted, *clean_val, batch_size)}
+        blend = result.camera or {}
+        if blend.get("clean_val_correct"):  # the camera's blend choice already scored the model it returns
+            scored[id(adapted)] = blend["clean_val_correct"][str(blend["blend_share"])] / len(clean_val[1])
+        row = {**result.to_json(), "clean_val_accuracy": clean_accuracy(adapted)}
         if target_val is not None:
             row["target_val_accuracy"] = _accuracy(adapted, *target_val, batch_size)
             row["target_val"] = describe_accuracy(row["target_val_accuracy"], len(target_val[1]))
