@@ -40,6 +40,7 @@ from edgetl.compiler.stages.optimize import optimize
 from edgetl.compiler.stages.package import package
 from edgetl.compiler.stages.robustness import robustness
 from edgetl.compiler.stages.source import source_dataset, source_stage
+from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_size
 from edgetl.compiler.stages.student import distil, train_baseline, train_student_head
 from edgetl.compiler.stages.teacher import in_training_precision, train_teacher
 from edgetl.compiler.stages.trained import cached, save_keras
@@ -202,7 +203,9 @@ def _check_memory(config: CompileConfig, dataset: Dataset, unlabeled, teacher_co
     so more than half the memory for the images is refused rather than left to the OOM killer.
     """
     sizes = {teacher_config.input_size}
-    if config.distills:
+    if config.chooses_student_size:
+        sizes.update(candidate_sizes(student_config.input_size))
+    elif config.distills:
         sizes.add(config.student_size or student_config.input_size)
     images = len({s.path for samples in dataset.splits.values() for s in samples}) + len(unlabeled)
     needed = images * sum(s * s * 3 for s in sizes)
@@ -289,11 +292,15 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
 
     deployed, baseline = teacher, None
     if config.distills:
-        size = config.student_size or student_config.input_size
-        with stages.stage("student", f"distilling {config.teacher} into {config.student} ({size} px)"):
-            head = cached(
-                cache, "student_head", keys["student_head"], lambda: train_student_head(config, student_config, size, images, len(classes), strategy)
-            )
+        if config.chooses_student_size:
+            size_text = "input size chosen among " + ", ".join(f"{s}" for s in candidate_sizes(student_config.input_size)) + " px"
+            train_head = lambda: choose_student_size(config, student_config, images, len(classes), strategy)  # noqa: E731
+        else:
+            size = config.student_size or student_config.input_size
+            size_text = f"{size} px"
+            train_head = lambda: train_student_head(config, student_config, size, images, len(classes), strategy)  # noqa: E731
+        with stages.stage("student", f"distilling {config.teacher} into {config.student} ({size_text})"):
+            head = cached(cache, "student_head", keys["student_head"], train_head)
             deployed = cached(
                 cache, "student", keys["student"], lambda: distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
@@ -384,6 +391,11 @@ def plan(config: CompileConfig) -> dict:
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
     stages = [{"stage": s.name, "does": s.does, "cached": s.cached(cache, keys), "keys": {e: keys[e] for e in s.caches}}
               for s in stages_for(config)]
+    if config.chooses_student_size:  # say which sizes the student stage will measure
+        sizes = ", ".join(str(size) for size in candidate_sizes(get_config(config.student).input_size))
+        for s in stages:
+            if s["stage"] == "student":
+                s["does"] = f"the student's probe at {sizes} px, each int8 file timed, one size kept; then distillation"
     cached = {entry for s in stages if s["cached"] for entry in s["keys"]}
     needs = [] if config.model else _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)

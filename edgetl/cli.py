@@ -72,6 +72,16 @@ def _global_options(
 # (tests/fast/test_cli.py checks both); with --recipe only the options given on the line count.
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(CompileConfig) if f.default is not dataclasses.MISSING}
 _FIELD = {"cache": "use_cache"}  # CLI name -> setting, where they differ
+
+
+def _student_size(value: str) -> int | str:
+    """--student-size: pixels (at least 32 on the command line) or 'auto'."""
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 32:
+        raise typer.BadParameter(f"{value!r} is neither a whole number of pixels (32 or more) nor 'auto'")
+    return int(text)
 _NOT_SETTINGS = ("recipe", "dry_run", "trust_model")  # options of the command, not of the build
 
 
@@ -100,7 +110,12 @@ def compile_command(
         str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.", rich_help_panel="Student")
     ] = _DEFAULT["student"],
     student_size: Annotated[
-        Optional[int], typer.Option(min=32, help="Student input px (e.g. 160 or 128 for a slow device). \\[default: the target's, else the model's]", rich_help_panel="Student")
+        Optional[str], typer.Option(
+            parser=_student_size, metavar="PX|auto",
+            help="Student input px (e.g. 160 or 128 for a slow device), or 'auto': the model's own size and smaller ones measured "
+                 "(probe accuracy, int8 p50 here), the fastest within --max-accuracy-drop kept (with --max-latency-ms: the most "
+                 "accurate within it). \\[default: the target's, else the model's]",
+            rich_help_panel="Student")
     ] = _DEFAULT["student_size"],
     student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = _DEFAULT["student_weights"],
     distill_epochs: Annotated[int, typer.Option(min=0, help="Max epochs of distillation from the student's probe (chosen on val, or by cross-validation on small data).", rich_help_panel="Student")] = _DEFAULT["distill_epochs"],

@@ -186,6 +186,29 @@ def _training_section(report: dict) -> list[str]:
     return parts
 
 
+def _student_size_section(report: dict) -> list[str]:
+    """--student-size auto: every size tried, with the probe's accuracy and the int8 file's p50."""
+    choice = report["models"].get("student", {}).get("training", {}).get("resolution")
+    if not choice:
+        return []
+    parts = [f"<h2>Student input size: {choice['chosen']} px</h2><p>{_e(choice['why'])}.</p>"
+             f"<p class='muted'>Each size: the frozen ImageNet backbone at that size with its linear probe, scored by "
+             f"{_e(choice['accuracy_on'])}; its int8 file timed at batch 1 with {choice['threads']} threads on the machine "
+             "that compiled, all sizes interleaved. Distillation then trained the chosen size only.</p>",
+             "<table><tr><th>size</th><th>probe accuracy [95% CI]</th><th>vs own size, paired [95% CI]</th>"
+             "<th>int8 p50</th><th>vs own size</th><th>int8 size</th><th>gate</th></tr>"]
+    for row in choice["sizes"]:
+        versus = row.get("vs_own_size")
+        paired = (f"{_points(versus['difference'])} [{_points(versus['ci95'][0])}, {_points(versus['ci95'][1])}]"
+                  if versus else "")
+        parts.append(f"<tr class='{'chosen' if row['size'] == choice['chosen'] else ''}'><td>{row['size']} px</td>"
+                     f"<td class='n'>{_acc({'cv': row['accuracy']})}</td><td class='n'>{paired}</td><td class='n'>{_ms(row['int8_p50_ms'])}</td>"
+                     f"<td class='n'>{row['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(row['int8_mb'] * 1e6)}</td>"
+                     f"<td>{_e(row['gate'])}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
 def _adaptation_section(report: dict) -> list[str]:
     """What --adapt did to the deployed model (compiler/training/adapt.py's report), in words."""
     adaptation = report.get("adaptation")
@@ -273,6 +296,7 @@ def render(report: dict, out: Path) -> str:
                      f"<td>{'yes' if m.get('cached') else ''}</td></tr>")
     parts.append("</table>")
     parts += _training_section(report)
+    parts += _student_size_section(report)
 
     # Per class + confusion matrix of the deployed file
     deployed_row = next((a for a in report["artifacts"] if a["file"] == chosen), None)

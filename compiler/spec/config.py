@@ -32,7 +32,9 @@ class CompileConfig:
     patience: int = 3
     # Distillation: the student that is deployed ("none": deploy the teacher itself).
     student: str = "efficientnet_lite0"
-    student_size: int | None = None  # None: the target's, else the student's own input size (resolved())
+    # None: the target's, else the student's own input size (resolved()); "auto": chosen among
+    # the student's own size and smaller ones by measuring each (compiler/stages/resolution.py).
+    student_size: int | str | None = None
     student_weights: str = "imagenet"
     distill_epochs: int = 12
     distill_learning_rate: float = 3e-4
@@ -129,6 +131,8 @@ class CompileConfig:
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 object.__setattr__(self, name, Path(value))
+        if isinstance(self.student_size, str) and self.student_size.strip().isdigit():  # "160" from a text field
+            object.__setattr__(self, "student_size", int(self.student_size))
         self.validate()
         # Checked, so each choice is one of its Mode's values: hold it as that member.
         for name, (mode, _) in _MODE_FIELDS.items():
@@ -149,6 +153,7 @@ class CompileConfig:
             self = dataclasses.replace(self, student="none")
         student_size = None  # no student (--student none): no student size
         if self.distills:
+            # "auto" stays "auto": the student stage measures the sizes and the report gives its choice.
             student_size = self.student_size or (target.student_size if target else get_config(self.student).input_size)
         return dataclasses.replace(
             self,
@@ -180,6 +185,10 @@ class CompileConfig:
         if self.target_val is not None and self.unlabeled is None:
             raise SettingError("--target-val scores adaptation to the device's images: give those too with --unlabeled DIR")
         self._validate_source_model()
+        if self.student_size == AUTO_SIZE and self.strategy == "multi-worker":
+            # Each worker would time the sizes on its own machine and could choose another one.
+            raise SettingError("--student-size auto times each size on this machine, which workers could not agree on: "
+                               "with --strategy multi-worker give the size, e.g. --student-size 160")
         if self.cluster and self.prune == 0:
             raise SettingError("--cluster shares the weights of a pruned model: give --prune too, e.g. --prune 0.5 --cluster 16")
         self._validate_names()
@@ -248,6 +257,11 @@ class CompileConfig:
     def distills(self) -> bool:
         return self.student.lower() != "none"
 
+    @property
+    def chooses_student_size(self) -> bool:
+        """--student-size auto: the student's input size is measured and chosen at run time."""
+        return self.distills and self.student_size == AUTO_SIZE
+
     @staticmethod
     def weights_arg(weights: str) -> str | None:
         """A weights option as create_model takes it ("none" -> random initialisation)."""
@@ -272,6 +286,7 @@ class CompileConfig:
 # Input sizes above this cannot be trained here (one 1024 px float batch of 32 is 400 MB before
 # any activation) and no edge runtime runs them; 10000 px would need ~1.2 GB per image.
 MAX_INPUT_SIZE = 1024
+AUTO_SIZE = "auto"  # --student-size auto: measured and chosen (compiler/stages/resolution.py)
 MIN_INPUT_SIZE = 16  # the tiny test models run at 24 px; the CLI asks for at least 32
 
 
@@ -351,8 +366,8 @@ _RULES = {
     "finetune_learning_rate": _float(0.0, 10.0, lo_open=True),
     "patience": _int(0, 10_000),
     "student": _text,
-    "student_size": lambda v: _int(MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True)(v) and (
-        f"must be a whole number of pixels from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, or unset (larger inputs do not fit "
+    "student_size": lambda v: v != AUTO_SIZE and _int(MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True)(v) and (
+        f"must be a whole number of pixels from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, 'auto', or unset (larger inputs do not fit "
         "a training batch in memory, and no edge runtime runs them)"
     ),
     "student_weights": _text,

@@ -3,6 +3,7 @@
   source      source.py      --model: the user's classifier wrapped, nothing trained
   teacher     teacher.py     linear probe, then fine-tuning; the better kept
   student     student.py     the student's probe, then distillation from the teacher
+              resolution.py  (--student-size auto) the probe at each size, int8 timed, one chosen
   baseline    student.py     the same student on the labels alone (the ablation)
   adapt       adapt.py       the deployed model adapted to the device's unlabelled photos
   export      export.py      float32 TFLite and ONNX files
@@ -168,8 +169,13 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
     )
     keys["teacher"] = teacher
     if config.distills:
+        # --student-size auto: the choice also rests on the gate's budgets and on int8 files
+        # timed with these threads (on this machine: the cache is local).
+        size_choice = dict(drop=config.max_accuracy_drop, latency=config.max_latency_ms, threads=config.threads,
+                           io=str(config.io_dtype)) if config.chooses_student_size else {}
         student_head = stage_key(
-            "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights)
+            "student_head", **common, **head, model=config.student, size=config.student_size, weights=_weights_id(config.student_weights),
+            **size_choice,
         )
         training = dict(head=student_head, epochs=config.distill_epochs, learning_rate=config.distill_learning_rate)
         unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None

@@ -52,17 +52,22 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
 def train_student_head(config, model_config, size, images: ImageCache, num_classes, strategy) -> TrainedModel:
     """The student headed by its linear probe (cached features): where distillation and the
     baseline both start from."""
+    return probe_headed_student(config, model_config, size, images, num_classes, strategy)[0]
+
+
+def probe_headed_student(config, model_config, size, images: ImageCache, num_classes, strategy, label: str = "student"):
+    """(the student at `size` px headed by its linear probe, the probe with its out-of-fold scores)."""
     from edgetl.compiler.training.finetune import extract_features, train_head
 
     student = new_student(config, size, num_classes, strategy)
     x, y = images.get("train", size)
     cross_validated = not images.held_out["val"]  # no val split under cross-validation
     val = (x[:0], y[:0]) if cross_validated else images.get("val", size)
-    features = extract_features(student, x, config.batch_size, "student: features (train)")
-    head, _ = train_head(student, config, (x, y), val, strategy, label="student", features=features)
+    features = extract_features(student, x, config.batch_size, f"{label}: features (train)")
+    head, probe = train_head(student, config, (x, y), val, strategy, label=label, features=features)
     trained = TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
     trained.features = features if cross_validated else None  # only the CV stages start from them again
-    return trained
+    return trained, probe
 
 
 def _from_head(head: TrainedModel, config, num_classes, strategy):

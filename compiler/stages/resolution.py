@@ -1,0 +1,158 @@
+"""--student-size auto: the student's input size, chosen by measuring each candidate size.
+
+Fewer pixels are the lever that makes the deployed file faster on every CPU and in int8
+(unstructured pruning does not: XNNPACK's int8 kernels skip no zeros). A 160 px EfficientNet-Lite0
+does about half the work of the 224 px one, and what it costs in accuracy depends on the images,
+so it is measured on the user's data rather than assumed.
+
+For each candidate size (the student's own and about 6/7, 5/7 and 4/7 of it, in steps of 8 px:
+224, 192, 160 and 128 for a 224 px model) the head stage runs as it always does: the frozen
+ImageNet backbone at that size with the linear probe as its head. Its accuracy is the probe's
+out-of-fold accuracy on the training images (every mode has it, and it is paired image by image
+across sizes); its speed is the p50 of its full-integer int8 TFLite file, built with a
+class-balanced calibration sample and timed at batch 1 with the compile's threads, all sizes
+interleaved in rounds so that a burst of load elsewhere does not land on one.
+
+The choice follows the quantization gate's rule (compiler/compression/optimize.py): a size passes
+when its accuracy is at most --max-accuracy-drop points below the student's own size; the fastest
+that passes is kept (p50s within LATENCY_TIE of the best count as a tie, and the larger size, the
+more accurate one, wins it). With --max-latency-ms the most accurate passing size within the
+budget is kept instead; when none is within it, the fastest passing one, and the record says so.
+The chosen size's probe-headed model is the head stage's result, so distillation, the baseline
+and every later stage run at that size, and nothing is trained twice.
+
+What this does not measure: each size after distillation (a full training per size). The probe
+ranks what the frozen features lose at fewer pixels; distillation then starts from the chosen one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from edgetl.compiler.compression.optimize import LATENCY_TIE, points
+from edgetl.compiler.data.image_store import ImageCache
+from edgetl.compiler.progress import console, progress_bar
+from edgetl.compiler.spec.config import MIN_INPUT_SIZE, CompileConfig
+from edgetl.compiler.stages.trained import TrainedModel
+
+FRACTIONS = (1.0, 6 / 7, 5 / 7, 4 / 7)  # 224 -> 224, 192, 160, 128: the MobileNet resolutions
+STEP = 8  # px: convolution strides divide such sizes evenly
+
+
+def candidate_sizes(native: int) -> list[int]:
+    """The student's own size and the smaller ones tried, largest first."""
+    sizes = [native]  # as the model was pretrained, even when not a multiple of STEP (Lite2: 260)
+    for fraction in FRACTIONS[1:]:
+        size = max(MIN_INPUT_SIZE, STEP * round(native * fraction / STEP))
+        if size <= native and size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+@dataclasses.dataclass
+class SizeCandidate:
+    size: int
+    correct: np.ndarray  # out-of-fold: whether each training image was classified right
+    p50_ms: float = float("inf")
+    file_mb: float = 0.0
+    val_accuracy: float | None = None
+    gate: str = ""
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct))
+
+    def to_json(self, reference: SizeCandidate) -> dict:
+        from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
+
+        row = {"size": self.size, "accuracy": Accuracy(int(self.correct.sum()), len(self.correct)).to_json(),
+               "val_accuracy": self.val_accuracy, "int8_p50_ms": round(self.p50_ms, 3),
+               "p50_vs_own_size": round(self.p50_ms / reference.p50_ms, 3), "int8_mb": round(self.file_mb, 3), "gate": self.gate}
+        if self is not reference:
+            row["vs_own_size"] = paired_difference(self.correct.tolist(), reference.correct.tolist()).to_json()
+        return row
+
+
+def choose(candidates: list[SizeCandidate], max_drop_points: float, max_latency_ms: float | None) -> tuple[SizeCandidate, str]:
+    """The kept size and why, in words. candidates[0] is the student's own size (the reference)."""
+    reference = candidates[0]
+    floor = reference.accuracy - max_drop_points / 100.0
+    for c in candidates:
+        c.gate = "passed" if c.accuracy + 1e-9 >= floor else (
+            f"failed: {100 * (reference.accuracy - c.accuracy):.2f} points below {reference.size} px (max {max_drop_points:g})")
+    passing = [c for c in candidates if c.gate == "passed"]  # the reference always passes
+    best = min(c.p50_ms for c in passing)
+    fastest = max((c for c in passing if c.p50_ms <= best * (1 + LATENCY_TIE)), key=lambda c: (c.accuracy, c.size))
+    rejected = "".join(f"; {c.size} px rejected ({c.gate})" for c in candidates if c.gate != "passed")
+    within = f"within {points(max_drop_points)} of {reference.size} px's probe accuracy"
+    if max_latency_ms is not None:
+        fast = [c for c in passing if c.p50_ms <= max_latency_ms]
+        if fast:
+            chosen = max(fast, key=lambda c: (c.accuracy, c.size))
+            return chosen, (f"{chosen.size} px: the most accurate size {within} whose int8 p50 ({chosen.p50_ms:.2f} ms) "
+                            f"is within the {max_latency_ms:g} ms budget" + rejected)
+        return fastest, (f"{fastest.size} px: NO size {within} meets the {max_latency_ms:g} ms budget; the fastest of them "
+                         f"({fastest.p50_ms:.2f} ms int8 p50)" + rejected)
+    return fastest, f"{fastest.size} px: the fastest int8 file ({fastest.p50_ms:.2f} ms p50) {within}" + rejected
+
+
+def choose_student_size(config: CompileConfig, model_config, images: ImageCache, num_classes: int, strategy) -> TrainedModel:
+    """The probe-headed student at the chosen size, its record holding every size's figures."""
+    from edgetl.compiler.stages.student import probe_headed_student
+
+    start = time.perf_counter()
+    sizes = candidate_sizes(model_config.input_size)
+    console.print(f"    --student-size auto: trying {', '.join(f'{s} px' for s in sizes)} (probe accuracy, int8 p50 with {config.threads} threads)")
+    heads, candidates = {}, []
+    with tempfile.TemporaryDirectory(prefix="edgetl-sizes-") as folder:
+        paths = {}
+        for size in sizes:
+            trained, probe = probe_headed_student(config, model_config, size, images, num_classes, strategy, label=f"student {size} px")
+            _, y = images.get("train", size)
+            candidate = SizeCandidate(size, probe.oof_probs.argmax(1) == y, val_accuracy=trained.training["head"]["val_accuracy"])
+            paths[size] = Path(folder) / f"student_{size}px_int8.tflite"
+            _write_int8(config, trained.model, images, size, paths[size])
+            candidate.file_mb = paths[size].stat().st_size / 1e6
+            heads[size] = trained
+            candidates.append(candidate)
+        _time_interleaved(config, candidates, paths, images)
+    chosen, why = choose(candidates, config.max_accuracy_drop, config.max_latency_ms)
+    for c in candidates:
+        console.print(f"    {c.size} px: probe accuracy {c.accuracy:.1%} out of fold (n={len(c.correct)}), "
+                      f"int8 p50 {c.p50_ms:.2f} ms ({c.p50_ms / candidates[0].p50_ms:.2f}x), {c.file_mb:.2f} MB")
+    console.print(f"    student input size: {why}")
+    head = heads[chosen.size]
+    head.training["resolution"] = {
+        "chosen": chosen.size, "why": why, "sizes": [c.to_json(candidates[0]) for c in candidates],
+        "accuracy_on": f"out-of-fold probe predictions on the {len(chosen.correct)} training images",
+        "max_accuracy_drop": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms, "threads": config.threads,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return head
+
+
+def _write_int8(config: CompileConfig, model, images: ImageCache, size: int, path: Path) -> None:
+    from edgetl.compiler.compression.quantize import calibration_sample, convert_tflite
+
+    x, y = images.get("train", size)
+    calibration = calibration_sample(x, y, config.calibration_size, seed=config.seed)
+    io_dtype = str(config.io_dtype or "uint8")
+    path.write_bytes(convert_tflite(model, "int8", calibration=calibration, io_dtype=io_dtype))
+
+
+def _time_interleaved(config: CompileConfig, candidates: list[SizeCandidate], paths: dict[int, Path], images: ImageCache,
+                      rounds: int = 3, runs: int = 30) -> None:
+    """Each file's best p50 over interleaved rounds (as the optimize stage times its candidates)."""
+    from edgetl.compiler.compression.optimize import measure_latency
+    from edgetl.runtime import open_session
+
+    sessions = [(c, open_session(paths[c.size], threads=config.threads), images.get("train", c.size)[0][0]) for c in candidates]
+    with progress_bar("student sizes: latency (interleaved rounds)", rounds * len(sessions)) as advance:
+        for _ in range(rounds):
+            for c, session, image in sessions:
+                c.p50_ms = min(c.p50_ms, measure_latency(session, np.asarray(image), runs=runs))
+                advance()

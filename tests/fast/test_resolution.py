@@ -1,0 +1,86 @@
+"""--student-size auto: the sizes tried, the rule that keeps one, and the setting itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from edgetl.compiler.spec.config import CompileConfig
+from edgetl.compiler.stages.resolution import SizeCandidate, candidate_sizes, choose
+
+from edgetl.errors import SettingError
+
+
+def size(px: int, correct: int, p50: float, n: int = 100) -> SizeCandidate:
+    """A measured size: `correct` of `n` training images right out of fold, int8 p50 in ms."""
+    return SizeCandidate(px, np.arange(n) < correct, p50_ms=p50)
+
+
+def test_the_sizes_tried_are_the_mobilenet_resolutions_scaled_to_the_model():
+    assert candidate_sizes(224) == [224, 192, 160, 128]
+    assert candidate_sizes(260) == [260, 224, 184, 152]  # EfficientNet-Lite2
+    assert candidate_sizes(32) == [32, 24, 16]  # rounding can merge two; never below 16 px
+    assert all(s % 8 == 0 for s in candidate_sizes(300)[1:])
+
+
+def test_without_a_budget_the_fastest_size_within_the_drop_is_kept():
+    sizes = [size(224, 97, 5.0), size(192, 97, 3.7), size(160, 96, 2.6), size(128, 93, 1.7)]
+    chosen, why = choose(sizes, max_drop_points=1.0, max_latency_ms=None)
+    assert chosen.size == 160 and why.startswith("160 px: the fastest")
+    assert sizes[3].gate.startswith("failed: 4.00 points below 224 px") and "128 px rejected" in why
+    # A stricter drop keeps 192 px, the fastest that loses nothing.
+    assert choose(sizes, max_drop_points=0.0, max_latency_ms=None)[0].size == 192
+
+
+def test_p50s_within_the_tie_keep_the_more_accurate_size():
+    # 160 px is 10% faster than 192 px (within the 15% measurement tie) and one image worse.
+    sizes = [size(224, 97, 5.0), size(192, 97, 2.9), size(160, 96, 2.64)]
+    assert choose(sizes, max_drop_points=1.0, max_latency_ms=None)[0].size == 192
+
+
+def test_a_latency_budget_keeps_the_most_accurate_size_that_meets_it():
+    sizes = [size(224, 97, 5.0), size(192, 98, 3.7), size(160, 96, 2.6), size(128, 93, 1.7)]
+    chosen, why = choose(sizes, max_drop_points=1.0, max_latency_ms=4.0)
+    assert chosen.size == 192 and "within the 4 ms budget" in why
+    assert choose(sizes, max_drop_points=1.0, max_latency_ms=3.0)[0].size == 160
+    # 128 px meets 2 ms but fails the accuracy gate: the budget never deploys a rejected size.
+    chosen, why = choose(sizes, max_drop_points=1.0, max_latency_ms=2.0)
+    assert chosen.size == 160 and "NO size" in why
+
+
+def test_the_own_size_is_kept_when_every_smaller_one_loses_accuracy():
+    sizes = [size(224, 97, 5.0), size(192, 94, 3.7), size(160, 90, 2.6)]
+    chosen, why = choose(sizes, max_drop_points=1.0, max_latency_ms=None)
+    assert chosen.size == 224 and "192 px rejected" in why and "160 px rejected" in why
+
+
+def test_auto_is_a_setting_from_every_source(tmp_path):
+    assert CompileConfig(data=tmp_path, out=tmp_path, student_size="auto").chooses_student_size
+    assert CompileConfig(data=tmp_path, out=tmp_path, student_size="160").student_size == 160  # a recipe's text
+    assert not CompileConfig(data=tmp_path, out=tmp_path, student_size="auto", student="none").chooses_student_size
+    assert CompileConfig(data=tmp_path, out=tmp_path, student_size="auto").resolved().student_size == "auto"
+    with pytest.raises(SettingError, match="--student-size 'big' must be a whole number of pixels .* 'auto'"):
+        CompileConfig(data=tmp_path, out=tmp_path, student_size="big")
+    with pytest.raises(SettingError, match="--student-size auto times each size on this machine"):
+        CompileConfig(data=tmp_path, out=tmp_path, student_size="auto", strategy="multi-worker")
+
+
+def test_the_command_line_takes_auto_or_pixels_and_the_dry_run_names_the_sizes(tmp_path, capsys):
+    from conftest import write_color_dataset
+
+    from edgetl.cli import main
+
+    def run(*args):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # typer's own refusals exit
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    code, output = run("compile", str(tmp_path), "--student-size", "tiny")
+    assert code != 0 and "'tiny' is neither a whole number of pixels (32 or more) nor 'auto'" in output
+    data = write_color_dataset(tmp_path / "data")
+    code, output = run("compile", str(data), "--out", str(tmp_path / "o"), "--teacher", "efficientnet_lite0",
+                       "--student-size", "auto", "--dry-run")
+    assert code == 0 and "student_size: auto" in output
+    assert "the student's probe at 224, 192, 160, 128 px" in output
