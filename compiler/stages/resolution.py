@@ -115,7 +115,7 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
             _, y = images.get("train", size)
             candidate = SizeCandidate(size, probe.oof_probs.argmax(1) == y, val_accuracy=trained.training["head"]["val_accuracy"])
             paths[size] = Path(folder) / f"student_{size}px_int8.tflite"
-            _write_int8(config, trained.model, images, size, paths[size])
+            _write_int8(config, _plain(trained, strategy, num_classes, config), images, size, paths[size])
             candidate.file_mb = paths[size].stat().st_size / 1e6
             heads[size] = trained
             candidates.append(candidate)
@@ -133,6 +133,18 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return head
+
+
+def _plain(trained: TrainedModel, strategy, num_classes: int, config: CompileConfig):
+    """The model to convert: built under a distribution strategy, a copy outside it (as the
+    pipeline's `_plain_copies`: mirrored batch-norm statistics must not reach the graph)."""
+    from edgetl.compiler.training import distribution
+
+    if distribution.is_default(strategy):
+        return trained.model
+    from edgetl.compiler.spec.precision import float32_copy
+
+    return float32_copy(trained.model, trained.name, num_classes, trained.input_size, config.dropout)
 
 
 def _write_int8(config: CompileConfig, model, images: ImageCache, size: int, path: Path) -> None:
