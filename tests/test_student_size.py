@@ -46,7 +46,9 @@ def test_every_size_is_measured_and_the_files_are_at_the_kept_one(auto_build):
     assert json.loads((out / "model_info.json").read_text())["input"]["size"] == [size, size]
     for name in ("model.tflite", "model.onnx"):
         assert open_session(out / name).input_size == size, name
-    assert f"Student input size: {size} px" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert f"Student input size: {size} px" in page
+    assert "alt='probe accuracy against int8 p50 for each student input size' src='data:image/png;base64," in page
     assert "student_size: auto" in (out / "recipe.yaml").read_text()
 
 

@@ -133,6 +133,35 @@ def tradeoff_figure(report: dict):
     return fig
 
 
+def size_front_chart(choice: dict) -> str | None:
+    """--student-size auto: each size's probe accuracy (out of fold, 95% interval) against its
+    int8 file's p50; the kept size ringed. None when fewer than two sizes were measured."""
+    rows = choice.get("sizes") or []
+    if len(rows) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for row in rows:
+        accuracy = row["accuracy"]
+        y, (low, high) = accuracy["accuracy"] * 100, accuracy["ci95"]
+        kept = row["size"] == choice["chosen"]
+        colour = "#1f77b4" if row["gate"] == "passed" else "#d62728"
+        ax.errorbar(row["int8_p50_ms"], y, yerr=[[max(0.0, y - low * 100)], [max(0.0, high * 100 - y)]], fmt="none",
+                    ecolor=colour, alpha=0.45, capsize=3)
+        ax.scatter(row["int8_p50_ms"], y, s=70, color=colour, zorder=3, edgecolors="green" if kept else "white",
+                   linewidths=3 if kept else 0.8, clip_on=False)
+        ax.annotate(f"{row['size']} px", (row["int8_p50_ms"], y), xytext=(6, 4), textcoords="offset points", fontsize=9)
+    ax.set_xlim(0, max(row["int8_p50_ms"] for row in rows) * 1.25)
+    ax.set_xlabel("int8 p50, batch 1, on the compiling machine (ms)")
+    ax.set_ylabel("probe accuracy, out of fold (%)")
+    ax.set_title("Student input size (blue: within the gate, red: refused; green ring: kept)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    uri = png_data_uri(fig)
+    plt.close(fig)
+    return uri
+
+
 _STAGE_NAMES = {
     "head": "head on frozen features",
     "top": "fine-tuning the top of the backbone",

@@ -11,7 +11,7 @@ from pathlib import Path
 from edgetl.atomic import atomic_write_text
 from edgetl.compiler.data.corruptions import describe_steps
 from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
-from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, tradeoff_chart, training_chart
+from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, size_front_chart, tradeoff_chart, training_chart
 from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
 from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report.verdict import build_verdict
@@ -206,6 +206,9 @@ def _student_size_section(report: dict) -> list[str]:
                      f"<td class='n'>{row['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(row['int8_mb'] * 1e6)}</td>"
                      f"<td>{_e(row['gate'])}</td></tr>")
     parts.append("</table>")
+    chart = size_front_chart(choice)
+    if chart:
+        parts.append(f"<img class='chart' alt='probe accuracy against int8 p50 for each student input size' src='{chart}'>")
     return parts
 
 
