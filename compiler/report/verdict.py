@@ -95,6 +95,7 @@ def _comparisons(report: dict) -> list[str]:
         if text:
             out.append(text)
     elif "teacher" in models:
+        out += _compression_cost(report, deployed_role)
         text = _compare_text(report, "teacher", f"the teacher ({_model_name(report, 'teacher')})")
         if text:
             out.append(text)
@@ -107,6 +108,18 @@ def _comparisons(report: dict) -> list[str]:
             sentence = diff.verdict("the distilled student", "the baseline")
             out.append("Distillation: " + sentence + ("; the test split cannot tell whether the teacher helped." if not diff.significant else "."))
     return out
+
+
+def _compression_cost(report: dict, role: str) -> list[str]:
+    """model.tflite against the float student it was converted from, said only when the file is
+    worse beyond noise: the gate judges on the val split (a hundred-odd images, and the one that
+    chose the pruning and clustering epochs), so a loss it did not see is said here."""
+    diff = compare_deployed_with(report, role)
+    if diff is None or not diff.significant or diff.difference >= 0:
+        return []
+    sentence = diff.verdict("model.tflite", f"the float {role} ({_model_name(report, role)}) it was converted from")
+    return [sentence[0].upper() + sentence[1:] + ": quantization, pruning or clustering cost more on the test split than "
+            "the accuracy gate saw on val; variants/ holds the other files, and the table below gives each one's test accuracy."]
 
 
 def _weakest_class(report: dict) -> tuple[dict, str | None] | None:

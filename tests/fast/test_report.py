@@ -283,3 +283,19 @@ def test_the_page_says_how_the_model_was_adapted_to_the_device(tmp_path):
     assert "motion_blur 12, jpeg 21.75" in section and "85% of the trained weights kept" in section
     camera["steps"] = []
     assert "fit no camera" in render(report, tmp_path)
+
+
+def test_a_file_worse_than_its_float_student_beyond_noise_is_said_so(tmp_path):
+    """The gate judges on val; a loss it did not see (a pruned, clustered file on flowers12: -4.2
+    points on test, level on val) must still reach the verdict."""
+    report = make_report(tmp_path / "data", tmp_path, num_classes=3, per_class=20)
+    rows = report["deployed"]["test_predictions"]
+    for i, row in enumerate(rows):  # the float student right on every image, the file wrong on a third
+        row["keras"]["student"] = {"predicted": row["true"], "confidence": 0.9}
+        wrong = next(c for c in report["dataset"]["classes"] if c != row["true"])
+        row["predicted"] = row["true"] if i % 3 else wrong
+    text = " ".join(build_verdict(report).comparisons)
+    assert "The float student" in text and "is better than model.tflite" in text and "variants/" in text
+    for row in rows:  # the same file, level with its float student: nothing to say
+        row["keras"]["student"] = {"predicted": row["predicted"], "confidence": 0.9}
+    assert "converted from" not in " ".join(build_verdict(report).comparisons)
