@@ -14,7 +14,9 @@ class-balanced calibration sample and timed at batch 1 with the compile's thread
 interleaved in rounds so that a burst of load elsewhere does not land on one.
 
 The choice follows the quantization gate's rule (compiler/compression/optimize.py): a size passes
-when its accuracy is at most --max-accuracy-drop points below the student's own size; the fastest
+when its accuracy is at most --max-accuracy-drop points below the student's own size and every
+larger size passed (accuracy falls with resolution, so a smaller size that recovers after a
+larger one failed is taken for noise); the fastest
 that passes is kept (p50s within LATENCY_TIE of the best count as a tie, and the larger size, the
 more accurate one, wins it). With --max-latency-ms the most accurate passing size within the
 budget is kept instead; when none is within it, the fastest passing one, and the record says so.
@@ -81,9 +83,18 @@ def choose(candidates: list[SizeCandidate], max_drop_points: float, max_latency_
     """The kept size and why, in words. candidates[0] is the student's own size (the reference)."""
     reference = candidates[0]
     floor = reference.accuracy - max_drop_points / 100.0
-    for c in candidates:
-        c.gate = "passed" if c.accuracy + 1e-9 >= floor else (
-            f"failed: {100 * (reference.accuracy - c.accuracy):.2f} points below {reference.size} px (max {max_drop_points:g})")
+    failed_above = None
+    for c in candidates:  # largest first
+        if failed_above is not None:
+            # Accuracy falls with resolution; a smaller size that scores within the drop after a
+            # larger one failed is far more likely noise (on a few hundred images one image is
+            # most of a point) than a real recovery, so it is not kept.
+            c.gate = f"not considered: {failed_above} px, a larger size, failed"
+        elif c.accuracy + 1e-9 >= floor:
+            c.gate = "passed"
+        else:
+            c.gate = f"failed: {100 * (reference.accuracy - c.accuracy):.2f} points below {reference.size} px (max {max_drop_points:g})"
+            failed_above = c.size
     passing = [c for c in candidates if c.gate == "passed"]  # the reference always passes
     best = min(c.p50_ms for c in passing)
     fastest = max((c for c in passing if c.p50_ms <= best * (1 + LATENCY_TIE)), key=lambda c: (c.accuracy, c.size))

@@ -84,3 +84,12 @@ def test_the_command_line_takes_auto_or_pixels_and_the_dry_run_names_the_sizes(t
                        "--student-size", "auto", "--dry-run")
     assert code == 0 and "student_size: auto" in output
     assert "the student's probe at 224, 192, 160, 128 px" in output
+
+
+def test_a_smaller_size_that_recovers_after_a_larger_one_failed_is_not_kept():
+    # The demo's textures, out of fold on 160 images: 192 px two images down, 128 px level again.
+    sizes = [size(224, 159, 5.3, n=160), size(192, 157, 4.2, n=160), size(160, 158, 3.1, n=160), size(128, 159, 1.8, n=160)]
+    chosen, why = choose(sizes, max_drop_points=1.0, max_latency_ms=None)
+    assert chosen.size == 224
+    assert sizes[2].gate == sizes[3].gate == "not considered: 192 px, a larger size, failed"
+    assert "128 px rejected (not considered" in why
