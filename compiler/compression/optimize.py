@@ -126,6 +126,22 @@ def measure_latency(session, image: np.ndarray, runs: int = 30, warmup: int = 5)
     return float(time_calls(lambda: session.invoke(tensor), warmup=warmup, runs=runs).stats()["p50_ms"])
 
 
+def best_p50_interleaved(sessions: list[tuple[object, np.ndarray]], label: str, rounds: int = 3, runs: int = 30) -> list[float]:
+    """Each (session, image)'s best p50 in ms over `rounds` rounds in which they take turns.
+
+    Interleaving spreads a burst of load from elsewhere over all files instead of landing on
+    one, and the best-of-rounds median discards the rounds that were disturbed. Used for the
+    optimize stage's candidates and for --student-size auto's sizes.
+    """
+    best = [float("inf")] * len(sessions)
+    with progress_bar(label, rounds * len(sessions)) as advance:
+        for _ in range(rounds):
+            for i, (session, image) in enumerate(sessions):
+                best[i] = min(best[i], measure_latency(session, np.asarray(image), runs=runs))
+                advance()
+    return best
+
+
 class Optimizer:
     """Builds and measures candidates for one float model; `choose` applies the gate."""
 
@@ -412,23 +428,13 @@ class Optimizer:
         )
 
     def time_all(self, rounds: int = 3, runs: int = 30) -> None:
-        """Time every candidate again in interleaved rounds and keep each one's best p50.
-
-        Interleaving spreads a burst of load from elsewhere over all candidates instead of
-        landing on one, and the best-of-rounds median discards the rounds that were disturbed.
-        """
+        """Time every candidate again (`best_p50_interleaved`) and keep each one's best p50."""
         from edgetl.runtime import open_session
 
         x_test, _ = self.images.get("test", self.size)
-        sessions = [(c, open_session(c.path, threads=self.threads)) for c in self.candidates]
-        best = {id(c): float("inf") for c in self.candidates}
-        with progress_bar("latency (interleaved rounds)", rounds * len(sessions)) as advance:
-            for _ in range(rounds):
-                for c, session in sessions:
-                    best[id(c)] = min(best[id(c)], measure_latency(session, x_test[0], runs=runs))
-                    advance()
-        for c in self.candidates:
-            c.latency_p50_ms = best[id(c)]
+        sessions = [(open_session(c.path, threads=self.threads), x_test[0]) for c in self.candidates]
+        for c, p50 in zip(self.candidates, best_p50_interleaved(sessions, "latency (interleaved rounds)", rounds, runs)):
+            c.latency_p50_ms = p50
 
     # -- the gate and the choice ----------------------------------------------------------
     def float_val_accuracy(self, fmt: str) -> float:

@@ -167,15 +167,11 @@ def _write_int8(config: CompileConfig, model, images: ImageCache, size: int, pat
     path.write_bytes(convert_tflite(model, "int8", calibration=calibration, io_dtype=io_dtype))
 
 
-def _time_interleaved(config: CompileConfig, candidates: list[SizeCandidate], paths: dict[int, Path], images: ImageCache,
-                      rounds: int = 3, runs: int = 30) -> None:
-    """Each file's best p50 over interleaved rounds (as the optimize stage times its candidates)."""
-    from edgetl.compiler.compression.optimize import measure_latency
+def _time_interleaved(config: CompileConfig, candidates: list[SizeCandidate], paths: dict[int, Path], images: ImageCache) -> None:
+    """Each size's int8 file timed as the optimize stage times its candidates."""
+    from edgetl.compiler.compression.optimize import best_p50_interleaved
     from edgetl.runtime import open_session
 
-    sessions = [(c, open_session(paths[c.size], threads=config.threads), images.get("train", c.size)[0][0]) for c in candidates]
-    with progress_bar("student sizes: latency (interleaved rounds)", rounds * len(sessions)) as advance:
-        for _ in range(rounds):
-            for c, session, image in sessions:
-                c.p50_ms = min(c.p50_ms, measure_latency(session, np.asarray(image), runs=runs))
-                advance()
+    sessions = [(open_session(paths[c.size], threads=config.threads), images.get("train", c.size)[0][0]) for c in candidates]
+    for c, p50 in zip(candidates, best_p50_interleaved(sessions, "student sizes: latency (interleaved rounds)")):
+        c.p50_ms = p50
