@@ -105,7 +105,10 @@ def time_interleaved(paths: dict[str, Path], threads: int, rounds: int, block: i
         interp.allocate_tensors()
         detail = interp.get_input_details()[0]
         image = np.random.default_rng(0).integers(0, 256, tuple(detail["shape"]), dtype=np.uint8)
-        interp.set_tensor(detail["index"], pixel_bytes(image, np.dtype(detail["dtype"])))
+        dtype = np.dtype(detail["dtype"])
+        # A float-input file (fp32, fp16, dynamic, or int8 inside float I/O) takes the pixels
+        # as floats; an integer one as bytes of its type.
+        interp.set_tensor(detail["index"], image.astype(dtype) if dtype.kind == "f" else pixel_bytes(image, dtype))
         for _ in range(warmup):
             interp.invoke()
         calls[name] = interp.invoke

@@ -34,7 +34,8 @@ def test_required_models_are_registered():
     assert set(REAL_MODELS) <= set(list_models())
     assert "tiny_cnn" not in list_models()  # test variants are listed only on request
     assert "tiny_cnn" in list_models(include_test=True)
-    assert list_models("efficientnet_lite*") == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert list_models("efficientnet_lite?") == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert list_models("efficientnet_lite0_slim*") == ["efficientnet_lite0_slim50", "efficientnet_lite0_slim75"]
 
 
 def test_listing_models_does_not_import_tensorflow():

@@ -61,6 +61,8 @@ def probe_headed_student(config, model_config, size, images: ImageCache, num_cla
 
     student = new_student(config, size, num_classes, strategy)
     x, y = images.get("train", size)
+    if model_config.batch_norm_from_data:
+        _batch_norm_from(student, x, config, label)
     cross_validated = not images.held_out["val"]  # no val split under cross-validation
     val = (x[:0], y[:0]) if cross_validated else images.get("val", size)
     features = extract_features(student, x, config.batch_size, f"{label}: features (train)")
@@ -68,6 +70,17 @@ def probe_headed_student(config, model_config, size, images: ImageCache, num_cla
     trained = TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
     trained.features = features if cross_validated else None  # only the CV stages start from them again
     return trained, probe
+
+
+def _batch_norm_from(student, x, config, label: str) -> None:
+    """Re-estimate a channel-pruned student's batch-norm statistics on the training images
+    (plain AdaBN: each layer's moving mean and variance become its input's on them)."""
+    from edgetl.compiler.progress import console
+    from edgetl.compiler.training.adapt import adapt_batch_norm
+
+    adapted, result = adapt_batch_norm(student, x, batch_size=config.batch_size, seed=config.seed)
+    student.set_weights(adapted.get_weights())
+    console.print(f"  {label}: batch-norm statistics of the channel-pruned backbone re-estimated on {result.images} training images")
 
 
 def _from_head(head: TrainedModel, config, num_classes, strategy):
