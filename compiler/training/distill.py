@@ -88,7 +88,8 @@ class Distiller(keras.Model):
         images, labels = data
         teacher_logits = None
         if self.teacher is not None and self.alpha > 0:
-            teacher_logits = self.teacher(self._view(images, self.teacher_size), training=False)
+            # A bf16 teacher (compiler/spec/precision.py) gives bf16 logits; the loss is float32.
+            teacher_logits = tf.cast(self.teacher(self._view(images, self.teacher_size), training=False), tf.float32)
         with tf.GradientTape() as tape:
             student_logits = self.student(self._view(images, self.student_size), training=True)
             loss = distillation_loss(labels, student_logits, teacher_logits, self.temperature, self.alpha)
