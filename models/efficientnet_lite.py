@@ -501,9 +501,9 @@ def efficientnet_lite2(x):
 # 224, 0.45x at 192, 0.32x at 160. The narrowed ImageNet features lose accuracy that the probe
 # alone cannot take back (flowers12 linear probe after the batch-norm re-estimate: keep 0.75
 # 96.7%, keep 0.5 85.8%, full 95.8%, n=240): the compile's distillation trains every layer
-# of them (unfreeze_from the stem), and its cross-validated choice keeps the probe when that
-# does not pay.
-_SLIM = dict(batch_norm_from_data=True, unfreeze_from="stem_conv")
+# of them (unfreeze_from the stem), without stopping early (distill_patience: the recovery is
+# slow and uneven), and its choice keeps the probe when that does not pay.
+_SLIM = dict(batch_norm_from_data=True, unfreeze_from="stem_conv", distill_patience=12)
 
 
 def _slim_description(keep: float) -> str:

@@ -121,3 +121,16 @@ def test_the_student_stage_re_estimates_batch_norm_on_the_training_images():
     np.testing.assert_allclose(model.get_layer("stem_bn").moving_mean.numpy(), stem_out.mean((0, 1, 2)), rtol=1e-3, atol=1e-4)
     changed = {w.name for w in model.weights if not np.array_equal(w.numpy(), before[w.name])}
     assert changed and all("moving_" in name for name in changed)
+
+
+def test_distillation_of_a_slim_student_does_not_stop_at_the_default_patience():
+    from types import SimpleNamespace
+
+    from edgetl.compiler.stages.student import _student_kwargs
+
+    config = SimpleNamespace(patience=3, distill_epochs=12, distill_learning_rate=3e-4, batch_size=32, temperature=2.0, seed=0)
+    assert _student_kwargs(config, get_config("efficientnet_lite0"))["patience"] == 3
+    slim = _student_kwargs(config, get_config("efficientnet_lite0_slim50"))
+    assert slim["patience"] == 12 and slim["unfreeze_from"] == "stem_conv"
+    config.patience = 20  # a larger --patience still wins
+    assert _student_kwargs(config, get_config("efficientnet_lite0_slim75"))["patience"] == 20

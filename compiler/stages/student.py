@@ -43,7 +43,7 @@ def _student_kwargs(config: CompileConfig, model_config: ModelConfig) -> dict:
         epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate,
         batch_size=config.batch_size,
-        patience=config.patience,
+        patience=max(config.patience, model_config.distill_patience or 0),
         temperature=config.temperature,
         seed=config.seed,
     )
