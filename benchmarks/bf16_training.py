@@ -10,6 +10,11 @@ unfrozen as the teacher's fine-tuning does (`set_trainable_top` from the family'
 forward passes (`predict_on_batch`: what feature extraction and distillation's teacher do) are
 timed. Printed: images per second of each, the bf16/fp32 speed-up (median over rounds), and
 the registry's `bf16_training` flag beside it, so a flag that the figures contradict shows.
+
+With --student NAME (default efficientnet_lite0; "none" skips it), each model is also timed as
+a distillation teacher: the compile's Distiller, the student's top unfrozen, one epoch of
+--steps batches of the distillation dataset (augmentation included), the teacher in float32
+against its bf16 copy (`bf16_copy`, what the student stage runs where the family's flag is on).
 """
 
 from __future__ import annotations
@@ -71,12 +76,45 @@ def measure(name: str, rounds: int, steps: int, batch: int, log) -> dict:
     }
 
 
+def measure_distillation(name: str, student: str, rounds: int, steps: int, batch: int, log) -> dict:
+    """Images per second of a distillation epoch with `name` as the teacher, float32 vs bf16."""
+    from edgetl._compat import keras
+    from edgetl.compiler.spec.precision import bf16_copy
+    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.training.finetune import set_trainable_top
+    from edgetl.models import create_model, get_config
+
+    teacher = create_model(name, weights=None, num_classes=12)
+    teachers = {False: teacher, True: bf16_copy(teacher, name, 12, teacher.input_shape[1], 0.2)}
+    size = max(teacher.input_shape[1], get_config(student).input_size)
+    rng = np.random.default_rng(0)
+    data = distillation_dataset(rng.integers(0, 256, (steps * batch, size, size, 3), dtype=np.uint8),
+                                rng.integers(0, 12, steps * batch), batch, 0)
+    distillers = {}
+    for bf16, t in teachers.items():
+        s = create_model(student, weights=None, num_classes=12)
+        set_trainable_top(s, get_config(student).unfreeze_from)
+        distillers[bf16] = Distiller(logits_model(s), logits_model(t), 2.0, 0.5)
+        distillers[bf16].compile(optimizer=keras.optimizers.Adam(1e-4))
+        distillers[bf16].fit(data, epochs=1, verbose=0)  # trace and allocate outside the timing
+    speed = {False: [], True: []}
+    for r in range(rounds):
+        for bf16 in ((False, True) if r % 2 == 0 else (True, False)):
+            t0 = time.perf_counter()
+            distillers[bf16].fit(data, epochs=1, verbose=0)
+            speed[bf16].append(steps * batch / (time.perf_counter() - t0))
+            log(f"  {name} -> {student} round {r + 1} teacher {'bf16' if bf16 else 'fp32'}: distillation {speed[bf16][-1]:.1f} img/s")
+    return {"fp32": statistics.median(speed[False]), "bf16": statistics.median(speed[True]),
+            "speedup": statistics.median(b / f for f, b in zip(speed[False], speed[True]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgetl.benchmarks.bf16_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet50,efficientnet_lite0")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and precision")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--student", default="efficientnet_lite0", help='the student of the distillation timing; "none": skip it')
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -86,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgetl.models import get_config
 
     rows = [measure(name, args.rounds, args.steps, args.batch, log) for name in args.models.split(",")]
+    if args.student != "none":
+        for r in rows:
+            r["distillation_img_s"] = measure_distillation(r["model"], args.student, args.rounds, args.steps, args.batch, log)
     print(f"bf16 mixed precision vs float32 · batch {args.batch} · {args.rounds} rounds x {args.steps} steps · "
           f"native bf16 on this CPU: {cpu_has_bf16()}")
     print(f"{'model':20} {'train fp32':>11} {'train bf16':>11} {'speed-up':>9} {'fwd fp32':>9} {'fwd bf16':>9} {'speed-up':>9}  registry flag")
@@ -93,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         t, f = r["train_img_s"], r["forward_img_s"]
         print(f"{r['model']:20} {t['fp32']:9.1f}/s {t['bf16']:9.1f}/s {r['train_speedup']:8.2f}x {f['fp32']:7.1f}/s "
               f"{f['bf16']:7.1f}/s {r['forward_speedup']:8.2f}x  bf16_training={get_config(r['model']).bf16_training}")
+    if args.student != "none":
+        print(f"\nas the teacher of a distillation into {args.student} (its top trained, the teacher frozen):")
+        print(f"{'teacher':20} {'fp32':>11} {'bf16':>11} {'speed-up':>9}")
+        for r in rows:
+            d = r["distillation_img_s"]
+            print(f"{r['model']:20} {d['fp32']:9.1f}/s {d['bf16']:9.1f}/s {d['speedup']:8.2f}x")
     return 0
 
 

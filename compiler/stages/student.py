@@ -101,24 +101,6 @@ def train_baseline(config, model_config, head: TrainedModel, images: ImageCache,
     return _train_from_head(config, model_config, head, None, images, num_classes, strategy, selection)
 
 
-def teacher_for_distillation(config, teacher: TrainedModel, num_classes, strategy) -> tuple[TrainedModel, dict | None]:
-    """The teacher as distillation runs it (forward passes only): a bf16 copy where its family
-    trains in bf16 (--mixed-precision; the same rule as its training), else itself. Returns it
-    and, for the report, the precision with why (None: float32 as trained)."""
-    from edgetl.compiler.progress import console
-    from edgetl.compiler.spec.precision import bf16_copy, use_bf16
-
-    from edgetl.models import list_models
-
-    on, why = use_bf16(config.mixed_precision, teacher.config)
-    if not on or teacher.name not in list_models(include_test=True):  # a --model file has no builder to copy
-        return teacher, None
-    with strategy.scope():
-        copy = bf16_copy(teacher.model, teacher.name, num_classes, teacher.input_size, config.dropout)
-    console.print(f"    the teacher runs in bf16 during distillation ({why})")
-    return dataclasses.replace(teacher, model=copy), {"compute": "bfloat16", "why": why}
-
-
 def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, selection):
     """Distillation (teacher given) or the labels-only baseline (teacher None), from the probe head."""
     from edgetl.compiler.training.distill import train_student
@@ -126,13 +108,8 @@ def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedM
     role, key = ("student", "distillation") if teacher is not None else ("baseline", "labels_only")
     description = "student: distillation" if teacher is not None else "baseline: labels only"
     student = _from_head(head, config, num_classes, strategy)
-    teacher_precision = None
-    if teacher is not None:
-        teacher, teacher_precision = teacher_for_distillation(config, teacher, num_classes, strategy)
     if selection == "cv":
         record = _train_from_head_cv(config, model_config, head, student, teacher, images, num_classes, strategy, description)
-        if teacher_precision:
-            record["teacher_precision"] = teacher_precision
         training = {**head.training, key: record}
         return TrainedModel(role, config.student, model_config, student, head.input_size, training)
     result = train_student(
@@ -146,8 +123,6 @@ def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedM
         **_student_kwargs(config, model_config),
     )
     record = result.to_json()
-    if teacher_precision:
-        record["teacher_precision"] = teacher_precision
     record["selection"] = holdout_selection(head.training["head"]["val_accuracy"], record["stage"], images.samples["val"])
     say_holdout_choice(role, record["selection"])
     training = {**head.training, key: record}
