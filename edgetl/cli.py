@@ -107,7 +107,7 @@ def compile_command(
         int, typer.Option(min=0, help="Max epochs fine-tuning the top of the backbone, from the linear probe (0: the probe alone).", rich_help_panel="Teacher")
     ] = _DEFAULT["finetune_epochs"],
     student: Annotated[
-        str, typer.Option(help="Registry model distilled from the teacher and deployed; 'none' deploys the teacher.", rich_help_panel="Student")
+        str, typer.Option(help="Registry model distilled from the teacher and deployed (efficientnet_lite0_slim75 / _slim50: channel-pruned Lite0, faster); 'none' deploys the teacher.", rich_help_panel="Student")
     ] = _DEFAULT["student"],
     student_size: Annotated[
         Optional[str], typer.Option(
