@@ -134,3 +134,13 @@ def test_distillation_of_a_slim_student_does_not_stop_at_the_default_patience():
     assert slim["patience"] == 12 and slim["unfreeze_from"] == "stem_conv"
     config.patience = 20  # a larger --patience still wins
     assert _student_kwargs(config, get_config("efficientnet_lite0_slim75"))["patience"] == 20
+
+
+def test_a_slim_student_under_held_out_selection_gets_a_note_naming_selection_cv():
+    from edgetl.compiler.stages.student import selection_note
+
+    note = selection_note(get_config("efficientnet_lite0_slim75"), "holdout", 108)
+    assert "108 val images" in note and "--selection cv" in note
+    assert selection_note(get_config("efficientnet_lite0_slim75"), "cv", 0) is None
+    assert selection_note(get_config("efficientnet_lite0"), "holdout", 108) is None
+    assert selection_note(None, "holdout", 108) is None
