@@ -114,12 +114,11 @@ def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: boo
                 f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
                 "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
             )
-        if config.distills:
-            from edgetl.compiler.stages.student import selection_note
+        from edgetl.compiler.stages.student import selection_note
 
-            note = selection_note(student_config, dataset.selection, len(dataset.splits.get("val", [])))
-            if note:
-                console.print(f"[yellow]note:[/] {note}")
+        note = selection_note(student_config, dataset.selection, len(dataset.splits.get("val", [])))  # None: no student
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
         unlabeled, unlabeled_skipped = scan_unlabeled(config.unlabeled) if config.unlabeled else ([], [])
         for warning in dataset.warnings:
             console.print(f"[yellow]warning:[/] {warning}")

@@ -387,11 +387,12 @@ def _slim_into(full, slim, include_head: bool) -> None:
             g, b, moving_mean, moving_var = values
             values = [g, b, moving_mean - mean[removed] @ project[removed], moving_var]
         assignments += list(zip(layer.weights, values))
-    for variable, value in assignments:
+    for variable, value in assignments:  # all checked first, then assigned: never half-narrowed
         if tuple(variable.shape) != tuple(value.shape):
             raise WeightsUnavailableError(f"cannot narrow {variable.name}: {value.shape} into {tuple(variable.shape)}")
-    for variable, value in assignments:
-        variable.assign(value)
+    from edgetl._compat import keras
+
+    keras.backend.batch_set_value(assignments)
 
 
 @dataclasses.dataclass(frozen=True)

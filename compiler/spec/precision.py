@@ -76,8 +76,9 @@ def float32_copy(model, name: str, num_classes: int, input_size: int, dropout: f
 
 
 def bf16_copy(model, name: str, num_classes: int, input_size: int, dropout: float):
-    """Registry model `name` built under the bf16 policy with `model`'s (float32) weights: for
-    forward passes only (the teacher during distillation), never exported."""
+    """Registry model `name` built under the bf16 policy with `model`'s (float32) weights, for
+    forward passes only and never exported: benchmarks/bf16_training.py times distillation from
+    it (the compile does not use it; the module docstring says why)."""
     return _copy_under(MIXED_POLICY, model, name, num_classes, input_size, dropout)
 
 
