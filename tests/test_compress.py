@@ -197,6 +197,23 @@ def test_qat_leaves_preprocessing_float_and_converts_to_an_all_int8_tflite(data)
         Q.convert_tflite(qat, "fp16")
 
 
+def test_keep_last_keeps_what_training_made_where_keep_best_would_choose_on_val(data):
+    """A compile gates its files on val, so its fine-tunes keep their last epoch: a learning rate
+    that ruins the model shows up on val, where "best" would quietly return to the start."""
+    cal = Q.calibration_sample(*data["train"], 32)
+    kept_best = C.quantize_aware(data["model"], cal)
+    best = _fine_tune(kept_best, data, epochs=2, learning_rate=1.0)
+    assert best.stage.best_epoch == 0 and best.stage.best_val_accuracy == best.start_val_accuracy == 1.0
+    kept_last = C.quantize_aware(data["model"], cal)
+    last = _fine_tune(kept_last, data, epochs=2, learning_rate=1.0, keep="last")
+    assert last.stage.epochs_run == last.stage.best_epoch == 2
+    assert last.stage.best_val_accuracy < 0.9
+    x_val, y_val = data["val"]
+    assert np.mean(_predict(kept_last, x_val).argmax(1) == y_val) == pytest.approx(last.stage.best_val_accuracy)
+    with pytest.raises(ValueError, match="keep"):
+        _fine_tune(C.quantize_aware(data["model"], cal), data, epochs=1, learning_rate=0.0, keep="first")
+
+
 def test_an_all_zero_weight_channel_converts_with_its_bias_intact(data):
     """Pruning empties whole channels; in QAT their weight range is [0, 0], and the converter
     then overflows the channel's int32 bias unless conversion_copy widens the range."""

@@ -341,6 +341,7 @@ class Optimizer:
             alpha=self.config.alpha if distilled else 0.0,
             seed=self.config.seed,
             label=label + (" + distillation" if distilled else ""),
+            keep="last",  # the gate reads val: nothing it judges was chosen on it (fine_tune)
         )
 
     def pruned_model(self) -> Compressed:
