@@ -112,8 +112,8 @@ def _comparisons(report: dict) -> list[str]:
 
 def _compression_cost(report: dict, role: str) -> list[str]:
     """model.tflite against the float student it was converted from, said only when the file is
-    worse beyond noise: the gate judges on the val split (a hundred-odd images, and the one that
-    chose the pruning and clustering epochs), so a loss it did not see is said here."""
+    worse beyond noise: the gate judges on the val split, a hundred-odd images that cannot see a
+    loss of a few points, so a loss it did not see is said here."""
     diff = compare_deployed_with(report, role)
     if diff is None or not diff.significant or diff.difference >= 0:
         return []
