@@ -593,6 +593,7 @@ def fine_tune(
     pruned, clustered file that lost 4.2 points on test scored level with fp32 on the val split
     its fine-tunes had picked their epochs on. So the compile asks for "last": the epochs are
     fixed by its recipe, as the cross-validated refit's are (compiler/training/cv_training.py).
+    `patience` (epochs without a better one before stopping) applies to "best" only.
 
     teacher: a float classifier (probabilities out; its logits are read); None trains on the
     labels alone. train_views: pixels at the larger of the two input sizes, labels (-1:
