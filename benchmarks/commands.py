@@ -111,7 +111,7 @@ def bench_command(
 
 def predict_command(
     model: Annotated[Path, typer.Argument(help="A .tflite or .onnx file (or .keras / SavedModel).", show_default=False)],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify, or folders of them (every image under a folder, in name order).", show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to print per image.")] = 3,
     runtime: Annotated[
         Optional[str],
@@ -159,7 +159,7 @@ def predict_command(
         for p in predictions:
             typer.echo(f"{p.path}: " + ", ".join(f"{label} {prob:.4f}" for label, prob in p.top))
     if failures:
-        raise DataError(f"cannot read {len(failures)} of {len(images)} image(s): " + "; ".join(failures))
+        raise DataError(f"cannot read {len(failures)} of {len(predictions) + len(failures)} image(s): " + "; ".join(failures))
 
 
 def _warn_incomplete_builds(paths) -> None:

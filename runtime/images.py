@@ -19,7 +19,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgetl.errors import DataError
 
-__all__ = ["MAX_IMAGE_PIXELS", "RESIZE_POLICY", "check_size", "decode_failure_reason", "decode_rgb", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "RESIZE_POLICY", "check_size", "decode_failure_reason", "decode_rgb", "images_in", "load_image"]
+
+# The file names read as images, in a dataset's class folders and in a folder given to `predict`.
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+})
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The image files under `folder` (its sub-folders too), by name suffix, in sorted order;
+    hidden files and folders (a leading dot, as .DS_Store or .git) are left out."""
+    folder = Path(folder)
+    return sorted(
+        path for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
 
 # What a deployed app has to do to an image before feeding it to an exported model. It is
 # written into the export's metadata, so it must describe `load_image` exactly.

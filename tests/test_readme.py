@@ -345,8 +345,10 @@ def test_readme_command_runs(command, workspace, fresh, monkeypatch, capsys):
             extra += ["--out", str(workspace / "bench-out" / str(command.line))]
         code, out, err = run_edgetl(argv[1:] + extra, workspace, monkeypatch, capsys)
         assert code == 0, f"README line {command.line}: `{command.text}` failed: {err.strip().splitlines()[-1:]}"
-        if sub == "predict":  # real class names, one line per photo
-            assert [line.split(":")[0] for line in out.splitlines()] == [a for a in argv if a.endswith(".jpg")]
+        if sub == "predict":  # real class names, one line per photo (a folder: per photo in it)
+            photos = [a for a in argv if a.endswith(".jpg")]
+            photos += [str(p.relative_to(workspace)) for a in argv[3:] if (workspace / a).is_dir() for p in sorted((workspace / a).rglob("*.jpg"))]
+            assert [line.split(":")[0] for line in out.splitlines()] == photos and photos
             assert "red" in out and "class_0" not in out
     else:
         code, out, err = run_edgetl(argv[1:], workspace, monkeypatch, capsys)

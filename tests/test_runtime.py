@@ -381,6 +381,31 @@ def test_predict_bad_inputs_are_one_line_and_exit_1(art, tmp_path, capsys):
     assert code == 1 and out.startswith(f"{good[0]}: ") and "cannot read 1 of 2 image(s)" in err
 
 
+def test_predict_classifies_every_image_in_a_folder(art, tmp_path, capsys, monkeypatch):
+    """A folder stands for the image files under it, sub-folders too, in name order; other files
+    and hidden ones are left out; a folder with no images is a one-line error. Chunked decoding
+    gives the same answers as one batch."""
+    photos = tmp_path / "device_photos"
+    images = write_images(photos / "day", n=2) + write_images(photos / "night", n=1)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".hidden").mkdir()
+    shutil.copy(images[0], photos / ".hidden" / "thumb.jpg")
+    code, out, err = run_cli("predict", art["tflite"], photos, "--json", capsys=capsys)
+    assert code == 0, err
+    listed = [p["image"] for p in json.loads(out)["predictions"]]
+    assert listed == [str(p) for p in sorted(images)]
+    one_batch = {p["image"]: p["top"] for p in json.loads(out)["predictions"]}
+    from edgetl.runtime import classify
+
+    monkeypatch.setattr(classify, "CHUNK_IMAGES", 2)  # two chunks: 2 images, then 1
+    code, out, err = run_cli("predict", art["tflite"], photos, "--json", capsys=capsys)
+    assert code == 0 and {p["image"]: p["top"] for p in json.loads(out)["predictions"]} == one_batch
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run_cli("predict", art["tflite"], empty, capsys=capsys)
+    assert code == 1 and "folder with no image files" in _one_error_line(err)
+
+
 def test_predict_error_is_one_line_for_a_real_process(art, tmp_path):
     """No native log line (LiteRT writes to fd 2 directly) may join the one error line."""
     truncated = tmp_path / "t.tflite"

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgetl.errors import DataError
 # Image decoding is the deployment contract's (runtime/images.py): predict and bench load the same way.
-from edgetl.runtime.images import RESIZE_POLICY, load_image
+from edgetl.runtime.images import IMAGE_SUFFIXES, RESIZE_POLICY, load_image
 from edgetl.runtime.images import check_size as _check_size
 from edgetl.runtime.images import decode_failure_reason as _reason
 from edgetl.runtime.images import decode_rgb as _decode_rgb
@@ -63,10 +63,6 @@ _SPLIT_ALIASES = {
     "dev": "val",
     "eval": "val",
     "testing": "test",
-}
-
-_IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
 }
 
 
@@ -327,7 +323,7 @@ def scan_dataset(
     split_dirs = [d for d in top_dirs if d in SPLITS]
     # Layout: {split: {class: folder}}. Files directly at the top are not in any class.
     layout_dirs: dict[str, dict[str, Path]] = {}
-    loose: list[str] = [f for f in top_files if Path(f).suffix.lower() in _IMAGE_SUFFIXES]
+    loose: list[str] = [f for f in top_files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
     if split_dirs:
         layout = "splits"
@@ -350,7 +346,7 @@ def scan_dataset(
             )
         for split in split_dirs:
             cls_dirs, files = _subdirs_and_files(root / split)
-            loose += [f"{split}/{f}" for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES]
+            loose += [f"{split}/{f}" for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
             if not cls_dirs:
                 raise DataError(
                     f"'{split}/' in '{root}' has no class folders; put images in "
