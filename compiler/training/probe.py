@@ -107,10 +107,10 @@ class _Standardiser:
     spread. Plain per-feature standardisation divides near-constant features (spread 0.005
     against a median of 0.2 in Lite0's pooled features) by almost nothing; folded back into the
     raw-feature weights they dwarf the rest, and an int8 file's per-channel weight scale then
-    rounds most weights to zero. Measured on flowers12 (Lite0 features, 5/10/20 images per
-    class over 3 subsets, all of train/; full test/): plain standardisation 88.6 / 91.7 / 95.4 /
-    97.1% float and 84.3 / 63.6 / 94.7 / 97.1% with int8 head weights; with the floor
-    90.1 / 94.2 / 95.8 / 97.1% float and 89.9 / 94.2 / 95.7 / 97.1% int8.
+    rounds most weights to zero. Measured on flowers12 by benchmarks/probe_ablations.py (Lite0
+    features, 5/10/20 images per class over 3 subsets, all of train/; full test/): plain
+    standardisation 88.6 / 91.7 / 95.4 / 97.1% float and 84.3 / 62.4 / 94.7 / 97.1% with int8
+    head weights; with the floor 90.1 / 94.2 / 95.8 / 97.1% float and 89.9 / 94.2 / 95.7 / 97.1% int8.
     """
 
     def __init__(self, x: np.ndarray):
@@ -165,9 +165,9 @@ def _fit_probe(x, y, num_classes, folds, seed, grid, C) -> Probe:
     accuracy = {c: float(np.mean(oof[c].argmax(1) == y)) for c in grid}
     # C is chosen by out-of-fold cross-entropy, not accuracy: on a few dozen images accuracy is
     # flat across C (ties everywhere) while the likelihood still ranks them. Measured on
-    # flowers12 with 5/10/20 images per class and all of train/ (10 subsets, full test/): the
-    # log-loss choice scored 0.0 to +1.7 points above the accuracy choice, never below, and
-    # its sharper probabilities lose less to an int8 output.
+    # flowers12 by benchmarks/probe_ablations.py (5/10/20 images per class over 3 subsets and
+    # all of train/, full test/): the log-loss choice scored +1.5, +0.1, +0.3 and +0.4 points
+    # above the accuracy choice on the means (below it on 2 of the 10 subsets).
     log_loss = {c: float(-np.mean(np.log(oof[c][np.arange(len(y)), y] + 1e-12))) for c in grid}
     best = min(grid, key=lambda c: (round(log_loss[c], 10), c))
     standardise = _Standardiser(x)

@@ -1,0 +1,124 @@
+"""Why edgetl's probe is fitted the way it is: two of its choices against the plain alternative.
+
+    python -m edgetl.benchmarks.probe_ablations --data ../shared/datasets/flowers12 --work /tmp/probe-ablations
+        [--shots 5,10,20,all] [--seeds 0,1,2] [--model efficientnet_lite0]
+
+On frozen ImageNet features of `--model` (global average pool, cached in WORK as the few-shot
+benchmark caches them), for N training images per class drawn with each seed ("all": the whole
+of train/, one seed), compiler/training/probe.py's `fit_probe` is run as the compile runs it and
+with one choice changed at a time:
+
+- `edgetl`: C chosen by pooled out-of-fold cross-entropy; each feature scaled by its spread, but
+  never by less than the median spread;
+- `C by accuracy`: the same folds, C chosen by out-of-fold accuracy (ties to the smaller C);
+- `plain scaling`: every feature scaled by its own spread (StandardScaler), C as in `edgetl`.
+
+Each probe is scored on the full test/ as it is (float) and with its weights rounded to int8
+per output class, as an int8 TFLite head holds them. Printed: per setting, the mean test
+accuracy over the seeds of each variant, float and int8, and each variant's mean difference
+from `edgetl`. Everything is also written to WORK/probe_ablations.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.benchmarks.fewshot import probe_features, subset
+
+VARIANTS = ("edgetl", "C by accuracy", "plain scaling")
+
+
+def int8_head(kernel: np.ndarray) -> np.ndarray:
+    """The kernel as an int8 head holds it: symmetric, one scale per output class."""
+    scale = np.maximum(np.abs(kernel).max(0, keepdims=True), 1e-12) / 127.0
+    return np.round(kernel / scale).clip(-127, 127) * scale
+
+
+@contextlib.contextmanager
+def plain_scaling():
+    """compiler/training/probe.py with per-feature standardisation and no floor on the spread."""
+    from edgetl.compiler.training import probe
+
+    floored = probe._Standardiser
+
+    class Plain(floored):
+        def __init__(self, x):
+            self.mean = x.mean(0)
+            self.scale = np.maximum(x.std(0), 1e-12)
+
+    probe._Standardiser = Plain
+    try:
+        yield
+    finally:
+        probe._Standardiser = floored
+
+
+def fit_variant(variant: str, f: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(kernel, bias, C) of one variant's probe on raw features."""
+    from edgetl.compiler.training.probe import fit_probe, fit_probe_at
+
+    if variant == "plain scaling":
+        with plain_scaling():
+            p = fit_probe(f, y, num_classes, seed=seed)
+        return p.kernel, p.bias, p.C
+    p = fit_probe(f, y, num_classes, seed=seed)
+    if variant == "C by accuracy":
+        best = max(sorted(p.cv_accuracy), key=lambda c: (p.cv_accuracy[c], -c))
+        p = fit_probe_at(f, y, num_classes, best)
+    return p.kernel, p.bias, p.C
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--shots", default="5,10,20,all")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--model", default="efficientnet_lite0")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    dataset, f_train, y_train, f_test, y_test = probe_features(args.data, args.model, args.work)
+    num_classes = len(dataset.classes)
+    rows = []
+    for shot in args.shots.split(","):
+        per_class = None if shot == "all" else int(shot)
+        seeds = [0] if per_class is None else [int(s) for s in args.seeds.split(",")]
+        for seed in seeds:
+            chosen = subset(y_train, per_class, seed)
+            row = {"shots": shot, "seed": seed, "n_train": int(len(chosen))}
+            for variant in VARIANTS:
+                kernel, bias, C = fit_variant(variant, f_train[chosen], y_train[chosen], num_classes, seed)
+                row[variant] = {
+                    "C": C,
+                    "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
+                    "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
+                }
+            rows.append(row)
+            print(f"{shot:>4}/class seed {seed}: " + "; ".join(
+                f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g})" for v in VARIANTS), flush=True)
+    print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from edgetl")
+    summary = {}
+    for shot in dict.fromkeys(r["shots"] for r in rows):
+        group = [r for r in rows if r["shots"] == shot]
+        means = {v: {k: float(np.mean([r[v][k] for r in group])) for k in ("float", "int8")} for v in VARIANTS}
+        summary[shot] = means
+        cells = []
+        for v in VARIANTS:
+            cell = f"{v} {means[v]['float']:.1%} / {means[v]['int8']:.1%}"
+            if v != "edgetl":
+                cell += (f" ({100 * (means[v]['float'] - means['edgetl']['float']):+.1f} / "
+                         f"{100 * (means[v]['int8'] - means['edgetl']['int8']):+.1f})")
+            cells.append(cell)
+        print(f"{shot:>4}/class ({len(group)} seeds): " + "; ".join(cells))
+    result = {"model": args.model, "n_test": int(len(y_test)), "rows": rows, "mean": summary}
+    (args.work / "probe_ablations.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
