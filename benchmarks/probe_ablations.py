@@ -11,7 +11,8 @@ with one choice changed at a time:
 - `edgetl`: C chosen by pooled out-of-fold cross-entropy; each feature scaled by its spread, but
   never by less than the median spread;
 - `C by accuracy`: the same folds, C chosen by out-of-fold accuracy (ties to the smaller C);
-- `plain scaling`: every feature scaled by its own spread (StandardScaler), C as in `edgetl`.
+- `plain scaling`: every feature scaled by its own spread (StandardScaler), in the folds too, C
+  chosen the same way as `edgetl` (by cross-entropy), so it may differ.
 
 Each probe is scored on the full test/ as it is (float) and with its weights rounded to int8
 per output class, as an int8 TFLite head holds them. Printed: per setting, the mean test

@@ -48,9 +48,10 @@ def classify_files(
     """(predictions for the readable images, one line per unreadable image, notes on assumptions).
 
     A folder in `images` stands for the image files under it (runtime/images.py, `images_in`),
-    so `edgetl predict model.tflite device_photos/` classifies a whole folder.
+    so `edgetl predict model.tflite device_photos/` classifies a whole folder; a folder with no
+    image files is a DataError before anything runs.
     """
-    from edgetl.runtime.images import images_in, load_image
+    from edgetl.runtime.images import IMAGE_SUFFIXES, images_in, load_image
 
     size = session.input_size
     labels = session.info().labels
@@ -60,7 +61,7 @@ def classify_files(
         if path.is_dir():
             inside = images_in(path)
             if not inside:
-                failures.append(f"'{path}' is a folder with no image files in it")
+                raise DataError(f"'{path}' is a folder with no image files in it (by name: {', '.join(sorted(IMAGE_SUFFIXES))})")
             paths += inside
         else:
             paths.append(path)

@@ -21,21 +21,28 @@ from edgetl.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "RESIZE_POLICY", "check_size", "decode_failure_reason", "decode_rgb", "images_in", "load_image"]
 
-# The file names read as images, in a dataset's class folders and in a folder given to `predict`.
+# The file names read as images where a folder may also hold other files: loose files beside a
+# dataset's class folders, and a folder given to `predict`.
 IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
 })
 
 
 def images_in(folder: Path) -> list[Path]:
-    """The image files under `folder` (its sub-folders too), by name suffix, in sorted order;
-    hidden files and folders (a leading dot, as .DS_Store or .git) are left out."""
-    folder = Path(folder)
-    return sorted(
-        path for path in folder.rglob("*")
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    """The image files under `folder` (its sub-folders too, linked ones included; a link loop is
+    cut), by name suffix, in sorted order. Hidden files and folders (a leading dot, as .DS_Store
+    or .git) are left out."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out)
 
 
 # What a deployed app has to do to an image before feeding it to an exported model. It is

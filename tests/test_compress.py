@@ -206,7 +206,7 @@ def test_keep_last_keeps_what_training_made_where_keep_best_would_choose_on_val(
     assert best.stage.best_epoch == 0 and best.stage.best_val_accuracy == best.start_val_accuracy == 1.0
     kept_last = C.quantize_aware(data["model"], cal)
     last = _fine_tune(kept_last, data, epochs=2, learning_rate=1.0, keep="last")
-    assert last.stage.epochs_run == last.stage.best_epoch == 2
+    assert last.stage.epochs_run == last.stage.best_epoch == 2 and last.kept == "last" and best.kept == "best"
     assert last.stage.best_val_accuracy < 0.9
     x_val, y_val = data["val"]
     assert np.mean(_predict(kept_last, x_val).argmax(1) == y_val) == pytest.approx(last.stage.best_val_accuracy)

@@ -215,7 +215,7 @@ def test_pruning_deploys_a_sparse_int8_file_and_reports_it(tmp_path, cluster):
     assert ("clustering" in report["optimization"]["trained"]) == bool(cluster)
     # Their fine-tunes ran their fixed epochs and kept the last: val, which gates them, chose nothing.
     for trained in report["optimization"]["trained"].values():
-        assert trained["stage"]["best_epoch"] == trained["stage"]["epochs_run"] > 0
+        assert trained["kept"] == "last" and trained["stage"]["best_epoch"] == trained["stage"]["epochs_run"] > 0
     assert all(("clustered8" in a["file"]) == bool(cluster) for a in pruned)
     # The pruned model is exported to ONNX too, and each pruned file's parity is checked
     # against the pruned Keras model it came from (the float exports match it exactly).

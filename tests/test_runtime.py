@@ -400,10 +400,17 @@ def test_predict_classifies_every_image_in_a_folder(art, tmp_path, capsys, monke
     monkeypatch.setattr(classify, "CHUNK_IMAGES", 2)  # two chunks: 2 images, then 1
     code, out, err = run_cli("predict", art["tflite"], photos, "--json", capsys=capsys)
     assert code == 0 and {p["image"]: p["top"] for p in json.loads(out)["predictions"]} == one_batch
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "day").symlink_to(photos / "day", target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # cut, not followed forever
+    code, out, err = run_cli("predict", art["tflite"], linked, "--json", capsys=capsys)
+    assert code == 0 and [p["image"] for p in json.loads(out)["predictions"]] == [str(linked / "day" / p.name) for p in sorted(images[:2])]
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = run_cli("predict", art["tflite"], empty, capsys=capsys)
-    assert code == 1 and "folder with no image files" in _one_error_line(err)
+    (empty / "notes.txt").write_text("not an image")
+    code, out, err = run_cli("predict", art["tflite"], images[0], empty, capsys=capsys)
+    assert code == 1 and out == "" and "folder with no image files" in _one_error_line(err)
 
 
 def test_predict_error_is_one_line_for_a_real_process(art, tmp_path):

@@ -515,6 +515,7 @@ class CompressResult:
     seconds: float
     model: object = dataclasses.field(default=None, repr=False)
     replicas: int = 1  # devices that trained it in sync (tf.distribute), 1 on one device
+    kept: str = "best"  # which weights were kept: "best" on val, or the "last" epoch's (fine_tune's keep)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(dataclasses.replace(self, model=None))
@@ -608,6 +609,8 @@ def fine_tune(
     """
     from edgetl.compiler.training.distill import Distiller, distillation_dataset
 
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', not {keep!r}")
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     _freeze_batch_norm(model)
@@ -634,8 +637,6 @@ def fine_tune(
 
     from edgetl.compiler.training.distribution import fit_callbacks
 
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', not {keep!r}")
     callbacks = fit_callbacks()  # BackupAndRestore on multi-device runs, first (see finetune._fit)
     wrappers = _pruning_wrappers(model)
     if wrappers:
@@ -671,7 +672,9 @@ def fine_tune(
         distiller.fit(data, **validation, epochs=epochs, callbacks=callbacks + [EpochProgress(advance)], verbose=0)
     elapsed = time.perf_counter() - fit_start
     if keep_cb is None:
-        epochs_run = counter.epochs_run
+        # No epoch in this fit yet a normal return: a resumed fit whose backup was saved after the
+        # last epoch (distribution.fit_callbacks) had nothing left to run.
+        epochs_run = counter.epochs_run or epochs
         kept_epoch, kept_accuracy = epochs_run, float(distiller.evaluate(**eval_data(val, batch_size), verbose=0)[1])
     else:
         epochs_run, kept_epoch, kept_accuracy = keep_cb.epochs_run, keep_cb.best_epoch, float(keep_cb.best[0])
@@ -693,4 +696,5 @@ def fine_tune(
         seconds=time.perf_counter() - start,
         model=model,
         replicas=int(strategy.num_replicas_in_sync),
+        kept=keep,
     )
