@@ -14,6 +14,14 @@ with one choice changed at a time:
 - `plain scaling`: every feature scaled by its own spread (StandardScaler), in the folds too, C
   chosen the same way as `edgetl` (by cross-entropy), so it may differ.
 
+With `--soft-labels`, also the head distilled on cached features (a direction of the
+transfer-quality work, tried and not offered): `--views` augmented views of every training
+image (compiler/training/finetune.py's `augment`: crop, flip, light jitter), the `--teacher`'s
+probe (fitted on the same N images) labels each view, and the student's head is fitted on the
+original images' features plus the views' to `alpha` x the teacher's probabilities at
+temperature T + (1 - alpha) x the label, at the `edgetl` probe's C, for each T in 1, 2 and alpha
+in 0.5, 1 (`soft T=..., a=...`). The views' features are cached in WORK too.
+
 Each probe is scored on the full test/ as it is (float) and with its weights rounded to int8
 per output class, as an int8 TFLite head holds them. Printed: per setting, the mean test
 accuracy over the seeds of each variant, float and int8, and each variant's mean difference
@@ -32,6 +40,64 @@ import numpy as np
 from edgetl.benchmarks.fewshot import probe_features, subset
 
 VARIANTS = ("edgetl", "C by accuracy", "plain scaling")
+SOFT_SETTINGS = ((1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0))  # (temperature, alpha)
+
+
+def view_features(data: Path, names: tuple[str, str], views: int, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(teacher, student) pooled features of `views` augmented views of every train/ image,
+    shaped (views, images, features); one crop per view feeds both, as in a distillation step."""
+    cache = work / f"views-{views}-{names[0]}-{names[1]}.npz"
+    if cache.is_file():
+        with np.load(cache) as d:
+            return d["teacher"], d["student"]
+    from edgetl._compat import keras, tf
+    from edgetl.compiler.data.datasets import load_images, scan_dataset
+    from edgetl.compiler.training.finetune import augment
+    from edgetl.models import FEATURES_LAYER, create_model
+
+    dataset = scan_dataset(data, selection="holdout", val_fraction=0.0, test_fraction=0.0)
+    nets = [create_model(n, weights="imagenet", num_classes=len(dataset.classes)) for n in names]
+    sizes = [m.input_shape[1] for m in nets]
+    extractors = [keras.Model(m.input, m.get_layer(FEATURES_LAYER).output) for m in nets]
+    x, _ = load_images(dataset.splits["train"], max(sizes))
+    tf.random.set_seed(0)
+    out = [[], []]
+    for v in range(views):
+        per_net = [[], []]
+        for i in range(0, len(x), 32):
+            batch = tf.stack([augment(image, 0)[0] for image in tf.constant(x[i : i + 32], tf.float32)])
+            for k, (extract, size) in enumerate(zip(extractors, sizes)):
+                per_net[k].append(extract(tf.image.resize(batch, (size, size)), training=False).numpy())
+        for k in range(2):
+            out[k].append(np.concatenate(per_net[k]))
+        print(f"view {v + 1}/{views} extracted", flush=True)
+    teacher, student = np.stack(out[0]), np.stack(out[1])
+    np.savez(cache, teacher=teacher, student=student)
+    return teacher, student
+
+
+def soft_label_head(f_student: np.ndarray, y: np.ndarray, views_student: np.ndarray, teacher_probs: np.ndarray,
+                    num_classes: int, C: float, temperature: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The student's head fitted on its own features plus the views', to soft targets, at C."""
+    from threadpoolctl import threadpool_limits
+
+    from edgetl.compiler.training import probe
+
+    onehot = np.eye(num_classes)[y]
+    x = np.concatenate([f_student, *views_student])
+    targets = np.concatenate([onehot] + [alpha * p + (1 - alpha) * onehot for p in teacher_probs])
+    with threadpool_limits(1):
+        standardise = probe._Standardiser(x)
+        fitter = probe._PathFitter(standardise(x), np.tile(y, len(teacher_probs) + 1), num_classes)
+        fitter.onehot = targets.astype(np.float32)  # the cross-entropy and its gradient take soft targets as they are
+        return standardise.fold_into(*fitter.fit(C))
+
+
+def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
 
 
 def int8_head(kernel: np.ndarray) -> np.ndarray:
@@ -81,10 +147,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--shots", default="5,10,20,all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--soft-labels", action="store_true", help="also the head distilled on augmented views' cached features")
+    parser.add_argument("--teacher", default="efficientnet_lite2", help="the probe that labels the views (--soft-labels)")
+    parser.add_argument("--views", type=int, default=6)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, f_train, y_train, f_test, y_test = probe_features(args.data, args.model, args.work)
     num_classes = len(dataset.classes)
+    variants = list(VARIANTS)
+    if args.soft_labels:
+        _, t_train, _, _, _ = probe_features(args.data, args.teacher, args.work)
+        views_teacher, views_student = view_features(args.data, (args.teacher, args.model), args.views, args.work)
+        variants += [f"soft T={t:g}, a={a:g}" for t, a in SOFT_SETTINGS]
     rows = []
     for shot in args.shots.split(","):
         per_class = None if shot == "all" else int(shot)
@@ -99,17 +173,30 @@ def main(argv=None) -> dict:
                     "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
                     "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
                 }
+            if args.soft_labels:
+                from edgetl.compiler.training.probe import fit_probe
+
+                teacher = fit_probe(t_train[chosen], y_train[chosen], num_classes, seed=seed)
+                logits = np.stack([teacher.logits(v[chosen]) for v in views_teacher])
+                for (t, a), name in zip(SOFT_SETTINGS, variants[len(VARIANTS):]):
+                    kernel, bias = soft_label_head(f_train[chosen], y_train[chosen], views_student[:, chosen], tempered(logits, t),
+                                                   num_classes, row["edgetl"]["C"], t, a)
+                    row[name] = {
+                        "C": row["edgetl"]["C"],
+                        "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
+                        "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
+                    }
             rows.append(row)
             print(f"{shot:>4}/class seed {seed}: " + "; ".join(
-                f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g})" for v in VARIANTS), flush=True)
+                f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g})" for v in variants), flush=True)
     print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from edgetl")
     summary = {}
     for shot in dict.fromkeys(r["shots"] for r in rows):
         group = [r for r in rows if r["shots"] == shot]
-        means = {v: {k: float(np.mean([r[v][k] for r in group])) for k in ("float", "int8")} for v in VARIANTS}
+        means = {v: {k: float(np.mean([r[v][k] for r in group])) for k in ("float", "int8")} for v in variants}
         summary[shot] = means
         cells = []
-        for v in VARIANTS:
+        for v in variants:
             cell = f"{v} {means[v]['float']:.1%} / {means[v]['int8']:.1%}"
             if v != "edgetl":
                 cell += (f" ({100 * (means[v]['float'] - means['edgetl']['float']):+.1f} / "

@@ -35,3 +35,20 @@ def test_each_variant_fits_a_probe_that_separates_easy_features():
         kernel, bias, C = A.fit_variant(variant, f, y, 3, seed=0)
         assert kernel.shape == (8, 3) and C in probe.C_GRID
         assert np.mean((f @ kernel + bias).argmax(1) == y) == 1.0, variant
+
+
+def test_the_soft_label_head_is_the_probe_when_the_targets_are_the_labels():
+    """No views: the edgetl probe at that C. Views whose teacher says exactly the label: the
+    probe on the original and view features together, whatever alpha."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 8)
+    f = rng.normal(size=(24, 6)) + 3 * np.eye(3, 6)[y]
+    reference = probe.fit_probe_at(f, y, 3, 1.0)
+    kernel, bias = A.soft_label_head(f, y, np.zeros((0, 24, 6)), np.zeros((0, 24, 3)), 3, 1.0, 1.0, 0.5)
+    assert np.allclose(kernel, reference.kernel, atol=1e-3) and np.allclose(bias, reference.bias, atol=1e-3)
+    views = f[None] + rng.normal(scale=0.1, size=(2, 24, 6))
+    labels = np.broadcast_to(np.eye(3)[y], (2, 24, 3))
+    together = probe.fit_probe_at(np.concatenate([f, *views]), np.tile(y, 3), 3, 1.0)
+    for alpha in (0.5, 1.0):
+        kernel, bias = A.soft_label_head(f, y, views, labels, 3, 1.0, 1.0, alpha)
+        assert np.allclose(kernel, together.kernel, atol=1e-3) and np.allclose(bias, together.bias, atol=1e-3)
