@@ -94,10 +94,10 @@ def soft_label_head(f_student: np.ndarray, y: np.ndarray, views_student: np.ndar
 
 
 def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    """Probabilities at `temperature`, per view (probe.py's softmax over the last axis)."""
+    from edgetl.compiler.training.probe import _softmax
+
+    return np.stack([_softmax(view / temperature) for view in logits])
 
 
 def int8_head(kernel: np.ndarray) -> np.ndarray:

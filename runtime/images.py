@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgetl.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "RESIZE_POLICY", "check_size", "decode_failure_reason", "decode_rgb", "images_in", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "RESIZE_POLICY", "check_size", "decode_failure_reason", "decode_rgb", "files_below", "images_in", "list_folder", "load_image"]
 
 # The file names read as images where a folder may also hold other files: loose files beside a
 # dataset's class folders, and a folder given to `predict`.
@@ -28,21 +28,46 @@ IMAGE_SUFFIXES = frozenset({
 })
 
 
-def images_in(folder: Path) -> list[Path]:
-    """The image files under `folder` (its sub-folders too, linked ones included; a link loop is
-    cut), by name suffix, in sorted order. Hidden files and folders (a leading dot, as .DS_Store
-    or .git) are left out."""
+def list_folder(folder: Path) -> tuple[list[str], list[str]]:
+    """Non-hidden subfolder and file names in `folder`, sorted (listing order must not matter).
+    A hidden name starts with a dot (.DS_Store, .git)."""
+    dirs, files = [], []
+    for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows symlinks: a linked class folder is a class folder
+        except OSError:
+            is_dir = False
+        (dirs if is_dir else files).append(entry.name)
+    return sorted(dirs), sorted(files)
+
+
+def files_below(folder: Path) -> list[Path]:
+    """All non-hidden files below `folder` (any depth, linked folders too), sorted; symlink loops are cut."""
     out: list[Path] = []
     seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
+
+    def walk(d: Path) -> None:
+        real = os.path.realpath(d)
         if real in seen:
-            dirs[:] = []
-            continue
+            return
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        try:
+            dirs, files = list_folder(d)
+        except OSError:
+            return  # an unreadable subfolder: nothing we can list or report per file
+        out.extend(d / f for f in files)
+        for sub in dirs:
+            walk(d / sub)
+
+    walk(Path(folder))
     return sorted(out)
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The image files (by name suffix) among `files_below(folder)`: what `predict` reads of a folder."""
+    return [path for path in files_below(folder) if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
 # What a deployed app has to do to an image before feeding it to an exported model. It is

@@ -31,6 +31,8 @@ from edgetl.errors import DataError
 # Image decoding is the deployment contract's (runtime/images.py): predict and bench load the same way.
 from edgetl.runtime.images import IMAGE_SUFFIXES, RESIZE_POLICY, load_image
 from edgetl.runtime.images import check_size as _check_size
+from edgetl.runtime.images import files_below as _files_below
+from edgetl.runtime.images import list_folder as _subdirs_and_files
 from edgetl.runtime.images import decode_failure_reason as _reason
 from edgetl.runtime.images import decode_rgb as _decode_rgb
 
@@ -191,46 +193,6 @@ def load_images(
 # --------------------------------------------------------------------------------------------
 # Scanning
 # --------------------------------------------------------------------------------------------
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _subdirs_and_files(folder: Path) -> tuple[list[str], list[str]]:
-    """Non-hidden subfolder and file names in `folder`, sorted (listing order must not matter)."""
-    dirs, files = [], []
-    for entry in os.scandir(folder):
-        if _hidden(entry.name):
-            continue
-        try:
-            is_dir = entry.is_dir()  # follows symlinks: a linked class folder is a class folder
-        except OSError:
-            is_dir = False
-        (dirs if is_dir else files).append(entry.name)
-    return sorted(dirs), sorted(files)
-
-
-def _files_below(folder: Path) -> list[Path]:
-    """All non-hidden files below `folder` (any depth), sorted; symlink loops are cut."""
-    out: list[Path] = []
-    seen: set[str] = set()
-
-    def walk(d: Path) -> None:
-        real = os.path.realpath(d)
-        if real in seen:
-            return
-        seen.add(real)
-        try:
-            dirs, files = _subdirs_and_files(d)
-        except OSError:
-            return  # an unreadable subfolder: nothing we can list or report per file
-        out.extend(d / f for f in files)
-        for sub in dirs:
-            walk(d / sub)
-
-    walk(folder)
-    return sorted(out)
 
 
 def _names(items: Iterable[str], limit: int = 8) -> str:
