@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 
@@ -84,20 +83,23 @@ class CurveChoice:
         }
 
 
-def choose_epochs(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | None = None) -> CurveChoice:
+def choose_epochs(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | None = None,
+                  gain_beyond_noise: bool = True) -> CurveChoice:
     """oof_correct: (epochs + 1, images) booleans, row e = out-of-fold correctness after e epochs;
     oof_pred: the predicted classes, same shape (kept for the chosen row: the estimate's
     confusion matrix).
 
     The most accurate row (fewest epochs on ties) replaces the probe only when its paired
     difference from the probe is significant; otherwise the probe (row 0) is kept.
+    gain_beyond_noise=False takes the most accurate row whatever the noise: the rule's ablation
+    (benchmarks/selection_rule.py), not a compile setting.
     """
     correct = np.asarray(oof_correct, bool)
     n = correct.shape[1]
     counts = correct.sum(1)
     best = int(np.argmax(counts))  # argmax returns the first, i.e. fewest epochs, on ties
     diff = paired_difference(correct[best].tolist(), correct[0].tolist())
-    if best and not (diff.significant and diff.difference > 0):
+    if best and gain_beyond_noise and not (diff.significant and diff.difference > 0):
         best = 0
     return CurveChoice(
         accuracy_by_epoch=(counts / max(n, 1)).tolist(),

@@ -103,6 +103,17 @@ def test_epoch_choice_keeps_the_probe_unless_training_is_better_beyond_noise():
     assert choice.estimate.correct == 90 and choice.probe.correct == 80
 
 
+def test_the_rule_ablation_takes_the_point_estimate_even_within_noise():
+    probe_row = np.array([True] * 80 + [False] * 20)
+    slightly = np.array([True] * 82 + [False] * 18)
+    choice = choose_epochs(np.stack([probe_row, probe_row, slightly]), folds=5, gain_beyond_noise=False)
+    assert choice.epochs == 2 and not choice.versus_probe["significant"]
+    assert choice.estimate.correct == 82
+    # Nothing better than the probe: it is still kept.
+    choice = choose_epochs(np.stack([probe_row, probe_row]), folds=5, gain_beyond_noise=False)
+    assert choice.probe_kept
+
+
 def _blobs(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 1.0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (classes, dim)) * 3
