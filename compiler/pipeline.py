@@ -13,6 +13,7 @@ and moved into place only when every check has passed; a file that fails its che
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -162,7 +163,10 @@ def _for_this_worker(config: CompileConfig) -> tuple[CompileConfig, Path | None]
     if config.strategy == "multi-worker":
         config = dataclasses.replace(config, use_cache=False)
         if not distribution.is_chief():
-            config = dataclasses.replace(config, out=Path(tempfile.mkdtemp(prefix="edgetl-worker-")) / "build")
+            # A non-chief worker's files are never read: they go when its process ends.
+            scratch = tempfile.mkdtemp(prefix="edgetl-worker-")
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            config = dataclasses.replace(config, out=Path(scratch) / "build")
     return config, backup
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.abc
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +15,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Compiles in tests cache their stages in a throw-away folder, never in the user's ~/.cache.
+# Removed when the run ends: each run's stages fill it with up to 150 MB of models.
 os.environ["EDGETL_CACHE"] = tempfile.mkdtemp(prefix="edgetl-test-cache-")
+atexit.register(shutil.rmtree, os.environ["EDGETL_CACHE"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGETL_SHARED", REPO.parent / "shared"))

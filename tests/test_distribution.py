@@ -154,12 +154,14 @@ def test_two_workers_on_loopback(tmp_path):
     data = write_color_dataset(tmp_path / "data", per_class=12)
     cluster = distribution.loopback_cluster(2)
     outs = [tmp_path / "chief_out", tmp_path / "worker_out"]
+    scratch = tmp_path / "tmp"  # the workers' temporary folder
+    scratch.mkdir()
     children = []
     for index, out in enumerate(outs):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         command = [sys.executable, "-m", "edgetl.cli", "compile", str(data), "--out", str(out), "--strategy", "multi-worker",
                    "--finetune-epochs", "2", *TINY]
-        children.append(subprocess.Popen(command, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+        children.append(subprocess.Popen(command, env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True))
     logs = []
     try:
@@ -178,6 +180,7 @@ def test_two_workers_on_loopback(tmp_path):
     for name in ("model.tflite", "model.onnx", "teacher.keras", "report.json", "labels.txt"):
         assert (outs[0] / name).is_file(), name
     assert not outs[1].exists()  # the non-chief wrote nothing into its --out
+    assert not list(scratch.glob("edgetl-worker-*"))  # and its throw-away build is gone
 
 
 KILL_SCRIPT = """
