@@ -41,3 +41,17 @@ def test_held_out_early_stopping_replaces_the_start_only_beyond_noise(extra_corr
     assert keep.best[0] == pytest.approx(best_correct.mean() if kept else 0.80)
     got = model.predict(x, verbose=0).argmax(1) == y
     assert np.array_equal(got, best_correct if kept else start_correct)
+
+
+def test_epoch_progress_counts_only_the_epochs_this_fit_ran():
+    """A fit resumed at epoch 3 of 5 runs 2 epochs: the time per epoch divides by 2, not 5."""
+    from edgetl._compat import keras
+    from edgetl.compiler.training.finetune import EpochProgress
+
+    advanced = []
+    progress = EpochProgress(lambda n, status: advanced.append(n))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
+    model.fit(x, y, initial_epoch=3, epochs=5, callbacks=[progress], verbose=0)
+    assert progress.ended == 2 and advanced == [1, 1]

@@ -347,7 +347,9 @@ def test_readme_command_runs(command, workspace, fresh, monkeypatch, capsys):
         assert code == 0, f"README line {command.line}: `{command.text}` failed: {err.strip().splitlines()[-1:]}"
         if sub == "predict":  # real class names, one line per photo (a folder: per photo in it)
             photos = [a for a in argv if a.endswith(".jpg")]
-            photos += [str(p.relative_to(workspace)) for a in argv[3:] if (workspace / a).is_dir() for p in sorted((workspace / a).rglob("*.jpg"))]
+            photos += [str(p.relative_to(workspace)) for a in argv[3:] if (workspace / a).is_dir()
+                       for p in sorted((workspace / a).rglob("*.jpg"))
+                       if not any(part.startswith(".") for part in p.relative_to(workspace / a).parts)]  # hidden: skipped
             assert [line.split(":")[0] for line in out.splitlines()] == photos and photos
             assert "red" in out and "class_0" not in out
     else:

@@ -669,7 +669,8 @@ def fine_tune(
     data = distillation_dataset(x, np.asarray(y), batch_size, seed)
     fit_start = time.perf_counter()
     with progress_bar(label, epochs) as advance:
-        distiller.fit(data, **validation, epochs=epochs, callbacks=callbacks + [EpochProgress(advance)], verbose=0)
+        progress = EpochProgress(advance)
+        distiller.fit(data, **validation, epochs=epochs, callbacks=callbacks + [progress], verbose=0)
     elapsed = time.perf_counter() - fit_start
     if keep_cb is None:
         # No epoch in this fit yet a normal return: a resumed fit whose backup was saved after the
@@ -682,7 +683,7 @@ def fine_tune(
         epochs_run=epochs_run,
         best_epoch=kept_epoch,
         best_val_accuracy=kept_accuracy,
-        seconds_per_epoch=elapsed / max(epochs_run, 1),
+        seconds_per_epoch=elapsed / max(progress.ended, 1),  # this fit's epochs (a resumed fit ran fewer)
     )
     return CompressResult(
         label=label,

@@ -140,13 +140,18 @@ class KeepBest(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A bar over epochs with the latest figures; Keras' own progbar is off."""
+    """A bar over epochs with the latest figures; Keras' own progbar is off.
+
+    `ended` counts the epochs this fit ran: a fit resumed from a backup starts at a later epoch,
+    so epoch numbers overstate the work done here (and understate the time per epoch)."""
 
     def __init__(self, advance):
         super().__init__()
         self.advance = advance
+        self.ended = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        self.ended += 1
         logs = logs or {}
         status = "  ".join(
             f"{k} {logs[k]:.3f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs
@@ -206,6 +211,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
         return StageResult(epochs_run=0, best_epoch=0, best_val_accuracy=keep_best.best[0])
     start = time.perf_counter()
     with progress_bar(description, epochs) as advance:
+        progress = EpochProgress(advance)
         fitted = model.fit(
             *data,
             batch_size=batch_size,
@@ -213,7 +219,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
             epochs=epochs,
             # BackupAndRestore (multi-device runs) first: it restores the weights before
             # KeepBest records where the fit starts.
-            callbacks=[*fit_callbacks(), keep_best, EpochProgress(advance)],
+            callbacks=[*fit_callbacks(), keep_best, progress],
             verbose=0,
         )
     elapsed = time.perf_counter() - start
@@ -221,7 +227,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
         epochs_run=keep_best.epochs_run,
         best_epoch=keep_best.best_epoch,
         best_val_accuracy=keep_best.best[0],
-        seconds_per_epoch=elapsed / max(keep_best.epochs_run, 1),
+        seconds_per_epoch=elapsed / max(progress.ended, 1),
         history={k: [float(v) for v in values] for k, values in fitted.history.items()},
         versus_start=keep_best.versus_start,
     )
