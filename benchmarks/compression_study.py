@@ -1,7 +1,7 @@
 """Compression study on real data: what post-training quantization, QAT and pruning cost and buy.
 
     python -m edgetl.benchmarks.compression_study --student S.keras [--teacher T.keras] \
-        --data /work/shared/datasets/flowers12 --work /tmp/q/study [--steps ptq,calib,qat,prune,cluster]
+        --data ../shared/datasets/flowers12 --work /tmp/q/study [--steps ptq,calib,qat,prune,cluster]
 
 Prints (and writes to WORK/results.json) one row per artefact: test accuracy and its change
 from the float model, size on disk, gzip size, LiteRT / ONNX Runtime latency p50 (batch 1,
@@ -314,7 +314,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", required=True)
     p.add_argument("--teacher")
-    p.add_argument("--data", default="/work/shared/datasets/flowers12")
+    p.add_argument("--data", required=True, help="a folder with train/ and test/ (the study scores on test/)")
     p.add_argument("--work", default="/tmp/edgetl-compression-study")
     p.add_argument("--steps", default="ptq,calib,qat,prune")
     p.add_argument("--threads", type=int, default=2)
