@@ -59,6 +59,7 @@ def bench_command(
         typer.Option("--out", "-o", help="Folder for bench.json and bench.png. \\[default: the model's folder/bench]"),
     ] = None,
     chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Write bench.png.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bench.json and bench.png of an earlier bench in the --out folder.")] = False,
     trust_model: Annotated[
         bool,
         typer.Option(
@@ -91,6 +92,7 @@ def bench_command(
         chart=chart,
         trust_model=trust_model,
         corruptions=corruptions,
+        overwrite=overwrite,
     )
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     print_table(report)

@@ -51,6 +51,7 @@ class BenchConfig:
     chart: bool = True
     trust_model: bool = False  # load Keras models that hold code (runtime/model_safety.py)
     corruptions: bool = False  # also score each file on the corruption suite of --data (compiler/evaluation/robustness.py)
+    overwrite: bool = False  # replace an earlier bench.json (and bench.png) in the out folder
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -403,6 +404,11 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     out_dir = default_out(config, files)
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")
+    if (out_dir / BENCH_JSON).exists() and not config.overwrite:
+        # An earlier bench's figures are the user's: another run (other files, other data) must not
+        # replace them unasked.
+        raise BenchSettingsError(f"{out_dir} already holds {BENCH_JSON} from an earlier bench; pass --overwrite to replace it, "
+                                 "or --out another folder")
     arts = [_probe(f, config.trust_model) for f in files]
     cases = plan_cases(arts, runtimes, tuple(threads))
     if not cases:

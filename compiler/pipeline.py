@@ -335,7 +335,8 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     with stages.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
         unverified = export_float(deployed, out, exported)
 
-    with stages.stage("verify", "checking the float exports against their Keras model on the test split"):
+    checked_on = "the test split" if images.held_out["test"] else "the training images (no test split)"
+    with stages.stage("verify", f"checking the float exports against their Keras model on {checked_on}"):
         predict_keras(config, images, teacher, deployed, baseline)
         float_files = verify_float(out, deployed, unverified, images, config.batch_size)
         if not exported:

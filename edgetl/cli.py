@@ -383,7 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130
             _say_interrupted()
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
-        typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
+        # Typer coerces values with pydantic, whose "Value error, " prefix says nothing to a user.
+        message = exc.format_message().replace(": Value error, ", ": ")
+        typer.echo(f"error: {message} (see --help)", err=True)
         code = 1
     except EdgetlError as exc:
         if _state["debug"]:

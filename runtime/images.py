@@ -173,7 +173,9 @@ def decode_failure_reason(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "unreadable: permission denied"
     if isinstance(exc, FileNotFoundError):
-        return "unreadable: file not found (broken link?)"
+        if exc.filename and os.path.islink(exc.filename):
+            return "unreadable: a link to a file that does not exist"
+        return "unreadable: file not found"
     if isinstance(exc, Image.DecompressionBombError):
         return f"image too large to decode safely: {msg}"
     if "truncated" in msg.lower():

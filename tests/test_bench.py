@@ -258,6 +258,15 @@ def test_bench_command_prints_the_table(art, tmp_path, capsys):
         assert "skipped: CUDAExecutionProvider not available" in out and "edgetl[gpu]" in out
     assert f"wrote {tmp_path / BENCH_JSON}" in err
     assert (tmp_path / BENCH_JSON).is_file()
+    first = (tmp_path / BENCH_JSON).read_bytes()
+    # A second bench into the same folder keeps the first one's figures unless told otherwise.
+    again = ("bench", art["folder"] / "model.tflite", "--runtime", "litert", "--threads", "1", "--runs", "2", "--warmup", "0", "--out", tmp_path)
+    code, _, err = run_cli(*again, capsys=capsys)
+    assert code == 1 and "--overwrite" in _one_error_line(err)
+    assert (tmp_path / BENCH_JSON).read_bytes() == first
+    code, _, err = run_cli(*again, "--overwrite", capsys=capsys)
+    assert code == 0, err
+    assert [r["file"] for r in json.loads((tmp_path / BENCH_JSON).read_text())["results"]] == ["model.tflite"]
 
 
 def test_bench_default_out_is_the_model_folder(art, capsys):

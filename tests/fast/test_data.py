@@ -368,8 +368,11 @@ def test_large_jpeg_uses_reduced_decode_and_keeps_colour(tmp_path):
 
 
 def test_load_image_errors(tmp_path):
-    with pytest.raises(DataError, match="nope.jpg"):
+    with pytest.raises(DataError, match=r"nope.jpg': unreadable: file not found; "):
         load_image(tmp_path / "nope.jpg", 16)
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(DataError, match="a link to a file that does not exist"):
+        load_image(tmp_path / "dangling.jpg", 16)
     txt = tmp_path / "x.txt"
     txt.write_text("hello")
     with pytest.raises(DataError, match="x.txt"):
