@@ -12,7 +12,8 @@ What a user sees in --out is either nothing new or a complete, checked build:
 - `BuildOutput.publish` moves the staged files into place once every check has passed, after
   removing edgetl's own previous outputs (never the user's other files), then drops the marker.
 - On failure, files that failed a check are renamed so that none keeps a deployable name, the
-  staging folder stays (hidden) for inspection, and the next compile into --out clears it.
+  staging folder stays (hidden) for inspection, and the next compile into --out clears it. A
+  failure before any stage wrote a file removes the --out this compile created.
 
 `find_builds` finds edgetl builds inside a data folder, so they are never taken as a class.
 """
@@ -276,6 +277,7 @@ class BuildOutput:
         self.staging = self.out / STAGING_DIR
         self.lock = OutputLock(self.out)
         self._announce = announce
+        self._created = False  # --out did not exist before this compile
 
     # -- before any work: checks that create nothing -----------------------------------------
 
@@ -310,6 +312,7 @@ class BuildOutput:
     def open(self) -> Path:
         """Create --out, take its lock, mark the run unfinished, and return an empty staging folder."""
         try:
+            self._created = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             if exc.errno not in CREATE_ERRNOS:
@@ -359,6 +362,13 @@ class BuildOutput:
 
     def close(self) -> None:
         self.lock.release()
+        # A compile that failed before any stage wrote a file (missing teacher weights, say) and
+        # created --out itself leaves nothing behind: not even an empty folder with hidden files.
+        if self._created and self.staging.is_dir() and not any(self.staging.iterdir()):
+            with contextlib.suppress(OSError):
+                self.staging.rmdir()
+                (self.out / RUN_MARKER).unlink(missing_ok=True)
+                self.out.rmdir()  # only when empty: nothing else was written there meanwhile
 
 
 def _remove(path: Path) -> None:

@@ -162,6 +162,32 @@ def test_11_edgetl_bookkeeping_alone_does_not_count_as_files_held(tmp_path):
     build.check()  # no OutputExistsError, no OutputInUseError
 
 
+def test_a_failure_before_any_file_leaves_no_new_out_folder(tmp_path):
+    """Missing teacher weights fail before any stage writes a file: the --out that compile
+    created goes with it; one the user had, or one with staged files, stays."""
+    out = tmp_path / "new"
+    build = BuildOutput(out, overwrite=False, run_id="r")
+    build.open()
+    build.fail()
+    build.close()
+    assert not out.exists()
+
+    kept = tmp_path / "theirs"
+    kept.mkdir()
+    build = BuildOutput(kept, overwrite=False, run_id="r")
+    build.open()
+    build.fail()
+    build.close()
+    assert kept.is_dir()  # the user's folder is never removed
+
+    staged = tmp_path / "staged"
+    build = BuildOutput(staged, overwrite=False, run_id="r")
+    (build.open() / "teacher.keras").write_text("x")
+    build.fail()
+    build.close()
+    assert (staged / STAGING_DIR / "teacher.keras").is_file() and (staged / RUN_MARKER).is_file()
+
+
 # 5. A kill late in the compile leaves nothing that looks deployable.
 
 
