@@ -91,6 +91,6 @@ step "edgetl bench: ONNX Runtime CUDA provider beside the CPU one"
 "$PY" -c "import onnxruntime as ort; p=ort.get_available_providers(); print('ONNX Runtime', ort.__version__, p); \
 import sys; sys.exit(0 if 'CUDAExecutionProvider' in p else 'gpu_check: no CUDAExecutionProvider: install onnxruntime-gpu (and uninstall onnxruntime) in this environment')"
 timeout 300 "$PY" -m edgetl.cli bench "$WORK/build/model.onnx" --runtime onnxruntime,onnxruntime-cuda \
-    --batch 8 --runs 50 --no-chart --out "$WORK/bench"
+    --batch 8 --runs 50 --no-chart --out "$WORK/bench" --overwrite
 echo
 echo "gpu_check: done (results under $WORK)"

@@ -486,6 +486,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report["outputs"] = {"json": str(out_dir / BENCH_JSON)}
+    (out_dir / BENCH_PNG).unlink(missing_ok=True)  # an earlier bench's chart never sits beside these figures
     if config.chart and any(r["status"] == "ok" for r in rows):
         from edgetl.benchmarks.chart import plot_bench
 

@@ -361,14 +361,18 @@ class BuildOutput:
                     os.replace(path, path.with_name(f"{path.stem}.unchecked{path.suffix}"))
 
     def close(self) -> None:
-        self.lock.release()
         # A compile that failed before any stage wrote a file (missing teacher weights, say) and
         # created --out itself leaves nothing behind: not even an empty folder with hidden files.
-        if self._created and self.staging.is_dir() and not any(self.staging.iterdir()):
+        # Its bookkeeping goes while the lock is still held, so no other compile's is touched.
+        empty_failure = self._created and self.staging.is_dir() and not any(self.staging.iterdir())
+        if empty_failure:
             with contextlib.suppress(OSError):
                 self.staging.rmdir()
                 (self.out / RUN_MARKER).unlink(missing_ok=True)
-                self.out.rmdir()  # only when empty: nothing else was written there meanwhile
+        self.lock.release()
+        if empty_failure:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only when empty: another compile may have taken it meanwhile
 
 
 def _remove(path: Path) -> None:

@@ -335,7 +335,8 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     with stages.stage("export", f"exporting {deployed.name} to TFLite and ONNX (float32)" + (" (cached)" if exported else "")):
         unverified = export_float(deployed, out, exported)
 
-    checked_on = "the test split" if images.held_out["test"] else "the training images (no test split)"
+    own_test = images.held_out["test"] and dataset.splits["test"] is not dataset.splits["train"]  # --model without test/: the same images
+    checked_on = "the test split" if own_test else "the training images (no test split)"
     with stages.stage("verify", f"checking the float exports against their Keras model on {checked_on}"):
         predict_keras(config, images, teacher, deployed, baseline)
         float_files = verify_float(out, deployed, unverified, images, config.batch_size)

@@ -202,7 +202,7 @@ def test_runtime_filter_and_threads(art, tmp_path):
     assert report["results"][0]["precision"] == "int8" and report["results"][0]["input_dtype"] == "uint8"
     assert not (tmp_path / BENCH_PNG).exists()
     with pytest.raises(BenchSettingsError, match="runs none of the files"):
-        run_bench(BenchConfig(models=(art["onnx"],), runtimes=("litert",), out=tmp_path), log=lambda m: None)
+        run_bench(BenchConfig(models=(art["onnx"],), runtimes=("litert",), out=tmp_path / "none"), log=lambda m: None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_keras_reference_runs_when_named(art, tmp_path):
     # The worker imports TensorFlow before loading the model: both are timed, apart.
     assert row["import_s"] > 0 and row["load_s"] > 0 and row["p50_ms"] > 0
     folder = run_bench(BenchConfig(models=(art["folder"],), runtimes=("keras",), threads=(1,), runs=3, warmup=0,
-                                   out=tmp_path, chart=False), log=lambda m: None)
+                                   out=tmp_path / "folder", chart=False), log=lambda m: None)
     assert [r["file"] for r in folder["results"]] == ["teacher.keras"]
 
 

@@ -44,7 +44,8 @@ def test_held_out_early_stopping_replaces_the_start_only_beyond_noise(extra_corr
 
 
 def test_epoch_progress_counts_only_the_epochs_this_fit_ran():
-    """A fit resumed at epoch 3 of 5 runs 2 epochs: the time per epoch divides by 2, not 5."""
+    """A fit resumed at epoch 3 of 5 runs 2 epochs, and EpochProgress counts 2 (the divisor of
+    seconds_per_epoch in finetune._fit and compress.fine_tune), not 5."""
     from edgetl._compat import keras
     from edgetl.compiler.training.finetune import EpochProgress
 

@@ -524,7 +524,8 @@ class CompressResult:
 
 
 class _EpochsRun(keras.callbacks.Callback):
-    """Counts the epochs a fit ran (a callback or an interruption can end it early)."""
+    """The number of the last epoch a fit finished (a callback or an interruption can end it
+    early; a resumed fit counts from its first epoch, not from where it resumed)."""
 
     def __init__(self):
         super().__init__()
@@ -683,7 +684,7 @@ def fine_tune(
         epochs_run=epochs_run,
         best_epoch=kept_epoch,
         best_val_accuracy=kept_accuracy,
-        seconds_per_epoch=elapsed / max(progress.ended, 1),  # this fit's epochs (a resumed fit ran fewer)
+        seconds_per_epoch=elapsed / progress.ended if progress.ended else 0.0,  # this fit's epochs (a resumed fit ran fewer)
     )
     return CompressResult(
         label=label,

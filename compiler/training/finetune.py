@@ -227,7 +227,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
         epochs_run=keep_best.epochs_run,
         best_epoch=keep_best.best_epoch,
         best_val_accuracy=keep_best.best[0],
-        seconds_per_epoch=elapsed / max(progress.ended, 1),
+        seconds_per_epoch=elapsed / progress.ended if progress.ended else 0.0,
         history={k: [float(v) for v in values] for k, values in fitted.history.items()},
         versus_start=keep_best.versus_start,
     )
