@@ -32,7 +32,7 @@ from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, chec
 from edgetl.compiler.outputs import STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.spec.recipe import recipe_text, write_manifest, write_recipe
 from edgetl.compiler.spec.targets import get_target
-from edgetl.compiler.data.datasets import Dataset, scan_dataset, scan_unlabeled
+from edgetl.compiler.data.datasets import Dataset, check_data_folder, scan_dataset, scan_unlabeled
 from edgetl.compiler.progress import StageTimer, activity, console
 from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stage_keys, stages_for
 from edgetl.compiler.stages.adapt import adapt_deployed, target_calibration
@@ -199,6 +199,7 @@ def _large_images_noted():
 
 def _check_inputs(config: CompileConfig) -> None:
     """Where the build goes and what it reads: checks that create nothing."""
+    check_data_folder(config.data)  # before the data stage prints its first line
     check_location(config.out, config.data, config.unlabeled)
     check_data_holds_no_build(config.data)
     if config.unlabeled:

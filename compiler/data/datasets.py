@@ -242,6 +242,19 @@ def _carve(
     return out
 
 
+def check_data_folder(root: str | os.PathLike) -> Path:
+    """DATA exists and is a folder (DataError otherwise); its resolved path."""
+    given = Path(root).expanduser()
+    if not given.exists():
+        raise DataError(f"dataset folder '{given}' does not exist; pass a folder of class folders")
+    if not given.is_dir():
+        raise DataError(
+            f"dataset path '{given}' is a file, not a folder; pass the folder that holds "
+            "the class folders (or train/val/test)"
+        )
+    return given.resolve()
+
+
 def scan_dataset(
     root: str | os.PathLike,
     *,
@@ -267,15 +280,7 @@ def scan_dataset(
             f"{test_fraction}; lower them so that train keeps some images"
         )
 
-    given = Path(root).expanduser()
-    if not given.exists():
-        raise DataError(f"dataset folder '{given}' does not exist; pass a folder of class folders")
-    if not given.is_dir():
-        raise DataError(
-            f"dataset path '{given}' is a file, not a folder; pass the folder that holds "
-            "the class folders (or train/val/test)"
-        )
-    root = given.resolve()
+    root = check_data_folder(root)
     try:
         top_dirs, top_files = _subdirs_and_files(root)
     except OSError as exc:

@@ -47,11 +47,12 @@ def test_models_lists_the_registry(capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(args, message, capsys, tmp_path):
-    code, _, err = run_cli(*args, "--out", str(tmp_path / "out"), capsys=capsys)
+    code, out, err = run_cli(*args, "--out", str(tmp_path / "out"), capsys=capsys)
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and message in errors[0]
     assert "Traceback" not in err
+    assert "==>" not in out + err  # refused before any stage starts
 
 
 def test_one_class_folder_fails_in_one_line(tmp_path, capsys):
