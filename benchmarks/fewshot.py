@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 C_GRID = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
@@ -51,8 +50,9 @@ def probe_features(data: Path, model_name: str, work: Path):
     if cache.is_file():
         with np.load(cache) as d:
             return dataset, d["f_train"], d["y_train"], d["f_test"], d["y_test"]
-    from edgetl._compat import keras, tf
     from edgetl.models import FEATURES_LAYER, create_model
+
+    from edgetl._compat import keras, tf
 
     model = create_model(model_name, weights="imagenet", num_classes=len(dataset.classes))
     features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
@@ -77,7 +77,6 @@ def sklearn_probe(f_train, y_train, f_test, seed: int):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
     from threadpoolctl import threadpool_limits
 
     folds = min(5, int(np.bincount(y_train).min()))
@@ -125,6 +124,22 @@ def deployed_correct(out: Path, dataset) -> np.ndarray:
     return session.predict(x, 32).argmax(1) == y
 
 
+def compile_command(folder: Path, out: Path, teacher: str, student: str, seed: int, cache: Path, extra: list[str],
+                    entry: list[str] | None = None) -> list[str]:
+    """The few-shot compile as a user runs it (entry: the program, `python -m edgetl.cli` by default)."""
+    entry = entry or [sys.executable, "-m", "edgetl.cli"]
+    return [*entry, "compile", str(folder), "--out", str(out), "--overwrite", "--teacher", teacher, "--student", student,
+            "--quantize", "int8", "--no-baseline", "--seed", str(seed), "--cache-dir", str(cache), *extra]
+
+
+def run_logged(command: list[str], log: Path) -> tuple[int, float]:
+    """Run a command with its output in `log` (wide, for rich's tables); its exit code and wall time."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+    return code, time.perf_counter() - start
+
+
 def benchmark_arguments(argv: list[str] | None, description: str) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The parser of a compile-running benchmark (--data, --work), the benchmark's own arguments
     and the compile options after `--`."""
@@ -161,15 +176,10 @@ def main(argv: list[str] | None = None) -> None:
             probe_ok = predicted == y_test
             folder = data if per_class is None else make_folder(dataset, chosen, args.work / "data" / f"shots{shots}-seed{seed}")
             out = args.work / "out" / f"shots{shots}-seed{seed}"
-            command = [sys.executable, "-m", "edgetl.cli", "compile", str(folder), "--out", str(out), "--overwrite",
-                       "--teacher", args.teacher, "--student", args.student, "--quantize", "int8", "--no-baseline",
-                       "--seed", str(seed), "--cache-dir", str(args.work / "cache"), *extra]
+            command = compile_command(folder, out, args.teacher, args.student, seed, args.work / "cache", extra)
             print(f"[{shots} per class, seed {seed}] {' '.join(command)}", flush=True)
-            start = time.perf_counter()
             log = args.work / f"compile-shots{shots}-seed{seed}.log"
-            with open(log, "w") as f:
-                code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
-            wall = time.perf_counter() - start
+            code, wall = run_logged(command, log)
             if code != 0:
                 print(f"  compile failed (exit {code}); see {log}", flush=True)
                 continue
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             report = json.loads((out / "report.json").read_text())
             diff = paired_difference(deployed_ok.tolist(), probe_ok.tolist())
             row = {
-                "shots": shots, "seed": seed, "train_images": int(len(chosen)),
+                "shots": shots, "seed": seed, "train_images": len(chosen),
                 "probe": Accuracy(int(probe_ok.sum()), len(y_test)).to_json() | {"C": C},
                 "deployed": Accuracy(int(deployed_ok.sum()), len(y_test)).to_json() | {"variant": report["deployed"]["tflite_variant"]},
                 "difference": diff.to_json(),

@@ -34,17 +34,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 from edgetl.benchmarks.fewshot import (
     benchmark_arguments,
+    compile_command,
     deployed_correct,
     make_folder,
+    run_logged,
     subset,
 )
 from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
@@ -67,13 +65,6 @@ def _describe(selections: dict[str, dict]) -> str:
         parts.append(f"{model} {s['chosen_epochs']} epochs (best {vs['best_epochs']}, "
                      f"{100 * vs['difference']:+.1f} pt out of fold{', beyond noise' if vs['significant'] else ''})")
     return "; ".join(parts)
-
-
-def _run_compile(command: list[str], log: Path) -> tuple[int, float]:
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
-    return code, time.perf_counter() - start
 
 
 def compile_with_point_estimate_rule(argv: list[str]) -> None:
@@ -128,13 +119,11 @@ def main(argv: list[str] | None = None) -> None:
                     row["point"] = row["rule"] | {"same_recipe": True, "wall_s": 0.0}
                     print("  point: the same choices as the rule's compile; not run", flush=True)
                     continue
-                entry = [sys.executable, "-m", "edgetl.benchmarks.selection_rule", POINT_CHILD] if arm == "point" else [sys.executable, "-m", "edgetl.cli"]
-                command = [*entry, "compile", str(folder), "--out", str(out), "--overwrite",
-                           "--teacher", args.teacher, "--student", args.student, "--quantize", "int8", "--no-baseline",
-                           "--seed", str(seed), "--cache-dir", str(args.work / f"cache-{arm}"), *extra]
+                entry = [sys.executable, "-m", "edgetl.benchmarks.selection_rule", POINT_CHILD] if arm == "point" else None
+                command = compile_command(folder, out, args.teacher, args.student, seed, args.work / f"cache-{arm}", extra, entry)
                 print(f"[{shots} per class, seed {seed}, {arm}] {' '.join(command)}", flush=True)
                 log = args.work / f"compile-{arm}-shots{shots}-seed{seed}.log"
-                code, wall = _run_compile(command, log)
+                code, wall = run_logged(command, log)
                 if code != 0:
                     sys.exit(f"error: the {arm} compile failed (exit {code}); see {log}")
                 report = json.loads((out / "report.json").read_text())
