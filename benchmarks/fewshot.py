@@ -151,12 +151,17 @@ def benchmark_arguments(argv: list[str] | None, description: str) -> tuple[argpa
     return parser, own, extra
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser, argv, extra = benchmark_arguments(argv, __doc__)
-    parser.add_argument("--shots", default="5,10,20,all")
+def add_setting_arguments(parser: argparse.ArgumentParser, shots: str) -> None:
+    """The few-shot settings a compile-running benchmark sweeps, and the models it compiles."""
+    parser.add_argument("--shots", default=shots)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher", default="efficientnet_lite2")
     parser.add_argument("--student", default="efficientnet_lite0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, argv, extra = benchmark_arguments(argv, __doc__)
+    add_setting_arguments(parser, shots="5,10,20,all")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve()

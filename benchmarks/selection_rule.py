@@ -38,6 +38,7 @@ import sys
 
 import numpy as np
 from edgetl.benchmarks.fewshot import (
+    add_setting_arguments,
     benchmark_arguments,
     compile_command,
     deployed_correct,
@@ -82,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == [POINT_CHILD]:
         return compile_with_point_estimate_rule(argv[1:])
     parser, argv, extra = benchmark_arguments(argv, __doc__)
-    parser.add_argument("--shots", default="5,10")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--teacher", default="efficientnet_lite2")
-    parser.add_argument("--student", default="efficientnet_lite0")
+    add_setting_arguments(parser, shots="5,10")
     args = parser.parse_args(argv)
     if "all" in args.shots.split(","):
         parser.error("--shots takes images per class; all of train/ is chosen on a val split, not by this rule")
