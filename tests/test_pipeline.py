@@ -104,6 +104,8 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]
     assert gain == report["models"]["student"]["test"]["accuracy"] - report["models"]["baseline"]["test"]["accuracy"]
+    paired = report["distillation"]["distillation_gain_paired"]  # the same test images, paired
+    assert paired["n"] == report["models"]["student"]["test"]["images"] and paired["difference"] == pytest.approx(gain)
 
 
 def test_unlabelled_images_reach_the_distillation_only(compiled):
@@ -293,5 +295,7 @@ def test_under_cross_validation_the_students_features_are_extracted_once(tmp_pat
     assert report["dataset"]["selection"] == "cv"
     assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
     assert report["models"]["baseline"]["training"]["labels_only"]["selection"]
+    # Without a test split the distillation gain is paired out of fold, on every labelled image.
+    assert report["distillation"]["distillation_gain_paired"]["n"] == report["models"]["student"]["cv"]["n"] == 30
     student_passes = [d for d, n in calls if not d.startswith("teacher")]
     assert student_passes == ["student: features (train)"], calls

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from edgetl import __version__
 from edgetl.compiler.evaluation.evaluate import classification_metrics
+from edgetl.compiler.evaluation.stats import paired_difference
 from edgetl.compiler.outputs import ONNX_FILE, SOURCE_FILE, STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.report.html import HTML_FILE
 from edgetl.compiler.report.summary import CONFUSION_PNG
@@ -113,9 +116,13 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
         source = "test" if held_out else "cv"
         student, base, teach = (models[r].get(source) for r in ("student", "baseline", "teacher"))
         if student and base:
+            y_scored = y_test if held_out else y_train
             comparison = {
                 "measured_on": "the held-out test split" if held_out else "cross-validation (out-of-fold, all labelled images)",
                 "distillation_gain_accuracy": student["accuracy"] - base["accuracy"],
+                # Same images for both: the paired interval says whether the gain is beyond noise.
+                "distillation_gain_paired": paired_difference(
+                    _correct(deployed, y_scored, held_out), _correct(baseline, y_scored, held_out)).to_json(),
                 "distillation_gain_macro_f1": student["macro_f1"] - base["macro_f1"],
                 "student_minus_teacher_accuracy": student["accuracy"] - teach["accuracy"] if teach else None,
             }
@@ -135,6 +142,12 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
         "total_s": round(time.perf_counter() - start, 2),
         "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, RECIPE_FILE, MANIFEST_FILE, "variants/", "app/"],
     }
+
+
+def _correct(trained: TrainedModel, y_true, held_out: bool) -> np.ndarray:
+    """Per image, whether `trained` got it right: on the test split, or out of fold."""
+    pred = trained.test_probs.argmax(1) if held_out else np.asarray(trained.selection["oof_pred"], np.int64)
+    return pred == np.asarray(y_true)
 
 
 def _evaluation(config, dataset, images: ImageCache) -> dict:

@@ -123,3 +123,27 @@ def compare_roles(report: dict, role_a: str, role_b: str) -> PairedDifference | 
 
 def intervals_overlap(a: Figure, b: Figure) -> bool:
     return a.low <= b.high and b.low <= a.high
+
+
+def distillation_sentence(d: dict) -> str:
+    """What distillation bought against the labels-only baseline, in words, with its paired
+    interval: a difference is called a gain or a loss only when it is beyond noise."""
+    where = "out of fold (cross-validation)" if "cross-validation" in d.get("measured_on", "") else "on the test split"
+    gain = d["distillation_gain_accuracy"] * 100
+    paired = d.get("distillation_gain_paired")
+    if paired is None:  # reports written before the paired interval existed
+        verdict = f"distillation changed accuracy by {gain:+.1f} points {where}"
+    else:
+        low, high = (v * 100 for v in paired["ci95"])
+        if paired["significant"]:
+            verdict = f"distillation {'gained' if gain > 0 else 'lost'} {abs(gain):.1f} points {where} (95% CI {low:+.1f} to {high:+.1f}, n={paired['n']})"
+        else:
+            verdict = (f"distillation made no difference beyond noise {where}: {gain:+.1f} points "
+                       f"(95% CI {low:+.1f} to {high:+.1f}, n={paired['n']})")
+    sentence = f"{verdict}, against the same student trained without the teacher"
+    behind = d.get("student_minus_teacher_accuracy")
+    if behind is not None:
+        behind *= 100
+        sentence += ("; the student is as accurate as the teacher" if abs(behind) < 0.05 else
+                     f"; the student is {abs(behind):.1f} points {'above' if behind > 0 else 'below'} the teacher")
+    return sentence

@@ -12,7 +12,7 @@ from edgetl.atomic import atomic_write_text
 from edgetl.compiler.data.corruptions import describe_steps
 from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
 from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, size_front_chart, tradeoff_chart, training_chart
-from edgetl.compiler.report.facts import accuracy_figure, deployed_figure
+from edgetl.compiler.report.facts import accuracy_figure, deployed_figure, distillation_sentence
 from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report.verdict import build_verdict
 
@@ -168,6 +168,9 @@ def _training_section(report: dict) -> list[str]:
     if not charts and not curves and not selections:
         return []
     parts = ["<h2>Training</h2>"]
+    if report.get("distillation"):
+        sentence = distillation_sentence(report["distillation"])
+        parts.append(f"<p>{_e(sentence[0].upper() + sentence[1:])}.</p>")
     if selections:
         parts.append("<p class='muted'>Every trained model has two candidates: its linear probe (frozen backbone, "
                      "logistic-regression head) and its fine-tuning or distillation. Training replaces the probe only "

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
-from edgetl.compiler.report.facts import accuracy_figure
+from edgetl.compiler.report.facts import accuracy_figure, distillation_sentence
 from edgetl.compiler.report.verdict import build_verdict
 
 REPORT_FILE = "report.json"
@@ -85,14 +85,7 @@ def print_summary(report: dict) -> None:
         )
     console.print(model_table)
     if report.get("distillation"):
-        d = report["distillation"]
-        gain, behind = d["distillation_gain_accuracy"] * 100, d["student_minus_teacher_accuracy"] * 100
-        console.print(
-            f"distillation {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} points of accuracy "
-            f"{'out of fold (cross-validation)' if 'cross-validation' in d.get('measured_on', '') else 'on the test split'} against the "
-            f"same student trained without the teacher; the student is {abs(behind):.1f} points "
-            f"{'above' if behind >= 0 else 'below'} the teacher"
-        )
+        console.print(distillation_sentence(report["distillation"]))
 
     table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")
     for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
@@ -163,3 +156,4 @@ def _print_tail(report: dict) -> None:
     if optional:
         console.print(f"optional   {'; '.join(optional)}", markup=False, highlight=False)
     console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")
+

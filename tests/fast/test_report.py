@@ -299,3 +299,28 @@ def test_a_file_worse_than_its_float_student_beyond_noise_is_said_so(tmp_path):
     for row in rows:  # the same file, level with its float student: nothing to say
         row["keras"]["student"] = {"predicted": row["predicted"], "confidence": 0.9}
     assert "converted from" not in " ".join(build_verdict(report).comparisons)
+
+
+def _comparison(student_right: int, baseline_right: int, n: int = 40, behind: float | None = 0.0) -> dict:
+    from edgetl.compiler.evaluation.stats import paired_difference
+
+    student = [i < student_right for i in range(n)]
+    baseline = [i < baseline_right for i in range(n)]
+    return {"measured_on": "the held-out test split", "distillation_gain_accuracy": (student_right - baseline_right) / n,
+            "distillation_gain_paired": paired_difference(student, baseline).to_json(),
+            "student_minus_teacher_accuracy": behind}
+
+
+def test_distillation_is_called_a_gain_only_beyond_noise():
+    from edgetl.compiler.report.facts import distillation_sentence
+
+    small = distillation_sentence(_comparison(31, 30))
+    assert small.startswith("distillation made no difference beyond noise on the test split: +2.5 points (95% CI")
+    assert "n=40" in small and "gained" not in small
+    large = distillation_sentence(_comparison(38, 20, behind=-0.025))
+    assert large.startswith("distillation gained 45.0 points on the test split (95% CI +")
+    assert large.endswith("the student is 2.5 points below the teacher")
+    lost = distillation_sentence(_comparison(20, 38, behind=None))
+    assert lost.startswith("distillation lost 45.0 points") and lost.endswith("trained without the teacher")
+    # The same model as teacher and student: not "0.0 points above".
+    assert distillation_sentence(_comparison(30, 30)).endswith("the student is as accurate as the teacher")
