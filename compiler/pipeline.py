@@ -33,7 +33,7 @@ from edgetl.compiler.outputs import STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.spec.recipe import recipe_text, write_manifest, write_recipe
 from edgetl.compiler.spec.targets import get_target
 from edgetl.compiler.data.datasets import Dataset, check_data_folder, scan_dataset, scan_unlabeled
-from edgetl.compiler.progress import StageTimer, activity, console
+from edgetl.compiler.progress import StageTimer, activity, console, silenced
 from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stage_keys, stages_for
 from edgetl.compiler.stages.adapt import adapt_deployed, target_calibration
 from edgetl.compiler.stages.export import conversion_errors, export_float, predict_keras, verify_float
@@ -71,13 +71,19 @@ def run_id(config: CompileConfig) -> str:
     return stage_key("run", **settings)
 
 
-def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: bool = False) -> dict:
+def compile_model(config: CompileConfig, dry_run: bool = False, trust_model: bool = False, quiet: bool = False) -> dict:
     """Run the whole pipeline; return the report (also written to `config.out/report.json`).
 
     dry_run: only resolve the recipe and say which stages would run (and which are cached).
     trust_model: accept weights files that are full Keras models holding code (Lambda layers,
     bytecode); without it they are refused before any work (runtime/model_safety.py).
+    quiet: print nothing (no progress, no summary); errors are still raised.
     """
+    with silenced(quiet):
+        return _compile(config, dry_run, trust_model)
+
+
+def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
     start = time.perf_counter()
     timer = StageTimer()
     # `config` was checked when it was built (CompileConfig validates itself, whatever its source).

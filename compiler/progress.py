@@ -30,6 +30,18 @@ summary_console = _console(stderr=False)
 
 
 @contextlib.contextmanager
+def silenced(quiet: bool = True):
+    """Progress, headings and the summary printed nowhere while inside (compile_model(quiet=True)):
+    a program calling the compiler reads the returned report instead."""
+    before = console.quiet, summary_console.quiet
+    console.quiet = summary_console.quiet = quiet or before[0]
+    try:
+        yield
+    finally:
+        console.quiet, summary_console.quiet = before
+
+
+@contextlib.contextmanager
 def progress_bar(description: str, total: int):
     """Yield `advance(n=1)`; shows a bar with count, elapsed and remaining time."""
     columns = (

@@ -194,3 +194,20 @@ def test_wording_of_points():
     from edgetl.compiler.compression.optimize import points
 
     assert (points(1.0), points(1), points(0.5), points(2)) == ("1 point", "1 point", "0.5 points", "2 points")
+
+
+def test_quiet_compile_prints_nothing_and_still_returns_the_plan(tmp_path, capsys):
+    """compile_model(quiet=True), for programs that read the returned report instead."""
+    from conftest import write_color_dataset
+    from edgetl.compiler.pipeline import compile_model
+    from edgetl.compiler.progress import console
+    from edgetl.compiler.spec.config import CompileConfig
+
+    data = write_color_dataset(tmp_path / "data")
+    config = CompileConfig(data=data, out=tmp_path / "out", teacher="tiny_cnn", teacher_weights="none", student="none", use_cache=False)
+    loud = compile_model(config, dry_run=True)
+    printed = capsys.readouterr()
+    assert "would run" in printed.out + printed.err
+    quiet = compile_model(config, dry_run=True, quiet=True)
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", "") and quiet == loud and not console.quiet
