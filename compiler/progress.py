@@ -16,6 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from edgetl.runtime.measure import peak_rss_mb
+
 
 def _console(stderr: bool) -> Console:
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and folds every table; logs are wide.
@@ -86,10 +88,12 @@ def activity(description: str, unit: str | None = None):
 
 
 class StageTimer:
-    """Wall time per pipeline stage, in the order the stages ran."""
+    """Wall time per pipeline stage, in the order the stages ran, and the process's peak memory
+    when each ended: the stage after which the peak jumps is the one that set it."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str, title: str | None = None):
@@ -99,3 +103,6 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            peak = peak_rss_mb()  # never reset here: /usr/bin/time and benchmarks/scale.py read the same mark
+            if peak is not None:
+                self.peak_mb[name] = peak

@@ -100,6 +100,8 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
         test = by_file[name]["test"]
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
     assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "adapt", "export", "verify", "optimize", "package", "robustness"}
+    peaks = list(report["peak_memory_mb"].values())  # the process's high-water mark after each stage
+    assert list(report["peak_memory_mb"]) == list(report["timings_s"]) and peaks == sorted(peaks) and peaks[0] > 100
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]

@@ -346,14 +346,19 @@ def _wall_time_section(report: dict) -> list[str]:
 
     declared = {stage.name: stage for stage in STAGES}
     total = report.get("total_s") or sum(report["timings_s"].values()) or 1.0
+    peaks = report.get("peak_memory_mb") or {}  # absent from reports written before it existed
     rows = []
     for name, seconds in report["timings_s"].items():
         stage = declared.get(name)
         skip = f"optional: <code>{_e(stage.skip_with)}</code> leaves it out" if stage and stage.skip_with else ""
+        peak = f"{peaks[name] / 1024:.1f} GB" if name in peaks else ""
         rows.append(f"<tr><td>{_e(name)}</td><td>{_e(stage.does if stage else '')}</td><td class='n'>{seconds:.1f} s</td>"
-                    f"<td class='n'>{seconds / total:.0%}</td><td>{skip}</td></tr>")
-    return ["<h2>Wall time per stage</h2>", f"<p>Total {total:.0f} s.</p>",
-            "<table><tr><th>stage</th><th>what it does</th><th>wall time</th><th>share</th><th></th></tr>" + "".join(rows) + "</table>"]
+                    f"<td class='n'>{seconds / total:.0%}</td><td class='n'>{peak}</td><td>{skip}</td></tr>")
+    note = ("<p class='muted'>Peak memory: the compile process's largest resident memory so far when the stage ended; "
+            "the stage where it rises is the one that needed it.</p>") if peaks else ""
+    return ["<h2>Wall time and memory per stage</h2>", f"<p>Total {total:.0f} s.</p>", note,
+            "<table><tr><th>stage</th><th>what it does</th><th>wall time</th><th>share</th><th>peak memory</th><th></th></tr>"
+            + "".join(rows) + "</table>"]
 
 
 def write_html_report(report: dict, out: Path) -> Path:

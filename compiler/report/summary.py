@@ -150,6 +150,8 @@ def _print_tail(report: dict) -> None:
         console.print(line, markup=False, highlight=False)
     timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
     console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
+    if report.get("peak_memory_mb"):
+        console.print(f"peak memory  {max(report['peak_memory_mb'].values()) / 1024:.1f} GB (report.html: after each stage)")
     from edgetl.compiler.stages import STAGES
 
     optional = [f"{s.name} {report['timings_s'][s.name]:.0f}s ({s.skip_with})" for s in STAGES if s.skip_with and s.name in report["timings_s"]]

@@ -255,15 +255,21 @@ def test_the_page_prices_each_stage_and_says_how_to_leave_out_the_optional_ones(
     report["timings_s"] = {"data": 2.0, "teacher": 50.0, "student": 20.0, "baseline": 10.0, "export": 8.0,
                            "verify": 4.0, "optimize": 30.0, "package": 1.0, "robustness": 25.0}
     report["total_s"] = 150.0
+    report["peak_memory_mb"] = {name: 1024.0 * (3 if name != "data" else 1) for name in report["timings_s"]}
     page = render(report, tmp_path)
-    section = page[page.index("<h2>Wall time per stage</h2>"):]
-    rows = re.findall(r"<tr><td>(\w+)</td><td>[^<]*</td><td class='n'>([\d.]+) s</td><td class='n'>(\d+)%</td><td>(.*?)</td></tr>", section)
+    section = page[page.index("<h2>Wall time and memory per stage</h2>"):]
+    rows = re.findall(r"<tr><td>(\w+)</td><td>[^<]*</td><td class='n'>([\d.]+) s</td><td class='n'>(\d+)%</td>"
+                      r"<td class='n'>([^<]*)</td><td>(.*?)</td></tr>", section)
     assert [r[0] for r in rows] == list(report["timings_s"])
-    shares = {name: int(share) for name, _, share, _ in rows}
+    shares = {name: int(share) for name, _, share, _, _ in rows}
     assert shares["teacher"] == 33 and shares["robustness"] == 17 and shares["baseline"] == 7
-    skips = {name: skip for name, _, _, skip in rows}
+    skips = {name: skip for name, _, _, _, skip in rows}
     assert "--no-robustness" in skips["robustness"] and "--no-baseline" in skips["baseline"]
     assert skips["teacher"] == skips["export"] == ""
+    peaks = {name: peak for name, _, _, peak, _ in rows}
+    assert peaks["data"] == "1.0 GB" and peaks["teacher"] == "3.0 GB"
+    del report["peak_memory_mb"]  # a report from before the column: the cell stays empty
+    assert "peak memory" in render(report, tmp_path) and "GB</td>" not in render(report, tmp_path)
 
 
 def test_the_page_says_how_the_model_was_adapted_to_the_device(tmp_path):
