@@ -218,6 +218,25 @@ def float_onnx(trained):
     return export_onnx(trained["model"], trained["dir"] / "float.onnx")
 
 
+def test_the_onnx_export_runs_tf2onnx_s_own_optimizers_and_restores_the_collector(trained, float_onnx):
+    """The export collects garbage before each of tf2onnx's optimizers (its graph copies would
+    otherwise pile up: 6.5 GB for ResNet50, benchmarks/export_memory.py); the optimizers are
+    tf2onnx's defaults, in order, and the garbage collector is left as it was."""
+    import gc
+
+    from tf2onnx.optimizer import _get_optimizers
+
+    from edgetl.compiler.export.convert import _collecting_optimizers, export_onnx
+
+    collecting = _collecting_optimizers()
+    assert list(collecting) == list(_get_optimizers())
+    assert [type(make()) for make in collecting.values()] == list(_get_optimizers().values())
+    again = export_onnx(trained["model"], trained["dir"] / "again.onnx")
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    x = trained["x_test"][:4]
+    assert np.array_equal(open_session(again).predict(x), open_session(float_onnx).predict(x))
+
+
 def test_int8_onnx_is_static_qdq_per_channel_and_runs_in_onnx_runtime(trained, float_onnx):
     out = trained["dir"] / "onnx" / "int8.onnx"
     Q.quantize_onnx(float_onnx, out, trained["cal"])
