@@ -148,8 +148,12 @@ def _ranges(values: list[int]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def discover_models(paths: tuple[Path, ...], include_keras: bool = False) -> list[Path]:
-    """The model files named, and every .tflite/.onnx in each folder named (Keras too if asked)."""
+def discover_models(paths: tuple[Path, ...], include_keras: bool = False, log: Callable[[str], object] | None = None) -> list[Path]:
+    """The model files named, and every .tflite/.onnx in each folder named (Keras too if asked).
+
+    A file in a folder with the same bytes as one found before it (the deployed model.tflite is
+    also its variant in variants/) is benchmarked once, and `log` says so: two rows of one file
+    would read as two models whose p50s differ only by noise."""
     from edgetl.runtime import model_format
 
     if not paths:
@@ -173,7 +177,7 @@ def discover_models(paths: tuple[Path, ...], include_keras: bool = False) -> lis
                     inside.append(child)
             if not inside:
                 raise ModelFileError(f"no .tflite or .onnx file in folder {path}; pass the folder edgetl compile wrote")
-            found.extend(inside)
+            found.extend(_distinct_files(inside, path, log))
         else:
             if model_format(path) is None:
                 raise ModelFileError(
@@ -185,6 +189,26 @@ def discover_models(paths: tuple[Path, ...], include_keras: bool = False) -> lis
     for p in found:
         unique.setdefault(p.resolve(), p)
     return list(unique.values())
+
+
+def _distinct_files(files: list[Path], folder: Path, log: Callable[[str], object] | None) -> list[Path]:
+    """`files` less those whose bytes repeat an earlier one's (SavedModel folders kept as they are)."""
+    import hashlib
+
+    kept: dict[str, Path] = {}
+    distinct = []
+    for f in files:
+        if not f.is_file():
+            distinct.append(f)
+            continue
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        if digest in kept:
+            if log:
+                log(f"{f.relative_to(folder)}: the same file as {kept[digest].relative_to(folder)}, benchmarked once")
+            continue
+        kept[digest] = f
+        distinct.append(f)
+    return distinct
 
 
 def file_precision(path: Path, fmt: str) -> str:
@@ -400,7 +424,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     cores = check_cores(config.cores)
     env = environment.collect(list(cores) if cores else None)  # before any work of ours loads the CPU
     threads = config.threads or (len(cores) if cores else len(usable_cores()),)
-    files = discover_models(config.models, include_keras=bool(runtimes and "keras" in runtimes))
+    available = len(cores) if cores else len(usable_cores())
+    over = sorted(t for t in set(threads) if t > available)
+    if over:
+        log(f"note: --threads {','.join(map(str, over))} is more than the {available} core(s) this bench may use; "
+            "those rows measure threads waiting for cores, not what the device would do")
+    files = discover_models(config.models, include_keras=bool(runtimes and "keras" in runtimes), log=log)
     out_dir = default_out(config, files)
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")

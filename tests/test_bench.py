@@ -134,6 +134,20 @@ def test_discover_models(art, tmp_path):
         discover_models((tmp_path / "nope",))
 
 
+def test_a_folder_s_file_repeated_in_variants_is_benchmarked_once(art, tmp_path):
+    """The deployed model.tflite is also its variant in variants/: one file, one row."""
+    build = tmp_path / "build"
+    (build / "variants").mkdir(parents=True)
+    tflite = (art["folder"] / "model.tflite").read_bytes()
+    (build / "model.tflite").write_bytes(tflite)
+    (build / "variants" / "model.int8.tflite").write_bytes(tflite)
+    (build / "variants" / "model.fp32.tflite").write_bytes(tflite + b"\0")  # other bytes: kept
+    said = []
+    found = discover_models((build,), log=said.append)
+    assert [p.relative_to(build).as_posix() for p in found] == ["model.tflite", "variants/model.fp32.tflite"]
+    assert said == ["variants/model.int8.tflite: the same file as model.tflite, benchmarked once"]
+
+
 # --------------------------------------------------------------------------------------------
 # A real run
 # --------------------------------------------------------------------------------------------
@@ -195,8 +209,11 @@ def test_bench_writes_json_and_chart_atomically(bench):
 
 
 def test_runtime_filter_and_threads(art, tmp_path):
+    said = []
     report = run_bench(BenchConfig(models=(art["onnx"], art["int8"]), runtimes=("litert",), threads=(1, 2),
-                                   runs=3, warmup=0, out=tmp_path, chart=False), log=lambda m: None)
+                                   cores=(0,) if LINUX else None, runs=3, warmup=0, out=tmp_path, chart=False), log=said.append)
+    if LINUX:  # pinned to one core, 2 threads wait for it: the bench says so
+        assert any(line.startswith("note: --threads 2 is more than the 1 core(s)") for line in said), said
     assert [(r["file"], r["runtime"], r["threads"]) for r in report["results"]] == [
         ("model_int8.tflite", "litert", 1), ("model_int8.tflite", "litert", 2)]
     assert report["results"][0]["precision"] == "int8" and report["results"][0]["input_dtype"] == "uint8"

@@ -85,12 +85,20 @@ def test_variants_carry_labels_and_bench_dir_includes_them(int8_build, capsys):
         (prediction,) = _predict_json(capsys, variant, [image])
         assert {t["label"] for t in prediction["top"]} <= {"red", "green", "blue"}, variant.name
     found = {p.relative_to(out).as_posix() for p in discover_models((out,))}
-    assert found == {"model.tflite", "model.onnx"} | {p.relative_to(out).as_posix() for p in variants}
+    # Every variant, less those with the same bytes as a deployed file (benchmarked once).
+    deployed = {(out / name).read_bytes() for name in ("model.tflite", "model.onnx")}
+    distinct = {p.relative_to(out).as_posix() for p in variants if p.read_bytes() not in deployed}
+    assert found == {"model.tflite", "model.onnx"} | distinct and len(distinct) >= 2
     code, _, err = run_cli("bench", out, "--threads", "1", "--runs", "2", "--warmup", "0", "--no-chart",
                            "--runtime", "litert", "--out", out.parent / "bench", capsys=capsys)
     assert code == 0, err
     results = json.loads((out.parent / "bench" / "bench.json").read_text())["results"]
-    assert any("int8" in r["file"] for r in results), [r["file"] for r in results]
+    files = [r["file"] for r in results]
+    assert "model.fp32.tflite" in files, files  # variants/ is benched
+    # The int8 variant is the deployed model.tflite byte for byte: one row, and the bench says so.
+    assert (out / "variants" / "model.int8.tflite").read_bytes() == (out / "model.tflite").read_bytes()
+    assert "variants/model.int8.tflite: the same file as model.tflite, benchmarked once" in err
+    assert "model.int8.tflite" not in files, files
 
 
 def test_recipe_is_fully_resolved_and_report_counts_calibration(int8_build):
