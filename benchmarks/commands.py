@@ -161,7 +161,8 @@ def predict_command(
         for p in predictions:
             typer.echo(f"{p.path}: " + ", ".join(f"{label} {prob:.4f}" for label, prob in p.top))
     if failures:
-        raise DataError(f"cannot read {len(failures)} of {len(predictions) + len(failures)} image(s): " + "; ".join(failures))
+        total = len(predictions) + len(failures)
+        raise DataError(f"cannot read {len(failures)} of {total} image{'s' if total != 1 else ''}: " + "; ".join(failures))
 
 
 def _warn_incomplete_builds(paths) -> None:

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
                 if done.returncode != 0:
                     sys.exit(f"{name}, {way}: the conversion failed:\n{done.stderr[-2000:]}")
                 r = json.loads(done.stdout.strip().splitlines()[-1])
-                peak = f"{r['peak_mb'] / 1024:.2f} GB" if r["peak_mb"] else "n/a"
-                print(f"{name:<20} {way:<30} {peak:>9} {r['rss_after_mb'] / 1024:>8.2f} GB {r['seconds']:>6.1f}s", flush=True)
+                peak = f"{r['peak_mb'] / 1024:.2f} GiB" if r["peak_mb"] else "n/a"
+                print(f"{name:<20} {way:<30} {peak:>9} {r['rss_after_mb'] / 1024:>7.2f} GiB {r['seconds']:>6.1f}s", flush=True)
                 files.append(out)
             diff = max_output_difference(*files, size=get_config(name).input_size)
             print(f"{name:<20} largest difference between the two files' outputs on 4 random images: {diff:.2e}", flush=True)

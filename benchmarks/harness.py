@@ -357,8 +357,9 @@ def map_labels(data: EvalData, art: _Artefact) -> np.ndarray:
         shown = ", ".join(f"'{c}'" for c in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         known = ", ".join(art.labels[:8]) + (", ..." if len(art.labels) > 8 else "")
         raise DataError(
-            f"class folder {shown} in {data.root} is not a class of {art.path.name} (its labels: "
-            f"{known}); remove that folder from --data or bench a model trained on it"
+            f"class folder{'s' if len(unknown) > 1 else ''} {shown} in {data.root} "
+            f"{'are not classes' if len(unknown) > 1 else 'is not a class'} of {art.path.name} (its labels: "
+            f"{known}); remove {'those folders' if len(unknown) > 1 else 'that folder'} from --data or bench a model trained on it"
         )
     return np.array([index[data.classes[y]] for y in data.labels], dtype=np.int64)
 

@@ -131,7 +131,7 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
             console.print(f"[yellow]warning:[/] {warning}")
         if dataset.skipped or unlabeled_skipped:
             n = len(dataset.skipped) + len(unlabeled_skipped)
-            console.print(f"[yellow]skipping {n} unreadable files (listed in the report)")
+            console.print(f"[yellow]skipping {n} unreadable file{'s' if n != 1 else ''} (listed in the report)")
     _check_memory(config, dataset, unlabeled, teacher_config, student_config)
 
     out = build.open()  # the staging folder: moved into --out only once every check has passed

@@ -130,7 +130,7 @@ def get_registered(name: str) -> RegisteredModel:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(list_models(include_test=True))
+        known = ", ".join(list_models())  # as `edgetl models` lists them: test models unnamed
         raise ModelNotFoundError(f"unknown model {name!r}; known models: {known}") from None
 
 

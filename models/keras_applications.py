@@ -9,8 +9,10 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from edgetl.errors import WeightsUnavailableError
@@ -52,12 +54,15 @@ class KerasNoTopWeights:
         from edgetl._compat import keras
 
         try:
-            path = keras.utils.get_file(
-                self.file_name,
-                _KERAS_WEIGHTS_URL + self.url_dir + self.file_name,
-                cache_subdir="models",
-                file_hash=self.md5,
-            )
+            # Keras prints "Downloading data from ..." and its progress on stdout, which is the
+            # summary's (`edgetl compile ... > summary.txt`): progress goes to stderr with ours.
+            with contextlib.redirect_stdout(sys.stderr):
+                path = keras.utils.get_file(
+                    self.file_name,
+                    _KERAS_WEIGHTS_URL + self.url_dir + self.file_name,
+                    cache_subdir="models",
+                    file_hash=self.md5,
+                )
         except Exception as exc:  # no network, proxy refusal, hash mismatch: all end the same way
             # The reason in words (e.g. the name-resolution failure), not a bare "(Exception)".
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -143,3 +143,22 @@ def test_a_fine_tuned_model_starts_the_next_task_with_a_new_head(tmp_path):
     keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(inputs))).save(other)
     with pytest.raises(WeightsUnavailableError, match="is not a tiny_cnn model"):
         create_model("tiny_cnn", weights=other, num_classes=4)
+
+
+def test_a_failed_weights_download_keeps_stdout_clean_and_says_why(monkeypatch, capsys):
+    """Keras prints "Downloading data from ..." on stdout; stdout is the summary's, so edgetl
+    sends it to stderr, and the failure is one error naming --teacher-weights and the reason."""
+    from edgetl._compat import keras
+    from edgetl.errors import WeightsUnavailableError
+    from edgetl.models._registry import get_registered
+
+    def offline(fname, origin, **kwargs):  # what Keras does without network, without the network
+        print(f"Downloading data from {origin}")
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        get_registered("resnet50").weights._fetch()
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith("Downloading data from https://")
+    assert "--teacher-weights FILE" in str(info.value) and "Temporary failure in name resolution" in str(info.value)

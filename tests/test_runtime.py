@@ -378,7 +378,7 @@ def test_predict_bad_inputs_are_one_line_and_exit_1(art, tmp_path, capsys):
         assert message in _one_error_line(err), (name, err)
     # the readable image is still classified when another one is not
     code, out, err = run_cli("predict", art["tflite"], good[0], broken, capsys=capsys)
-    assert code == 1 and out.startswith(f"{good[0]}: ") and "cannot read 1 of 2 image(s)" in err
+    assert code == 1 and out.startswith(f"{good[0]}: ") and "cannot read 1 of 2 images" in err
 
 
 def test_predict_classifies_every_image_in_a_folder(art, tmp_path, capsys, monkeypatch):

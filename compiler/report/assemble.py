@@ -139,7 +139,7 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
         "artifacts": artifacts,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
-        # The process's peak resident memory when each stage ended: where it jumps, that stage set it.
+        # The process's peak resident memory (MiB) when each stage ended: where it jumps, that stage set it.
         "peak_memory_mb": {k: round(v) for k, v in timer.peak_mb.items()},
         "total_s": round(time.perf_counter() - start, 2),
         "files": files + [LABELS_FILE, INFO_FILE, "report.json", HTML_FILE, CONFUSION_PNG, RECIPE_FILE, MANIFEST_FILE, "variants/", "app/"],

@@ -351,7 +351,7 @@ def _wall_time_section(report: dict) -> list[str]:
     for name, seconds in report["timings_s"].items():
         stage = declared.get(name)
         skip = f"optional: <code>{_e(stage.skip_with)}</code> leaves it out" if stage and stage.skip_with else ""
-        peak = f"{peaks[name] / 1024:.1f} GB" if name in peaks else ""
+        peak = f"{peaks[name] / 1024:.1f} GiB" if name in peaks else ""
         rows.append(f"<tr><td>{_e(name)}</td><td>{_e(stage.does if stage else '')}</td><td class='n'>{seconds:.1f} s</td>"
                     f"<td class='n'>{seconds / total:.0%}</td><td class='n'>{peak}</td><td>{skip}</td></tr>")
     note = ("<p class='muted'>Peak memory: the compile process's largest resident memory so far when the stage ended; "

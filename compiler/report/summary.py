@@ -60,7 +60,7 @@ def print_summary(report: dict) -> None:
     split_totals = ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
     console.print(f"dataset  {ds['root']}: {len(classes)} classes, {split_totals} images")
     if ds["skipped"]:
-        console.print(f"[yellow]skipped {len(ds['skipped'])} unreadable files:")
+        console.print(f"[yellow]skipped {len(ds['skipped'])} unreadable file{'s' if len(ds['skipped']) != 1 else ''}:")
         for item in ds["skipped"][:10]:
             console.print(f"  {item['path']}: {item['reason']}")
         if len(ds["skipped"]) > 10:
@@ -151,7 +151,7 @@ def _print_tail(report: dict) -> None:
     timings = "  ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
     console.print(f"wall time  {timings}  (total {report['total_s']:.0f}s)")
     if report.get("peak_memory_mb"):
-        console.print(f"peak memory  {max(report['peak_memory_mb'].values()) / 1024:.1f} GB (report.html: after each stage)")
+        console.print(f"peak memory  {max(report['peak_memory_mb'].values()) / 1024:.1f} GiB (report.html: after each stage)")
     from edgetl.compiler.stages import STAGES
 
     optional = [f"{s.name} {report['timings_s'][s.name]:.0f}s ({s.skip_with})" for s in STAGES if s.skip_with and s.name in report["timings_s"]]

@@ -267,9 +267,9 @@ def test_the_page_prices_each_stage_and_says_how_to_leave_out_the_optional_ones(
     assert "--no-robustness" in skips["robustness"] and "--no-baseline" in skips["baseline"]
     assert skips["teacher"] == skips["export"] == ""
     peaks = {name: peak for name, _, _, peak, _ in rows}
-    assert peaks["data"] == "1.0 GB" and peaks["teacher"] == "3.0 GB"
+    assert peaks["data"] == "1.0 GiB" and peaks["teacher"] == "3.0 GiB"
     del report["peak_memory_mb"]  # a report from before the column: the cell stays empty
-    assert "peak memory" in render(report, tmp_path) and "GB</td>" not in render(report, tmp_path)
+    assert "peak memory" in render(report, tmp_path) and "GiB</td>" not in render(report, tmp_path)
 
 
 def test_the_page_says_how_the_model_was_adapted_to_the_device(tmp_path):
