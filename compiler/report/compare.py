@@ -58,7 +58,13 @@ def compare_lines(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> lis
     fa, fb = deployed_figure(a), deployed_figure(b)
     if fa is None or fb is None:
         return ["One build has no accuracy figure: nothing to compare."]
-    note = "The two builds were not scored on the same images, so they cannot be paired image by image: "
+    if fa.source != "test" or fb.source != "test":
+        # Cross-validated estimates: each model's out-of-fold answers, whose fold models differ
+        # between the builds, so even on the same images they are not the deployed files' answers.
+        note = ("A build without a test split has a cross-validated estimate of its model, not a score of its "
+                "file, so the two cannot be paired image by image: ")
+    else:
+        note = "The two builds were not scored on the same images, so they cannot be paired image by image: "
     if intervals_overlap(fa, fb):
         return [note + "their intervals overlap, so these figures cannot tell them apart."]
     better = name_a if fa.accuracy > fb.accuracy else name_b

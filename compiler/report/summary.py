@@ -87,7 +87,9 @@ def print_summary(report: dict) -> None:
     if report.get("distillation"):
         console.print(distillation_sentence(report["distillation"]))
 
-    table = Table(title="artefacts (accuracy [95% CI] n; latency: batch 1, this machine)", title_justify="left")
+    scored = any(a.get("test") for a in report["artifacts"])
+    accuracy_note = "accuracy [95% CI] n" if scored else "no test split, so no file was scored: the models' cross-validated estimates are above"
+    table = Table(title=f"artefacts ({accuracy_note}; latency: batch 1, this machine)", title_justify="left")
     for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
         table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
     for a in report["artifacts"]:

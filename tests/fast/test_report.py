@@ -87,7 +87,12 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
 
     print_summary(report)
     out = capsys.readouterr().out
-    assert "(cv)" in out and "cross-validat" in out
+    assert "(cv)" in out and "cross-validat" in out and "no test split, so no file was scored" in out
+    # Two such builds: not "scored on different images" (they were not scored at all).
+    from edgetl.compiler.report.compare import compare_lines
+
+    (line,) = compare_lines(report, make_report(tmp_path / "data2", tmp_path / "b", with_test=False))
+    assert line.startswith("A build without a test split has a cross-validated estimate of its model, not a score of its file")
 
 
 def test_every_accuracy_in_the_page_carries_its_interval_and_n(tmp_path):
