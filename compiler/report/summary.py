@@ -90,8 +90,12 @@ def print_summary(report: dict) -> None:
     scored = any(a.get("test") for a in report["artifacts"])
     accuracy_note = "accuracy [95% CI] n" if scored else "no test split, so no file was scored: the models' cross-validated estimates are above"
     table = Table(title=f"artefacts ({accuracy_note}; latency: batch 1, this machine)", title_justify="left")
-    for col in ("file", "runtime", "precision", "sparsity", "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
-        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right")
+    sparse = any(a.get("sparsity") for a in report["artifacts"])  # no pruning: no empty column
+    for col in ("file", "runtime", "precision", *(["sparsity"] if sparse else []), "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
+        # The file name and the figures never wrap or shorten (an ellipsis made variants/model.fp32.tflite
+        # and .onnx read alike); the accuracy cell may fold its n onto a second line.
+        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right",
+                         no_wrap=col != "accuracy")
     for a in report["artifacts"]:
         parity = a.get("parity")
         delta = a.get("accuracy_delta")
@@ -99,7 +103,7 @@ def print_summary(report: dict) -> None:
             a["file"],
             a["runtime"],
             a.get("precision", ""),
-            f"{a['sparsity']:.0%}" if a.get("sparsity") else "",
+            *([f"{a['sparsity']:.0%}" if a.get("sparsity") else ""] if sparse else []),
             _mb(a["size_bytes"]),
             _mb(a["gzip_bytes"]) if a.get("gzip_bytes") else "",
             f"{a['latency_p50_ms']:.2f} ms" if a.get("latency_p50_ms") is not None else "",

@@ -335,3 +335,15 @@ def test_distillation_is_called_a_gain_only_beyond_noise():
     assert lost.startswith("distillation lost 45.0 points") and lost.endswith("trained without the teacher")
     # The same model as teacher and student: not "0.0 points above".
     assert distillation_sentence(_comparison(30, 30)).endswith("the student is as accurate as the teacher")
+
+
+def test_the_artefacts_table_keeps_each_file_name_whole_on_one_line(tmp_path, capsys):
+    """An ellipsis made variants/model.fp32.tflite and variants/model.fp32.onnx read alike."""
+    from edgetl.compiler.report.summary import print_summary
+
+    report = make_report(tmp_path / "data", tmp_path)
+    long_name = "variants/model.fp32.a-long-descriptive-name.tflite"
+    report["artifacts"][-1]["file"] = long_name
+    print_summary(report)
+    out = capsys.readouterr().out
+    assert long_name in out and "sparsity" not in out  # nothing pruned: no empty column
