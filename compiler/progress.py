@@ -36,7 +36,7 @@ def silenced(quiet: bool = True):
     """Progress, headings and the summary printed nowhere while inside (compile_model(quiet=True)):
     a program calling the compiler reads the returned report instead."""
     before = console.quiet, summary_console.quiet
-    console.quiet = summary_console.quiet = quiet or before[0]
+    console.quiet, summary_console.quiet = quiet or before[0], quiet or before[1]
     try:
         yield
     finally:

@@ -97,9 +97,10 @@ def _collecting_optimizers():
     tf2onnx deep-copies the whole graph, weights included, before each of its ~12 optimizers, on
     every pass until none changes anything (37 copies for ResNet50), and its graphs hold reference
     cycles, so the copies it drops wait for Python's rare full collection: converting ResNet50
-    (94 MB of weights) peaked at 7.5 GB and kept 7.2 GB after. Collecting before each optimizer
-    runs keeps one spare copy alive: 2.6 GB peak, the same graph, and faster, as the collections
-    scan only tf2onnx's objects (`_gc_frozen`; benchmarks/export_memory.py measures both ways).
+    (94 MB of weights) peaked at 6.5-7.3 GiB and held as much after. Collecting before each
+    optimizer runs keeps one spare copy alive: 2.55 GiB peak, the same graph, and faster, as the
+    collections scan only tf2onnx's objects (`_gc_frozen`; benchmarks/export_memory.py measures
+    both ways).
     """
     import gc
     from collections import OrderedDict
