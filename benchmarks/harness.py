@@ -424,8 +424,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
     runtimes = resolve_runtimes(config.runtimes)
     cores = check_cores(config.cores)
     env = environment.collect(list(cores) if cores else None)  # before any work of ours loads the CPU
-    threads = config.threads or (len(cores) if cores else len(usable_cores()),)
     available = len(cores) if cores else len(usable_cores())
+    threads = config.threads or (available,)
     over = sorted(t for t in set(threads) if t > available)
     if over:
         log(f"note: --threads {','.join(map(str, over))} is more than the {available} core(s) this bench may use; "

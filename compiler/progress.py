@@ -16,8 +16,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edgetl.runtime.measure import peak_rss_mb
-
 
 def _console(stderr: bool) -> Console:
     # Off a terminal (CI logs, pipes) rich assumes 80 columns and folds every table; logs are wide.
@@ -103,6 +101,9 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            # Imported here: it brings NumPy, which `edgetl --help` does not need.
+            from edgetl.runtime.measure import peak_rss_mb
+
             peak = peak_rss_mb()  # never reset here: /usr/bin/time and benchmarks/scale.py read the same mark
             if peak is not None:
                 self.peak_mb[name] = peak

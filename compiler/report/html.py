@@ -165,7 +165,7 @@ def _training_section(report: dict) -> list[str]:
     curves = [(role, cross_validation_chart(role, m.get("training", {}))) for role, m in report["models"].items()]
     curves = [(role, uri) for role, uri in curves if uri]
     selections = _selection_table(report)
-    if not charts and not curves and not selections:
+    if not charts and not curves and not selections and not report.get("distillation"):
         return []
     parts = ["<h2>Training</h2>"]
     if report.get("distillation"):

@@ -347,3 +347,11 @@ def test_the_artefacts_table_keeps_each_file_name_whole_on_one_line(tmp_path, ca
     print_summary(report)
     out = capsys.readouterr().out
     assert long_name in out and "sparsity" not in out  # nothing pruned: no empty column
+
+
+def test_the_page_states_distillation_s_gain_even_without_training_charts(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, images=False)
+    for model in report["models"].values():
+        model["training"] = {}  # no curves, no selection table
+    report["distillation"] = _comparison(31, 30)
+    assert "Distillation made no difference beyond noise on the test split" in render(report, tmp_path)
