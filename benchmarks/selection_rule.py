@@ -6,13 +6,13 @@
 
 On small data edgetl chooses by cross-validation how many epochs of fine-tuning (teacher) and
 distillation (student) to train, and replaces the frozen-backbone probe only when the best
-number of epochs beats it beyond noise (compiler/training/crossval.choose_epochs). This script
+number of epochs beats it beyond noise (compiler/training/crossval.choose_recipe). This script
 measures that rule on a fixed test split. For each setting (N training images per class, drawn
 with the seed as in benchmarks/fewshot.py, the full test/ kept for scoring) it runs two compiles
 as a user would (fresh processes, `--quantize int8 --no-baseline`):
 
 - rule: `edgetl compile` as shipped;
-- point: the same compile, with choose_epochs taking the most accurate number of epochs out of
+- point: the same compile, with choose_recipe taking the most accurate number of epochs out of
   fold even when its gain over the probe is within noise (the rule switched off; no setting
   changes). It has its own stage cache, since its stages' results differ under the same keys.
 
@@ -27,7 +27,7 @@ Newcombe 95% interval), each compile's choices and wall time, and the mean over 
 go to WORK/selection_rule.json, and a rerun skips the settings already there.
 
 Only the cross-validated path is measured: every setting must stay below the compile's
---cv-below (600 images by default), where choose_epochs decides.
+--cv-below (600 images by default), where choose_recipe decides.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def compile_with_point_estimate_rule(argv: list[str]) -> None:
 
     from edgetl import cli
 
-    cv_training.choose_epochs = functools.partial(crossval.choose_epochs, gain_beyond_noise=False)
+    cv_training.choose_recipe = functools.partial(crossval.choose_recipe, gain_beyond_noise=False)
     cli.main(argv)
 
 

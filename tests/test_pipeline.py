@@ -249,8 +249,11 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     assert report["dataset"]["totals"] == {"train": 36, "val": 0, "test": 0}  # nothing held back
     selection = report["models"]["teacher"]["training"]["selection"]
     assert selection["probe_kept"] and selection["chosen_epochs"] == 0
-    # The ruined epochs scored worse out of fold than the probe.
+    # The ruined epochs scored worse out of fold than the probe, at both learning rates searched.
     assert max(selection["accuracy_by_epoch"][1:]) < selection["accuracy_by_epoch"][0]
+    assert list(selection["recipes"]) == ["learning rate 10", "learning rate 30"] and selection["recipe"] is None
+    assert all(max(curve[1:]) < curve[0] for curve in selection["recipes"].values())
+    assert report["models"]["teacher"]["training"]["learning_rate"] is None
     cv = report["models"]["teacher"]["cv"]
     assert cv["n"] == 36 and cv["folds"] == 3 and cv["ci95"][0] <= cv["accuracy"] <= cv["ci95"][1]
     assert np.array(cv["confusion_matrix"]).sum() == 36
@@ -297,6 +300,13 @@ def test_under_cross_validation_the_students_features_are_extracted_once(tmp_pat
     assert report["dataset"]["selection"] == "cv"
     assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
     assert report["models"]["baseline"]["training"]["labels_only"]["selection"]
+    # --search (default): distillation tried at the flags' (T, alpha) and as function matching;
+    # the baseline, with no teacher, at its one recipe.
+    distillation = report["models"]["student"]["training"]["distillation"]
+    assert len(distillation["selection"]["recipes"]) == 2
+    assert "recipes" not in report["models"]["baseline"]["training"]["labels_only"]["selection"]
+    chosen = distillation["selection"]["recipe"] or "temperature 2, teacher's share 0.5"
+    assert chosen == f"temperature {distillation['temperature']:g}, teacher's share {distillation['alpha']:g}"
     # Without a test split the distillation gain is paired out of fold, on every labelled image.
     assert report["distillation"]["distillation_gain_paired"]["n"] == report["models"]["student"]["cv"]["n"] == 30
     student_passes = [d for d, n in calls if not d.startswith("teacher")]

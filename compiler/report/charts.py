@@ -248,12 +248,17 @@ def cross_validation_chart(role: str, training: dict) -> str | None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 2.9), squeeze=False)
     for ax, (name, selection) in zip(axes[0], curves):
-        values = [v * 100 for v in selection["accuracy_by_epoch"]]
-        ax.plot(range(len(values)), values, "-o", markersize=3.5, label="out of fold")
-        ax.axhline(values[0], color="grey", linestyle=":", linewidth=1, label="linear probe (epoch 0)")
+        curves_by_recipe = selection.get("recipes") or {"out of fold": selection["accuracy_by_epoch"]}
+        lowest = 100.0
+        for recipe, accuracies in curves_by_recipe.items():
+            values = [v * 100 for v in accuracies]
+            lowest = min(lowest, *values)
+            ax.plot(range(len(values)), values, "-o", markersize=3.5, label=recipe)
+        ax.axhline(selection["accuracy_by_epoch"][0] * 100, color="grey", linestyle=":", linewidth=1, label="linear probe (epoch 0)")
         chosen = selection.get("chosen_epochs", 0)
-        ax.axvline(chosen, color="green", linestyle="--", linewidth=1.2, label=f"chosen: {chosen} epochs" if chosen else "chosen: the probe")
-        ax.set_ylim(max(0, min(values) - 10), 100)
+        recipe = f" ({selection['recipe']})" if selection.get("recipe") else ""
+        ax.axvline(chosen, color="green", linestyle="--", linewidth=1.2, label=f"chosen: {chosen} epochs{recipe}" if chosen else "chosen: the probe")
+        ax.set_ylim(max(0, lowest - 10), 100)
         ax.set_xlabel("epochs of training (0 = the probe)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)

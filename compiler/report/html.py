@@ -130,9 +130,13 @@ def _selection_table(report: dict) -> list[str]:
     for role, model in report["models"].items():
         for stage, selection in selection_records(model.get("training", {})):
             probe, versus = selection.get("probe") or {}, selection.get("versus_probe")
-            trained = (f"{versus['best_epochs']} epochs: {_accuracy_cell(versus, probe)}"
+            best_recipe = f" ({versus['best_recipe']})" if versus and versus.get("best_recipe") else ""
+            trained = (f"{versus['best_epochs']} epochs{best_recipe}: {_accuracy_cell(versus, probe)}"
                        if versus and versus.get("best_epochs") else "no epoch beat the probe")
-            won = "the linear probe" if selection.get("probe_kept") else f"{selection.get('chosen_epochs')} epochs of training"
+            if selection.get("recipes"):
+                trained += f" (recipes tried: {', '.join(selection['recipes'])})"
+            won = "the linear probe" if selection.get("probe_kept") else (
+                f"{selection.get('chosen_epochs')} epochs of training" + (f" ({selection['recipe']})" if selection.get("recipe") else ""))
             why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
                 why += ": not beyond noise, so the probe is kept"

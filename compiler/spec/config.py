@@ -11,6 +11,20 @@ from edgetl.compiler.spec.modes import (
     Adapt, ChannelOrder, IoDtype, MixedPrecision, Mode, ModelOutput, Preprocess, Quantize, Selection, Strategy,
 )
 
+# The recipes cross-validation also tries (CompileConfig.search). Each grid explores only the
+# direction the probe does not already cover: a smaller learning rate, or a smaller teacher
+# share, moves the trained model towards its start (the probe, or the labels-only baseline),
+# which is a candidate anyway.
+# - Fine-tuning 3x faster: the default (1e-4, batch norm frozen) is set for the held-out case,
+#   where one run must be safe; on a small set its few epochs may not move the features far
+#   enough to beat the probe beyond noise.
+# - Distillation as function matching (Beyer et al., "Knowledge distillation: A good teacher
+#   is patient and consistent", CVPR 2022): the teacher's whole distribution at T = 1 on
+#   consistent augmented views (as edgetl's distillation step makes them) and no label term.
+#   The labels stay in the teacher, which was trained on them.
+SEARCH_LEARNING_RATE_FACTOR = 3.0
+SEARCH_DISTILLATION = (1.0, 1.0)  # (temperature, alpha)
+
 
 @dataclasses.dataclass(frozen=True)
 class CompileConfig:
@@ -103,6 +117,10 @@ class CompileConfig:
     selection: Selection = Selection.AUTO
     cv_below: int = 600
     folds: int = 3
+    # Under cross-validation, also choose the recipe: fine-tuning at the given learning rate and
+    # at SEARCH_LEARNING_RATE_FACTOR times it, distillation at the given (temperature, alpha) and
+    # at SEARCH_DISTILLATION (search_grid below). Each recipe costs one more training per fold.
+    search: bool = True
     seed: int = 0
     overwrite: bool = False
     # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
@@ -253,6 +271,20 @@ class CompileConfig:
         copy.__dict__.update({**vars(self), **changes})  # frozen: no __setattr__, so no __post_init__ checks
         return copy
 
+    def finetune_recipes(self, cross_validated: bool) -> dict[str, float]:
+        """The fine-tuning learning rates tried (name: value); one unless searching under CV."""
+        rates = [self.finetune_learning_rate]
+        if self.search and cross_validated:
+            rates.append(self.finetune_learning_rate * SEARCH_LEARNING_RATE_FACTOR)
+        return {f"learning rate {rate:g}": rate for rate in rates}
+
+    def distill_recipes(self, cross_validated: bool) -> dict[str, tuple[float, float]]:
+        """The distillation settings tried (name: (temperature, alpha)); one unless searching under CV."""
+        settings = [(self.temperature, self.alpha)]
+        if self.search and cross_validated and SEARCH_DISTILLATION not in settings:
+            settings.append(SEARCH_DISTILLATION)
+        return {f"temperature {t:g}, teacher's share {a:g}": (t, a) for t, a in settings}
+
     @property
     def distills(self) -> bool:
         return self.student.lower() != "none"
@@ -398,6 +430,7 @@ _RULES = {
     "seed": _int(0, 2**32 - 1),
     "cv_below": _int(0, 10_000_000),
     "folds": _int(2, 20),
+    "search": _bool,
     "target_val": _path(optional=True),
     "adapt_epochs": _int(1, 10_000),
     "robustness": _bool,

@@ -165,6 +165,7 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
         weights=_weights_id(config.teacher_weights),
         finetune_epochs=config.finetune_epochs,
         finetune_learning_rate=config.finetune_learning_rate,
+        recipes=sorted(config.finetune_recipes(dataset.selection == "cv")),
         **_precision_key(config),
     )
     keys["teacher"] = teacher
@@ -181,7 +182,8 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
         unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
         keys["student_head"] = student_head
         keys["student"] = stage_key(
-            "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash
+            "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash,
+            recipes=sorted(config.distill_recipes(dataset.selection == "cv")),
         )
         keys["baseline"] = stage_key("baseline", **training)
     return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled)

@@ -169,27 +169,29 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     if teacher is not None and fold_weights is None:
         raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
     splits = stratified_folds(y, config.folds, config.seed)
-    alpha = config.alpha if teacher is not None else 0.0
+    # The labels-only baseline has one recipe: no teacher, so no temperature or share to choose.
+    recipes = config.distill_recipes(cross_validated=True) if teacher is not None else {"labels only": (config.temperature, 0.0)}
     choice = distill_cv(
         student, teacher.model if teacher is not None else None,
         unfreeze_from=model_config.unfreeze_from,
         teacher_unfreeze_from=model_config_of(teacher.name).unfreeze_from if teacher is not None else None,
         teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
         features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
-        learning_rate=config.distill_learning_rate, batch_size=config.batch_size, temperature=config.temperature,
-        alpha=alpha, seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
+        learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,
+        seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
     )
     say_choice(description.split(":")[0], choice)
+    temperature, alpha = list(recipes.values())[choice.recipe_index]
     if choice.epochs:
         keras.utils.set_random_seed(config.seed)
-        distiller = Distiller(logits_model(student), logits_model(teacher.model) if teacher is not None else None, config.temperature, alpha)
+        distiller = Distiller(logits_model(student), logits_model(teacher.model) if teacher is not None else None, temperature, alpha)
         set_trainable_top(student, model_config.unfreeze_from)
         with strategy.scope():
             distiller.compile(optimizer=keras.optimizers.Adam(config.distill_learning_rate))
         xv, yv = student_views(config, teacher, size, images)
         fit_fixed(distiller, distillation_dataset(xv, yv, config.batch_size, config.seed), choice.epochs,
                   f"{description}: refit on all {len(y)} images")
-    return {"selection": choice.to_json(), "temperature": config.temperature, "alpha": alpha,
+    return {"selection": choice.to_json(), "temperature": temperature, "alpha": alpha,
             "labelled_images": int(len(y)), "unlabelled_images": 0 if unlabeled is None else int(len(unlabeled)),
             "seconds": time.perf_counter() - start}
 

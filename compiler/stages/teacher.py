@@ -65,21 +65,24 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features)
     # The backbone as pretrained plus each fold's probe is where each fold starts.
     model.set_weights(pretrained)
+    recipes = config.finetune_recipes(cross_validated=True)
     choice, fold_weights, _ = finetune_cv(
         model, unfreeze_from=model_config.unfreeze_from, x=x, y=y, features=features, probe=probe,
-        num_classes=num_classes, epochs=config.finetune_epochs, learning_rate=config.finetune_learning_rate,
+        num_classes=num_classes, epochs=config.finetune_epochs, learning_rates=recipes,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
     )
     set_head(model, probe)
     say_choice("teacher", choice)
+    learning_rate = list(recipes.values())[choice.recipe_index]
     if choice.epochs:
         set_trainable_top(model, model_config.unfreeze_from)
         with strategy.scope():
-            model.compile(keras.optimizers.Adam(config.finetune_learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+            model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         fit_fixed(model, training_dataset(x, y, config.batch_size, config.seed), choice.epochs, f"teacher: refit on all {len(y)} images")
     record = {
         "head": dataclasses.asdict(head),
         "selection": choice.to_json(),
+        "learning_rate": learning_rate if choice.epochs else None,
         "seconds": time.perf_counter() - start,
     }
     trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)

@@ -61,7 +61,8 @@ class TrainedModel:
             oof = np.eye(len(classes))[np.asarray(selection["oof_pred"], np.int64)]
             cv = classification_metrics(y_train, oof, classes)
             summary["cv"] = {**cv, "n": cv["images"], "folds": int(selection["method"].split("-")[0]),
-                             "chose": "the linear probe" if selection["probe_kept"] else f"{selection['chosen_epochs']} epochs of training"}
+                             "chose": "the linear probe" if selection["probe_kept"] else f"{selection['chosen_epochs']} epochs of training"
+                             + (f" ({selection['recipe']})" if selection.get("recipe") else "")}
         return summary
 
 
@@ -134,13 +135,15 @@ def say_holdout_choice(role: str, selection: dict) -> None:
 
 
 def say_choice(role: str, choice) -> None:
-    curve = " ".join(f"{a:.1%}" for a in choice.accuracy_by_epoch)
-    console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe): {curve}")
+    for recipe, accuracies in (choice.recipes or {None: choice.accuracy_by_epoch}).items():
+        curve = " ".join(f"{a:.1%}" for a in accuracies)
+        console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe){f', {recipe}' if recipe else ''}: {curve}")
     if choice.probe_kept:
         if choice.versus_probe["best_epochs"] == 0:
             console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")
         else:
             console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
     else:
-        console.print(f"    {role}: {choice.epochs} epochs chosen, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
+        recipe = f" ({choice.recipe})" if choice.recipe else ""
+        console.print(f"    {role}: {choice.epochs} epochs chosen{recipe}, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
 

@@ -57,22 +57,25 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
 
 @dataclasses.dataclass
 class CurveChoice:
-    """The out-of-fold curve of one training recipe and what was chosen from it."""
+    """The out-of-fold curves of the training recipes tried and what was chosen from them."""
 
-    accuracy_by_epoch: list[float]  # index 0: the probe (no fine-tuning)
+    accuracy_by_epoch: list[float]  # the chosen recipe's curve; index 0: the probe (no fine-tuning)
     epochs: int  # chosen; 0 means the probe is kept
     estimate: Accuracy  # pooled out-of-fold accuracy at the chosen epoch
     probe: Accuracy
     versus_probe: dict  # paired difference of the chosen recipe minus the probe
     folds: int
     oof_pred: list[int] | None = None  # out-of-fold predicted class of every image at the chosen epoch
+    recipe: str | None = None  # the recipe trained (e.g. "learning rate 0.0003"); None: the probe kept, or one recipe tried
+    recipe_index: int = 0  # its place in the recipes tried (0 when the probe is kept)
+    recipes: dict[str, list[float]] | None = None  # every recipe's curve, when more than one was tried
 
     @property
     def probe_kept(self) -> bool:
         return self.epochs == 0
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "method": f"{self.folds}-fold cross-validation",
             "accuracy_by_epoch": [round(a, 4) for a in self.accuracy_by_epoch],
             "chosen_epochs": self.epochs,
@@ -82,32 +85,58 @@ class CurveChoice:
             "versus_probe": self.versus_probe,
             "oof_pred": self.oof_pred,
         }
+        if self.recipes:
+            out["recipe"] = self.recipe
+            out["recipes"] = {name: [round(a, 4) for a in curve] for name, curve in self.recipes.items()}
+        return out
 
 
 def choose_epochs(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | None = None,
                   gain_beyond_noise: bool = True) -> CurveChoice:
     """oof_correct: (epochs + 1, images) booleans, row e = out-of-fold correctness after e epochs;
     oof_pred: the predicted classes, same shape (kept for the chosen row: the estimate's
-    confusion matrix).
+    confusion matrix). One recipe: `choose_recipe` with a single curve."""
+    pred = None if oof_pred is None else np.asarray(oof_pred)[None]
+    return choose_recipe(np.asarray(oof_correct, bool)[None], folds, pred, gain_beyond_noise=gain_beyond_noise)
 
-    The most accurate row (fewest epochs on ties) replaces the probe only when its paired
-    difference from the probe is significant; otherwise the probe (row 0) is kept.
-    gain_beyond_noise=False takes the most accurate row whatever the noise: the rule's ablation
-    (benchmarks/selection_rule.py), not a compile setting.
+
+def choose_recipe(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | None = None,
+                  names: list[str] | None = None, gain_beyond_noise: bool = True) -> CurveChoice:
+    """oof_correct: (recipes, epochs + 1, images) booleans, [r, e] = out-of-fold correctness after
+    e epochs of recipe r (row 0 of every recipe is the same probe); oof_pred: the predicted
+    classes, same shape.
+
+    The most accurate (recipe, epochs) pair wins (on ties the earlier recipe, i.e. the default
+    first, and the fewest epochs), and it replaces the probe only when its paired difference
+    from the probe is significant; otherwise the probe is kept. gain_beyond_noise=False takes
+    the most accurate pair whatever the noise: the rule's ablation (benchmarks/selection_rule.py),
+    not a compile setting.
     """
     correct = np.asarray(oof_correct, bool)
-    n = correct.shape[1]
-    counts = correct.sum(1)
-    best = int(np.argmax(counts))  # argmax returns the first, i.e. fewest epochs, on ties
-    diff = paired_difference(correct[best].tolist(), correct[0].tolist())
-    if best and gain_beyond_noise and not (diff.significant and diff.difference > 0):
-        best = 0
+    if correct.ndim != 3:
+        raise ValueError("oof_correct must be (recipes, epochs + 1, images)")
+    recipes, _, n = correct.shape
+    names = list(names) if names is not None else [f"recipe {r}" for r in range(recipes)]
+    counts = correct.sum(2)  # (recipes, epochs + 1)
+    # Row-major argmax: the first recipe, then the fewest epochs, among the most accurate.
+    best_recipe, best_epochs = (int(i) for i in np.unravel_index(int(np.argmax(counts)), counts.shape))
+    probe = correct[0, 0]
+    diff = paired_difference(correct[best_recipe, best_epochs].tolist(), probe.tolist())
+    epochs = best_epochs
+    if best_epochs and gain_beyond_noise and not (diff.significant and diff.difference > 0):
+        epochs = 0
+    recipe = best_recipe if epochs else 0
+    trained = f"{best_epochs} epochs of training" + (f" ({names[best_recipe]})" if recipes > 1 else "")
     return CurveChoice(
-        accuracy_by_epoch=(counts / max(n, 1)).tolist(),
-        epochs=best,
-        estimate=Accuracy(int(counts[best]), n),
-        probe=Accuracy(int(counts[0]), n),
-        versus_probe=diff.to_json() | {"best_epochs": int(np.argmax(counts)), "verdict": diff.verdict(f"{int(np.argmax(counts))} epochs of training", "the probe")},
+        accuracy_by_epoch=(counts[recipe] / max(n, 1)).tolist(),
+        epochs=epochs,
+        estimate=Accuracy(int(counts[recipe, epochs]), n),
+        probe=Accuracy(int(counts[0, 0]), n),
+        versus_probe=diff.to_json() | {"best_epochs": best_epochs, "verdict": diff.verdict(trained, "the probe")}
+        | ({"best_recipe": names[best_recipe]} if recipes > 1 else {}),
         folds=folds,
-        oof_pred=None if oof_pred is None else [int(v) for v in np.asarray(oof_pred)[best]],
+        oof_pred=None if oof_pred is None else [int(v) for v in np.asarray(oof_pred)[recipe, epochs]],
+        recipe=names[recipe] if recipes > 1 and epochs else None,
+        recipe_index=recipe,
+        recipes={name: (counts[r] / max(n, 1)).tolist() for r, name in enumerate(names)} if recipes > 1 else None,
     )

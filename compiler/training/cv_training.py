@@ -5,9 +5,11 @@ For a model whose probe (compiler/training/probe.py) is already fitted on all la
 1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (same
    C), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
    part, scoring the held-out part after every epoch. Epoch 0 is the probe itself.
-2. `crossval.choose_epochs` picks the number of epochs (0: keep the probe).
-3. Refit: the model trained on all labelled images for exactly that many epochs (no
-   validation split, so no early stopping: the epochs were chosen by CV).
+   With several recipes (learning rates for fine-tuning; temperature and the teacher's share
+   for distillation: CompileConfig.search_grid), step 1 runs once per recipe.
+2. `crossval.choose_recipe` picks the recipe and the number of epochs (0: keep the probe).
+3. Refit: the model trained on all labelled images with that recipe for exactly that many
+   epochs (no validation split, so no early stopping: the epochs were chosen by CV).
 
 The fold teachers a student is distilled from in its own folds are the teacher's fold models
 at the teacher's chosen epochs, so no image a student's fold holds out was seen by its teacher:
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.crossval import choose_recipe, stratified_folds
 from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
 from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
 from edgetl.compiler.training.distribution import fit_callbacks
@@ -64,16 +66,16 @@ def assign_trainable(model, weights: list[np.ndarray]) -> None:
 
 
 class FoldSnapshots:
-    """Trainable weights per (fold, epoch), on disk in a temporary folder."""
+    """Trainable weights per (recipe, fold, epoch), on disk in a temporary folder."""
 
     def __init__(self):
         self._dir = tempfile.TemporaryDirectory(prefix="edgetl-cv-")
 
-    def save(self, fold: int, epoch: int, weights: list[np.ndarray]) -> None:
-        np.savez(Path(self._dir.name) / f"f{fold}_e{epoch}.npz", *weights)
+    def save(self, recipe: int, fold: int, epoch: int, weights: list[np.ndarray]) -> None:
+        np.savez(Path(self._dir.name) / f"r{recipe}_f{fold}_e{epoch}.npz", *weights)
 
-    def load(self, fold: int, epoch: int) -> list[np.ndarray]:
-        with np.load(Path(self._dir.name) / f"f{fold}_e{epoch}.npz") as data:
+    def load(self, recipe: int, fold: int, epoch: int) -> list[np.ndarray]:
+        with np.load(Path(self._dir.name) / f"r{recipe}_f{fold}_e{epoch}.npz") as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
     def close(self) -> None:
@@ -85,33 +87,40 @@ def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int,
     return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C)
 
 
+def recipe_label(label: str, recipe: str, recipes: int) -> str:
+    return f"{label} ({recipe})" if recipes > 1 else label
+
+
 def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_classes: int, epochs: int,
-                learning_rate: float, batch_size: int, folds: int, seed: int, label: str, strategy=None):
-    """Out-of-fold curve of fine-tuning from the probe; returns (choice, per-fold trainable weights
-    at the chosen epoch). `model` is returned to its starting weights."""
+                learning_rates: dict[str, float], batch_size: int, folds: int, seed: int, label: str, strategy=None):
+    """Out-of-fold curves of fine-tuning from the probe, one per learning rate (name: value);
+    returns (choice, per-fold trainable weights at the chosen recipe and epoch, the splits).
+    `model` is returned to its starting weights."""
     strategy = strategy or tf.distribute.get_strategy()
     start = model.get_weights()
     splits = stratified_folds(y, folds, seed)
-    pred = np.zeros((epochs + 1, len(y)), np.int64)
+    names = list(learning_rates)
+    pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
     snapshots = FoldSnapshots()
     try:
-        for f, (tr, ho) in enumerate(splits):
-            model.set_weights(start)
-            head = fold_probe(features, y, tr, num_classes, probe)
-            set_head(model, head)
-            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
-            set_trainable_top(model, unfreeze_from)
-            with strategy.scope():
-                model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-            snapshots.save(f, 0, trainable_weights(model))
-            curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred, ho,
-                                  lambda e, f=f: snapshots.save(f, e, trainable_weights(model)))
-            if epochs:
-                with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
-                    model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
-                              callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
-        choice = choose_epochs(pred == y[None, :], len(splits), pred)
-        fold_weights = [snapshots.load(f, choice.epochs) for f in range(len(splits))]
+        for r, name in enumerate(names):
+            for f, (tr, ho) in enumerate(splits):
+                model.set_weights(start)
+                head = fold_probe(features, y, tr, num_classes, probe)
+                set_head(model, head)
+                pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
+                set_trainable_top(model, unfreeze_from)
+                with strategy.scope():
+                    model.compile(keras.optimizers.Adam(learning_rates[name]), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+                snapshots.save(r, f, 0, trainable_weights(model))
+                curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred[r], ho,
+                                      lambda e, r=r, f=f: snapshots.save(r, f, e, trainable_weights(model)))
+                if epochs:
+                    with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
+                        model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
+                                  callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
+        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names)
+        fold_weights = [snapshots.load(choice.recipe_index, f, choice.epochs) for f in range(len(splits))]
     finally:
         snapshots.close()
         model.set_weights(start)
@@ -120,8 +129,10 @@ def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_
 
 def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: str | None, teacher_fold_weights,
                splits, x_student, x_views, y, unlabeled_views, features, probe: Probe, num_classes: int, epochs: int,
-               learning_rate: float, batch_size: int, temperature: float, alpha: float, seed: int, label: str, strategy=None):
-    """Out-of-fold curve of distillation (teacher None: labels only) from the student's probe.
+               learning_rate: float, batch_size: int, settings: dict[str, tuple[float, float]], seed: int, label: str,
+               strategy=None):
+    """Out-of-fold curves of distillation (teacher None: labels only) from the student's probe,
+    one per setting (name: (temperature, alpha)).
 
     x_student: labelled images at the student's size (for scoring); x_views: the same images at
     the view size the distillation step resizes from; unlabeled_views: extra images (label -1)
@@ -132,33 +143,36 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
     strategy = strategy or tf.distribute.get_strategy()
     student_start = student.get_weights()
     teacher_start = teacher.get_weights() if teacher is not None else None
-    pred = np.zeros((epochs + 1, len(y)), np.int64)
+    names = list(settings)
+    pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
     try:
-        for f, (tr, ho) in enumerate(splits):
-            student.set_weights(student_start)
-            head = fold_probe(features, y, tr, num_classes, probe)
-            set_head(student, head)
-            pred[0, ho] = head.predict_proba(features[ho]).argmax(1)
-            if not epochs:
-                continue
-            if teacher is not None:
-                teacher.set_weights(teacher_start)
-                set_trainable_top(teacher, teacher_unfreeze_from)
-                assign_trainable(teacher, teacher_fold_weights[f])
-            keras.utils.set_random_seed(seed + f)
-            distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha)
-            set_trainable_top(student, unfreeze_from)
-            with strategy.scope():
-                distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-            curve = _HeldOutCurve(_predictor(student, batch_size), rows_of(x_student, ho), y[ho], pred, ho, lambda e: None)
-            xv, yv = rows_of(x_views, tr), y[tr]
-            if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
-                xv = xv.concat(unlabeled_views) if isinstance(xv, DiskImages) else np.concatenate([xv, unlabeled_views])
-                yv = np.concatenate([yv, np.full(len(unlabeled_views), -1, yv.dtype)])
-            with progress_bar(f"{label}: fold {f + 1}/{len(splits)}", epochs) as advance:
-                distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
-                              callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
-        choice = choose_epochs(pred == y[None, :], len(splits), pred)
+        for r, name in enumerate(names):
+            temperature, alpha = settings[name]
+            for f, (tr, ho) in enumerate(splits):
+                student.set_weights(student_start)
+                head = fold_probe(features, y, tr, num_classes, probe)
+                set_head(student, head)
+                pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
+                if not epochs:
+                    continue
+                if teacher is not None:
+                    teacher.set_weights(teacher_start)
+                    set_trainable_top(teacher, teacher_unfreeze_from)
+                    assign_trainable(teacher, teacher_fold_weights[f])
+                keras.utils.set_random_seed(seed + f)
+                distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha)
+                set_trainable_top(student, unfreeze_from)
+                with strategy.scope():
+                    distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+                curve = _HeldOutCurve(_predictor(student, batch_size), rows_of(x_student, ho), y[ho], pred[r], ho, lambda e: None)
+                xv, yv = rows_of(x_views, tr), y[tr]
+                if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
+                    xv = xv.concat(unlabeled_views) if isinstance(xv, DiskImages) else np.concatenate([xv, unlabeled_views])
+                    yv = np.concatenate([yv, np.full(len(unlabeled_views), -1, yv.dtype)])
+                with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
+                    distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
+                                  callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
+        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names)
     finally:
         student.set_weights(student_start)
         if teacher is not None:

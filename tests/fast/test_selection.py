@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from edgetl.compiler.training.crossval import choose_epochs, stratified_folds
+from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, stratified_folds
 from edgetl.compiler.training.probe import fit_probe, fit_probe_at
 from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
@@ -113,6 +116,44 @@ def test_the_rule_ablation_takes_the_point_estimate_even_within_noise():
     choice = choose_epochs(np.stack([probe_row, probe_row]), folds=5, gain_beyond_noise=False)
     assert choice.probe_kept
 
+
+
+def test_recipe_choice_takes_the_best_recipe_and_epochs_and_keeps_the_rule():
+    probe_row = np.array([True] * 80 + [False] * 20)
+    slightly = np.array([True] * 82 + [False] * 18)
+    better = np.array([True] * 90 + [False] * 10)
+    names = ["learning rate 0.0001", "learning rate 0.0003"]
+    # The second recipe beats the probe beyond noise at 1 epoch; the first never does.
+    choice = choose_recipe(np.stack([np.stack([probe_row, slightly, probe_row]),
+                                     np.stack([probe_row, better, better])]), folds=3, names=names)
+    assert (choice.recipe, choice.recipe_index, choice.epochs) == ("learning rate 0.0003", 1, 1)
+    assert choice.estimate.correct == 90 and choice.accuracy_by_epoch == [0.8, 0.9, 0.9]
+    assert set(choice.to_json()["recipes"]) == set(names) and choice.to_json()["recipe"] == names[1]
+    assert "learning rate 0.0003" in choice.versus_probe["verdict"]
+    # A tie between recipes goes to the first (the flags' own values).
+    choice = choose_recipe(np.stack([np.stack([probe_row, better]), np.stack([probe_row, better])]), folds=3, names=names)
+    assert choice.recipe_index == 0 and choice.recipe == names[0]
+    # The best recipe only within noise of the probe: the probe is kept, and no recipe is named.
+    choice = choose_recipe(np.stack([np.stack([probe_row, probe_row]), np.stack([probe_row, slightly])]), folds=3, names=names)
+    assert choice.probe_kept and choice.recipe is None and choice.recipe_index == 0
+    assert choice.versus_probe["best_recipe"] == names[1] and choice.estimate.correct == 80
+    # One recipe: the record is choose_epochs' own.
+    assert "recipes" not in choose_recipe(np.stack([probe_row, better])[None], folds=3).to_json()
+
+
+def test_the_recipe_grid_is_searched_only_under_cross_validation():
+    from edgetl.compiler.spec.config import SEARCH_DISTILLATION, CompileConfig
+
+    config = CompileConfig(data=Path("d"), out=Path("o"))
+    assert list(config.finetune_recipes(cross_validated=True).values()) == pytest.approx([1e-4, 3e-4])
+    assert list(config.finetune_recipes(cross_validated=True)) == ["learning rate 0.0001", "learning rate 0.0003"]
+    assert list(config.distill_recipes(cross_validated=True).values()) == [(2.0, 0.5), SEARCH_DISTILLATION]
+    assert len(config.finetune_recipes(cross_validated=False)) == len(config.distill_recipes(cross_validated=False)) == 1
+    off = dataclasses.replace(config, search=False)
+    assert len(off.finetune_recipes(cross_validated=True)) == len(off.distill_recipes(cross_validated=True)) == 1
+    # The flags already at the searched setting: it is tried once.
+    same = dataclasses.replace(config, temperature=SEARCH_DISTILLATION[0], alpha=SEARCH_DISTILLATION[1])
+    assert list(same.distill_recipes(cross_validated=True).values()) == [SEARCH_DISTILLATION]
 
 def _blobs(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 1.0):
     rng = np.random.default_rng(seed)
