@@ -120,6 +120,7 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
             console.print(
                 f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
                 "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
+                + ("; recipes searched too (--no-search: the flags' own only)" if config.search else "")
             )
         from edgetl.compiler.stages.student import selection_note
 

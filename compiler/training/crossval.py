@@ -10,13 +10,18 @@ with its Wilson interval over every labelled image.
 What is chosen, for each model trained (teacher, student): the frozen-backbone probe, or
 fine-tuning (distillation for the student) from it for e epochs, e = 1..E. One training run
 per fold gives the held-out accuracy after every epoch (epoch 0 being the probe itself), so the
-whole curve costs k runs, not k per candidate. The probe is replaced only when the best number
-of epochs beats it beyond noise: the paired 95% interval of their out-of-fold difference
+whole curve costs k runs, not k per candidate. With several recipes (CompileConfig.search: two
+learning rates, two distillation settings) each has its curve, k runs each, and the most
+accurate (recipe, epochs) pair is the candidate. The probe is replaced only when it beats it
+beyond noise: the paired 95% interval of their out-of-fold difference
 (compiler/evaluation/stats.py) excludes zero. Against the point estimate (the most accurate
 row, by any margin) on flowers12 at 5, 10 and 20 images per class, three seeds each
 (benchmarks/selection_rule.py, README "Small data"), the rule made no difference beyond noise
 on test, and the point estimate's picks did not repeat from one run to the next: a gain within
 noise out of fold is not one a user can count on, and the rule spends no training on it.
+The estimate of a trained winner is the best of several curves' points, so it leans optimistic
+by the search itself; the rule's margin over the probe, and a test/ folder when given, are the
+checks on that.
 
 This module holds the fold logic and the choice; it imports no TensorFlow.
 """
