@@ -54,9 +54,16 @@ def shuffled_elements(x, y, seed: int, label_dtype=None):
 
 
 def augmented_batches(x, y, batch_size: int, seed: int, augment, label_dtype=None):
-    """The training input: shuffled, augmented, batched, prefetched."""
+    """The training input: shuffled, augmented, batched, prefetched.
+
+    `augment(image, label, seed)` must draw its randomness from `seed` alone (stateless ops).
+    Each element gets its seed from one seeded stream, in order, before the parallel map: with
+    stateful random ops, which image got which crop depended on how the map's threads were
+    scheduled, so the same --seed trained a different model each run (and two recipes compared
+    under cross-validation did not see the same crops). The stream is new every epoch."""
     ds = shuffled_elements(x, y, seed, label_dtype)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip(ds, seeds).map(lambda element, s: augment(*element, s), num_parallel_calls=tf.data.AUTOTUNE)
     return _sharded(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 

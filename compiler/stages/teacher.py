@@ -78,6 +78,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
         set_trainable_top(model, model_config.unfreeze_from)
         with strategy.scope():
             model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        keras.utils.set_random_seed(config.seed)
         fit_fixed(model, training_dataset(x, y, config.batch_size, config.seed), choice.epochs, f"teacher: refit on all {len(y)} images")
     record = {
         "head": dataclasses.asdict(head),

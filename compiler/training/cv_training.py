@@ -116,6 +116,9 @@ def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_
                 curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred[r], ho,
                                       lambda e, r=r, f=f: snapshots.save(r, f, e, trainable_weights(model)))
                 if epochs:
+                    # Every recipe's fold draws the same crops and dropout masks, so recipes
+                    # differ by their setting, not by their random numbers.
+                    keras.utils.set_random_seed(seed + f)
                     with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
                         model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
                                   callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)

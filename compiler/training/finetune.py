@@ -176,26 +176,32 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
     return out
 
 
-def augment(image, label):
+def augment(image, label, seed=None):
     """Random resized crop, horizontal flip and mild photometric jitter, on 0..255 floats.
 
     The output keeps the input's size; a distillation step resizes the one view to the teacher's
-    and the student's input sizes, so both see the same crop.
+    and the student's input sizes, so both see the same crop. `seed` (two integers) decides
+    every draw (stateless ops: compiler/data/streaming.augmented_batches gives each image its
+    own); without one, a seed is drawn from TensorFlow's global generator.
     """
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    crop_seed, flip_seed, brightness_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4))
     size = tf.shape(image)[:2]
     image = tf.cast(image, tf.float32)
-    begin, crop, _ = tf.image.sample_distorted_bounding_box(
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=crop_seed,
         min_object_covered=0.0,
         area_range=(0.6, 1.0),
         aspect_ratio_range=(3 / 4, 4 / 3),
         use_image_if_no_bounding_boxes=True,
     )
     image = tf.image.resize(tf.slice(image, begin, crop), size)
-    image = tf.image.random_flip_left_right(image)
-    image = tf.image.random_brightness(image, 0.1 * 255.0)
-    image = tf.image.random_contrast(image, 0.85, 1.15)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.image.stateless_random_brightness(image, 0.1 * 255.0, brightness_seed)
+    image = tf.image.stateless_random_contrast(image, 0.85, 1.15, contrast_seed)
     return tf.clip_by_value(image, 0.0, 255.0), label
 
 
