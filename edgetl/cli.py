@@ -174,7 +174,7 @@ def compile_command(
     cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = _DEFAULT["cv_below"],
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds for the training choices (each fold trains).", rich_help_panel="Data")] = _DEFAULT["folds"],
     search: Annotated[
-        bool, typer.Option("--search/--no-search", help="Under cross-validation, also choose the recipe: fine-tuning at 1x and 3x its learning rate, distillation at --temperature/--alpha and as function matching (T 1, teacher only). Each recipe trains once more per fold.", rich_help_panel="Data")
+        bool, typer.Option("--search/--no-search", help="Under cross-validation, also choose the recipe: fine-tuning at 1x and 3x its learning rate and one stage deeper, distillation at --temperature/--alpha and as function matching (T 1, teacher only). Each recipe trains once more per fold.", rich_help_panel="Data")
     ] = _DEFAULT["search"],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = _DEFAULT["overwrite"],
     cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = _DEFAULT["cache_dir"],

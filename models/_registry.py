@@ -51,6 +51,10 @@ class ModelConfig:
     weights_source: str  # where the ImageNet weights come from, in words
     # Name of the first backbone layer unfrozen when fine-tuning the top of the backbone.
     unfreeze_from: str
+    # One stage deeper: the depth that cross-validation also tries when it searches the
+    # fine-tuning recipe (--search), for sets whose features must move further than the top
+    # allows. None where there is nothing deeper to try (a student trained from its stem).
+    deeper_unfreeze_from: str | None = None
     # Declared tolerance for float exports: max |p_export - p_keras| over held-out images.
     export_atol: float = 1e-4
     # Whether training this family in bf16 mixed precision pays (--mixed-precision auto): measured

@@ -442,6 +442,7 @@ _COMMON = dict(
     # Stages 6 and 7 (the last ~third of the blocks): enough capacity to adapt high-level
     # features without disturbing the generic low-level ones.
     unfreeze_from="block6a_expand_conv",
+    deeper_unfreeze_from="block5a_expand_conv",  # stage 5 too: the last at 1/16 of the input
 )
 
 
@@ -504,7 +505,7 @@ def efficientnet_lite2(x):
 # 96.7%, keep 0.5 85.8%, full 95.8%, n=240): the compile's distillation trains every layer
 # of them (unfreeze_from the stem), without stopping early (distill_patience: the recovery is
 # slow and uneven), and its choice keeps the probe when that does not pay.
-_SLIM = dict(batch_norm_from_data=True, unfreeze_from="stem_conv", distill_patience=12)
+_SLIM = dict(batch_norm_from_data=True, unfreeze_from="stem_conv", deeper_unfreeze_from=None, distill_patience=12)
 
 
 def _slim_description(keep: float) -> str:

@@ -113,6 +113,7 @@ _RESNET50_WEIGHTS = KerasNoTopWeights(
         licence="MIT",
         weights_source="Keras download on first use (~/.keras/models)",
         unfreeze_from="conv5_block1_1_conv",
+        deeper_unfreeze_from="conv4_block1_1_conv",
         export_atol=1e-4,
         bf16_training=True,  # a training step 1.9x faster in bf16 here (benchmarks/bf16_training.py)
         description="the classic teacher: 25.6M parameters, 4.1 GFLOPs",
@@ -151,6 +152,7 @@ _MOBILENET_V3_CONFIG = dict(
         name="mobilenet_v3_small",
         params=1_516_120,
         unfreeze_from="expanded_conv_8/expand",
+        deeper_unfreeze_from="expanded_conv_6/expand",
         description="fastest registry model; hard-swish activations",
         **_MOBILENET_V3_CONFIG,
     ),
@@ -169,6 +171,7 @@ def mobilenet_v3_small(x):
         name="mobilenet_v3_large",
         params=3_957_352,
         unfreeze_from="expanded_conv_12/expand",
+        deeper_unfreeze_from="expanded_conv_10/expand",
         description="MobileNetV3-Large; hard-swish activations",
         **_MOBILENET_V3_CONFIG,
     ),

@@ -35,6 +35,7 @@ class _FileOnlyWeights:
         licence="Apache-2.0 (edgetl)",
         weights_source="none (random initialisation; for tests)",
         unfreeze_from="tiny_conv2",
+        deeper_unfreeze_from="tiny_conv1",
         description="three conv layers; exercises every pipeline path in seconds",
     ),
     weights=_FileOnlyWeights(),

@@ -19,12 +19,16 @@ def test_recipes_share_their_random_numbers_so_only_the_setting_differs():
     model = create_model("tiny_cnn", weights=None, num_classes=4)
     features = extract_features(model, x, 12, "features")
     probe = fit_probe(features, y, 4)
-    # Two recipes with the same setting under different names: their curves must be the same.
+    # Two recipes with the same setting under different names: their curves must be the same;
+    # the deeper one trains more layers, so its curve differs.
+    top = get_config("tiny_cnn").unfreeze_from
     choice, fold_weights, splits = finetune_cv(
-        model, unfreeze_from=get_config("tiny_cnn").unfreeze_from, x=x, y=y, features=features, probe=probe, num_classes=4,
-        epochs=3, learning_rates={"first": 0.05, "second": 0.05}, batch_size=6, folds=3, seed=0, label="test",
+        model, x=x, y=y, features=features, probe=probe, num_classes=4, epochs=3,
+        recipes={"first": (0.05, top), "second": (0.05, top), "deeper": (0.05, get_config("tiny_cnn").deeper_unfreeze_from)},
+        batch_size=6, folds=3, seed=0, label="test",
     )
     assert choice.recipes["first"] == choice.recipes["second"]
+    assert choice.recipes["deeper"] != choice.recipes["first"]
     assert len(fold_weights) == len(splits) == 3
 
 

@@ -188,6 +188,8 @@ def test_count_params_matches_config(name):
     names = [layer.name for layer in model.layers]
     assert len(names) == len(set(names))
     assert get_config(name).unfreeze_from in names
+    deeper = get_config(name).deeper_unfreeze_from
+    assert deeper is None or names.index(deeper) < names.index(get_config(name).unfreeze_from)
 
 
 @pytest.fixture(scope="module", params=NAMES)

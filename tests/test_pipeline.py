@@ -249,11 +249,13 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     assert report["dataset"]["totals"] == {"train": 36, "val": 0, "test": 0}  # nothing held back
     selection = report["models"]["teacher"]["training"]["selection"]
     assert selection["probe_kept"] and selection["chosen_epochs"] == 0
-    # The ruined epochs scored worse out of fold than the probe, at both learning rates searched.
+    # The ruined epochs scored worse out of fold than the probe, at every recipe searched.
     assert max(selection["accuracy_by_epoch"][1:]) < selection["accuracy_by_epoch"][0]
-    assert list(selection["recipes"]) == ["learning rate 10", "learning rate 30"] and selection["recipe"] is None
+    assert list(selection["recipes"]) == ["top, learning rate 10", "top, learning rate 30", "deeper, learning rate 10"]
+    assert selection["recipe"] is None
     assert all(max(curve[1:]) < curve[0] for curve in selection["recipes"].values())
     assert report["models"]["teacher"]["training"]["learning_rate"] is None
+    assert report["models"]["teacher"]["training"]["unfreeze_from"] == "tiny_conv2"  # the first recipe's, where its fold weights start
     cv = report["models"]["teacher"]["cv"]
     assert cv["n"] == 36 and cv["folds"] == 3 and cv["ci95"][0] <= cv["accuracy"] <= cv["ci95"][1]
     assert np.array(cv["confusion_matrix"]).sum() == 36
@@ -311,3 +313,27 @@ def test_under_cross_validation_the_students_features_are_extracted_once(tmp_pat
     assert report["distillation"]["distillation_gain_paired"]["n"] == report["models"]["student"]["cv"]["n"] == 30
     student_passes = [d for d, n in calls if not d.startswith("teacher")]
     assert student_passes == ["student: features (train)"], calls
+
+
+def test_a_teacher_fine_tuned_deeper_is_rebuilt_at_its_depth_in_the_students_folds(tmp_path, monkeypatch):
+    """When cross-validation picks the deeper fine-tuning, the teacher is refit from that layer and
+    the student's folds load its fold weights at that depth (at the top's, they would not fit)."""
+    from conftest import write_color_dataset
+    from edgetl.compiler.training import crossval, cv_training
+
+    def deeper_wins(correct, folds, pred=None, names=None, **kwargs):
+        correct = np.array(correct)
+        if names and names[-1].startswith("deeper"):  # the teacher's search: make its last recipe the winner
+            correct[:] = False
+            correct[-1, 1:] = True
+        return crossval.choose_recipe(correct, folds, pred, names, **kwargs)
+
+    monkeypatch.setattr(cv_training, "choose_recipe", deeper_wins)
+    data = write_color_dataset(tmp_path / "data", per_class=10)
+    config = CompileConfig(data=data, out=tmp_path / "out", **{**DISTIL, "quantize": "fp32", "selection": "auto", "cv_below": 600,
+                                                                  "folds": 3, "baseline": False})
+    report = compile_model(config)
+    teacher = report["models"]["teacher"]["training"]
+    assert teacher["selection"]["recipe"] == "deeper, learning rate 0.0001" and teacher["selection"]["chosen_epochs"] == 1
+    assert teacher["unfreeze_from"] == "tiny_conv1"
+    assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")

@@ -67,6 +67,8 @@ def test_every_model_is_one_flat_graph_with_the_shared_layer_names(name):
     assert names[1] == PREPROCESS_LAYER
     assert names[-4:] == [FEATURES_LAYER, DROPOUT_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER]
     assert get_config(name).unfreeze_from in names
+    deeper = get_config(name).deeper_unfreeze_from
+    assert deeper is None or names.index(deeper) < names.index(get_config(name).unfreeze_from)
     # No nested models: tfmot's quantize_model refuses them.
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     assert model.output_shape == (None, 5)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from edgetl.compiler.spec.modes import (
     Adapt, ChannelOrder, IoDtype, MixedPrecision, Mode, ModelOutput, Preprocess, Quantize, Selection, Strategy,
@@ -18,12 +19,20 @@ from edgetl.compiler.spec.modes import (
 # - Fine-tuning 3x faster: the default (1e-4, batch norm frozen) is set for the held-out case,
 #   where one run must be safe; on a small set its few epochs may not move the features far
 #   enough to beat the probe beyond noise.
+# - Fine-tuning one stage deeper (ModelConfig.deeper_unfreeze_from), at the given rate: how
+#   deep to fine-tune. A shallower top is no new direction: it lies between the probe and
+#   the default top, and fewer epochs already move the model back towards the probe.
 # - Distillation as function matching (Beyer et al., "Knowledge distillation: A good teacher
 #   is patient and consistent", CVPR 2022): the teacher's whole distribution at T = 1 on
 #   consistent augmented views (as edgetl's distillation step makes them) and no label term.
 #   The labels stay in the teacher, which was trained on them.
 SEARCH_LEARNING_RATE_FACTOR = 3.0
 SEARCH_DISTILLATION = (1.0, 1.0)  # (temperature, alpha)
+
+
+class FinetuneRecipe(NamedTuple):
+    learning_rate: float
+    depth: str  # "top" (ModelConfig.unfreeze_from) or "deeper" (ModelConfig.deeper_unfreeze_from)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +126,10 @@ class CompileConfig:
     selection: Selection = Selection.AUTO
     cv_below: int = 600
     folds: int = 3
-    # Under cross-validation, also choose the recipe: fine-tuning at the given learning rate and
-    # at SEARCH_LEARNING_RATE_FACTOR times it, distillation at the given (temperature, alpha) and
-    # at SEARCH_DISTILLATION (search_grid below). Each recipe costs one more training per fold.
+    # Under cross-validation, also choose the recipe: fine-tuning at the given learning rate, at
+    # SEARCH_LEARNING_RATE_FACTOR times it and one stage deeper; distillation at the given
+    # (temperature, alpha) and at SEARCH_DISTILLATION (finetune_recipes, distill_recipes below).
+    # Each recipe costs one more training per fold.
     search: bool = True
     seed: int = 0
     overwrite: bool = False
@@ -271,12 +281,16 @@ class CompileConfig:
         copy.__dict__.update({**vars(self), **changes})  # frozen: no __setattr__, so no __post_init__ checks
         return copy
 
-    def finetune_recipes(self, cross_validated: bool) -> dict[str, float]:
-        """The fine-tuning learning rates tried (name: value); one unless searching under CV."""
-        rates = [self.finetune_learning_rate]
+    def finetune_recipes(self, cross_validated: bool, deeper: bool = True) -> dict[str, FinetuneRecipe]:
+        """The fine-tuning recipes tried (name: recipe); one unless searching under CV.
+
+        deeper: whether the model has a deeper layer to fine-tune from (ModelConfig)."""
+        recipes = [FinetuneRecipe(self.finetune_learning_rate, "top")]
         if self.search and cross_validated:
-            rates.append(self.finetune_learning_rate * SEARCH_LEARNING_RATE_FACTOR)
-        return {f"learning rate {rate:g}": rate for rate in rates}
+            recipes.append(FinetuneRecipe(self.finetune_learning_rate * SEARCH_LEARNING_RATE_FACTOR, "top"))
+            if deeper:
+                recipes.append(FinetuneRecipe(self.finetune_learning_rate, "deeper"))
+        return {f"{r.depth}, learning rate {r.learning_rate:g}": r for r in recipes}
 
     def distill_recipes(self, cross_validated: bool) -> dict[str, tuple[float, float]]:
         """The distillation settings tried (name: (temperature, alpha)); one unless searching under CV."""

@@ -143,6 +143,11 @@ def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedM
     return TrainedModel(role, config.student, model_config, student, head.input_size, training)
 
 
+def teacher_fold_layer(teacher: TrainedModel) -> str:
+    """The first layer of the teacher's fold weights: the depth its recipe fine-tuned from."""
+    return teacher.training.get("unfreeze_from") or teacher.config.unfreeze_from
+
+
 def _train_from_head_cv(config, model_config, head: TrainedModel, student, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, description):
     """Cross-validated distillation curve from the probe head, then the refit on all images."""
     import time
@@ -153,7 +158,6 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     from edgetl.compiler.training.finetune import extract_features, set_trainable_top
     from edgetl.compiler.training.crossval import stratified_folds
     from edgetl.compiler.training.probe import fit_probe_at
-    from edgetl.models import get_config as model_config_of
 
     start = time.perf_counter()
     size = head.input_size
@@ -174,7 +178,7 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     choice = distill_cv(
         student, teacher.model if teacher is not None else None,
         unfreeze_from=model_config.unfreeze_from,
-        teacher_unfreeze_from=model_config_of(teacher.name).unfreeze_from if teacher is not None else None,
+        teacher_unfreeze_from=teacher_fold_layer(teacher) if teacher is not None else None,
         teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
         features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,

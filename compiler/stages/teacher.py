@@ -32,6 +32,13 @@ def train_teacher(config: CompileConfig, model_config: ModelConfig, images: Imag
     return TrainedModel("teacher", config.teacher, model_config, model, size, record)
 
 
+def finetune_recipes(config: CompileConfig, model_config: ModelConfig, cross_validated: bool) -> dict[str, tuple[float, str]]:
+    """The fine-tuning recipes tried, as (learning rate, first layer unfrozen)."""
+    layers = {"top": model_config.unfreeze_from, "deeper": model_config.deeper_unfreeze_from}
+    recipes = config.finetune_recipes(cross_validated, deeper=model_config.deeper_unfreeze_from is not None)
+    return {name: (recipe.learning_rate, layers[recipe.depth]) for name, recipe in recipes.items()}
+
+
 def in_training_precision(config: CompileConfig, model_config: ModelConfig, num_classes: int, train) -> TrainedModel:
     """Run `train` (a teacher stage) in bf16 mixed precision when --mixed-precision decides so
     (compiler/spec/precision.py); what comes back is always a float32 model."""
@@ -65,17 +72,17 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features)
     # The backbone as pretrained plus each fold's probe is where each fold starts.
     model.set_weights(pretrained)
-    recipes = config.finetune_recipes(cross_validated=True)
+    recipes = finetune_recipes(config, model_config, cross_validated=True)
     choice, fold_weights, _ = finetune_cv(
-        model, unfreeze_from=model_config.unfreeze_from, x=x, y=y, features=features, probe=probe,
-        num_classes=num_classes, epochs=config.finetune_epochs, learning_rates=recipes,
+        model, x=x, y=y, features=features, probe=probe,
+        num_classes=num_classes, epochs=config.finetune_epochs, recipes=recipes,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
     )
     set_head(model, probe)
     say_choice("teacher", choice)
-    learning_rate = list(recipes.values())[choice.recipe_index]
+    learning_rate, unfreeze_from = list(recipes.values())[choice.recipe_index]
     if choice.epochs:
-        set_trainable_top(model, model_config.unfreeze_from)
+        set_trainable_top(model, unfreeze_from)
         with strategy.scope():
             model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         keras.utils.set_random_seed(config.seed)
@@ -84,6 +91,9 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
         "head": dataclasses.asdict(head),
         "selection": choice.to_json(),
         "learning_rate": learning_rate if choice.epochs else None,
+        # The layer the fold weights below start from: the student's folds rebuild their
+        # teachers from it (the first recipe's when the probe is kept).
+        "unfreeze_from": unfreeze_from,
         "seconds": time.perf_counter() - start,
     }
     trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)

@@ -11,7 +11,7 @@ What is chosen, for each model trained (teacher, student): the frozen-backbone p
 fine-tuning (distillation for the student) from it for e epochs, e = 1..E. One training run
 per fold gives the held-out accuracy after every epoch (epoch 0 being the probe itself), so the
 whole curve costs k runs, not k per candidate. With several recipes (CompileConfig.search: two
-learning rates, two distillation settings) each has its curve, k runs each, and the most
+learning rates and two depths for fine-tuning, two distillation settings) each has its curve, k runs each, and the most
 accurate (recipe, epochs) pair is the candidate. The probe is replaced only when it beats it
 beyond noise: the paired 95% interval of their out-of-fold difference
 (compiler/evaluation/stats.py) excludes zero. Against the point estimate (the most accurate

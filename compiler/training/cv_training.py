@@ -5,8 +5,9 @@ For a model whose probe (compiler/training/probe.py) is already fitted on all la
 1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (same
    C), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
    part, scoring the held-out part after every epoch. Epoch 0 is the probe itself.
-   With several recipes (learning rates for fine-tuning; temperature and the teacher's share
-   for distillation: CompileConfig.search_grid), step 1 runs once per recipe.
+   With several recipes (learning rate and depth for fine-tuning; temperature and the
+   teacher's share for distillation: CompileConfig.finetune_recipes, distill_recipes), step 1
+   runs once per recipe.
 2. `crossval.choose_recipe` picks the recipe and the number of epochs (0: keep the probe).
 3. Refit: the model trained on all labelled images with that recipe for exactly that many
    epochs (no validation split, so no early stopping: the epochs were chosen by CV).
@@ -91,19 +92,21 @@ def recipe_label(label: str, recipe: str, recipes: int) -> str:
     return f"{label} ({recipe})" if recipes > 1 else label
 
 
-def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_classes: int, epochs: int,
-                learning_rates: dict[str, float], batch_size: int, folds: int, seed: int, label: str, strategy=None):
-    """Out-of-fold curves of fine-tuning from the probe, one per learning rate (name: value);
-    returns (choice, per-fold trainable weights at the chosen recipe and epoch, the splits).
-    `model` is returned to its starting weights."""
+def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs: int,
+                recipes: dict[str, tuple[float, str]], batch_size: int, folds: int, seed: int, label: str, strategy=None):
+    """Out-of-fold curves of fine-tuning from the probe, one per recipe (name: (learning rate,
+    first layer unfrozen)); returns (choice, per-fold trainable weights at the chosen recipe and
+    epoch, the splits). The weights are those trainable from the chosen recipe's layer (the
+    first recipe's when the probe is kept). `model` is returned to its starting weights."""
     strategy = strategy or tf.distribute.get_strategy()
     start = model.get_weights()
     splits = stratified_folds(y, folds, seed)
-    names = list(learning_rates)
+    names = list(recipes)
     pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
     snapshots = FoldSnapshots()
     try:
         for r, name in enumerate(names):
+            learning_rate, unfreeze_from = recipes[name]
             for f, (tr, ho) in enumerate(splits):
                 model.set_weights(start)
                 head = fold_probe(features, y, tr, num_classes, probe)
@@ -111,7 +114,7 @@ def finetune_cv(model, *, unfreeze_from: str, x, y, features, probe: Probe, num_
                 pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
                 set_trainable_top(model, unfreeze_from)
                 with strategy.scope():
-                    model.compile(keras.optimizers.Adam(learning_rates[name]), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+                    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
                 snapshots.save(r, f, 0, trainable_weights(model))
                 curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred[r], ho,
                                       lambda e, r=r, f=f: snapshots.save(r, f, e, trainable_weights(model)))

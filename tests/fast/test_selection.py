@@ -145,8 +145,12 @@ def test_the_recipe_grid_is_searched_only_under_cross_validation():
     from edgetl.compiler.spec.config import SEARCH_DISTILLATION, CompileConfig
 
     config = CompileConfig(data=Path("d"), out=Path("o"))
-    assert list(config.finetune_recipes(cross_validated=True).values()) == pytest.approx([1e-4, 3e-4])
-    assert list(config.finetune_recipes(cross_validated=True)) == ["learning rate 0.0001", "learning rate 0.0003"]
+    recipes = config.finetune_recipes(cross_validated=True)
+    assert [r.learning_rate for r in recipes.values()] == pytest.approx([1e-4, 3e-4, 1e-4])
+    assert [r.depth for r in recipes.values()] == ["top", "top", "deeper"]
+    assert list(recipes) == ["top, learning rate 0.0001", "top, learning rate 0.0003", "deeper, learning rate 0.0001"]
+    # A model with nothing deeper to fine-tune (a student trained from its stem) is searched in rate only.
+    assert [r.depth for r in config.finetune_recipes(cross_validated=True, deeper=False).values()] == ["top", "top"]
     assert list(config.distill_recipes(cross_validated=True).values()) == [(2.0, 0.5), SEARCH_DISTILLATION]
     assert len(config.finetune_recipes(cross_validated=False)) == len(config.distill_recipes(cross_validated=False)) == 1
     off = dataclasses.replace(config, search=False)
