@@ -121,7 +121,8 @@ class CompileConfig:
     # "holdout" or "cv" force one way. 600: a 15% val split of fewer than ~90 images moves by
     # more than a point per image, too coarse to pick epochs or the probe on its own.
     # 3 folds, not 5: each fold trains the model, so the cost is (folds - 1) trainings on the
-    # whole set; 3 folds keep a compile of a few hundred images at about 2-3x a held-out one.
+    # whole set per recipe; 3 folds keep a compile of a few hundred images at about 2-3x a
+    # held-out one with the flags' recipe alone (--no-search), about twice that with the search.
     # (The probe's C, cheap on cached features, always uses 5 folds.)
     selection: Selection = Selection.AUTO
     cv_below: int = 600
