@@ -101,7 +101,9 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
     assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "adapt", "export", "verify", "optimize", "package", "robustness"}
     peaks = list(report["peak_memory_mb"].values())  # the process's high-water mark after each stage
-    assert list(report["peak_memory_mb"]) == list(report["timings_s"]) and peaks == sorted(peaks) and peaks[0] > 100
+    # After the data stage TensorFlow may not be loaded yet (this module alone: ~60 MB); after
+    # training it is (hundreds of MB), whichever tests ran before in this process.
+    assert list(report["peak_memory_mb"]) == list(report["timings_s"]) and peaks == sorted(peaks) and peaks[0] > 0 and peaks[-1] > 300
     assert set(report["models"]) == {"teacher", "student", "baseline"}
     assert report["models"]["student"]["input_size"] == 24 and report["models"]["teacher"]["input_size"] == 32
     gain = report["distillation"]["distillation_gain_accuracy"]
