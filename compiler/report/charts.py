@@ -164,7 +164,7 @@ def size_front_chart(choice: dict) -> str | None:
 
 _STAGE_NAMES = {
     "head": "head on frozen features",
-    "top": "fine-tuning the top of the backbone",
+    "top": "fine-tuning the backbone",  # its top stages, or one stage deeper when the search chose that
     "distillation": "distillation from the teacher",
     "labels_only": "the same training on labels alone",
 }

@@ -134,7 +134,8 @@ def _selection_table(report: dict) -> list[str]:
             trained = (f"{versus['best_epochs']} epochs{best_recipe}: {_accuracy_cell(versus, probe)}"
                        if versus and versus.get("best_epochs") else "no epoch beat the probe")
             if selection.get("recipes"):
-                trained += f" (recipes tried: {', '.join(selection['recipes'])})"
+                # "; ": a recipe's name has commas of its own ("top, learning rate 0.0001").
+                trained += f" (recipes tried: {'; '.join(selection['recipes'])})"
             won = "the linear probe" if selection.get("probe_kept") else (
                 f"{selection.get('chosen_epochs')} epochs of training" + (f" ({selection['recipe']})" if selection.get("recipe") else ""))
             why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"

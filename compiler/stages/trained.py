@@ -137,7 +137,7 @@ def say_holdout_choice(role: str, selection: dict) -> None:
 def say_choice(role: str, choice) -> None:
     for recipe, accuracies in (choice.recipes or {None: choice.accuracy_by_epoch}).items():
         curve = " ".join(f"{a:.1%}" for a in accuracies)
-        console.print(f"    {role}: out-of-fold accuracy by epoch (0 = probe){f', {recipe}' if recipe else ''}: {curve}")
+        console.print(f"    {role}{f' ({recipe})' if recipe else ''}: out-of-fold accuracy by epoch (0 = probe): {curve}")
     if choice.probe_kept:
         if choice.versus_probe["best_epochs"] == 0:
             console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")

@@ -145,7 +145,7 @@ def test_labels_of_points_in_one_spot_do_not_overlap():
 def test_training_curves_come_from_every_stage_with_history(tmp_path):
     report = make_report(tmp_path / "data", tmp_path, images=False)
     names = {role: [name for name, _ in training_stages(m["training"])] for role, m in report["models"].items()}
-    assert names["teacher"] == ["head on frozen features", "fine-tuning the top of the backbone"]
+    assert names["teacher"] == ["head on frozen features", "fine-tuning the backbone"]
     assert names["student"][-1] == "distillation from the teacher"
     assert names["baseline"][-1] == "the same training on labels alone"
     page = render(report, tmp_path)
