@@ -143,11 +143,6 @@ def _train_from_head(config, model_config, head: TrainedModel, teacher: TrainedM
     return TrainedModel(role, config.student, model_config, student, head.input_size, training)
 
 
-def teacher_fold_layer(teacher: TrainedModel) -> str:
-    """The first layer of the teacher's fold weights: the depth its recipe fine-tuned from."""
-    return teacher.training.get("unfreeze_from") or teacher.config.unfreeze_from
-
-
 def _train_from_head_cv(config, model_config, head: TrainedModel, student, teacher: TrainedModel | None, images: ImageCache, num_classes, strategy, description):
     """Cross-validated distillation curve from the probe head, then the refit on all images."""
     import time
@@ -178,7 +173,8 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     choice = distill_cv(
         student, teacher.model if teacher is not None else None,
         unfreeze_from=model_config.unfreeze_from,
-        teacher_unfreeze_from=teacher_fold_layer(teacher) if teacher is not None else None,
+        # The fold weights start at the depth the teacher's chosen recipe fine-tuned from.
+        teacher_unfreeze_from=teacher.training["unfreeze_from"] if teacher is not None else None,
         teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
         features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,
