@@ -14,6 +14,11 @@ with one choice changed at a time:
 - `plain scaling`: every feature scaled by its own spread (StandardScaler), in the folds too, C
   chosen the same way as `edgetl` (by cross-entropy), so it may differ.
 
+With `--probe-views`, also `views by CV`: the same fit offered `--views` augmented views of every
+training image (compiler/training/finetune.py's `augment`), cross-validation choosing with or
+without them jointly with C: what a cross-validated compile runs (CompileConfig.probe_views);
+`edgetl` is then the probe of a held-out compile, or of `--probe-views 0`.
+
 With `--soft-labels`, also the head distilled on cached features (a direction of the
 transfer-quality work, tried and not offered): `--views` augmented views of every training
 image (compiler/training/finetune.py's `augment`: crop, flip, light jitter), the `--teacher`'s
@@ -40,6 +45,7 @@ import numpy as np
 from edgetl.benchmarks.fewshot import probe_features, subset
 
 VARIANTS = ("edgetl", "C by accuracy", "plain scaling")
+VIEWS_VARIANT = "views by CV"
 SOFT_SETTINGS = ((1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0))  # (temperature, alpha)
 
 
@@ -150,14 +156,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--soft-labels", action="store_true", help="also the head distilled on augmented views' cached features")
     parser.add_argument("--teacher", default="efficientnet_lite2", help="the probe that labels the views (--soft-labels)")
     parser.add_argument("--views", type=int, default=6)
+    parser.add_argument("--probe-views", action="store_true", help="also the probe offered --views augmented views, chosen by CV")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, f_train, y_train, f_test, y_test = probe_features(args.data, args.model, args.work)
     num_classes = len(dataset.classes)
     variants = list(VARIANTS)
+    if args.soft_labels or args.probe_views:
+        views_teacher, views_student = view_features(args.data, (args.teacher, args.model), args.views, args.work)
+    if args.probe_views:
+        variants.append(VIEWS_VARIANT)
     if args.soft_labels:
         _, t_train, _, _, _ = probe_features(args.data, args.teacher, args.work)
-        views_teacher, views_student = view_features(args.data, (args.teacher, args.model), args.views, args.work)
         variants += [f"soft T={t:g}, a={a:g}" for t, a in SOFT_SETTINGS]
     rows = []
     for shot in args.shots.split(","):
@@ -172,6 +182,16 @@ def main(argv=None) -> dict:
                     "C": C,
                     "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
                     "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
+                }
+            if args.probe_views:
+                from edgetl.compiler.training.probe import fit_probe
+
+                p = fit_probe(f_train[chosen], y_train[chosen], num_classes, views=views_student[:, chosen], seed=seed)
+                row[VIEWS_VARIANT] = {
+                    "C": p.C,
+                    "views": p.views,
+                    "float": float(np.mean((f_test @ p.kernel + p.bias).argmax(1) == y_test)),
+                    "int8": float(np.mean((f_test @ int8_head(p.kernel) + p.bias).argmax(1) == y_test)),
                 }
             if args.soft_labels:
                 from edgetl.compiler.training.probe import fit_probe
@@ -188,7 +208,8 @@ def main(argv=None) -> dict:
                     }
             rows.append(row)
             print(f"{shot:>4}/class seed {seed}: " + "; ".join(
-                f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g})" for v in variants), flush=True)
+                f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g}"
+                + (f", {row[v]['views']} views" if "views" in row[v] else "") + ")" for v in variants), flush=True)
     print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from edgetl")
     summary = {}
     for shot in dict.fromkeys(r["shots"] for r in rows):

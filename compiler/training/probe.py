@@ -10,6 +10,12 @@ its inverse regularisation C chosen by stratified k-fold cross-validation on the
 images alone. Standardisation is folded back into the weights, so the result is exactly the
 model's own "logits" Dense layer on the raw pooled features: the probe is a deployable model
 (the frozen backbone plus this layer), exported and quantized like any other.
+
+Given the features of augmented views of the training images (random crops, flips, light
+jitter: compiler/training/finetune.py's `augment`), the cross-validation also decides whether
+the probe fits on them too, jointly with C: each fold trains on its images and their views and
+scores only the held-out originals. Augmented views are how a linear probe sees more than one
+crop of a few images per class; whether they help is for the folds to say, per data set.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class Probe:
     cv_log_loss: dict[float, float]  # C -> pooled out-of-fold cross-entropy: what chooses C
     oof_probs: np.ndarray  # out-of-fold probabilities at the chosen C, one row per image
     folds: int
+    views: int = 0  # augmented views per image it was fitted on too (0: the images alone)
+    # views -> best pooled out-of-fold cross-entropy over C, for each view count tried
+    log_loss_by_views: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.kernel + self.bias
@@ -49,6 +58,8 @@ class Probe:
             "folds": self.folds,
             "cv_accuracy_by_C": {f"{c:g}": round(a, 4) for c, a in self.cv_accuracy.items()},
             "cv_log_loss_by_C": {f"{c:g}": round(v, 4) for c, v in self.cv_log_loss.items()},
+            "views": self.views,
+            "cv_log_loss_by_views": {str(v): round(loss, 4) for v, loss in self.log_loss_by_views.items()},
         }
 
 
@@ -132,12 +143,17 @@ def fit_probe(
     labels: np.ndarray,
     num_classes: int,
     *,
+    views: np.ndarray | None = None,
     folds: int = 5,
     seed: int = 0,
     grid: tuple[float, ...] = C_GRID,
     C: float | None = None,
 ) -> Probe:
     """Logistic regression on `features`, C chosen by stratified `folds`-fold CV (or given).
+
+    views: features of augmented views of the same images, shaped (views, images, features).
+    When given, the probe is fitted with and without them, and the pooled out-of-fold
+    cross-entropy on the original images chooses, jointly with C.
 
     The standardisation is refitted inside each fold, so the out-of-fold scores never see the
     held-out images' statistics. Returns weights for the raw features.
@@ -148,17 +164,30 @@ def fit_probe(
     # One BLAS thread: these matrices are small, and OpenBLAS' threads contending with
     # TensorFlow's (or another process) made the same fits 20x slower on a 2-core machine.
     with threadpool_limits(1):
-        return _fit_probe(np.asarray(features, np.float64), np.asarray(labels, np.int64), num_classes, folds, seed, grid, C)
+        x, y = np.asarray(features, np.float64), np.asarray(labels, np.int64)
+        counts = (0,) if views is None or not len(views) else (0, len(views))
+        fits = [_fit_probe(x, y, num_classes, folds, seed, grid, C, views[:n] if n else None) for n in counts]
+        best = min(fits, key=lambda p: (round(p.cv_log_loss[p.C], 10), p.views))  # a tie keeps the plain probe
+        best.log_loss_by_views = {p.views: p.cv_log_loss[p.C] for p in fits}
+        return best
 
 
-def _fit_probe(x, y, num_classes, folds, seed, grid, C) -> Probe:
+def _with_views(x: np.ndarray, y: np.ndarray, views: np.ndarray | None, rows=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows' features followed by their views' (each view labelled as its image)."""
+    if views is None:
+        return x[rows], y[rows]
+    return np.concatenate([x[rows], *np.asarray(views, np.float64)[:, rows]]), np.tile(y[rows], len(views) + 1)
+
+
+def _fit_probe(x, y, num_classes, folds, seed, grid, C, views=None) -> Probe:
     grid = (C,) if C is not None else tuple(sorted(grid))
     splits = stratified_folds(y, folds, seed)
     oof = {c: np.zeros((len(y), num_classes)) for c in grid}
     for train_idx, held_idx in splits:
-        standardise = _Standardiser(x[train_idx])
-        fitter = _PathFitter(standardise(x[train_idx]), y[train_idx], num_classes)
-        xh = standardise(x[held_idx])
+        xt, yt = _with_views(x, y, views, train_idx)
+        standardise = _Standardiser(xt)
+        fitter = _PathFitter(standardise(xt), yt, num_classes)
+        xh = standardise(x[held_idx])  # scored on the held-out originals only
         for c in grid:
             kernel, bias = fitter.fit(c)
             oof[c][held_idx] = _softmax(xh @ kernel + bias)
@@ -170,9 +199,15 @@ def _fit_probe(x, y, num_classes, folds, seed, grid, C) -> Probe:
     # above the accuracy choice on the means (below it on 2 of the 10 subsets).
     log_loss = {c: float(-np.mean(np.log(oof[c][np.arange(len(y)), y] + 1e-12))) for c in grid}
     best = min(grid, key=lambda c: (round(log_loss[c], 10), c))
-    standardise = _Standardiser(x)
-    kernel, bias = standardise.fold_into(*_PathFitter(standardise(x), y, num_classes).fit(best))
-    return Probe(kernel.astype(np.float32), bias.astype(np.float32), best, accuracy, log_loss, oof[best], len(splits))
+    kernel, bias = _fit_at(x, y, num_classes, best, views)
+    return Probe(kernel.astype(np.float32), bias.astype(np.float32), best, accuracy, log_loss, oof[best], len(splits),
+                 views=0 if views is None else len(views))
+
+
+def _fit_at(x, y, num_classes, C, views=None) -> tuple[np.ndarray, np.ndarray]:
+    xt, yt = _with_views(x, y, views)
+    standardise = _Standardiser(xt)
+    return standardise.fold_into(*_PathFitter(standardise(xt), yt, num_classes).fit(C))
 
 
 def set_head(model, probe: Probe) -> None:
@@ -186,14 +221,15 @@ def set_head(model, probe: Probe) -> None:
     layer.set_weights([probe.kernel, probe.bias])
 
 
-def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: float) -> Probe:
-    """The probe at a given C, without cross-validation (a fold's refit at the chosen C)."""
+def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: float, views: np.ndarray | None = None) -> Probe:
+    """The probe at a given C, without cross-validation (a fold's refit at the chosen C), on the
+    images and, when given, their augmented views' features (views, images, features)."""
     import scipy.optimize  # noqa: F401  (see fit_probe)
     from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, np.int64)
     with threadpool_limits(1):
-        standardise = _Standardiser(x)
-        kernel, bias = standardise.fold_into(*_PathFitter(standardise(x), y, num_classes).fit(C))
-    return Probe(kernel.astype(np.float32), bias.astype(np.float32), C, {}, {}, np.zeros((0, num_classes)), 0)
+        kernel, bias = _fit_at(x, y, num_classes, C, views)
+    return Probe(kernel.astype(np.float32), bias.astype(np.float32), C, {}, {}, np.zeros((0, num_classes)), 0,
+                 views=0 if views is None else len(views))

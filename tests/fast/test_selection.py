@@ -209,3 +209,27 @@ def test_probe_weights_survive_int8_per_channel_rounding_despite_near_constant_f
     xt, _ = _blobs(10, 4, 64, seed=6, spread=1.0)
     xt[:, :8] = 3.0 + rng.normal(0, 1e-3, (len(xt), 8))
     assert np.mean((xt @ rounded + probe.bias).argmax(1) == (xt @ probe.kernel + probe.bias).argmax(1)) >= 0.95
+
+
+def _views_of(x, y, views: int, seed: int, informative: bool, spread: float):
+    """Augmented views' features: fresh draws around each image's class centre (informative:
+    what a crop of the same flower adds) or pure noise carrying the image's label."""
+    rng = np.random.default_rng(seed)
+    if informative:
+        centres = np.stack([x[y == k].mean(0) for k in range(y.max() + 1)])
+        return (centres[y][None] + rng.normal(0, spread, (views, *x.shape))).astype(np.float32)
+    return (x.mean(0) + rng.normal(0, x.std(), (views, *x.shape))).astype(np.float32)
+
+
+def test_cross_validation_fits_the_probe_on_views_only_when_they_help():
+    x, y = _blobs(4, 3, 40, seed=7, spread=1.5)  # few, noisy images: more draws of each class help
+    helpful = fit_probe(x, y, 3, views=_views_of(x, y, 6, 0, True, 6.0), seed=0)
+    assert helpful.views == 6 and helpful.log_loss_by_views[6] < helpful.log_loss_by_views[0]
+    noise = fit_probe(x, y, 3, views=_views_of(x, y, 6, 1, False, 6.0), seed=0)
+    assert noise.views == 0 and noise.log_loss_by_views[6] > noise.log_loss_by_views[0]
+    plain = fit_probe(x, y, 3, seed=0)
+    # Without views the probe is the one it always was; with rejected views, the same one.
+    assert plain.views == 0 and plain.log_loss_by_views.keys() == {0}
+    np.testing.assert_allclose(noise.kernel, plain.kernel)
+    assert helpful.to_json()["views"] == 6 and set(helpful.to_json()["cv_log_loss_by_views"]) == {"0", "6"}
+
