@@ -14,10 +14,9 @@ with one choice changed at a time:
 - `plain scaling`: every feature scaled by its own spread (StandardScaler), in the folds too, C
   chosen the same way as `edgetl` (by cross-entropy), so it may differ.
 
-With `--probe-views`, also `views by CV`: the same fit offered `--views` augmented views of every
-training image (compiler/training/finetune.py's `augment`), cross-validation choosing with or
-without them jointly with C: what a cross-validated compile runs (CompileConfig.probe_views);
-`edgetl` is then the probe of a held-out compile, or of `--probe-views 0`.
+With `--probe-views`, also `views by CV` (tried and not offered): the same fit offered `--views`
+augmented views of every training image (below), cross-validation choosing with or without
+them jointly with C (compiler/training/probe.py's `views`).
 
 With `--soft-labels`, also the head distilled on cached features (a direction of the
 transfer-quality work, tried and not offered): `--views` augmented views of every training

@@ -176,7 +176,6 @@ def compile_command(
     search: Annotated[
         bool, typer.Option("--search/--no-search", help="Under cross-validation, also choose the recipe: fine-tuning at 1x and 3x its learning rate and one stage deeper, distillation at --temperature/--alpha and as function matching (T 1, teacher only). Each recipe trains once more per fold.", rich_help_panel="Data")
     ] = _DEFAULT["search"],
-    probe_views: Annotated[int, typer.Option(min=0, max=64, help="Under cross-validation, augmented views (crop, flip, light jitter) per training image that each linear probe may also fit on; the folds decide whether they help. 0: none. Each view is one more frozen pass over the images.", rich_help_panel="Data")] = _DEFAULT["probe_views"],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace edgetl's files in an existing --out.")] = _DEFAULT["overwrite"],
     cache_dir: Annotated[Optional[Path], typer.Option(help="Stage cache folder. \\[default: $EDGETL_CACHE or ~/.cache/edgetl]")] = _DEFAULT["cache_dir"],
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse trained stages whose inputs are unchanged.")] = _DEFAULT["use_cache"],

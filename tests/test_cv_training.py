@@ -1,10 +1,10 @@
 """Cross-validated training (compiler/training/cv_training.py) on a tiny model: the recipes searched
-are compared on the same random numbers; fold probes fit on their own images' augmented views only."""
+are compared on the same random numbers."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
+
 from conftest import colour_images
 
 
@@ -48,44 +48,3 @@ def test_augmentation_is_the_same_for_a_seed_whatever_the_threads_and_new_each_e
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # a new order and new crops every epoch
     assert not np.array_equal(first[0], epochs(1, 1)[0])  # another seed, other crops
-
-
-def test_fold_probes_fit_on_their_own_images_views_only():
-    from edgetl.compiler.training.cv_training import fold_probe
-    from edgetl.compiler.training.probe import fit_probe_at
-
-    rng = np.random.default_rng(8)
-    centres = rng.normal(0, 1, (3, 20))
-    y = np.repeat(np.arange(3), 6)
-    x = (centres[y] + rng.normal(0, 1.0, (len(y), 20))).astype(np.float32)
-    views = (centres[y][None] + rng.normal(0, 4.0, (4, *x.shape))).astype(np.float32)
-    probe = fit_probe_at(x, y, 3, 1.0, views=views)  # a probe fitted on 4 views (the choice: tests/fast)
-    assert probe.views == 4
-    train_idx = np.arange(0, len(y), 2)
-    got = fold_probe(x, y, train_idx, 3, probe, views)
-    want = fit_probe_at(x[train_idx], y[train_idx], 3, probe.C, views=views[:, train_idx])
-    np.testing.assert_allclose(got.kernel, want.kernel)
-    assert got.views == 4
-    # A held-out image's views in the fold's fit would leak it: the result would differ.
-    assert not np.allclose(got.kernel, fit_probe_at(x[train_idx], y[train_idx], 3, probe.C, views=views[:, : len(train_idx)]).kernel)
-    with pytest.raises(ValueError, match="augmented views"):
-        fold_probe(x, y, train_idx, 3, probe, None)
-
-
-def test_view_features_are_fixed_by_the_seed_and_differ_between_views():
-    from edgetl.compiler.training.finetune import (
-        extract_features,
-        extract_view_features,
-    )
-    from edgetl.models import create_model
-
-    x, _ = colour_images(10, seed=3)
-    model = create_model("tiny_cnn", weights=None, num_classes=4)
-    first = extract_view_features(model, x, 4, 3, seed=0, description="views")
-    assert first.shape == (3, 10, extract_features(model, x, 4, "features").shape[1]) and first.dtype == np.float32
-    np.testing.assert_array_equal(first, extract_view_features(model, x, 4, 3, seed=0, description="views"))
-    # Another batch size batches the same views: each image's seed is its position, not its batch.
-    np.testing.assert_allclose(first, extract_view_features(model, x, 3, 3, seed=0, description="views"), rtol=1e-5, atol=1e-5)
-    assert not np.allclose(first[0], first[1])  # each view is its own crop
-    assert not np.allclose(first, extract_view_features(model, x, 4, 3, seed=1, description="views"))
-    assert not np.allclose(first[0], extract_features(model, x, 4, "features"))  # not the plain images

@@ -161,9 +161,7 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
     if dataset.selection == "cv":
         choices = (f"{config.folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
                    "between each model's linear probe and its fine-tuning or distillation, and the number of epochs; "
-                   + (f"it also chose whether each probe fits on {config.probe_views} augmented views of every image; "
-                      if config.probe_views else "")
-                   + "each deployed model was then refit on all of them")
+                   "each deployed model was then refit on all of them")
     else:
         choices = (f"the validation split ({n_val} images) chose between each model's linear probe and its "
                    "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation")

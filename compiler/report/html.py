@@ -142,21 +142,11 @@ def _selection_table(report: dict) -> list[str]:
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
                 why += ": not beyond noise, so the probe is kept"
             rows.append(f"<tr><td>{_e(role)}: {_e(stage)}</td><td>{_e(selection.get('method', ''))}</td>"
-                        f"<td>{_e(_describe(probe) + _probe_views(model.get('training', {}).get('head') or {}))}</td>"
-                        f"<td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
+                        f"<td>{_e(_describe(probe))}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
     if not rows:
         return []
     return ["<table><tr><th>model</th><th>chosen by</th><th>linear probe</th><th>best training</th><th>deployed</th>"
             "<th>why</th></tr>", *rows, "</table>"]
-
-
-def _probe_views(head: dict) -> str:
-    """What the folds decided about the probe's augmented views, for the probe's cell."""
-    if head.get("views"):
-        return f"; fitted on {head['views']} augmented views per image too (cross-validation preferred them)"
-    if head.get("views_offered"):
-        return f"; on the images alone (cross-validation preferred that to {head['views_offered']} augmented views each)"
-    return ""
 
 
 def _describe(accuracy: dict) -> str:

@@ -132,14 +132,6 @@ class CompileConfig:
     # (temperature, alpha) and at SEARCH_DISTILLATION (finetune_recipes, distill_recipes below).
     # Each recipe costs one more training per fold.
     search: bool = True
-    # Under cross-validation, each probe is also fitted on the features of this many augmented
-    # views of every training image (crop, flip, light jitter), and the folds decide whether that
-    # beats the images alone (compiler/training/probe.py). 0: never. Each view costs one frozen
-    # forward pass over the training images per model. Not under a held-out split: on the 612
-    # images flowers12's train/ keeps beside its val split (3 split seeds) they changed the Lite0
-    # probe's test accuracy by -0.4, +0.8 and -0.4 points (nothing beyond one or two images),
-    # at a cost that grows with the data (README, Small data).
-    probe_views: int = 6
     seed: int = 0
     overwrite: bool = False
     # Stage cache (compiler/cache.py): None = the default location; use_cache False = always retrain.
@@ -289,10 +281,6 @@ class CompileConfig:
         copy = object.__new__(type(self))
         copy.__dict__.update({**vars(self), **changes})  # frozen: no __setattr__, so no __post_init__ checks
         return copy
-
-    def views_for_probe(self, cross_validated: bool) -> int:
-        """Augmented views per image each probe may also fit on (probe_views, under CV only)."""
-        return self.probe_views if cross_validated else 0
 
     def finetune_recipes(self, cross_validated: bool, deeper: bool = True) -> dict[str, FinetuneRecipe]:
         """The fine-tuning recipes tried (name: recipe); one unless searching under CV.
@@ -458,7 +446,6 @@ _RULES = {
     "cv_below": _int(0, 10_000_000),
     "folds": _int(2, 20),
     "search": _bool,
-    "probe_views": _int(0, 64),
     "target_val": _path(optional=True),
     "adapt_epochs": _int(1, 10_000),
     "robustness": _bool,

@@ -156,7 +156,7 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
         keys["source"] = stage_key(
             "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})
         return _deployment_keys(config, keys, keys["source"], unlabeled)
-    head = dict(head="linear probe, C by cross-validation", probe_views=config.views_for_probe(dataset.selection == "cv"))
+    head = dict(head="linear probe, C by cross-validation")
     teacher = stage_key(
         "teacher",
         **common,

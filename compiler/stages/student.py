@@ -80,20 +80,10 @@ def probe_headed_student(config, model_config, size, images: ImageCache, num_cla
     cross_validated = not images.held_out["val"]  # no val split under cross-validation
     val = (x[:0], y[:0]) if cross_validated else images.get("val", size)
     features = extract_features(student, x, config.batch_size, f"{label}: features (train)")
-    views = _view_features(student, x, config, config.views_for_probe(cross_validated), label)
-    head, probe = train_head(student, config, (x, y), val, strategy, label=label, features=features, views=views)
+    head, probe = train_head(student, config, (x, y), val, strategy, label=label, features=features)
     trained = TrainedModel("student", config.student, model_config, student, size, {"head": dataclasses.asdict(head)})
-    if cross_validated:  # only the CV stages start from them again
-        trained.features = features
-        trained.view_features = views if probe.views else None
+    trained.features = features if cross_validated else None  # only the CV stages start from them again
     return trained, probe
-
-
-def _view_features(model, x, config: CompileConfig, count: int, label: str):
-    """Features of `count` augmented views of every training image (None for 0)."""
-    from edgetl.compiler.training.finetune import extract_view_features
-
-    return extract_view_features(model, x, config.batch_size, count, config.seed, f"{label}: features of augmented views") if count else None
 
 
 def _batch_norm_from(student, x, config, label: str) -> None:
@@ -170,12 +160,7 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     if head.features is None:  # the head came from the stage cache: its features were not kept
         head.features = extract_features(student, x, config.batch_size, f"{description}: features")
     features = head.features
-    head_views = head.training["head"].get("views", 0)
-    if head_views and head.view_features is None:  # likewise; the same seed draws the same views
-        head.view_features = _view_features(student, x, config, head_views, description)
-    views = head.view_features if head_views else None
-    # C, and the views or none, as the head stage chose them.
-    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"], views=views)
+    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"])  # C as the head stage chose it
     view_size = max(size, teacher.input_size) if teacher is not None else size
     x_views, _ = images.get("train", view_size)
     unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None
@@ -193,7 +178,7 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
         teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
         features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,
-        seed=config.seed, label=f"{description}: cross-validation", strategy=strategy, views=views,
+        seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
     )
     say_choice(description.split(":")[0], choice)
     temperature, alpha = list(recipes.values())[choice.recipe_index]

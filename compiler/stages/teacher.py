@@ -61,7 +61,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
 
     from edgetl._compat import keras
     from edgetl.compiler.training.cv_training import finetune_cv, fit_fixed
-    from edgetl.compiler.training.finetune import extract_features, extract_view_features, set_trainable_top, train_head, training_dataset
+    from edgetl.compiler.training.finetune import extract_features, set_trainable_top, train_head, training_dataset
     from edgetl.compiler.training.probe import set_head
 
     start = time.perf_counter()
@@ -69,9 +69,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     x, y = images.get("train", size)
     pretrained = model.get_weights()
     features = extract_features(model, x, config.batch_size, "teacher: features")
-    count = config.views_for_probe(cross_validated=True)
-    views = extract_view_features(model, x, config.batch_size, count, config.seed, "teacher: features of augmented views") if count else None
-    head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features, views=views)
+    head, probe = train_head(model, config, (x, y), (x[:0], y[:0]), strategy, label="teacher", features=features)
     # The backbone as pretrained plus each fold's probe is where each fold starts.
     model.set_weights(pretrained)
     recipes = finetune_recipes(config, model_config, cross_validated=True)
@@ -79,7 +77,6 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
         model, x=x, y=y, features=features, probe=probe,
         num_classes=num_classes, epochs=config.finetune_epochs, recipes=recipes,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
-        views=views,
     )
     set_head(model, probe)
     say_choice("teacher", choice)

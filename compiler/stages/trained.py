@@ -35,9 +35,6 @@ class TrainedModel:
     # cache). Under cross-validation distillation and the baseline both start from the student
     # head's backbone, unchanged, so they reuse these instead of each running it over every image.
     features: np.ndarray | None = None
-    # Their augmented views' features (views, images, features), likewise in memory only, when
-    # the probe heading the model fitted on them (compiler/training/probe.py).
-    view_features: np.ndarray | None = None
 
     @property
     def selection(self) -> dict | None:

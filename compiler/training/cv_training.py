@@ -83,13 +83,9 @@ class FoldSnapshots:
         self._dir.cleanup()
 
 
-def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int, probe: Probe, views: np.ndarray | None = None) -> Probe:
-    """The probe refitted on a fold's training part, at the C chosen on all images, and on the
-    part's augmented views too when the chosen probe fitted on views."""
-    fold_views = views[:, train_idx] if probe.views and views is not None else None
-    if probe.views and fold_views is None:
-        raise ValueError("the probe was fitted on augmented views: its folds need them too")
-    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C, views=fold_views)
+def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int, probe: Probe) -> Probe:
+    """The probe refitted on a fold's training part, at the C chosen on all images."""
+    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C)
 
 
 def recipe_label(label: str, recipe: str, recipes: int) -> str:
@@ -97,8 +93,7 @@ def recipe_label(label: str, recipe: str, recipes: int) -> str:
 
 
 def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs: int,
-                recipes: dict[str, tuple[float, str]], batch_size: int, folds: int, seed: int, label: str, strategy=None,
-                views: np.ndarray | None = None):
+                recipes: dict[str, tuple[float, str]], batch_size: int, folds: int, seed: int, label: str, strategy=None):
     """Out-of-fold curves of fine-tuning from the probe, one per recipe (name: (learning rate,
     first layer unfrozen)); returns (choice, per-fold trainable weights at the chosen recipe and
     epoch, the splits). The weights are those trainable from the chosen recipe's layer (the
@@ -114,7 +109,7 @@ def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs
             learning_rate, unfreeze_from = recipes[name]
             for f, (tr, ho) in enumerate(splits):
                 model.set_weights(start)
-                head = fold_probe(features, y, tr, num_classes, probe, views)
+                head = fold_probe(features, y, tr, num_classes, probe)
                 set_head(model, head)
                 pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
                 set_trainable_top(model, unfreeze_from)
@@ -141,14 +136,13 @@ def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs
 def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: str | None, teacher_fold_weights,
                splits, x_student, x_views, y, unlabeled_views, features, probe: Probe, num_classes: int, epochs: int,
                learning_rate: float, batch_size: int, settings: dict[str, tuple[float, float]], seed: int, label: str,
-               strategy=None, views: np.ndarray | None = None):
+               strategy=None):
     """Out-of-fold curves of distillation (teacher None: labels only) from the student's probe,
     one per setting (name: (temperature, alpha)).
 
     x_student: labelled images at the student's size (for scoring); x_views: the same images at
     the view size the distillation step resizes from; unlabeled_views: extra images (label -1)
-    that feed the soft term in every fold; views: the labelled images' augmented views' features
-    when the probe fitted on them. Teacher and student are returned to their weights.
+    that feed the soft term in every fold. Teacher and student are returned to their weights.
     """
     from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
 
@@ -162,7 +156,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
             temperature, alpha = settings[name]
             for f, (tr, ho) in enumerate(splits):
                 student.set_weights(student_start)
-                head = fold_probe(features, y, tr, num_classes, probe, views)
+                head = fold_probe(features, y, tr, num_classes, probe)
                 set_head(student, head)
                 pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
                 if not epochs:

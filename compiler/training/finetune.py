@@ -55,9 +55,6 @@ class ProbeResult:
     cv_accuracy_by_C: dict
     val_accuracy: float | None  # on the val split, when there is one
     seconds: float
-    views: int = 0  # augmented views per image the probe was fitted on too (0: the images alone)
-    views_offered: int = 0  # the views cross-validation weighed against none (0: none offered)
-    cv_log_loss_by_views: dict = dataclasses.field(default_factory=dict)  # views -> best out-of-fold cross-entropy
 
 
 @dataclasses.dataclass
@@ -179,29 +176,6 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
     return out
 
 
-def extract_view_features(model, images, batch_size: int, views: int, seed: int, description: str) -> np.ndarray:
-    """Pooled features of `views` augmented views of every image (`augment`, each view and image
-    with its own stateless seed, so the same seed gives the same views), shaped (views, images,
-    features): what the probe may also fit on (compiler/training/probe.py)."""
-    features_model = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
-    spec = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
-    seed_spec = tf.TensorSpec([None, 2], tf.int64)
-
-    @tf.function(input_signature=[spec, seed_spec])
-    def forward(x, seeds):
-        crops = tf.map_fn(lambda args: augment(args[0], 0, args[1])[0], (x, seeds), fn_output_signature=tf.float32)
-        return tf.cast(features_model(crops, training=False), tf.float32)
-
-    out = np.empty((views, len(images), features_model.output_shape[-1]), np.float32)
-    with progress_bar(description, views * len(images)) as advance:
-        for v in range(views):
-            for i, batch in zip(range(0, len(images), batch_size), iterate_batches(images, batch_size)):
-                seeds = np.stack([np.full(len(batch), seed * 1009 + v), np.arange(i, i + len(batch))], axis=1)
-                out[v, i : i + len(batch)] = forward(tf.constant(batch, tf.float32), tf.constant(seeds, tf.int64)).numpy()
-                advance(len(batch))
-    return out
-
-
 def augment(image, label, seed=None):
     """Random resized crop, horizontal flip and mild photometric jitter, on 0..255 floats.
 
@@ -279,14 +253,11 @@ def set_trainable_top(model, unfreeze_from: str) -> int:
     return unfrozen
 
 
-def train_head(model, config: CompileConfig, train, val, strategy=None, label: str = "head", features=None,
-               views=None) -> tuple[ProbeResult, object]:
+def train_head(model, config: CompileConfig, train, val, strategy=None, label: str = "head", features=None) -> tuple[ProbeResult, object]:
     """Stage 1: the linear probe on the frozen backbone's pooled features, written into the
     model's "logits" layer. Returns the record and the Probe (with its out-of-fold scores).
 
     features: the training images' pooled features when already computed.
-    views: their augmented views' features (extract_view_features), which cross-validation
-    weighs against none.
     """
     import time
 
@@ -297,21 +268,16 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     if features is None:
         features = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
     num_classes = model.get_layer(LOGITS_LAYER).units
-    probe = fit_probe(features, y_train, num_classes, views=views, seed=config.seed)  # C by 5-fold CV: cheap on features
+    probe = fit_probe(features, y_train, num_classes, seed=config.seed)  # C by 5-fold CV: cheap on features
     set_head(model, probe)
     val_accuracy = None
     if len(x_val):
         f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
         val_accuracy = float(np.mean(probe.predict_proba(f_val).argmax(1) == y_val))
     cv_accuracy = probe.cv_accuracy[probe.C]
-    offered = 0 if views is None else len(views)
-    on_views = (f", fitted on {probe.views} augmented views per image too (out-of-fold cross-entropy "
-                f"{probe.log_loss_by_views[offered]:.3f} against {probe.log_loss_by_views[0]:.3f} without)" if probe.views
-                else f", on the images alone (with {offered} augmented views each: out-of-fold cross-entropy "
-                f"{probe.log_loss_by_views[offered]:.3f} against {probe.log_loss_by_views[0]:.3f})" if offered else "")
     console.print(
         f"    {label}: linear probe C={probe.C:g}, {probe.folds}-fold CV accuracy on {len(y_train)} training images "
-        f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "") + on_views
+        f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "")
     )
     record = ProbeResult(
         C=probe.C,
@@ -321,9 +287,6 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
         cv_accuracy_by_C={f"{c:g}": round(a, 4) for c, a in probe.cv_accuracy.items()},
         val_accuracy=val_accuracy,
         seconds=time.perf_counter() - start,
-        views=probe.views,
-        views_offered=offered,
-        cv_log_loss_by_views={str(k): round(v, 4) for k, v in probe.log_loss_by_views.items()},
     )
     return record, probe
 

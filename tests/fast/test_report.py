@@ -254,22 +254,6 @@ def test_the_page_says_which_candidate_each_model_kept_and_why(tmp_path):
     assert "better than the probe" in student[5] and student[2].startswith("75.0% (")
 
 
-def test_the_probe_cell_says_whether_cross_validation_took_the_augmented_views(tmp_path):
-    from edgetl.compiler.evaluation.stats import Accuracy
-
-    report = make_report(tmp_path / "data", tmp_path, images=False)
-    for role, views in (("teacher", 6), ("student", 0)):
-        training = report["models"][role]["training"]
-        training["head"] = {**training.get("head", {}), "views": views, "views_offered": 6}
-        stage = training if role == "teacher" else training["distillation"]
-        stage["selection"] = {"method": "3-fold cross-validation", "accuracy_by_epoch": [0.8, 0.8], "chosen_epochs": 0,
-                              "probe_kept": True, "estimate": Accuracy(80, 100).to_json(), "probe": Accuracy(80, 100).to_json()}
-    page = render(report, tmp_path)
-    cells = dict(re.findall(r"<tr><td>(teacher|student): [^<]*</td><td>[^<]*</td><td>([^<]*)</td>", page))
-    assert "fitted on 6 augmented views per image too" in cells["teacher"]
-    assert "on the images alone" in cells["student"] and "6 augmented views" in cells["student"]
-
-
 def test_the_page_prices_each_stage_and_says_how_to_leave_out_the_optional_ones(tmp_path):
     """Issue 15: the ablation and the corruption suite priced in the report."""
     report = make_report(tmp_path / "data", tmp_path, images=False)
