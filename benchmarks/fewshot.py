@@ -42,7 +42,12 @@ def probe_features(data: Path, model_name: str, work: Path):
     """Pooled features of every train/ and test/ image, from the frozen pretrained model (cached)."""
     from edgetl.compiler.data.datasets import load_images, scan_dataset
 
-    dataset = scan_dataset(data, selection="holdout", val_fraction=0.0, test_fraction=0.0)
+    from edgetl.errors import DataError
+
+    try:
+        dataset = scan_dataset(data, selection="holdout", val_fraction=0.0, test_fraction=0.0)
+    except DataError as error:  # a wrong --data: one line, not a traceback
+        sys.exit(f"error: {error}")
     cache = work / f"features-{model_name}.npz"
     train, test = dataset.splits["train"], dataset.splits["test"]
     if not test:

@@ -59,8 +59,6 @@ class Probe:
             "folds": self.folds,
             "cv_accuracy_by_C": {f"{c:g}": round(a, 4) for c, a in self.cv_accuracy.items()},
             "cv_log_loss_by_C": {f"{c:g}": round(v, 4) for c, v in self.cv_log_loss.items()},
-            "views": self.views,
-            "cv_log_loss_by_views": {str(v): round(loss, 4) for v, loss in self.log_loss_by_views.items()},
         }
 
 
@@ -166,7 +164,8 @@ def fit_probe(
     # TensorFlow's (or another process) made the same fits 20x slower on a 2-core machine.
     with threadpool_limits(1):
         x, y = np.asarray(features, np.float64), np.asarray(labels, np.int64)
-        counts = (0,) if views is None or not len(views) else (0, len(views))
+        views = None if views is None or not len(views) else np.asarray(views, np.float64)
+        counts = (0,) if views is None else (0, len(views))
         fits = [_fit_probe(x, y, num_classes, folds, seed, grid, C, views[:n] if n else None) for n in counts]
         best = min(fits, key=lambda p: (round(p.cv_log_loss[p.C], 10), p.views))  # a tie keeps the plain probe
         best.log_loss_by_views = {p.views: p.cv_log_loss[p.C] for p in fits}
@@ -177,7 +176,7 @@ def _with_views(x: np.ndarray, y: np.ndarray, views: np.ndarray | None, rows=sli
     """The training rows' features followed by their views' (each view labelled as its image)."""
     if views is None:
         return x[rows], y[rows]
-    return np.concatenate([x[rows], *np.asarray(views, np.float64)[:, rows]]), np.tile(y[rows], len(views) + 1)
+    return np.concatenate([x[rows], *views[:, rows]]), np.tile(y[rows], len(views) + 1)
 
 
 def _fit_probe(x, y, num_classes, folds, seed, grid, C, views=None) -> Probe:
@@ -230,6 +229,7 @@ def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: 
 
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, np.int64)
+    views = None if views is None else np.asarray(views, np.float64)
     with threadpool_limits(1):
         kernel, bias = _fit_at(x, y, num_classes, C, views)
     return Probe(kernel.astype(np.float32), bias.astype(np.float32), C, {}, {}, np.zeros((0, num_classes)), 0,

@@ -52,3 +52,11 @@ def test_the_soft_label_head_is_the_probe_when_the_targets_are_the_labels():
     for alpha in (0.5, 1.0):
         kernel, bias = A.soft_label_head(f, y, views, labels, 3, 1.0, 1.0, alpha)
         assert np.allclose(kernel, together.kernel, atol=1e-3) and np.allclose(bias, together.bias, atol=1e-3)
+
+
+def test_a_missing_data_folder_is_one_line_and_exit_1(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        A.main(["--data", str(tmp_path / "missing"), "--work", str(tmp_path / "work"), "--probe-views"])
+    assert str(exited.value).startswith("error: dataset folder") and "\n" not in str(exited.value)
