@@ -94,7 +94,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--save-model", type=Path, help="save the trained model here (to pass as --model later)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--methods", default="none,bn,camera,shot")
+    parser.add_argument("--methods", default="none,bn,camera,shot",
+                        help="adaptations to compare: none, bn, camera, shot, and camera_exact (camera's training through the "
+                        "simulated camera itself instead of a fitted one: the fit's share of what camera misses)")
     parser.add_argument("--shifts", default=",".join(SHIFTS))
     parser.add_argument("--int8", default="", help="methods whose int8 TFLite is scored too, e.g. none,bn")
     parser.add_argument("--epochs", type=int, default=3, help="self-training epochs (shot)")
@@ -105,8 +107,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     seed = args.seed if args.adapt_seed is None else args.adapt_seed
+    from edgetl.compiler.training.adapt import METHODS
 
-    from edgetl.compiler.training.adapt import adapt, calibration_images
+    for what, names, known in (("method", args.methods, [*METHODS, "camera_exact"]), ("shift", args.shifts, list(SHIFTS))):
+        unknown = sorted({n for n in names.split(",") if n} - set(known))
+        if unknown:
+            raise SystemExit(f"error: unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+
+    from edgetl.compiler.training.adapt import adapt, adapt_camera, calibration_images
     from edgetl.compiler.data.corruptions import apply_steps, describe_steps
     from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.compiler.compression.quantize import calibration_sample
@@ -147,13 +155,18 @@ def main(argv=None) -> dict:
         print(f"\n== {shift}: " + describe_steps(steps))
         rows, hits = {}, {}
         for method in methods:
-            adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val, seed=seed,
-                                    epochs=args.epochs, learning_rate=args.learning_rate)
+            if method == "camera_exact":  # `camera` trained through the true camera: what a perfect fit would give
+                adapted, record = adapt_camera(model, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val,
+                                               seed=seed, known_camera=steps)
+            else:
+                adapted, record = adapt(model, method, target_train, source=source, labelled=(x_train, y_train), clean_val=clean_val,
+                                        seed=seed, epochs=args.epochs, learning_rate=args.learning_rate)
             hits[method] = (predict(adapted, target_test).argmax(1) == y_test, predict(adapted, x_test).argmax(1) == y_test)
             shifted_acc, clean_acc = float(np.mean(hits[method][0])), float(np.mean(hits[method][1]))
             row = {"shifted": shifted_acc, "clean": clean_acc, "seconds": round(record.seconds, 1)}
             if record.camera is not None:
                 row["camera"] = record.camera["steps"]
+                row["camera_known"] = bool(record.camera.get("known"))
                 row["blend_share"] = record.camera.get("blend_share")
             if method in int8_methods:
                 calibration = (
@@ -182,7 +195,8 @@ def main(argv=None) -> dict:
                          f"to {gain['ci95'][1] * 100:+.1f}), clean {change['difference'] * 100:+.1f} pt (95% CI "
                          f"{change['ci95'][0] * 100:+.1f} to {change['ci95'][1] * 100:+.1f})")
             if "camera" in row:
-                line += "\n        fitted camera: " + (describe_steps(row["camera"]) or "none (nothing trained)")
+                line += ("\n        the true camera: " if row["camera_known"] else "\n        fitted camera: ") + (
+                    describe_steps(row["camera"]) or "none (nothing trained)")
                 if row["blend_share"] is not None:
                     line += f"; {row['blend_share']:.0%} of the trained weights kept"
             if "int8_shifted" in row:

@@ -269,8 +269,27 @@ def test_the_domain_shift_benchmark_runs_on_a_tiny_model(setup, tmp_path):
         _write_images(tmp_path / "data" / split, x, y, names=names)
     setup["model"].save(tmp_path / "tiny.keras")
     results = domain_shift.main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "tiny.keras"), "--size", "32",
-                                 "--shifts", "washed_out", "--methods", "none,camera", "--int8", "camera", "--json", str(tmp_path / "r.json")])
+                                 "--shifts", "washed_out", "--methods", "none,camera,camera_exact", "--int8", "camera",
+                                 "--json", str(tmp_path / "r.json")])
     assert results["clean"] >= 0.9 and results["n_test"] == 48
-    camera = json.loads((tmp_path / "r.json").read_text())["shifts"]["washed_out"]["methods"]["camera"]
-    assert camera["camera"], "a washed-out camera is fitted"
+    rows = json.loads((tmp_path / "r.json").read_text())["shifts"]["washed_out"]["methods"]
+    camera, exact = rows["camera"], rows["camera_exact"]
+    assert camera["camera"] and not camera["camera_known"], "a washed-out camera is fitted"
+    assert exact["camera_known"] and exact["camera"] == [list(s) for s in domain_shift.SHIFTS["washed_out"]], "the true camera, not a fit"
     assert camera["shifted_gain"]["n"] == 48 and camera["clean_change"]["n"] == 48 and "int8_shifted" in camera
+
+
+def test_the_domain_shift_benchmark_refuses_an_unknown_method_or_shift_before_any_work():
+    from edgetl.benchmarks import domain_shift
+
+    for argv, word in ((["--methods", "none,camera_exactly"], "method"), (["--shifts", "fog"], "shift")):
+        with pytest.raises(SystemExit) as exit_:
+            domain_shift.main(["--data", "/nonexistent", *argv])
+        assert str(exit_.value).startswith(f"error: unknown {word}"), exit_.value
+
+
+def test_a_known_camera_is_trained_through_without_a_fit(setup):
+    model, x, y = setup["model"], setup["x"], setup["y"]
+    adapted, result = A.adapt_camera(model, setup["target"], source=x, labelled=(x, y), seed=0, known_camera=[list(s) for s in CAMERA])
+    assert result.camera["known"] and result.camera["steps"] == CAMERA and "evaluations" not in result.camera
+    assert result.epochs == 2 and adapted is not model

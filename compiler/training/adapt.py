@@ -265,26 +265,34 @@ def adapt(model, method: str, images: np.ndarray, *, source: np.ndarray | None =
 
 
 def adapt_camera(model, images: np.ndarray, *, source, labelled, clean_val=None, batch_size: int = 32, seed: int = 0,
-                 epochs: int = 2, learning_rate: float = LEARNING_RATE):
+                 epochs: int = 2, learning_rate: float = LEARNING_RATE, known_camera: list | None = None):
     """`camera`: fit a camera to the target images, train through it, blend with the model
-    (compiler/training/camera.py); minutes, so both steps show progress."""
+    (compiler/training/camera.py); minutes, so both steps show progress.
+
+    known_camera: the chain that made the target images, used instead of a fit. Only a benchmark
+    knows it (benchmarks/domain_shift.py's `camera_exact`): it tells how much of what `camera`
+    misses is the fit's error and how much the training's limit."""
     from edgetl.compiler.progress import activity, progress_bar
 
     if source is None or labelled is None:
         raise ValueError("camera adaptation needs the clean training images, with their labels")
     start = time.perf_counter()
-    with activity("camera: fitting it to the device images", unit="settings measured") as advance:
-        fit = fit_camera(model, source, images, seed=seed, progress=advance)
-    record = fit.to_json()
+    if known_camera is None:
+        with activity("camera: fitting it to the device images", unit="settings measured") as advance:
+            fit = fit_camera(model, source, images, seed=seed, progress=advance)
+        record, steps_found = fit.to_json(), fit.steps
+    else:
+        steps_found = [tuple(step) for step in known_camera]
+        record = {"steps": steps_found, "known": True}
     adapted = model
-    if fit.steps:
+    if steps_found:
         steps = training_steps(len(labelled[1]), batch_size, epochs)
         with progress_bar("camera: training through it", steps) as advance:
-            tuned, _ = train_through_camera(model, *labelled, fit.steps, epochs=epochs, learning_rate=learning_rate,
+            tuned, _ = train_through_camera(model, *labelled, steps_found, epochs=epochs, learning_rate=learning_rate,
                                             batch_size=batch_size, seed=seed, progress=advance)
         adapted, share, counts = choose_blend(model, tuned, clean_val, batch_size)
         record.update(blend_share=share, clean_val_correct={str(k): v for k, v in counts.items()})
-    return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if fit.steps else 0,
+    return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if steps_found else 0,
                                 camera=record)
 
 
