@@ -280,19 +280,19 @@ def adapt_camera(model, images: np.ndarray, *, source, labelled, clean_val=None,
     if known_camera is None:
         with activity("camera: fitting it to the device images", unit="settings measured") as advance:
             fit = fit_camera(model, source, images, seed=seed, progress=advance)
-        record, steps_found = fit.to_json(), fit.steps
+        record, camera = fit.to_json(), fit.steps
     else:
-        steps_found = [tuple(step) for step in known_camera]
-        record = {"steps": steps_found, "known": True}
+        camera = [tuple(step) for step in known_camera]
+        record = {"steps": camera, "known": True}
     adapted = model
-    if steps_found:
-        steps = training_steps(len(labelled[1]), batch_size, epochs)
-        with progress_bar("camera: training through it", steps) as advance:
-            tuned, _ = train_through_camera(model, *labelled, steps_found, epochs=epochs, learning_rate=learning_rate,
+    if camera:
+        batches = training_steps(len(labelled[1]), batch_size, epochs)
+        with progress_bar("camera: training through it", batches) as advance:
+            tuned, _ = train_through_camera(model, *labelled, camera, epochs=epochs, learning_rate=learning_rate,
                                             batch_size=batch_size, seed=seed, progress=advance)
         adapted, share, counts = choose_blend(model, tuned, clean_val, batch_size)
         record.update(blend_share=share, clean_val_correct={str(k): v for k, v in counts.items()})
-    return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if steps_found else 0,
+    return adapted, AdaptResult("camera", len(images), time.perf_counter() - start, epochs=epochs if camera else 0,
                                 camera=record)
 
 
