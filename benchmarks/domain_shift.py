@@ -109,9 +109,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     seed = args.seed if args.adapt_seed is None else args.adapt_seed
-    from edgetl.compiler.training.adapt import METHODS
+    from edgetl.compiler.spec.modes import Adapt  # the methods, without importing TensorFlow before a bad-input error
 
-    for what, names, known in (("method", args.methods, [*METHODS, "camera_exact"]), ("shift", args.shifts, list(SHIFTS))):
+    methods_known = [m.value for m in Adapt if m is not Adapt.AUTO] + ["camera_exact"]
+    for what, names, known in (("method", args.methods, methods_known), ("shift", args.shifts, list(SHIFTS))):
         unknown = sorted({n for n in names.split(",") if n} - set(known))
         if unknown:
             raise SystemExit(f"error: unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
