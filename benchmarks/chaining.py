@@ -75,10 +75,12 @@ def pooled_features(model_name: str, weights, num_classes: int, dataset_b) -> tu
     or an edgetl .keras file, whose layers are transferred and head replaced)."""
     from edgetl._compat import keras, tf
     from edgetl.compiler.data.datasets import load_images
-    from edgetl.models import FEATURES_LAYER, create_model
+    from edgetl.models import create_model, final_pool_output
 
     model = create_model(model_name, weights=weights, num_classes=num_classes)
-    features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
+    # The final map's pooled channels, as plain feature extraction reads them: what the backbone
+    # itself learnt on task A, without the extra pooled block the compile's probe may read.
+    features = keras.Model(model.input, final_pool_output(model))
     size = model.input_shape[1]
 
     def extract(samples):

@@ -39,7 +39,21 @@ C_GRID = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
 
 def probe_features(data: Path, model_name: str, work: Path):
-    """Pooled features of every train/ and test/ image, from the frozen pretrained model (cached)."""
+    """Pooled features of every train/ and test/ image, from the frozen pretrained model (cached):
+    the final feature map's, as plain feature extraction pools them (not the extra pooled block
+    that edgetl's own probe may also read: see block_features)."""
+    dataset, cached = _features_cache(data, model_name, work)
+    return dataset, cached["f_train"], cached["y_train"], cached["f_test"], cached["y_test"]
+
+
+def block_features(data: Path, model_name: str, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) pooled features of the model's ModelConfig.pooled_block (cached with
+    probe_features'); empty columns for a model that pools no block."""
+    _, cached = _features_cache(data, model_name, work)
+    return cached["b_train"], cached["b_test"]
+
+
+def _features_cache(data: Path, model_name: str, work: Path) -> tuple[object, dict]:
     from edgetl.compiler.data.datasets import load_images, scan_dataset
 
     from edgetl.errors import DataError
@@ -54,24 +68,28 @@ def probe_features(data: Path, model_name: str, work: Path):
         sys.exit(f"error: {data} has no test/ folder; the benchmark scores on a fixed test split")
     if cache.is_file():
         with np.load(cache) as d:
-            return dataset, d["f_train"], d["y_train"], d["f_test"], d["y_test"]
-    from edgetl.models import FEATURES_LAYER, create_model
+            if "b_train" in d.files:  # a cache from before the pooled block is extracted again
+                return dataset, dict(d)
+    from edgetl.models import create_model, final_pool_output, final_pool_width
 
     from edgetl._compat import keras, tf
 
     model = create_model(model_name, weights="imagenet", num_classes=len(dataset.classes))
-    features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)
+    final, width = final_pool_output(model), final_pool_width(model)
+    features = keras.Model(model.input, model.get_layer("features").output if width else final)
     size = model.input_shape[1]
 
     def extract(samples):
         x, y = load_images(samples, size)
         f = np.concatenate([features(tf.constant(x[i : i + 32], tf.float32), training=False).numpy() for i in range(0, len(x), 32)])
-        return f, y
+        width_final = width or f.shape[1]
+        return f[:, :width_final], f[:, width_final:], y
 
-    f_train, y_train = extract(train)
-    f_test, y_test = extract(test)
-    np.savez(cache, f_train=f_train, y_train=y_train, f_test=f_test, y_test=y_test)
-    return dataset, f_train, y_train, f_test, y_test
+    f_train, b_train, y_train = extract(train)
+    f_test, b_test, y_test = extract(test)
+    cached = {"f_train": f_train, "b_train": b_train, "y_train": y_train, "f_test": f_test, "b_test": b_test, "y_test": y_test}
+    np.savez(cache, **cached)
+    return dataset, cached
 
 
 def sklearn_probe(f_train, y_train, f_test, seed: int):

@@ -1,4 +1,4 @@
-"""Why edgetl's probe is fitted the way it is: two of its choices against the plain alternative.
+"""Why edgetl's probe is fitted the way it is: its choices against the plain alternative.
 
     python -m edgetl.benchmarks.probe_ablations --data ../shared/datasets/flowers12 --work /tmp/probe-ablations
         [--shots 5,10,20,all] [--seeds 0,1,2] [--model efficientnet_lite0]
@@ -8,11 +8,14 @@ benchmark caches them), for N training images per class drawn with each seed ("a
 of train/, one seed), compiler/training/probe.py's `fit_probe` is run as the compile runs it and
 with one choice changed at a time:
 
-- `edgetl`: C chosen by pooled out-of-fold cross-entropy; each feature scaled by its spread, but
-  never by less than the median spread;
-- `C by accuracy`: the same folds, C chosen by out-of-fold accuracy (ties to the smaller C);
-- `plain scaling`: every feature scaled by its own spread (StandardScaler), in the folds too, C
-  chosen the same way as `edgetl` (by cross-entropy), so it may differ.
+- `final map`: on the final feature map's pooled channels (plain feature extraction's
+  features), C chosen by pooled out-of-fold cross-entropy; each feature scaled by its spread,
+  but never by less than the median spread;
+- `edgetl`: the compile's probe: the same fit, offered the model's pooled block's features too
+  (ModelConfig.pooled_block), cross-validation choosing with or without them jointly with C;
+- `C by accuracy`: as `final map`, C chosen by out-of-fold accuracy (ties to the smaller C);
+- `plain scaling`: as `final map`, every feature scaled by its own spread (StandardScaler), in
+  the folds too, C chosen the same way (by cross-entropy), so it may differ.
 
 With `--probe-views`, also `views by CV` (tried and not offered): the same fit offered `--views`
 augmented views of every training image (below), cross-validation choosing with or without
@@ -26,10 +29,12 @@ original images' features plus the views' to `alpha` x the teacher's probabiliti
 temperature T + (1 - alpha) x the label, at the `edgetl` probe's C, for each T in 1, 2 and alpha
 in 0.5, 1 (`soft T=..., a=...`). The views' features are cached in WORK too.
 
+The views and soft-label variants are fitted on the final map's features, like `final map`.
+
 Each probe is scored on the full test/ as it is (float) and with its weights rounded to int8
 per output class, as an int8 TFLite head holds them. Printed: per setting, the mean test
 accuracy over the seeds of each variant, float and int8, and each variant's mean difference
-from `edgetl`. Everything is also written to WORK/probe_ablations.json.
+from `final map`. Everything is also written to WORK/probe_ablations.json.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.benchmarks.fewshot import probe_features, subset
+from edgetl.benchmarks.fewshot import block_features, probe_features, subset
 
-VARIANTS = ("edgetl", "C by accuracy", "plain scaling")
+REFERENCE = "final map"
+VARIANTS = (REFERENCE, "edgetl", "C by accuracy", "plain scaling")
 VIEWS_VARIANT = "views by CV"
 SOFT_SETTINGS = ((1.0, 0.5), (1.0, 1.0), (2.0, 0.5), (2.0, 1.0))  # (temperature, alpha)
 
@@ -58,12 +64,12 @@ def view_features(data: Path, names: tuple[str, str], views: int, work: Path) ->
     from edgetl._compat import keras, tf
     from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.compiler.training.finetune import augment
-    from edgetl.models import FEATURES_LAYER, create_model
+    from edgetl.models import create_model, final_pool_output
 
     dataset = scan_dataset(data, selection="holdout", val_fraction=0.0, test_fraction=0.0)
     nets = [create_model(n, weights="imagenet", num_classes=len(dataset.classes)) for n in names]
     sizes = [m.input_shape[1] for m in nets]
-    extractors = [keras.Model(m.input, m.get_layer(FEATURES_LAYER).output) for m in nets]
+    extractors = [keras.Model(m.input, final_pool_output(m)) for m in nets]
     x, _ = load_images(dataset.splits["train"], max(sizes))
     tf.random.set_seed(0)
     out = [[], []]
@@ -130,19 +136,25 @@ def plain_scaling():
         probe._Standardiser = floored
 
 
-def fit_variant(variant: str, f: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(kernel, bias, C) of one variant's probe on raw features."""
+def fit_variant(variant: str, f: np.ndarray, y: np.ndarray, num_classes: int, seed: int,
+                final_width: int | None = None) -> tuple[np.ndarray, np.ndarray, float, int | None]:
+    """(kernel, bias, C, columns read) of one variant's probe on raw features: for `edgetl`, the
+    final map's `final_width` columns followed by the pooled block's (columns None: it read
+    both); for the others, the final map's."""
     from edgetl.compiler.training.probe import fit_probe, fit_probe_at
 
+    if variant == "edgetl":
+        p = fit_probe(f, y, num_classes, seed=seed, first_columns=final_width)
+        return p.kernel, p.bias, p.C, p.columns
     if variant == "plain scaling":
         with plain_scaling():
             p = fit_probe(f, y, num_classes, seed=seed)
-        return p.kernel, p.bias, p.C
+        return p.kernel, p.bias, p.C, None
     p = fit_probe(f, y, num_classes, seed=seed)
     if variant == "C by accuracy":
         best = max(sorted(p.cv_accuracy), key=lambda c: (p.cv_accuracy[c], -c))
         p = fit_probe_at(f, y, num_classes, best)
-    return p.kernel, p.bias, p.C
+    return p.kernel, p.bias, p.C, None
 
 
 def main(argv=None) -> dict:
@@ -159,6 +171,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, f_train, y_train, f_test, y_test = probe_features(args.data, args.model, args.work)
+    b_train, b_test = block_features(args.data, args.model, args.work)
     num_classes = len(dataset.classes)
     variants = list(VARIANTS)
     if args.soft_labels or args.probe_views:
@@ -176,12 +189,17 @@ def main(argv=None) -> dict:
             chosen = subset(y_train, per_class, seed)
             row = {"shots": shot, "seed": seed, "n_train": int(len(chosen))}
             for variant in VARIANTS:
-                kernel, bias, C = fit_variant(variant, f_train[chosen], y_train[chosen], num_classes, seed)
+                both = variant == "edgetl"  # the final map's features and the pooled block's
+                train = np.concatenate([f_train, b_train], 1) if both else f_train
+                test = np.concatenate([f_test, b_test], 1) if both else f_test
+                kernel, bias, C, columns = fit_variant(variant, train[chosen], y_train[chosen], num_classes, seed, f_train.shape[1])
                 row[variant] = {
                     "C": C,
-                    "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
-                    "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
+                    "float": float(np.mean((test @ kernel + bias).argmax(1) == y_test)),
+                    "int8": float(np.mean((test @ int8_head(kernel) + bias).argmax(1) == y_test)),
                 }
+                if both:
+                    row[variant]["block"] = columns is None and b_train.shape[1] > 0
             if args.probe_views:
                 from edgetl.compiler.training.probe import fit_probe
 
@@ -199,17 +217,19 @@ def main(argv=None) -> dict:
                 logits = np.stack([teacher.logits(v[chosen]) for v in views_teacher])
                 for (t, a), name in zip(SOFT_SETTINGS, variants[len(VARIANTS):]):
                     kernel, bias = soft_label_head(f_train[chosen], y_train[chosen], views_student[:, chosen], tempered(logits, t),
-                                                   num_classes, row["edgetl"]["C"], t, a)
+                                                   num_classes, row[REFERENCE]["C"], t, a)
                     row[name] = {
-                        "C": row["edgetl"]["C"],
+                        "C": row[REFERENCE]["C"],
                         "float": float(np.mean((f_test @ kernel + bias).argmax(1) == y_test)),
                         "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
                     }
             rows.append(row)
             print(f"{shot:>4}/class seed {seed}: " + "; ".join(
                 f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g}"
-                + (f", {row[v]['views']} views" if "views" in row[v] else "") + ")" for v in variants), flush=True)
-    print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from edgetl")
+                + (f", {row[v]['views']} views" if "views" in row[v] else "")
+                + ((", with the block" if row[v]["block"] else ", final map alone") if "block" in row[v] else "") + ")"
+                for v in variants), flush=True)
+    print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from {REFERENCE}")
     summary = {}
     for shot in dict.fromkeys(r["shots"] for r in rows):
         group = [r for r in rows if r["shots"] == shot]
@@ -218,9 +238,9 @@ def main(argv=None) -> dict:
         cells = []
         for v in variants:
             cell = f"{v} {means[v]['float']:.1%} / {means[v]['int8']:.1%}"
-            if v != "edgetl":
-                cell += (f" ({100 * (means[v]['float'] - means['edgetl']['float']):+.1f} / "
-                         f"{100 * (means[v]['int8'] - means['edgetl']['int8']):+.1f})")
+            if v != REFERENCE:
+                cell += (f" ({100 * (means[v]['float'] - means[REFERENCE]['float']):+.1f} / "
+                         f"{100 * (means[v]['int8'] - means[REFERENCE]['int8']):+.1f})")
             cells.append(cell)
         print(f"{shot:>4}/class ({len(group)} seeds): " + "; ".join(cells))
     result = {"model": args.model, "n_test": int(len(y_test)), "rows": rows, "mean": summary}

@@ -33,7 +33,7 @@ def build(data: Path, sizes: list[int], work: Path, log) -> dict:
     from edgetl.compiler.training.finetune import extract_features
     from edgetl.compiler.training.probe import fit_probe, set_head
     from edgetl.compiler.compression.quantize import calibration_sample, convert_tflite
-    from edgetl.models import create_model
+    from edgetl.models import create_model, final_pool_width
     from edgetl.runtime import open_session
 
     ds = scan_dataset(data, val_fraction=0.0, test_fraction=0.15, seed=0)
@@ -45,7 +45,7 @@ def build(data: Path, sizes: list[int], work: Path, log) -> dict:
         x_test, y_test = load_images(test, size)
         model = create_model("efficientnet_lite0", weights="imagenet", num_classes=len(ds.classes), input_size=size)
         features = extract_features(model, x_train, 32, f"{size} px: features")
-        probe = fit_probe(features, y_train, len(ds.classes), seed=0)
+        probe = fit_probe(features, y_train, len(ds.classes), seed=0, first_columns=final_pool_width(model))
         set_head(model, probe)
         data_int8 = convert_tflite(model, "int8", calibration=calibration_sample(x_train, y_train, 128), io_dtype="uint8")
         path = work / f"lite0_{size}px_int8.tflite"

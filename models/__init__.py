@@ -8,14 +8,18 @@ Importing this package does not import TensorFlow; `create_model` does.
 
 from edgetl.models._complexity import count_macs
 from edgetl.models._registry import (
+    BLOCK_POOL_LAYER,
     DROPOUT_LAYER,
     FEATURES_LAYER,
+    FINAL_POOL_LAYER,
     INPUT_NAME,
     LOGITS_LAYER,
     PREPROCESS_LAYER,
     PROBABILITIES_LAYER,
     ModelConfig,
     create_model,
+    final_pool_output,
+    final_pool_width,
     get_config,
     list_models,
     offline_models,
@@ -24,8 +28,10 @@ from edgetl.models._registry import (
 )
 
 __all__ = [
+    "BLOCK_POOL_LAYER",
     "DROPOUT_LAYER",
     "FEATURES_LAYER",
+    "FINAL_POOL_LAYER",
     "INPUT_NAME",
     "LOGITS_LAYER",
     "PREPROCESS_LAYER",
@@ -33,6 +39,8 @@ __all__ = [
     "ModelConfig",
     "count_macs",
     "create_model",
+    "final_pool_output",
+    "final_pool_width",
     "get_config",
     "list_models",
     "offline_models",

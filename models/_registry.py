@@ -29,6 +29,11 @@ from edgetl.errors import ModelNotFoundError
 INPUT_NAME = "image"
 PREPROCESS_LAYER = "preprocess"
 FEATURES_LAYER = "features"
+# Where a model pools a block's output beside its final feature map (ModelConfig.pooled_block),
+# "features" concatenates the two: first the final map's pooled channels (FINAL_POOL_LAYER),
+# then the block's (BLOCK_POOL_LAYER). Elsewhere "features" is the final map's pool itself.
+FINAL_POOL_LAYER = "pooled_final"
+BLOCK_POOL_LAYER = "pooled_block"
 DROPOUT_LAYER = "dropout"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
@@ -71,6 +76,11 @@ class ModelConfig:
     # on val, within noise, so the probe was deployed at 85.8% test; with 12, val rose to 95.4%
     # at epoch 12, through dips of up to 4 epochs, and the file scored 95.8%).
     distill_patience: int | None = None
+    # A backbone layer whose pooled output joins the features beside the final map's (Head2Toe,
+    # Evci et al. 2022: a linear head on several layers' features). The linear probe uses these
+    # extra columns only when its cross-validation prefers them (compiler/training/probe.py).
+    # For EfficientNet-Lite, the last block's output: the head convolution's input.
+    pooled_block: str | None = None
     description: str = ""
 
     @property
@@ -175,7 +185,14 @@ def create_model(
     inputs = keras.Input((size, size, 3), dtype="float32", name=INPUT_NAME)
     x = ImagePreprocessing(cfg.mean, cfg.std, cfg.channel_order, name=PREPROCESS_LAYER)(inputs)
     feature_map = entry.build_backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(feature_map)
+    if cfg.pooled_block is None:
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(feature_map)
+    else:
+        block = keras.Model(inputs, feature_map).get_layer(cfg.pooled_block).output
+        x = keras.layers.Concatenate(name=FEATURES_LAYER)([
+            keras.layers.GlobalAveragePooling2D(name=FINAL_POOL_LAYER)(feature_map),
+            keras.layers.GlobalAveragePooling2D(name=BLOCK_POOL_LAYER)(block),
+        ])
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
     x = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
     outputs = keras.layers.Softmax(name=PROBABILITIES_LAYER, dtype="float32")(x)
@@ -188,6 +205,19 @@ def create_model(
             raise ModelNotFoundError(f"model {name!r} has no pretrained weights; pass weights=None")
         entry.weights.load(model, weights, include_head=num_classes == 1000)
     return model
+
+
+def final_pool_width(model) -> int | None:
+    """How many leading columns of the model's "features" are the final feature map's pooled
+    channels (the classic feature-extraction features), or None when that is all of them."""
+    names = {layer.name for layer in model.layers}
+    return int(model.get_layer(FINAL_POOL_LAYER).output_shape[-1]) if FINAL_POOL_LAYER in names else None
+
+
+def final_pool_output(model):
+    """The final feature map's pooled channels alone: what a plain linear probe is fitted on."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(FINAL_POOL_LAYER if FINAL_POOL_LAYER in names else FEATURES_LAYER).output
 
 
 def transfer_from_model(model, path: Path) -> bool:

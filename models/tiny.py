@@ -31,11 +31,12 @@ class _FileOnlyWeights:
         mean=(127.5, 127.5, 127.5),
         std=(127.5, 127.5, 127.5),
         channel_order="RGB",
-        params=39_200,
+        params=55_200,
         licence="Apache-2.0 (edgetl)",
         weights_source="none (random initialisation; for tests)",
         unfreeze_from="tiny_conv2",
         deeper_unfreeze_from="tiny_conv1",
+        pooled_block="tiny_relu1",  # as EfficientNet-Lite's: so the tests run the concatenated features
         description="three conv layers; exercises every pipeline path in seconds",
     ),
     weights=_FileOnlyWeights(),

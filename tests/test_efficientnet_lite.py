@@ -216,6 +216,9 @@ def test_imagenet_head_classifies_sample_photos(imagenet_model):
     assert 281 <= cat <= 285, f"chelsea -> class {cat} ({probs[0].max():.2f})"
     assert 967 <= cup <= 968, f"coffee -> class {cup} ({probs[1].max():.2f})"
     assert abs(probs.sum(axis=1) - 1).max() < 1e-4
+    # The classifier reads the final map's 1280 channels; the pooled block's get zero weights.
+    kernel = imagenet_model.get_layer("logits").get_weights()[0]
+    assert kernel.shape[0] > 1280 and not kernel[1280:].any() and kernel[:1280].any()
 
 
 def test_wrong_variant_file_is_refused_and_model_untouched(tmp_path):

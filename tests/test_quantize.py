@@ -237,6 +237,14 @@ def test_the_onnx_export_runs_tf2onnx_s_own_optimizers_and_restores_the_collecto
     assert np.array_equal(open_session(again).predict(x), open_session(float_onnx).predict(x))
 
 
+def _weight_bytes(path) -> int:
+    """Bytes of an ONNX file's initialisers (its weights, scales and zero points)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(init).nbytes for init in onnx.load(str(path)).graph.initializer)
+
+
 def test_int8_onnx_is_static_qdq_per_channel_and_runs_in_onnx_runtime(trained, float_onnx):
     out = trained["dir"] / "onnx" / "int8.onnx"
     Q.quantize_onnx(float_onnx, out, trained["cal"])
@@ -249,8 +257,10 @@ def test_int8_onnx_is_static_qdq_per_channel_and_runs_in_onnx_runtime(trained, f
     probs = session.predict(trained["x_test"])
     assert np.abs(probs - trained["probs"]).max() <= 0.03
     assert np.mean(probs.argmax(1) == trained["probs"].argmax(1)) == 1.0
-    # (tiny_cnn's weights are small next to the graph; EfficientNet-Lite0: 3.7x smaller)
-    assert out.stat().st_size < 0.8 * float_onnx.stat().st_size
+    # The weights' bytes shrink about 4x (float32 to int8; the scales and int32 biases add a
+    # little). Counted on the weights, not the whole file: tiny_cnn's weights are small next to
+    # its graph's nodes (the whole file is 0.8x here; EfficientNet-Lite0's 3.7x smaller).
+    assert _weight_bytes(out) < 0.35 * _weight_bytes(float_onnx)
     # per-channel: the first convolution's weight scale has one value per output channel
     import onnx
 

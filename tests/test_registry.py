@@ -7,8 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
-from edgetl.errors import ModelNotFoundError, WeightsUnavailableError
 from edgetl.models import (
     DROPOUT_LAYER,
     FEATURES_LAYER,
@@ -19,6 +17,8 @@ from edgetl.models import (
     get_config,
     list_models,
 )
+
+from edgetl.errors import ModelNotFoundError, WeightsUnavailableError
 
 REAL_MODELS = [
     "resnet50",
@@ -72,6 +72,29 @@ def test_every_model_is_one_flat_graph_with_the_shared_layer_names(name):
     # No nested models: tfmot's quantize_model refuses them.
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     assert model.output_shape == (None, 5)
+
+
+def test_a_pooled_block_joins_the_features_after_the_final_maps_channels():
+    """tiny_cnn pools tiny_relu1 (16 channels) beside its final map (32), as EfficientNet-Lite
+    pools its last block: "features" is the two pools, the final map's first."""
+    from edgetl.models import (
+        BLOCK_POOL_LAYER,
+        FINAL_POOL_LAYER,
+        final_pool_output,
+        final_pool_width,
+    )
+
+    from edgetl._compat import keras
+
+    model = create_model("tiny_cnn", weights=None, num_classes=3)
+    assert final_pool_width(model) == 32 and model.get_layer(FEATURES_LAYER).output_shape == (None, 48)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    features = keras.Model(model.input, [model.get_layer(FEATURES_LAYER).output, final_pool_output(model),
+                                         model.get_layer("tiny_relu1").output]).predict(x, verbose=0)
+    np.testing.assert_allclose(features[0][:, :32], features[1], rtol=1e-6)
+    np.testing.assert_allclose(features[0][:, 32:], features[2].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    assert model.get_layer(BLOCK_POOL_LAYER).input.name.startswith("tiny_relu1")
+    assert FINAL_POOL_LAYER not in [layer.name for layer in create_model("resnet50", weights=None, num_classes=3).layers]
 
 
 def test_preprocessing_is_inside_the_graph():
@@ -150,9 +173,10 @@ def test_a_fine_tuned_model_starts_the_next_task_with_a_new_head(tmp_path):
 def test_a_failed_weights_download_keeps_stdout_clean_and_says_why(monkeypatch, capsys):
     """Keras prints "Downloading data from ..." on stdout; stdout is the summary's, so edgetl
     sends it to stderr, and the failure is one error naming --teacher-weights and the reason."""
+    from edgetl.models._registry import get_registered
+
     from edgetl._compat import keras
     from edgetl.errors import WeightsUnavailableError
-    from edgetl.models._registry import get_registered
 
     def offline(fname, origin, **kwargs):  # what Keras does without network, without the network
         print(f"Downloading data from {origin}")

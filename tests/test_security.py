@@ -65,9 +65,12 @@ def _hostile_tiny_cnn(marker: Path):
     clean = create_model("tiny_cnn", weights=None, num_classes=len(LABELS))
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     x = keras.layers.Lambda(_writes_marker(marker), name="payload")(inputs)
-    for layer in clean.layers[1:]:
-        x = layer(x)
-    return keras.Model(inputs, x), clean
+    tensors = {clean.layers[0].name: x}
+    for layer in clean.layers[1:]:  # the same graph (its pooled block's branch too), on the payload
+        inbound = layer._inbound_nodes[0].inbound_layers
+        args = [tensors[source.name] for source in (inbound if isinstance(inbound, list) else [inbound])]
+        tensors[layer.name] = layer(args if len(args) > 1 else args[0])
+    return keras.Model(inputs, tensors[clean.layers[-1].name]), clean
 
 
 @pytest.fixture(scope="module")

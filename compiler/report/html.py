@@ -128,6 +128,7 @@ def _selection_table(report: dict) -> list[str]:
     """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
     rows = []
     for role, model in report["models"].items():
+        read = _probe_features(model.get("training", {}).get("head") or {})
         for stage, selection in selection_records(model.get("training", {})):
             probe, versus = selection.get("probe") or {}, selection.get("versus_probe")
             best_recipe = f" ({versus['best_recipe']})" if versus and versus.get("best_recipe") else ""
@@ -142,11 +143,23 @@ def _selection_table(report: dict) -> list[str]:
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
                 why += ": not beyond noise, so the probe is kept"
             rows.append(f"<tr><td>{_e(role)}: {_e(stage)}</td><td>{_e(selection.get('method', ''))}</td>"
-                        f"<td>{_e(_describe(probe))}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
+                        f"<td>{_e(_describe(probe) + read)}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
     if not rows:
         return []
     return ["<table><tr><th>model</th><th>chosen by</th><th>linear probe</th><th>best training</th><th>deployed</th>"
             "<th>why</th></tr>", *rows, "</table>"]
+
+
+def _probe_features(head: dict) -> str:
+    """Which pooled features the probe reads, where its cross-validation chose between the final
+    map's alone and the final map's with a block's (ModelConfig.pooled_block)."""
+    losses = head.get("cv_log_loss_by_features") or {}
+    if len(losses) < 2:
+        return ""
+    chosen = "final map" if head.get("columns") is not None else "final map + block"
+    other = next(name for name in losses if name != chosen)
+    return (f"; on the {chosen}'s pooled features (out-of-fold cross-entropy {losses[chosen]:.3f}, "
+            f"against {losses[other]:.3f} on the {other}'s)")
 
 
 def _describe(accuracy: dict) -> str:

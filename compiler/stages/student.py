@@ -160,7 +160,8 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     if head.features is None:  # the head came from the stage cache: its features were not kept
         head.features = extract_features(student, x, config.batch_size, f"{description}: features")
     features = head.features
-    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"])  # C as the head stage chose it
+    # C and the feature columns as the head stage chose them
+    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"], columns=head.training["head"].get("columns"))
     view_size = max(size, teacher.input_size) if teacher is not None else size
     x_views, _ = images.get("train", view_size)
     unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None

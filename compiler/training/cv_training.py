@@ -84,8 +84,9 @@ class FoldSnapshots:
 
 
 def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int, probe: Probe) -> Probe:
-    """The probe refitted on a fold's training part, at the C chosen on all images."""
-    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C)
+    """The probe refitted on a fold's training part, at the C (and on the feature columns)
+    chosen on all images."""
+    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C, columns=probe.columns)
 
 
 def recipe_label(label: str, recipe: str, recipes: int) -> str:

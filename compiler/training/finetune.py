@@ -27,7 +27,7 @@ from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.training.distribution import fit_callbacks
 from edgetl.compiler.progress import console, progress_bar
 from edgetl.compiler.data.streaming import augmented_batches, eval_data, iterate_batches, validation_data
-from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER
+from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER, final_pool_width
 
 
 @dataclasses.dataclass
@@ -55,6 +55,11 @@ class ProbeResult:
     cv_accuracy_by_C: dict
     val_accuracy: float | None  # on the val split, when there is one
     seconds: float
+    # Leading feature columns read (the final map's pooled channels alone), or None: all of them
+    # (with the pooled block's too, where the model has one: ModelConfig.pooled_block).
+    columns: int | None = None
+    # "final map" / "final map + block" -> pooled out-of-fold cross-entropy of each, when compared
+    cv_log_loss_by_features: dict | None = None
 
 
 @dataclasses.dataclass
@@ -268,15 +273,19 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     if features is None:
         features = extract_features(model, x_train, config.batch_size, f"{label}: features (train)")
     num_classes = model.get_layer(LOGITS_LAYER).units
-    probe = fit_probe(features, y_train, num_classes, seed=config.seed)  # C by 5-fold CV: cheap on features
+    # C, and whether to read the pooled block's columns too, by 5-fold CV: cheap on features.
+    probe = fit_probe(features, y_train, num_classes, seed=config.seed, first_columns=final_pool_width(model))
     set_head(model, probe)
     val_accuracy = None
     if len(x_val):
         f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
         val_accuracy = float(np.mean(probe.predict_proba(f_val).argmax(1) == y_val))
     cv_accuracy = probe.cv_accuracy[probe.C]
+    by_features = ({_features_name(columns): round(loss, 4) for columns, loss in probe.log_loss_by_columns.items()}
+                   if len(probe.log_loss_by_columns) > 1 else None)
     console.print(
-        f"    {label}: linear probe C={probe.C:g}, {probe.folds}-fold CV accuracy on {len(y_train)} training images "
+        f"    {label}: linear probe C={probe.C:g}" + (f" on the {_features_name(probe.columns)}'s features" if by_features else "")
+        + f", {probe.folds}-fold CV accuracy on {len(y_train)} training images "
         f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "")
     )
     record = ProbeResult(
@@ -287,8 +296,15 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
         cv_accuracy_by_C={f"{c:g}": round(a, 4) for c, a in probe.cv_accuracy.items()},
         val_accuracy=val_accuracy,
         seconds=time.perf_counter() - start,
+        columns=probe.columns,
+        cv_log_loss_by_features=by_features,
     )
     return record, probe
+
+
+def _features_name(columns: int | None) -> str:
+    """What a probe reading `columns` leading feature columns reads, in words (None: all)."""
+    return "final map" if columns is not None else "final map + block"
 
 
 def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):

@@ -17,6 +17,12 @@ each fold trains on its images and their views and scores only the held-out orig
 compile does not offer views: on flowers12 they lowered the out-of-fold cross-entropy but not
 the test error (README, "Small data": benchmarks/probe_ablations.py --probe-views, and the
 few-shot benchmark with the compile offering them at commit 318d8e7).
+
+Where the model pools a block's output beside its final feature map (ModelConfig.pooled_block:
+"features" is then the final map's channels followed by the block's), the cross-validation
+also decides, by the same pooled out-of-fold cross-entropy, whether the probe reads the block's
+columns or only the final map's (a tie keeps the final map alone); the columns it does not
+read get zero weights, so the model's layer is the same either way.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class Probe:
     views: int = 0  # augmented views per image it was fitted on too (0: the images alone)
     # views -> best pooled out-of-fold cross-entropy over C, for each view count tried
     log_loss_by_views: dict[int, float] = dataclasses.field(default_factory=dict)
+    # Leading feature columns the probe reads (the rest have zero weights); None: all of them.
+    columns: int | None = None
+    # columns read (None: all) -> best pooled out-of-fold cross-entropy over C, for each tried
+    log_loss_by_columns: dict[int | None, float] = dataclasses.field(default_factory=dict)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.kernel + self.bias
@@ -59,6 +69,7 @@ class Probe:
             "folds": self.folds,
             "cv_accuracy_by_C": {f"{c:g}": round(a, 4) for c, a in self.cv_accuracy.items()},
             "cv_log_loss_by_C": {f"{c:g}": round(v, 4) for c, v in self.cv_log_loss.items()},
+            "columns": self.columns,
         }
 
 
@@ -143,6 +154,7 @@ def fit_probe(
     num_classes: int,
     *,
     views: np.ndarray | None = None,
+    first_columns: int | None = None,
     folds: int = 5,
     seed: int = 0,
     grid: tuple[float, ...] = C_GRID,
@@ -153,6 +165,9 @@ def fit_probe(
     views: features of augmented views of the same images, shaped (views, images, features).
     When given, the probe is fitted with and without them, and the pooled out-of-fold
     cross-entropy on the original images chooses, jointly with C.
+    first_columns: when fewer than the features' width (the final map's pooled channels, with a
+    pooled block's after them), the probe is also fitted on these leading columns alone, and
+    the same cross-entropy chooses between the two, jointly with C; a tie reads fewer columns.
 
     The standardisation is refitted inside each fold, so the out-of-fold scores never see the
     held-out images' statistics. Returns weights for the raw features.
@@ -166,9 +181,13 @@ def fit_probe(
         x, y = np.asarray(features, np.float64), np.asarray(labels, np.int64)
         views = None if views is None or not len(views) else np.asarray(views, np.float64)
         counts = (0,) if views is None else (0, len(views))
-        fits = [_fit_probe(x, y, num_classes, folds, seed, grid, C, views[:n] if n else None) for n in counts]
-        best = min(fits, key=lambda p: (round(p.cv_log_loss[p.C], 10), p.views))  # a tie keeps the plain probe
-        best.log_loss_by_views = {p.views: p.cv_log_loss[p.C] for p in fits}
+        widths = (first_columns, None) if first_columns is not None and first_columns < x.shape[1] else (None,)
+        fits = [_fit_probe(x, y, num_classes, folds, seed, grid, C, views[:n] if n else None, columns)
+                for columns in widths for n in counts]
+        # A tie keeps the plain probe: fewer columns, then no views.
+        best = min(fits, key=lambda p: (round(p.cv_log_loss[p.C], 10), p.columns is None, p.views))
+        best.log_loss_by_views = {p.views: p.cv_log_loss[p.C] for p in fits if p.columns == best.columns}
+        best.log_loss_by_columns = {p.columns: p.cv_log_loss[p.C] for p in fits if p.views == best.views}
         return best
 
 
@@ -179,7 +198,14 @@ def _with_views(x: np.ndarray, y: np.ndarray, views: np.ndarray | None, rows=sli
     return np.concatenate([x[rows], *views[:, rows]]), np.tile(y[rows], len(views) + 1)
 
 
-def _fit_probe(x, y, num_classes, folds, seed, grid, C, views=None) -> Probe:
+def _fit_probe(x, y, num_classes, folds, seed, grid, C, views=None, columns=None) -> Probe:
+    if columns is not None:  # fitted on the leading columns; the rest get zero weights below
+        width = x.shape[1]
+        probe = _fit_probe(x[:, :columns], y, num_classes, folds, seed, grid, C,
+                           None if views is None else views[..., :columns])
+        probe.kernel = np.pad(probe.kernel, ((0, width - columns), (0, 0)))
+        probe.columns = columns
+        return probe
     grid = (C,) if C is not None else tuple(sorted(grid))
     splits = stratified_folds(y, folds, seed)
     oof = {c: np.zeros((len(y), num_classes)) for c in grid}
@@ -221,16 +247,20 @@ def set_head(model, probe: Probe) -> None:
     layer.set_weights([probe.kernel, probe.bias])
 
 
-def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: float, views: np.ndarray | None = None) -> Probe:
+def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: float, views: np.ndarray | None = None,
+                 columns: int | None = None) -> Probe:
     """The probe at a given C, without cross-validation (a fold's refit at the chosen C), on the
-    images and, when given, their augmented views' features (views, images, features)."""
+    images and, when given, their augmented views' features (views, images, features); on the
+    leading `columns` feature columns only when given (the rest get zero weights)."""
     import scipy.optimize  # noqa: F401  (see fit_probe)
     from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, np.float64)
     y = np.asarray(labels, np.int64)
     views = None if views is None else np.asarray(views, np.float64)
+    read = slice(None) if columns is None else slice(0, columns)
     with threadpool_limits(1):
-        kernel, bias = _fit_at(x, y, num_classes, C, views)
+        kernel, bias = _fit_at(x[:, read], y, num_classes, C, None if views is None else views[..., read])
+    kernel = np.pad(kernel, ((0, x.shape[1] - kernel.shape[0]), (0, 0)))
     return Probe(kernel.astype(np.float32), bias.astype(np.float32), C, {}, {}, np.zeros((0, num_classes)), 0,
-                 views=0 if views is None else len(views))
+                 views=0 if views is None else len(views), columns=columns)

@@ -32,7 +32,7 @@ def test_each_variant_fits_a_probe_that_separates_easy_features():
     y = np.repeat(np.arange(3), 10)
     f = rng.normal(size=(30, 8)) + 4 * np.eye(3, 8)[y]
     for variant in A.VARIANTS:
-        kernel, bias, C = A.fit_variant(variant, f, y, 3, seed=0)
+        kernel, bias, C, _ = A.fit_variant(variant, f, y, 3, seed=0, final_width=5)
         assert kernel.shape == (8, 3) and C in probe.C_GRID
         assert np.mean((f @ kernel + bias).argmax(1) == y) == 1.0, variant
 

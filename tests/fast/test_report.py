@@ -244,10 +244,15 @@ def test_the_page_says_which_candidate_each_model_kept_and_why(tmp_path):
         "method": "3-fold cross-validation", "accuracy_by_epoch": [0.75, 0.9, 0.95], "chosen_epochs": 2, "probe_kept": False,
         "estimate": Accuracy(95, n).to_json(), "probe": Accuracy(75, n).to_json(),
         "versus_probe": clear.to_json() | {"best_epochs": 2, "verdict": clear.verdict("2 epochs of training", "the probe")}}
+    # The teacher's probe chose to read its pooled block's features too, the student's not.
+    report["models"]["teacher"]["training"]["head"] = {"columns": None, "cv_log_loss_by_features": {"final map": 0.056, "final map + block": 0.042}}
+    report["models"]["student"]["training"]["head"] = {"columns": 1280, "cv_log_loss_by_features": {"final map": 0.3, "final map + block": 0.31}}
     page = render(report, tmp_path)
     rows = re.findall(r"<tr><td>(teacher|student): [^<]*</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
     assert [r[0] for r in rows] == ["teacher", "student"]
     teacher, student = rows
+    assert teacher[2].endswith("on the final map + block&#x27;s pooled features (out-of-fold cross-entropy 0.042, against 0.056 on the final map&#x27;s)")
+    assert "on the final map&#x27;s pooled features (out-of-fold cross-entropy 0.300, against 0.310" in student[2]
     assert teacher[1].startswith("held-out validation split") and teacher[4] == "the linear probe"
     assert "within noise" in teacher[5] and "not beyond noise" in teacher[5] and teacher[3].startswith("3 epochs: 81.0%")
     assert student[1] == "3-fold cross-validation" and student[4] == "2 epochs of training"

@@ -232,3 +232,27 @@ def test_cross_validation_fits_the_probe_on_views_only_when_they_help():
     assert plain.views == 0 and plain.log_loss_by_views.keys() == {0}
     np.testing.assert_allclose(noise.kernel, plain.kernel)
 
+
+
+def test_cross_validation_reads_the_pooled_block_only_when_it_helps():
+    """The features are the final map's columns, then a pooled block's: the probe reads the
+    block's columns only when the out-of-fold cross-entropy says they help, and the columns it
+    does not read get zero weights (the model's head layer keeps its shape either way)."""
+    x, y = _blobs(6, 3, 24, seed=8, spread=3.0)  # a weak final map: its classes overlap
+    sharp, _ = _blobs(6, 3, 8, seed=9, spread=0.2)  # a block whose features separate them
+    rng = np.random.default_rng(10)
+    helpful = fit_probe(np.concatenate([x, sharp], 1), y, 3, first_columns=24, seed=0)
+    assert helpful.columns is None and helpful.log_loss_by_columns[None] < helpful.log_loss_by_columns[24]
+    noise = rng.normal(0, 1, (len(y), 8)).astype(np.float32)
+    x, y = _blobs(6, 3, 24, seed=8, spread=0.5)
+    rejected = fit_probe(np.concatenate([x, noise], 1), y, 3, first_columns=24, seed=0)
+    assert rejected.columns == 24 and rejected.log_loss_by_columns[24] <= rejected.log_loss_by_columns[None]
+    assert rejected.kernel.shape == (32, 3) and not rejected.kernel[24:].any()
+    # Reading the final map alone is exactly the plain probe on those columns.
+    plain = fit_probe(x, y, 3, seed=0)
+    np.testing.assert_allclose(rejected.kernel[:24], plain.kernel)
+    np.testing.assert_allclose(rejected.bias, plain.bias)
+    # A fold's refit at the chosen C keeps the chosen columns.
+    refit = fit_probe_at(np.concatenate([x, noise], 1), y, 3, rejected.C, columns=rejected.columns)
+    assert not refit.kernel[24:].any() and refit.columns == 24
+    np.testing.assert_allclose(refit.kernel, rejected.kernel, rtol=1e-5, atol=1e-6)
