@@ -172,7 +172,7 @@ def extract_features(model, images: np.ndarray, batch_size: int, description: st
     # float32 out even from a bf16 mixed-precision model: the probe fits on these features.
     forward = tf.function(lambda x: tf.cast(features_model(x, training=False), tf.float32), input_signature=[spec])
     # Batch by batch: images on disk (DiskImages) are read one batch at a time, and only the
-    # features (N x 1280 floats: 5 kB an image) are kept.
+    # features (N x 1600 floats for Lite0, the head's and the last block's: 6.4 kB an image) are kept.
     out = np.empty((len(images), features_model.output_shape[-1]), np.float32)
     with progress_bar(description, len(images)) as advance:
         for i, batch in zip(range(0, len(images), batch_size), iterate_batches(images, batch_size)):
