@@ -70,13 +70,13 @@ def _features_cache(data: Path, model_name: str, work: Path) -> tuple[object, di
         with np.load(cache) as d:
             if "b_train" in d.files:  # a cache from before the pooled block is extracted again
                 return dataset, dict(d)
-    from edgetl.models import create_model, final_pool_output, final_pool_width
+    from edgetl.models import FEATURES_LAYER, create_model, final_pool_output, final_pool_width
 
     from edgetl._compat import keras, tf
 
     model = create_model(model_name, weights="imagenet", num_classes=len(dataset.classes))
     final, width = final_pool_output(model), final_pool_width(model)
-    features = keras.Model(model.input, model.get_layer("features").output if width else final)
+    features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).output if width else final)
     size = model.input_shape[1]
 
     def extract(samples):

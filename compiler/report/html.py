@@ -156,7 +156,9 @@ def _probe_features(head: dict) -> str:
     losses = head.get("cv_log_loss_by_features") or {}
     if len(losses) < 2:
         return ""
-    chosen = "final map" if head.get("columns") is not None else "final map + block"
+    from edgetl.compiler.training.probe import features_name  # numpy only: no TensorFlow
+
+    chosen = features_name(head.get("columns"))
     other = next(name for name in losses if name != chosen)
     return (f"; on the {chosen}'s pooled features (out-of-fold cross-entropy {losses[chosen]:.3f}, "
             f"against {losses[other]:.3f} on the {other}'s)")

@@ -266,7 +266,7 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     """
     import time
 
-    from edgetl.compiler.training.probe import fit_probe, set_head
+    from edgetl.compiler.training.probe import features_name, fit_probe, set_head
 
     start = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = train, val
@@ -281,10 +281,10 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
         f_val = extract_features(model, x_val, config.batch_size, f"{label}: features (val)")
         val_accuracy = float(np.mean(probe.predict_proba(f_val).argmax(1) == y_val))
     cv_accuracy = probe.cv_accuracy[probe.C]
-    by_features = ({_features_name(columns): round(loss, 4) for columns, loss in probe.log_loss_by_columns.items()}
+    by_features = ({features_name(columns): round(loss, 4) for columns, loss in probe.log_loss_by_columns.items()}
                    if len(probe.log_loss_by_columns) > 1 else None)
     console.print(
-        f"    {label}: linear probe C={probe.C:g}" + (f" on the {_features_name(probe.columns)}'s features" if by_features else "")
+        f"    {label}: linear probe C={probe.C:g}" + (f" on the {features_name(probe.columns)}'s features" if by_features else "")
         + f", {probe.folds}-fold CV accuracy on {len(y_train)} training images "
         f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "")
     )
@@ -301,10 +301,6 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     )
     return record, probe
 
-
-def _features_name(columns: int | None) -> str:
-    """What a probe reading `columns` leading feature columns reads, in words (None: all)."""
-    return "final map" if columns is not None else "final map + block"
 
 
 def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):

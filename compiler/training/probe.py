@@ -247,6 +247,12 @@ def set_head(model, probe: Probe) -> None:
     layer.set_weights([probe.kernel, probe.bias])
 
 
+def features_name(columns: int | None) -> str:
+    """What a probe reading `columns` leading feature columns reads, in words (None: all of
+    them, the final map's pooled channels and the pooled block's)."""
+    return "final map" if columns is not None else "final map + block"
+
+
 def fit_probe_at(features: np.ndarray, labels: np.ndarray, num_classes: int, C: float, views: np.ndarray | None = None,
                  columns: int | None = None) -> Probe:
     """The probe at a given C, without cross-validation (a fold's refit at the chosen C), on the
