@@ -70,7 +70,12 @@ def _features_cache(data: Path, model_name: str, work: Path) -> tuple[object, di
         with np.load(cache) as d:
             if "b_train" in d.files:  # a cache from before the pooled block is extracted again
                 return dataset, dict(d)
-    from edgetl.models import FEATURES_LAYER, create_model, final_pool_output, final_pool_width
+    from edgetl.models import (
+        FEATURES_LAYER,
+        create_model,
+        final_pool_output,
+        final_pool_width,
+    )
 
     from edgetl._compat import keras, tf
 

@@ -8,13 +8,27 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from edgetl.atomic import atomic_write_text
 from edgetl.compiler.data.corruptions import describe_steps
-from edgetl.compiler.evaluation.robustness import render_section as render_robustness_section
-from edgetl.compiler.report.charts import confusion_chart, cross_validation_chart, selection_records, size_front_chart, tradeoff_chart, training_chart
-from edgetl.compiler.report.facts import accuracy_figure, deployed_figure, distillation_sentence
+from edgetl.compiler.evaluation.robustness import (
+    render_section as render_robustness_section,
+)
+from edgetl.compiler.report.charts import (
+    confusion_chart,
+    cross_validation_chart,
+    selection_records,
+    size_front_chart,
+    tradeoff_chart,
+    training_chart,
+)
+from edgetl.compiler.report.facts import (
+    accuracy_figure,
+    deployed_figure,
+    distillation_sentence,
+)
 from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report.verdict import build_verdict
+
+from edgetl.atomic import atomic_write_text
 
 HTML_FILE = "report.html"
 
@@ -156,7 +170,9 @@ def _probe_features(head: dict) -> str:
     losses = head.get("cv_log_loss_by_features") or {}
     if len(losses) < 2:
         return ""
-    from edgetl.compiler.training.probe import features_name  # numpy only: no TensorFlow
+    from edgetl.compiler.training.probe import (
+        features_name,  # numpy only: no TensorFlow
+    )
 
     chosen = features_name(head.get("columns"))
     other = next(name for name in losses if name != chosen)
