@@ -44,7 +44,7 @@ from edgetl.compiler.stages.source import source_dataset, source_stage
 from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_size
 from edgetl.compiler.stages.student import distil, train_baseline, train_student_head
 from edgetl.compiler.stages.teacher import in_training_precision, train_teacher
-from edgetl.compiler.stages.trained import cached, save_keras
+from edgetl.compiler.stages.trained import cached, refit_kept_probe, save_keras
 from edgetl.compiler.data.image_store import ImageCache
 from edgetl.compiler.report import assemble
 from edgetl.compiler.report.html import write_html_report
@@ -305,6 +305,8 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
         with stages.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
             teacher = cached(cache, "teacher", keys["teacher"], lambda: in_training_precision(
                 config, teacher_config, len(classes), lambda: train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection)))
+            if not config.distills:  # deployed itself; a teacher that is distilled from keeps the fit its student was chosen with
+                teacher = refit_kept_probe(teacher, images, config)
             save_keras(teacher.model, out / TEACHER_FILE)
 
     deployed, baseline = teacher, None
@@ -321,12 +323,14 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
             deployed = cached(
                 cache, "student", keys["student"], lambda: distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
+            deployed = refit_kept_probe(deployed, images, config)
             save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
             with stages.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
                 baseline = cached(
                     cache, "baseline", keys["baseline"], lambda: train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
+                baseline = refit_kept_probe(baseline, images, config)  # on the same footing as the student
 
     if not distribution.is_default(strategy):
         _plain_copies(config, len(classes), teacher, deployed, baseline)

@@ -282,6 +282,10 @@ def test_held_out_selection_also_keeps_the_probe_when_fine_tuning_is_ruined(tmp_
     selection = report["models"]["teacher"]["training"]["selection"]
     assert report["dataset"]["selection"] == "holdout" and selection["probe_kept"]
     assert report["models"]["teacher"]["test"]["accuracy"] >= 0.9
+    # The deployed teacher's kept probe was then refit on train + val, and the report says so.
+    totals = report["dataset"]["totals"]
+    assert report["models"]["teacher"]["training"]["head"]["refit"]["images"] == totals["train"] + totals["val"]
+    assert "refit on train + val" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_under_cross_validation_the_students_features_are_extracted_once(tmp_path, monkeypatch):
@@ -339,3 +343,40 @@ def test_a_teacher_fine_tuned_deeper_is_rebuilt_at_its_depth_in_the_students_fol
     assert teacher["selection"]["recipe"] == "deeper, learning rate 0.0001" and teacher["selection"]["chosen_epochs"] == 1
     assert teacher["unfreeze_from"] == "tiny_conv1"
     assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
+
+
+def test_a_probe_kept_on_val_is_refit_on_train_and_val(tmp_path):
+    """Held-out selection: once val has chosen the probe, the deployed probe is fit on train + val
+    (C by 5-fold CV on them), not on train alone; a model whose training won is left as it is."""
+    from conftest import write_color_dataset
+    from edgetl.compiler.data.datasets import scan_dataset
+    from edgetl.compiler.data.image_store import ImageCache
+    from edgetl.compiler.stages.trained import TrainedModel, refit_kept_probe
+    from edgetl.compiler.training.finetune import extract_features
+    from edgetl.compiler.training.probe import fit_probe
+    from edgetl.models import LOGITS_LAYER, create_model, final_pool_width, get_config
+
+    dataset = scan_dataset(write_color_dataset(tmp_path / "data", per_class=14), selection="holdout")
+    images = ImageCache(dataset)
+    config = CompileConfig(data=tmp_path / "data", out=tmp_path / "out", **FAST)
+    size = get_config("tiny_cnn").input_size
+
+    def trained(probe_kept: bool) -> TrainedModel:
+        model = create_model("tiny_cnn", weights=None, num_classes=3)
+        return TrainedModel("teacher", "tiny_cnn", get_config("tiny_cnn"), model, size,
+                            {"head": {"C": 1.0}, "selection": {"probe_kept": probe_kept}})
+
+    kept, replaced = trained(True), trained(False)
+    before = replaced.model.get_layer(LOGITS_LAYER).get_weights()[0].copy()
+    refit_kept_probe(kept, images, config)
+    refit_kept_probe(replaced, images, config)
+
+    (x, y), (xv, yv) = images.get("train", size), images.get("val", size)
+    assert len(yv) > 0
+    features = extract_features(kept.model, x.concat(xv), 32, "check")
+    expected = fit_probe(features, np.concatenate([y, yv]), 3, seed=config.seed, first_columns=final_pool_width(kept.model))
+    np.testing.assert_allclose(kept.model.get_layer(LOGITS_LAYER).get_weights()[0], expected.kernel, rtol=1e-5, atol=1e-6)
+    assert kept.training["head"]["refit"]["images"] == len(y) + len(yv)
+    np.testing.assert_array_equal(replaced.model.get_layer(LOGITS_LAYER).get_weights()[0], before)
+    assert "refit" not in replaced.training["head"]
+    images.close()

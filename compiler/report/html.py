@@ -142,7 +142,9 @@ def _selection_table(report: dict) -> list[str]:
     """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
     rows = []
     for role, model in report["models"].items():
-        read = _probe_features(model.get("training", {}).get("head") or {})
+        head = model.get("training", {}).get("head") or {}
+        read = _probe_features(head)
+        refit = head.get("refit")
         for stage, selection in selection_records(model.get("training", {})):
             probe, versus = selection.get("probe") or {}, selection.get("versus_probe")
             best_recipe = f" ({versus['best_recipe']})" if versus and versus.get("best_recipe") else ""
@@ -153,6 +155,8 @@ def _selection_table(report: dict) -> list[str]:
                 trained += f" (recipes tried: {'; '.join(selection['recipes'])})"
             won = "the linear probe" if selection.get("probe_kept") else (
                 f"{selection.get('chosen_epochs')} epochs of training" + (f" ({selection['recipe']})" if selection.get("recipe") else ""))
+            if selection.get("probe_kept") and refit:
+                won += f", then refit on train + val ({refit['images']} images, C={refit['C']:g} by {refit['folds']}-fold CV)"
             why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
                 why += ": not beyond noise, so the probe is kept"

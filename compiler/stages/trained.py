@@ -147,3 +147,41 @@ def say_choice(role: str, choice) -> None:
         recipe = f" ({choice.recipe})" if choice.recipe else ""
         console.print(f"    {role}: {choice.epochs} epochs chosen{recipe}, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")
 
+
+
+def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
+    """Under held-out selection, when the val split kept `trained`'s linear probe: refit the probe
+    on train + val, its C and feature columns chosen again by 5-fold cross-validation on them.
+
+    Val has then done its one job (probe or training); leaving its images out of the deployed
+    model's fit would throw away 15% of the labelled data for nothing. Cheap: one forward pass
+    of the frozen backbone (the probe was kept, so the backbone is the one the probe read) and
+    a probe fit on cached features. Trained models (fine-tuned or distilled) are not refit: that
+    would be a second training. Under cross-validation the deployed model is already refit on
+    every labelled image. The test split is untouched; the quantization gate's val images were
+    then seen by the head, which it compares float and int8 on, not measure accuracy with.
+    """
+    selection = trained.selection
+    if not images.held_out["val"] or not selection or not selection.get("probe_kept"):
+        return trained
+    import time
+
+    from edgetl.compiler.training.finetune import extract_features
+    from edgetl.compiler.training.probe import features_name, fit_probe, set_head
+    from edgetl.models import LOGITS_LAYER, final_pool_width
+
+    start = time.perf_counter()
+    size = trained.input_size
+    (x, y), (xv, yv) = images.get("train", size), images.get("val", size)
+    x_all, y_all = x.concat(xv), np.concatenate([y, yv])
+    features = extract_features(trained.model, x_all, config.batch_size, f"{trained.role}: features (train + val)")
+    num_classes = trained.model.get_layer(LOGITS_LAYER).units
+    probe = fit_probe(features, y_all, num_classes, seed=config.seed, first_columns=final_pool_width(trained.model))
+    set_head(trained.model, probe)
+    refit = {"images": len(y_all), "C": probe.C, "columns": probe.columns, "folds": probe.folds,
+             "cv_accuracy": float(probe.cv_accuracy[probe.C]), "seconds": time.perf_counter() - start}
+    # A new head record: the student's and the baseline's records share the head stage's dict.
+    trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
+    console.print(f"    {trained.role}: the kept linear probe refit on train + val ({refit['images']} images): C={probe.C:g} on the "
+                  f"{features_name(probe.columns)}'s features, {probe.folds}-fold CV accuracy {refit['cv_accuracy']:.1%}")
+    return trained
