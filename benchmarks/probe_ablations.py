@@ -31,6 +31,12 @@ in 0.5, 1 (`soft T=..., a=...`). The views' features are cached in WORK too.
 
 The views and soft-label variants are fitted on the final map's features, like `final map`.
 
+With `--holdout-refit K`, also what the compile's refit of a kept probe on train + val gains
+(compiler/stages/trained.py's `refit_kept_probe`): K seeded stratified carvings of 15% of all of
+train/ as a val split, the `edgetl` probe fitted on the other 85% (what a held-out compile's val
+kept) against the same probe fitted on all of train/ (what it deploys since the refit), both
+scored on test/: accuracy and cross-entropy per carving, their means, and how often each won.
+
 Each probe is scored on the full test/ as it is (float) and with its weights rounded to int8
 per output class, as an int8 TFLite head holds them. Printed: per setting, the mean test
 accuracy over the seeds of each variant, float and int8, and each variant's mean difference
@@ -157,6 +163,39 @@ def fit_variant(variant: str, f: np.ndarray, y: np.ndarray, num_classes: int, se
     return p.kernel, p.bias, p.C, None
 
 
+def holdout_refit(f: np.ndarray, y: np.ndarray, f_test: np.ndarray, y_test: np.ndarray, num_classes: int, final_width: int,
+                  carvings: int, val_fraction: float = 0.15) -> dict:
+    """The probe on 1 - val_fraction of the images (stratified, per carving seed) against the
+    probe on all of them, on the test images: accuracy and cross-entropy of each."""
+    from edgetl.compiler.training.probe import fit_probe
+
+    def scored(rows) -> tuple[float, float]:
+        probe = fit_probe(f[rows], y[rows], num_classes, seed=0, first_columns=final_width)
+        probs = probe.predict_proba(f_test)
+        return float(np.mean(probs.argmax(1) == y_test)), float(-np.mean(np.log(probs[np.arange(len(y_test)), y_test] + 1e-12)))
+
+    everything = scored(np.arange(len(y)))
+    rows = []
+    for seed in range(carvings):
+        rng = np.random.default_rng(seed)
+        kept = np.sort(np.concatenate([
+            (lambda idx: idx[: round(len(idx) * (1 - val_fraction))])(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)]))
+        accuracy, loss = scored(kept)
+        rows.append({"seed": seed, "train_images": int(len(kept)), "train_only": {"accuracy": accuracy, "log_loss": loss}})
+        print(f"carving {seed}: probe on {len(kept)} images {accuracy:.1%} (cross-entropy {loss:.4f}); "
+              f"on all {len(y)}: {everything[0]:.1%} ({everything[1]:.4f})", flush=True)
+    diffs = np.array([everything[0] - r["train_only"]["accuracy"] for r in rows])
+    summary = {
+        "carvings": rows, "all": {"accuracy": everything[0], "log_loss": everything[1]},
+        "mean_train_only": {k: float(np.mean([r["train_only"][k] for r in rows])) for k in ("accuracy", "log_loss")},
+        "refit_better": int((diffs > 0).sum()), "refit_worse": int((diffs < 0).sum()),
+    }
+    print(f"refit on train + val: {everything[0]:.2%} (cross-entropy {everything[1]:.4f}) against train alone "
+          f"{summary['mean_train_only']['accuracy']:.2%} ({summary['mean_train_only']['log_loss']:.4f}) on average over {carvings} "
+          f"carvings; more accurate on {summary['refit_better']}, less on {summary['refit_worse']}", flush=True)
+    return summary
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -168,6 +207,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--teacher", default="efficientnet_lite2", help="the probe that labels the views (--soft-labels)")
     parser.add_argument("--views", type=int, default=6)
     parser.add_argument("--probe-views", action="store_true", help="also the probe offered --views augmented views, chosen by CV")
+    parser.add_argument("--holdout-refit", type=int, default=0, metavar="K",
+                        help="also K carvings of a 15%% val split: the probe on the rest against the probe on all of train/")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, f_train, y_train, f_test, y_test = probe_features(args.data, args.model, args.work)
@@ -244,6 +285,10 @@ def main(argv=None) -> dict:
             cells.append(cell)
         print(f"{shot:>4}/class ({len(group)} seeds): " + "; ".join(cells))
     result = {"model": args.model, "n_test": int(len(y_test)), "rows": rows, "mean": summary}
+    if args.holdout_refit:
+        print(f"\nheld-out selection's refit ({args.model}, the edgetl probe):")
+        result["holdout_refit"] = holdout_refit(np.concatenate([f_train, b_train], 1), y_train, np.concatenate([f_test, b_test], 1),
+                                                y_test, num_classes, f_train.shape[1], args.holdout_refit)
     (args.work / "probe_ablations.json").write_text(json.dumps(result, indent=2))
     return result
 

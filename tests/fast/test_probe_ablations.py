@@ -60,3 +60,16 @@ def test_a_missing_data_folder_is_one_line_and_exit_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         A.main(["--data", str(tmp_path / "missing"), "--work", str(tmp_path / "work"), "--probe-views"])
     assert str(exited.value).startswith("error: dataset folder") and "\n" not in str(exited.value)
+
+
+def test_holdout_refit_carves_a_stratified_share_and_scores_both_fits(capsys):
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), 20)
+    f = rng.normal(size=(60, 6)) + 3 * np.eye(3, 6)[y]
+    y_test = np.repeat(np.arange(3), 5)
+    f_test = rng.normal(size=(15, 6)) + 3 * np.eye(3, 6)[y_test]
+    result = A.holdout_refit(f, y, f_test, y_test, 3, final_width=4, carvings=2)
+    assert [r["train_images"] for r in result["carvings"]] == [51, 51]  # 17 of each class's 20
+    assert result["all"]["accuracy"] == 1.0 and 0 < result["all"]["log_loss"] < 1
+    assert result["refit_better"] + result["refit_worse"] <= 2
+    assert "more accurate on" in capsys.readouterr().out
