@@ -173,6 +173,9 @@ def test_a_compile_adapts_to_the_camera_and_reports_robustness(tmp_path):
     assert {r["method"] for r in adaptation["tried"]} == set(A.METHODS) and adaptation["method"] in A.METHODS
     assert "target_val_accuracy" in adaptation["tried"][0] and "training" in report["models"]["teacher"]
     assert report["models"]["teacher"]["training"]["adaptation"]["method"] == adaptation["method"]
+    # The adaptation's guard reads val, so a kept probe is not refit on it (CompileConfig.refits_kept_probe).
+    assert "refit" not in report["models"]["teacher"]["training"]["head"]
+    assert "refit on train + val" not in report["evaluation"]["choices"]
     assert "adapt" in report["timings_s"] and "robustness" in report["timings_s"]
     robustness = report["robustness"]
     assert robustness["images_from"] == "the test split"

@@ -164,10 +164,11 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
                    "each deployed model was then refit on all of them")
     else:
         choices = (f"the validation split ({n_val} images) chose between each model's linear probe and its "
-                   "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation. "
-                   f"Where val kept the probe of a deployed model (or the baseline), the probe was then refit on train + val "
-                   f"({n_train + n_val} images), C chosen again by 5-fold cross-validation, so the val figures of that "
-                   "model (the quantization gate's) are no longer held out")
+                   "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation")
+        if config.refits_kept_probe:
+            choices += (f". Where val kept the probe of a deployed model (or the baseline), the probe was then refit on train + val "
+                        f"({n_train + n_val} images), C chosen again by 5-fold cross-validation, so the val figures of that "
+                        "model (the quantization gate's) are no longer held out")
     test = (f"accuracies marked test are on the held-out test split ({n_test} images, {given}), which decided nothing"
             if images.held_out["test"] else
             "there is no test split: model accuracies are cross-validated estimates (marked cv); the exported files "

@@ -305,6 +305,18 @@ class CompileConfig:
         return self.student.lower() != "none"
 
     @property
+    def adapts(self) -> bool:
+        """The deployed model is adapted to the --unlabeled images (the adapt stage runs)."""
+        return self.unlabeled is not None and self.adapt != "none"
+
+    @property
+    def refits_kept_probe(self) -> bool:
+        """Under held-out selection, a kept probe is refit on train + val
+        (compiler/stages/trained.py's refit_kept_probe), unless the model is then adapted: the
+        adaptation's clean-accuracy guard reads val, which must stay unseen by the head."""
+        return not self.adapts
+
+    @property
     def chooses_student_size(self) -> bool:
         """--student-size auto: the student's input size is measured and chosen at run time."""
         return self.distills and self.student_size == AUTO_SIZE

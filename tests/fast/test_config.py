@@ -104,3 +104,13 @@ def test_values_edgetl_derives_for_training_are_not_held_to_the_users_ranges(tmp
         dataclasses.replace(scaled)  # the user's way in is still checked
     with pytest.raises(TypeError, match="batch"):
         config.for_training(batch=1)
+
+
+def test_a_kept_probe_is_refit_unless_the_model_is_then_adapted(tmp_path):
+    """The adaptation's clean-accuracy guard reads val: the head must not have been fit on it."""
+    plain = CompileConfig(data=tmp_path, out=tmp_path / "o")
+    assert plain.refits_kept_probe and not plain.adapts
+    adapted = CompileConfig(data=tmp_path, out=tmp_path / "o", unlabeled=tmp_path, adapt="bn")
+    assert adapted.adapts and not adapted.refits_kept_probe
+    unadapted = CompileConfig(data=tmp_path, out=tmp_path / "o", unlabeled=tmp_path, adapt="none")
+    assert unadapted.refits_kept_probe
