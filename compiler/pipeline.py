@@ -331,7 +331,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
                 baseline = cached(
                     cache, "baseline", keys["baseline"], lambda: train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
-                if config.refits_kept_probe:  # on the same footing as the student
+                if deployed.training.get("head", {}).get("refit"):  # on the same footing as the student it is compared with
                     baseline = refit_kept_probe(baseline, images, config)
 
     if not distribution.is_default(strategy):

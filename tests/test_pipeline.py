@@ -286,6 +286,7 @@ def test_held_out_selection_also_keeps_the_probe_when_fine_tuning_is_ruined(tmp_
     totals = report["dataset"]["totals"]
     assert report["models"]["teacher"]["training"]["head"]["refit"]["images"] == totals["train"] + totals["val"]
     assert "refit on train + val" in (tmp_path / "out" / "report.html").read_text()
+    assert "Val kept the teacher's probe, which was then refit" in report["evaluation"]["choices"]
 
 
 def test_under_cross_validation_the_students_features_are_extracted_once(tmp_path, monkeypatch):
@@ -379,4 +380,42 @@ def test_a_probe_kept_on_val_is_refit_on_train_and_val(tmp_path):
     assert kept.training["head"]["refit"]["images"] == len(y) + len(yv)
     np.testing.assert_array_equal(replaced.model.get_layer(LOGITS_LAYER).get_weights()[0], before)
     assert "refit" not in replaced.training["head"]
+    images.close()
+
+
+def test_after_a_refit_the_compressed_candidates_fine_tune_on_val_too(tmp_path, monkeypatch):
+    """The refit head was fit on val: QAT and pruning fine-tune on it too, and the gate says so."""
+    from conftest import write_color_dataset
+    from edgetl.compiler.compression import optimize as optimize_module
+    from edgetl.compiler.data.datasets import scan_dataset
+    from edgetl.compiler.data.image_store import ImageCache
+    from edgetl.compiler.stages import optimize as stage
+    from edgetl.compiler.stages.trained import TrainedModel
+    from edgetl.models import create_model, get_config
+
+    images = ImageCache(scan_dataset(write_color_dataset(tmp_path / "data", per_class=14), selection="holdout"))
+    config = CompileConfig(data=tmp_path / "data", out=tmp_path / "out", **FAST)
+    size = get_config("tiny_cnn").input_size
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(optimize_module, "Optimizer", capture)
+    n_train, n_val = len(images.get("train", size)[1]), len(images.get("val", size)[1])
+    for refit, expected in ((None, n_train), ({"images": n_train + n_val}, n_train + n_val)):
+        model = TrainedModel("teacher", "tiny_cnn", get_config("tiny_cnn"), create_model("tiny_cnn", weights=None, num_classes=3), size,
+                             {"head": {"C": 1.0, **({"refit": refit} if refit else {})}})
+        with pytest.raises(Captured):
+            stage.optimize(config, None, tmp_path / "out", model, model, images, {})
+        x, y = seen["train_views"]
+        assert len(x) == len(y) == expected and seen["val_seen"] == bool(refit)
+    monkeypatch.undo()
+    gate = optimize_module.Optimizer(float_model=None, teacher_model=None, train_views=None, config=config, images=images, size=size,
+                                     out=tmp_path / "out", threads=1, val_seen=True)
+    assert gate._gate_images().startswith("val (which the refit probe") and gate._gate_accuracy() == "val accuracy"
     images.close()

@@ -146,10 +146,13 @@ class Optimizer:
     """Builds and measures candidates for one float model; `choose` applies the gate."""
 
     def __init__(self, *, float_model, teacher_model, train_views, config, images, size: int, out: Path, threads: int, calibration=None,
-                 strategy=None):
+                 strategy=None, val_seen: bool = False):
         self.float_model = float_model
         self.teacher_model = teacher_model  # float Keras teacher for distillation during QAT/pruning, or None
         self.train_views = train_views  # (pixels, labels) as the distillation stage trains on
+        # The float model's head was refit on the val images too (compiler/stages/trained.py's
+        # refit_kept_probe), and so were train_views: the gate on val then checks fidelity to fp32.
+        self.val_seen = val_seen
         self.config = config
         self.images = images
         self.size = size
@@ -399,13 +402,13 @@ class Optimizer:
         """The images the gate compares on: the val split, or (cross-validated compiles carve
         none) the training images, where it checks fidelity to fp32 rather than accuracy."""
         if self.images is None or self.images.held_out["val"]:  # tests measure candidates they built themselves
-            return "val"
+            return "val (which the refit probe was fit on too)" if self.val_seen else "val"
         return "the training images (no val split under cross-validation)"
 
     def _gate_accuracy(self) -> str:
         """What the gate's accuracy figure is, for messages: "val accuracy" is wrong under
         cross-validation, where the gate scores the training images."""
-        return "val accuracy" if self._gate_images() == "val" else "accuracy on the training images"
+        return "val accuracy" if self._gate_images().startswith("val") else "accuracy on the training images"
 
     # -- measurement --------------------------------------------------------------------
     def _measure(self, c: Candidate) -> None:

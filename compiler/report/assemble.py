@@ -135,7 +135,8 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
         "dataset": dataset_report,
         "models": models,
         "distillation": comparison,
-        "evaluation": _evaluation(config, dataset, images),
+        "evaluation": _evaluation(config, dataset, images, refit=[t.role for t in (teacher, deployed, baseline)
+                                                                if t is not None and t.training.get("head", {}).get("refit")]),
         "artifacts": artifacts,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
@@ -152,7 +153,7 @@ def _correct(trained: TrainedModel, y_true, held_out: bool) -> np.ndarray:
     return pred == np.asarray(y_true)
 
 
-def _evaluation(config, dataset, images: ImageCache) -> dict:
+def _evaluation(config, dataset, images: ImageCache, refit: list[str] = ()) -> dict:
     """How every accuracy in the report was obtained, in words and figures."""
     n_train, n_val, n_test = (len(dataset.splits[s]) for s in ("train", "val", "test"))
     given = "given" if "test" not in dataset.carved else "carved from the training images"
@@ -165,10 +166,11 @@ def _evaluation(config, dataset, images: ImageCache) -> dict:
     else:
         choices = (f"the validation split ({n_val} images) chose between each model's linear probe and its "
                    "fine-tuning or distillation (early stopping); the probe's C came from 5-fold cross-validation")
-        if config.refits_kept_probe:
-            choices += (f". Where val kept the probe of a deployed model (or the baseline), the probe was then refit on train + val "
-                        f"({n_train + n_val} images), C chosen again by 5-fold cross-validation, so the val figures of that "
-                        "model (the quantization gate's) are no longer held out")
+        if refit:
+            who = " and the ".join(dict.fromkeys(refit))
+            choices += (f". Val kept the {who}'s probe, which was then refit on train + val ({n_train + n_val} images), C chosen "
+                        "again by 5-fold cross-validation: its val figures (the quantization gate's, which then checks fidelity "
+                        "to fp32, as under cross-validation) are no longer held out")
     test = (f"accuracies marked test are on the held-out test split ({n_test} images, {given}), which decided nothing"
             if images.held_out["test"] else
             "there is no test split: model accuracies are cross-validated estimates (marked cv); the exported files "

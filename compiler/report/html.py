@@ -140,6 +140,10 @@ def _gallery_section(report: dict) -> list[str]:
 
 def _selection_table(report: dict) -> list[str]:
     """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
+    from edgetl.compiler.training.probe import (
+        features_name,  # numpy only: no TensorFlow
+    )
+
     rows = []
     for role, model in report["models"].items():
         head = model.get("training", {}).get("head") or {}
@@ -156,7 +160,8 @@ def _selection_table(report: dict) -> list[str]:
             won = "the linear probe" if selection.get("probe_kept") else (
                 f"{selection.get('chosen_epochs')} epochs of training" + (f" ({selection['recipe']})" if selection.get("recipe") else ""))
             if selection.get("probe_kept") and refit:
-                won += f", then refit on train + val ({refit['images']} images, C={refit['C']:g} by {refit['folds']}-fold CV)"
+                reads = f", {features_name(refit.get('columns'))}" if head.get("cv_log_loss_by_features") else ""
+                won += f", then refit on train + val ({refit['images']} images, C={refit['C']:g}{reads} by {refit['folds']}-fold CV)"
             why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
                 why += ": not beyond noise, so the probe is kept"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from edgetl.compiler.data.image_store import ImageCache
 from edgetl.compiler.progress import console
 from edgetl.compiler.spec.config import CompileConfig
@@ -22,10 +23,18 @@ def optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, de
 
     distilled = deployed is not teacher
     threads = config.threads or default_threads(target.threads if target else 4)
+    # A head refit on train + val: the pruned, clustered and QAT candidates fine-tune on val too,
+    # as the float model was fit on it, so the gate on val compares like with like.
+    val_seen = bool(deployed.training.get("head", {}).get("refit"))
+    views = student_views(config, teacher if distilled else None, deployed.input_size, images)
+    if val_seen:
+        x_val, y_val = images.get("val", views[0].size)
+        views = views[0].concat(x_val), np.concatenate([views[1], y_val])
     optimizer = Optimizer(
         float_model=deployed.model,
         teacher_model=teacher.model if distilled else None,
-        train_views=student_views(config, teacher if distilled else None, deployed.input_size, images),
+        train_views=views,
+        val_seen=val_seen,
         config=config,
         images=images,
         size=deployed.input_size,

@@ -158,8 +158,9 @@ def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
     of the frozen backbone (the probe was kept, so the backbone is the one the probe read) and
     a probe fit on cached features. Trained models (fine-tuned or distilled) are not refit: that
     would be a second training. Under cross-validation the deployed model is already refit on
-    every labelled image. The test split is untouched; the quantization gate's val images were
-    then seen by the head, which it compares float and int8 on, not measure accuracy with.
+    every labelled image. The test split is untouched. The quantization gate's val images were
+    then seen by the head: the optimize stage fine-tunes its candidates (QAT, pruning) on them
+    too, so the gate checks fidelity to the float model there, as under cross-validation.
     """
     selection = trained.selection
     if not images.held_out["val"] or not selection or not selection.get("probe_kept"):
@@ -182,6 +183,7 @@ def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
              "cv_accuracy": float(probe.cv_accuracy[probe.C]), "seconds": time.perf_counter() - start}
     # A new head record: the student's and the baseline's records share the head stage's dict.
     trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
-    console.print(f"    {trained.role}: the kept linear probe refit on train + val ({refit['images']} images): C={probe.C:g} on the "
-                  f"{features_name(probe.columns)}'s features, {probe.folds}-fold CV accuracy {refit['cv_accuracy']:.1%}")
+    read = f" on the {features_name(probe.columns)}'s features" if final_pool_width(trained.model) is not None else ""
+    console.print(f"    {trained.role}: the kept linear probe refit on train + val ({refit['images']} images): C={probe.C:g}{read}, "
+                  f"{probe.folds}-fold CV accuracy {refit['cv_accuracy']:.1%}")
     return trained
