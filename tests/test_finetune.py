@@ -56,3 +56,26 @@ def test_epoch_progress_counts_only_the_epochs_this_fit_ran():
     x, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
     model.fit(x, y, initial_epoch=3, epochs=5, callbacks=[progress], verbose=0)
     assert progress.ended == 2 and advanced == [1, 1]
+
+
+def test_a_resumed_fit_that_beats_nothing_ends_on_the_probe_not_on_the_restored_weights(monkeypatch):
+    """A backup restored at the fit's start (BackupAndRestore in multi-device runs) replaces the
+    weights before KeepBest's on_train_begin; when no epoch beats the probe's score, the model
+    must end on the probe's weights, which is what the record says it deploys."""
+    from edgetl._compat import keras
+    from edgetl.compiler.training import finetune
+
+    class Restore(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.set_weights([w + 1.0 for w in self.model.get_weights()])
+
+    monkeypatch.setattr(finetune, "fit_callbacks", lambda: [Restore()])
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    probe = [w.copy() for w in model.get_weights()]
+    x, y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], np.array([0, 1, 0, 1])
+    keep = finetune.KeepBest(patience=3, baseline=(1.0, 0.0))  # a score no epoch can beat
+    result = finetune._fit(model, (x, y), (x, y), 2, keep, "resumed", batch_size=4, val_batch_size=4)
+    assert result.best_epoch == 0
+    for got, want in zip(model.get_weights(), probe):
+        np.testing.assert_array_equal(got, want)

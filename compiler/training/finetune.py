@@ -102,9 +102,18 @@ class KeepBest(keras.callbacks.Callback):
         self._start_weights = None
         self._wait = 0
 
+    def hold_start(self, weights: list) -> None:
+        """The weights the fit starts from (the probe's), taken before the fit begins: a fit
+        resumed from a backup (BackupAndRestore, multi-device runs) has already replaced them
+        by the interrupted run's when on_train_begin is called, and those must not be kept
+        under the probe's name when no epoch beats the probe's score."""
+        self._start_weights = weights
+
     def on_train_begin(self, logs=None):
         self.target = self.target or self.model
-        self._best_weights = self._start_weights = self.target.get_weights()
+        if self._start_weights is None:
+            self._start_weights = self.target.get_weights()
+        self._best_weights = self._start_weights
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -221,6 +230,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
     if epochs == 0:  # `--finetune-epochs 0` / `--distill-epochs 0`: the stage is skipped
         return StageResult(epochs_run=0, best_epoch=0, best_val_accuracy=keep_best.best[0])
     start = time.perf_counter()
+    keep_best.hold_start((keep_best.target or model).get_weights())
     with progress_bar(description, epochs) as advance:
         progress = EpochProgress(advance)
         fitted = model.fit(
@@ -228,8 +238,8 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
             batch_size=batch_size,
             validation_data=validation_data(val, val_batch_size),
             epochs=epochs,
-            # BackupAndRestore (multi-device runs) first: it restores the weights before
-            # KeepBest records where the fit starts.
+            # BackupAndRestore (multi-device runs) restores an interrupted fit's weights and
+            # epoch; KeepBest holds the probe's weights from before the fit (hold_start above).
             callbacks=[*fit_callbacks(), keep_best, progress],
             verbose=0,
         )
