@@ -332,7 +332,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
                     cache, "baseline", keys["baseline"], lambda: train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
                 if deployed.training.get("head", {}).get("refit"):  # on the same footing as the student it is compared with
-                    baseline = refit_kept_probe(baseline, images, config)
+                    baseline = refit_kept_probe(baseline, images, config, like=deployed)
 
     if not distribution.is_default(strategy):
         _plain_copies(config, len(classes), teacher, deployed, baseline)

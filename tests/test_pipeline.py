@@ -380,6 +380,21 @@ def test_a_probe_kept_on_val_is_refit_on_train_and_val(tmp_path):
     assert kept.training["head"]["refit"]["images"] == len(y) + len(yv)
     np.testing.assert_array_equal(replaced.model.get_layer(LOGITS_LAYER).get_weights()[0], before)
     assert "refit" not in replaced.training["head"]
+
+    # The baseline's refit: the same backbone as an already refit model takes its head as it is;
+    # another backbone is fit on its own features.
+    twin = trained(True)
+    twin.model.set_weights(kept.model.get_weights())
+    twin.model.get_layer(LOGITS_LAYER).set_weights([w * 0 for w in twin.model.get_layer(LOGITS_LAYER).get_weights()])
+    refit_kept_probe(twin, images, config, like=kept)
+    np.testing.assert_array_equal(twin.model.get_layer(LOGITS_LAYER).get_weights()[0], kept.model.get_layer(LOGITS_LAYER).get_weights()[0])
+    assert twin.training["head"]["refit"]["copied_from"] == "teacher"
+    other = trained(True)  # fresh random backbone
+    refit_kept_probe(other, images, config, like=kept)
+    assert "copied_from" not in other.training["head"]["refit"]
+    own = fit_probe(extract_features(other.model, x.concat(xv), 32, "check"), np.concatenate([y, yv]), 3, seed=config.seed,
+                    first_columns=final_pool_width(other.model))
+    np.testing.assert_allclose(other.model.get_layer(LOGITS_LAYER).get_weights()[0], own.kernel, rtol=1e-5, atol=1e-6)
     images.close()
 
 

@@ -149,7 +149,7 @@ def say_choice(role: str, choice) -> None:
 
 
 
-def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
+def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel | None = None) -> TrainedModel:
     """Under held-out selection, when the val split kept `trained`'s linear probe: refit the probe
     on train + val, its C and feature columns chosen again by 5-fold cross-validation on them.
 
@@ -161,6 +161,10 @@ def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
     every labelled image. The test split is untouched. The quantization gate's val images were
     then seen by the head: the optimize stage fine-tunes its candidates (QAT, pruning) on them
     too, so the gate checks fidelity to the float model there, as under cross-validation.
+
+    like: a model already refit (the student, for the baseline). Where every weight but the
+    head's is the same (both kept the probe of one head stage), its refit head is the answer
+    (the same features, the same fit), so it is copied instead of computed twice.
     """
     selection = trained.selection
     if not images.held_out["val"] or not selection or not selection.get("probe_kept"):
@@ -172,6 +176,13 @@ def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
     from edgetl.models import LOGITS_LAYER, final_pool_width
 
     start = time.perf_counter()
+    if like is not None and like.training.get("head", {}).get("refit") and _same_backbone(trained.model, like.model):
+        trained.model.get_layer(LOGITS_LAYER).set_weights(like.model.get_layer(LOGITS_LAYER).get_weights())
+        refit = {**like.training["head"]["refit"], "copied_from": like.role, "seconds": time.perf_counter() - start}
+        trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
+        console.print(f"    {trained.role}: the kept linear probe refit on train + val: the {like.role}'s refit head "
+                      "(the same backbone weights, so the same fit)")
+        return trained
     size = trained.input_size
     (x, y), (xv, yv) = images.get("train", size), images.get("val", size)
     x_all, y_all = x.concat(xv), np.concatenate([y, yv])
@@ -187,3 +198,20 @@ def refit_kept_probe(trained: TrainedModel, images, config) -> TrainedModel:
     console.print(f"    {trained.role}: the kept linear probe refit on train + val ({refit['images']} images): C={probe.C:g}{read}, "
                   f"{probe.folds}-fold CV accuracy {refit['cv_accuracy']:.1%}")
     return trained
+
+
+def _same_backbone(a, b) -> bool:
+    """Whether two models of one architecture hold the same weights everywhere but the head."""
+    from edgetl.models import LOGITS_LAYER
+
+    if len(a.layers) != len(b.layers):
+        return False
+    for la, lb in zip(a.layers, b.layers):  # by position: auto-named layers differ between two builds
+        if (la.name == LOGITS_LAYER) != (lb.name == LOGITS_LAYER):
+            return False
+        if la.name == LOGITS_LAYER:
+            continue
+        wa, wb = la.get_weights(), lb.get_weights()
+        if len(wa) != len(wb) or not all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb)):
+            return False
+    return True
