@@ -167,6 +167,7 @@ def holdout_refit(f: np.ndarray, y: np.ndarray, f_test: np.ndarray, y_test: np.n
                   carvings: int, val_fraction: float = 0.15) -> dict:
     """The probe on 1 - val_fraction of the images (stratified, per carving seed) against the
     probe on all of them, on the test images: accuracy and cross-entropy of each."""
+    from edgetl.benchmarks.selection_threshold import carve_val
     from edgetl.compiler.training.probe import fit_probe
 
     def scored(rows) -> tuple[float, float]:
@@ -177,9 +178,7 @@ def holdout_refit(f: np.ndarray, y: np.ndarray, f_test: np.ndarray, y_test: np.n
     everything = scored(np.arange(len(y)))
     rows = []
     for seed in range(carvings):
-        rng = np.random.default_rng(seed)
-        kept = np.sort(np.concatenate([
-            (lambda idx: idx[: round(len(idx) * (1 - val_fraction))])(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)]))
+        kept, _ = carve_val(y, seed, val_fraction)
         accuracy, loss = scored(kept)
         rows.append({"seed": seed, "train_images": int(len(kept)), "train_only": {"accuracy": accuracy, "log_loss": loss}})
         print(f"carving {seed}: probe on {len(kept)} images {accuracy:.1%} (cross-entropy {loss:.4f}); "

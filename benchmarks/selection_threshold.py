@@ -26,10 +26,15 @@ import numpy as np
 from edgetl.compiler.training.probe import C_GRID, fit_probe, fit_probe_at
 
 
-def holdout_choice(x, y, seed: int, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray, float]:
+def carve_val(y, seed: int, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, val rows): a seeded stratified share of each class held out, at least one."""
     rng = np.random.default_rng(seed)
     val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: max(1, round(val_fraction * np.sum(y == c)))] for c in np.unique(y)])
-    train = np.setdiff1d(np.arange(len(y)), val)
+    return np.setdiff1d(np.arange(len(y)), val), val
+
+
+def holdout_choice(x, y, seed: int, val_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray, float]:
+    train, val = carve_val(y, seed, val_fraction)
     k = int(y.max()) + 1
     scores = {}
     for C in sorted(C_GRID):

@@ -305,7 +305,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
         with stages.stage("teacher", f"fine-tuning teacher {config.teacher} ({teacher_config.input_size} px)"):
             teacher = cached(cache, "teacher", keys["teacher"], lambda: in_training_precision(
                 config, teacher_config, len(classes), lambda: train_teacher(config, teacher_config, images, len(classes), strategy, dataset.selection)))
-            if not config.distills and config.refits_kept_probe:  # deployed itself; a teacher distilled from keeps the fit its student was chosen with
+            if not config.distills:  # deployed itself; a teacher distilled from keeps the fit its student was chosen with
                 teacher = refit_kept_probe(teacher, images, config)
             save_keras(teacher.model, out / TEACHER_FILE)
 
@@ -323,15 +323,14 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
             deployed = cached(
                 cache, "student", keys["student"], lambda: distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
-            if config.refits_kept_probe:
-                deployed = refit_kept_probe(deployed, images, config)
+            deployed = refit_kept_probe(deployed, images, config)
             save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
             with stages.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
                 baseline = cached(
                     cache, "baseline", keys["baseline"], lambda: train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
-                if deployed.training.get("head", {}).get("refit"):  # on the same footing as the student it is compared with
+                if deployed.head_refit:  # on the same footing as the student it is compared with
                     baseline = refit_kept_probe(baseline, images, config, like=deployed)
 
     if not distribution.is_default(strategy):

@@ -136,7 +136,7 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
         "models": models,
         "distillation": comparison,
         "evaluation": _evaluation(config, dataset, images, refit=[t.role for t in (teacher, deployed, baseline)
-                                                                if t is not None and t.training.get("head", {}).get("refit")]),
+                                                                if t is not None and t.head_refit]),
         "artifacts": artifacts,
         "deployed": {"model": deployed.role, "tflite": TFLITE_FILE, "onnx": ONNX_FILE},
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},

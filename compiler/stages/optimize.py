@@ -25,7 +25,7 @@ def optimize(config: CompileConfig, target, out: Path, teacher: TrainedModel, de
     threads = config.threads or default_threads(target.threads if target else 4)
     # A head refit on train + val: the pruned, clustered and QAT candidates fine-tune on val too,
     # as the float model was fit on it, so the gate on val compares like with like.
-    val_seen = bool(deployed.training.get("head", {}).get("refit"))
+    val_seen = deployed.head_refit is not None
     views = student_views(config, teacher if distilled else None, deployed.input_size, images)
     if val_seen:
         x_val, y_val = images.get("val", views[0].size)

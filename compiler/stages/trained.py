@@ -37,6 +37,11 @@ class TrainedModel:
     features: np.ndarray | None = None
 
     @property
+    def head_refit(self) -> dict | None:
+        """The record of the refit of its kept probe on train + val (refit_kept_probe), if any."""
+        return (self.training.get("head") or {}).get("refit")
+
+    @property
     def selection(self) -> dict | None:
         """How this model's recipe was chosen: the probe or training, by CV or on val."""
         stage = {"teacher": self.training, "student": self.training.get("distillation"), "baseline": self.training.get("labels_only")}.get(self.role)
@@ -158,7 +163,8 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
     of the frozen backbone (the probe was kept, so the backbone is the one the probe read) and
     a probe fit on cached features. Trained models (fine-tuned or distilled) are not refit: that
     would be a second training. Under cross-validation the deployed model is already refit on
-    every labelled image. The test split is untouched. The quantization gate's val images were
+    every labelled image, and under --adapt nothing is refit (CompileConfig.refits_kept_probe).
+    The test split is untouched. The quantization gate's val images were
     then seen by the head: the optimize stage fine-tunes its candidates (QAT, pruning) on them
     too, so the gate checks fidelity to the float model there, as under cross-validation.
 
@@ -167,7 +173,7 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
     (the same features, the same fit), so it is copied instead of computed twice.
     """
     selection = trained.selection
-    if not images.held_out["val"] or not selection or not selection.get("probe_kept"):
+    if not config.refits_kept_probe or not images.held_out["val"] or not selection or not selection.get("probe_kept"):
         return trained
     import time
 
@@ -176,9 +182,9 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
     from edgetl.models import LOGITS_LAYER, final_pool_width
 
     start = time.perf_counter()
-    if like is not None and like.training.get("head", {}).get("refit") and _same_backbone(trained.model, like.model):
+    if like is not None and like.head_refit and _same_backbone(trained.model, like.model):
         trained.model.get_layer(LOGITS_LAYER).set_weights(like.model.get_layer(LOGITS_LAYER).get_weights())
-        refit = {**like.training["head"]["refit"], "copied_from": like.role, "seconds": time.perf_counter() - start}
+        refit = {**like.head_refit, "copied_from": like.role, "seconds": time.perf_counter() - start}
         trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
         console.print(f"    {trained.role}: the kept linear probe refit on train + val: the {like.role}'s refit head "
                       "(the same backbone weights, so the same fit)")
