@@ -171,7 +171,7 @@ def compile_command(
     selection: Annotated[
         Selection, typer.Option(help="How the probe, fine-tuning and epochs are chosen and accuracy estimated: auto (cross-validation below --cv-below images, else a val split), cv or holdout.", rich_help_panel="Data")
     ] = _DEFAULT["selection"],
-    cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled training images below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = _DEFAULT["cv_below"],
+    cv_below: Annotated[int, typer.Option(min=0, help="With --selection auto: labelled images for training and choosing (a test split the held-out way would carve not counted) below which cross-validation is used and no val/test is carved.", rich_help_panel="Data")] = _DEFAULT["cv_below"],
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds for the training choices (each fold trains).", rich_help_panel="Data")] = _DEFAULT["folds"],
     search: Annotated[
         bool, typer.Option("--search/--no-search", help="Under cross-validation, also choose the recipe: fine-tuning at 1x and 3x its learning rate and one stage deeper, distillation at --temperature/--alpha and as function matching (T 1, teacher only). Each recipe trains once more per fold.", rich_help_panel="Data")

@@ -213,6 +213,11 @@ def _class_rng(seed: int, cls: str) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(cls.encode("utf-8"))])
 
 
+def _carved_size(n: int, fraction: float) -> int:
+    """How many of a class's n images a split of `fraction` takes (at least one when asked for)."""
+    return max(1, round(n * fraction)) if fraction > 0 else 0
+
+
 def _carve(
     pool: list[Path], fractions: dict[str, float], seed: int, cls: str, where: str
 ) -> dict[str, list[Path]]:
@@ -226,7 +231,7 @@ def _carve(
             f"class '{cls}' has {n} usable image(s) in {where}, too few to split into {splits} "
             f"(minimum {need}); add images to '{cls}' or provide the split folders yourself"
         )
-    sizes = {s: max(1, round(n * f)) for s, f in wanted.items()}
+    sizes = {s: _carved_size(n, f) for s, f in wanted.items()}
     # Rounding up to 1 each may eat train on tiny classes: shrink the largest carved split.
     while n - sum(sizes.values()) < 1:
         biggest = max(sizes, key=lambda s: sizes[s])
@@ -394,9 +399,16 @@ def scan_dataset(
         usable[key] = good
 
     # Small data: no split is carved, cross-validation makes the choices (compiler/training/crossval.py).
+    # The threshold counts the labelled images that training and the choices would share: a test
+    # split the held-out path would carve is not among them. Without that, 672 images in class
+    # folders went the held-out way (672 >= 600) and trained and chose on 576 of them (480 + 96
+    # val), below the threshold, while 96 more sat in a carved test split.
     groups = ("train", "val") if layout == "splits" else ("all",)
     pool = sum(len(usable.get((g, c), [])) for g in groups for c in classes)
-    use_cv = selection == "cv" or (selection == "auto" and pool < cv_below)
+    carves_test = layout != "splits" or "test" not in layout_dirs
+    source_group = "train" if layout == "splits" else "all"
+    test_carve = sum(_carved_size(len(usable[(source_group, c)]), test_fraction) for c in classes) if carves_test else 0
+    use_cv = selection == "cv" or (selection == "auto" and pool - test_carve < cv_below)
     if use_cv:
         val_fraction = test_fraction = 0.0
         if "val" in layout_dirs:  # a given val/ is labelled data: cross-validation uses it too

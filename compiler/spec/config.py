@@ -117,7 +117,9 @@ class CompileConfig:
     test_fraction: float = 0.15
     # Small data (compiler/training/crossval.py): below `cv_below` labelled training images, choices
     # (probe or fine-tuning, and for how many epochs) are made by `folds`-fold cross-validation
-    # and nothing is carved for val or test; the deployed model is refit on all of them.
+    # and nothing is carved for val or test; the deployed model is refit on all of them. The
+    # count leaves out a test split that the held-out way would carve (no test/ given), so it is
+    # the images training and choosing would have either way.
     # "holdout" or "cv" force one way. 600: a 15% val split of fewer than ~90 images moves by
     # more than a point per image, too coarse to pick epochs or the probe on its own.
     # 3 folds, not 5: each fold trains the model, so the cost is (folds - 1) trainings on the

@@ -118,6 +118,27 @@ def test_splits_layout_carves_missing_val_from_train(tmp_path):
     }
 
 
+def test_cv_threshold_counts_what_training_and_choosing_would_share(tmp_path):
+    """--cv-below compares the labelled images left for training and choosing: a test split that
+    the held-out way would carve is not among them, a given test/ never was."""
+    flat = make_class_folders(tmp_path / "flat", {"a": 20, "b": 20})  # held-out would carve 3 + 3 for test
+    assert scan_dataset(flat, selection="auto", cv_below=35).selection == "cv"  # 34 < 35
+    held = scan_dataset(flat, selection="auto", cv_below=34)
+    assert held.selection == "holdout" and held.counts()["test"] == {"a": 3, "b": 3}
+    cv = scan_dataset(flat, selection="auto", cv_below=35)
+    assert cv.carved == {} and len(cv.splits["train"]) == 40  # nothing held back
+
+    given = tmp_path / "given"
+    make_class_folders(given / "train", {"a": 20, "b": 20})
+    make_class_folders(given / "test", {"a": 4, "b": 4})
+    assert scan_dataset(given, selection="auto", cv_below=35).selection == "holdout"  # 40: test/ is not carved
+    assert scan_dataset(given, selection="auto", cv_below=41).selection == "cv"
+
+    only_train = tmp_path / "only_train"
+    make_class_folders(only_train / "train", {"a": 20, "b": 20})
+    assert scan_dataset(only_train, selection="auto", cv_below=35).selection == "cv"  # 40 - 6 carved for test
+
+
 def test_splits_layout_all_given_and_both_carved(tmp_path):
     root = tmp_path / "given"
     for split, n in (("train", 6), ("val", 2), ("test", 2)):
