@@ -140,9 +140,9 @@ def _gallery_section(report: dict) -> list[str]:
 
 def _selection_table(report: dict) -> list[str]:
     """Each trained model's two candidates (its linear probe, its best training) and which won, why."""
-    from edgetl.compiler.training.probe import (
-        features_name,  # numpy only: no TensorFlow
-    )
+    # numpy only: no TensorFlow
+    from edgetl.compiler.training.crossval import kept_because
+    from edgetl.compiler.training.probe import features_name
 
     rows = []
     for role, model in report["models"].items():
@@ -164,7 +164,7 @@ def _selection_table(report: dict) -> list[str]:
                 won += f", then refit on train + val ({refit['images']} images, C={refit['C']:g}{reads} by {refit['folds']}-fold CV)"
             why = versus["verdict"] if versus and versus.get("best_epochs") else "training never scored above the probe"
             if versus and versus.get("best_epochs") and selection.get("probe_kept"):
-                why += ": not beyond noise, so the probe is kept"
+                why += ": " + kept_because(versus)
             rows.append(f"<tr><td>{_e(role)}: {_e(stage)}</td><td>{_e(selection.get('method', ''))}</td>"
                         f"<td>{_e(_describe(probe) + read)}</td><td>{_e(trained)}</td><td>{_e(won)}</td><td>{_e(why)}</td></tr>")
     if not rows:

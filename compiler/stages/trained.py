@@ -13,6 +13,7 @@ import numpy as np
 from edgetl.compiler.cache import StageCache
 from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.progress import console
+from edgetl.compiler.training.crossval import kept_because
 from edgetl.models import ModelConfig, get_config
 
 
@@ -147,7 +148,8 @@ def say_choice(role: str, choice) -> None:
         if choice.versus_probe["best_epochs"] == 0:
             console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")
         else:
-            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}, not beyond noise")
+            console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): {choice.versus_probe['verdict']}: "
+                          f"{kept_because(choice.versus_probe)}")
     else:
         recipe = f" ({choice.recipe})" if choice.recipe else ""
         console.print(f"    {role}: {choice.epochs} epochs chosen{recipe}, {choice.estimate.describe()}; {choice.versus_probe['verdict']}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.training.crossval import choose_recipe, stratified_folds
+from edgetl.compiler.training.crossval import choose_recipe, held_fold_of, stratified_folds
 from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
 from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
 from edgetl.compiler.training.distribution import fit_callbacks
@@ -126,7 +126,7 @@ def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs
                     with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
                         model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
                                   callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
-        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names)
+        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names, held_fold=held_fold_of(splits, len(y)))
         fold_weights = [snapshots.load(choice.recipe_index, f, choice.epochs) for f in range(len(splits))]
     finally:
         snapshots.close()
@@ -179,7 +179,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
                 with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
                     distiller.fit(distillation_dataset(xv, yv, batch_size, seed + f), epochs=epochs,
                                   callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
-        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names)
+        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names, held_fold=held_fold_of(splits, len(y)))
     finally:
         student.set_weights(student_start)
         if teacher is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, stratified_folds
+from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, held_fold_of, stratified_folds
 from edgetl.compiler.training.probe import fit_probe, fit_probe_at
 from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
@@ -256,3 +256,61 @@ def test_cross_validation_reads_the_pooled_block_only_when_it_helps():
     refit = fit_probe_at(np.concatenate([x, noise], 1), y, 3, rejected.C, columns=rejected.columns)
     assert not refit.kernel[24:].any() and refit.columns == 24
     np.testing.assert_allclose(refit.kernel, rejected.kernel, rtol=1e-5, atol=1e-6)
+
+
+def _folds_of(n: int, k: int) -> np.ndarray:
+    return np.arange(n) % k
+
+
+def test_held_fold_of_names_the_fold_holding_each_image_out():
+    labels = np.repeat(np.arange(3), 10)
+    splits = stratified_folds(labels, 3, seed=1)
+    fold = held_fold_of(splits, len(labels))
+    for f, (_, held) in enumerate(splits):
+        assert (fold[held] == f).all()
+    with pytest.raises(ValueError, match="every image"):
+        held_fold_of(splits[:2], len(labels))
+
+
+def test_a_gain_each_fold_owes_to_its_own_luck_keeps_the_probe():
+    """Each epoch fixes the probe's errors in one fold only: the best point leads beyond noise,
+    but an epoch chosen on the other folds gains nothing on the fold left out."""
+    n, k = 120, 3
+    fold = _folds_of(n, k)
+    probe_row = np.ones(n, bool)
+    wrong = np.concatenate([np.flatnonzero(fold == f)[:10] for f in range(k)])
+    probe_row[wrong] = False  # 90 of 120, 10 wrong in each fold
+    rows = [probe_row]
+    for f in range(k):
+        row = probe_row.copy()
+        row[wrong[fold[wrong] == f]] = True
+        rows.append(row)
+    curve = np.stack(rows)
+    old = choose_epochs(curve, folds=k)
+    assert old.epochs == 1 and old.versus_probe["significant"]  # without the nested check: trained
+    choice = choose_epochs(curve, folds=k, held_fold=fold)
+    assert choice.probe_kept and choice.versus_probe["best_epochs"] == 1
+    nested = choice.versus_probe["nested"]
+    assert nested["difference"] == 0 and not nested["significant"]
+    assert [p["epochs"] for p in nested["per_fold"]] == [2, 1, 1]
+    assert "chosen on the other folds" in choice.versus_probe["verdict"]
+
+
+def test_a_gain_that_holds_in_every_fold_is_taken_with_the_nested_estimate():
+    n, k = 120, 3
+    fold = _folds_of(n, k)
+    probe_row = np.ones(n, bool)
+    wrong = np.concatenate([np.flatnonzero(fold == f)[:10] for f in range(k)])
+    probe_row[wrong] = False
+    steady = probe_row.copy()  # epoch 1: 8 of the 10 fixed in every fold
+    for f in range(k):
+        steady[wrong[fold[wrong] == f][:8]] = True
+    lopsided = probe_row.copy()  # epoch 2: all 10 fixed in folds 0 and 1, none in fold 2
+    lopsided[wrong[fold[wrong] < 2]] = True
+    pred = np.where(np.stack([probe_row, steady, lopsided]), 1, 0)  # class 1 is right everywhere
+    choice = choose_epochs(np.stack([probe_row, steady, lopsided]), folds=k, oof_pred=pred, held_fold=fold)
+    assert choice.epochs == 1 and choice.versus_probe["nested"]["significant"]
+    # Fold 2 is scored at epoch 2, which folds 0 and 1 chose, and gains nothing there.
+    assert [p["epochs"] for p in choice.versus_probe["nested"]["per_fold"]] == [1, 1, 2]
+    assert choice.estimate.correct == 90 + 8 + 8 and choice.accuracy_by_epoch[1] == (90 + 24) / 120
+    assert sum(choice.oof_pred) == choice.estimate.correct  # the report's predictions are the nested ones
