@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-CACHE_FORMAT = 7  # bump when a cached stage's meaning changes
+CACHE_FORMAT = 8  # bump when a cached stage's meaning changes
 
 
 def default_cache_root() -> Path:

@@ -11,19 +11,17 @@ from conftest import colour_images
 def test_recipes_share_their_random_numbers_so_only_the_setting_differs():
     from edgetl.compiler.training.cv_training import finetune_cv
     from edgetl.compiler.training.finetune import extract_features
-    from edgetl.compiler.training.probe import fit_probe
     from edgetl.models import create_model, get_config
 
     x, _ = colour_images(36, seed=0)
     y = np.random.default_rng(1).integers(0, 4, 36)  # random labels: every epoch's score hangs on the crops and dropout drawn
     model = create_model("tiny_cnn", weights=None, num_classes=4)
     features = extract_features(model, x, 12, "features")
-    probe = fit_probe(features, y, 4)
     # Two recipes with the same setting under different names: their curves must be the same;
     # the deeper one trains more layers, so its curve differs.
     top = get_config("tiny_cnn").unfreeze_from
     choice, fold_weights, splits = finetune_cv(
-        model, x=x, y=y, features=features, probe=probe, num_classes=4, epochs=3,
+        model, x=x, y=y, features=features, num_classes=4, epochs=3,
         recipes={"first": (0.05, top), "second": (0.05, top), "deeper": (0.05, get_config("tiny_cnn").deeper_unfreeze_from)},
         batch_size=6, folds=3, seed=0, label="test",
     )

@@ -152,16 +152,12 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
     from edgetl.compiler.training.finetune import extract_features, set_trainable_top
     from edgetl.compiler.training.crossval import stratified_folds
-    from edgetl.compiler.training.probe import fit_probe_at
-
     start = time.perf_counter()
     size = head.input_size
     x, y = images.get("train", size)
     if head.features is None:  # the head came from the stage cache: its features were not kept
         head.features = extract_features(student, x, config.batch_size, f"{description}: features")
     features = head.features
-    # C and the feature columns as the head stage chose them
-    probe = fit_probe_at(features, y, num_classes, head.training["head"]["C"], columns=head.training["head"].get("columns"))
     view_size = max(size, teacher.input_size) if teacher is not None else size
     x_views, _ = images.get("train", view_size)
     unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None
@@ -177,7 +173,7 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
         # The fold weights start at the depth the teacher's chosen recipe fine-tuned from.
         teacher_unfreeze_from=teacher.training["unfreeze_from"] if teacher is not None else None,
         teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
-        features=features, probe=probe, num_classes=num_classes, epochs=config.distill_epochs,
+        features=features, num_classes=num_classes, epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,
         seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
     )

@@ -74,7 +74,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     model.set_weights(pretrained)
     recipes = finetune_recipes(config, model_config, cross_validated=True)
     choice, fold_weights, _ = finetune_cv(
-        model, x=x, y=y, features=features, probe=probe,
+        model, x=x, y=y, features=features,
         num_classes=num_classes, epochs=config.finetune_epochs, recipes=recipes,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
     )

@@ -2,8 +2,9 @@
 
 For a model whose probe (compiler/training/probe.py) is already fitted on all labelled images:
 
-1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (same
-   C), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
+1. Per fold: the backbone as pretrained plus a probe fitted on the fold's training part (its C
+   and feature columns chosen by cross-validation inside that part, so the fold's held-out
+   labels choose nothing), then fine-tuning (teacher) or distillation (student) of the top for E epochs on that
    part, scoring the held-out part after every epoch. Epoch 0 is the probe itself.
    With several recipes (learning rate and depth for fine-tuning; temperature and the
    teacher's share for distillation: CompileConfig.finetune_recipes, distill_recipes), step 1
@@ -28,7 +29,7 @@ import numpy as np
 from edgetl._compat import keras, tf
 from edgetl.compiler.training.crossval import choose_recipe, held_fold_of, stratified_folds
 from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
-from edgetl.compiler.training.probe import Probe, fit_probe_at, set_head
+from edgetl.compiler.training.probe import Probe, fit_probe, set_head
 from edgetl.compiler.training.distribution import fit_callbacks
 from edgetl.compiler.data.image_store import DiskImages, rows_of
 from edgetl.compiler.progress import progress_bar
@@ -83,25 +84,31 @@ class FoldSnapshots:
         self._dir.cleanup()
 
 
-def fold_probe(features: np.ndarray, y: np.ndarray, train_idx, num_classes: int, probe: Probe) -> Probe:
-    """The probe refitted on a fold's training part, at the C (and on the feature columns)
-    chosen on all images."""
-    return fit_probe_at(features[train_idx], y[train_idx], num_classes, probe.C, columns=probe.columns)
+def fold_probes(features: np.ndarray, y: np.ndarray, splits, num_classes: int, first_columns: int | None,
+                seed: int) -> list[Probe]:
+    """Each fold's probe, fitted on its training part with C and the feature columns chosen by
+    cross-validation inside that part (as fit_probe chooses them on all images for the deployed
+    model): the images a fold holds out choose nothing, so the probe's out-of-fold score is as
+    honest as training's. Fitted once per fold and shared by the recipes."""
+    return [fit_probe(features[tr], y[tr], num_classes, seed=seed, first_columns=first_columns) for tr, _ in splits]
 
 
 def recipe_label(label: str, recipe: str, recipes: int) -> str:
     return f"{label} ({recipe})" if recipes > 1 else label
 
 
-def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs: int,
+def finetune_cv(model, *, x, y, features, num_classes: int, epochs: int,
                 recipes: dict[str, tuple[float, str]], batch_size: int, folds: int, seed: int, label: str, strategy=None):
     """Out-of-fold curves of fine-tuning from the probe, one per recipe (name: (learning rate,
     first layer unfrozen)); returns (choice, per-fold trainable weights at the chosen recipe and
     epoch, the splits). The weights are those trainable from the chosen recipe's layer (the
     first recipe's when the probe is kept). `model` is returned to its starting weights."""
+    from edgetl.models import final_pool_width
+
     strategy = strategy or tf.distribute.get_strategy()
     start = model.get_weights()
     splits = stratified_folds(y, folds, seed)
+    heads = fold_probes(features, y, splits, num_classes, final_pool_width(model), seed)
     names = list(recipes)
     pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
     snapshots = FoldSnapshots()
@@ -110,7 +117,7 @@ def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs
             learning_rate, unfreeze_from = recipes[name]
             for f, (tr, ho) in enumerate(splits):
                 model.set_weights(start)
-                head = fold_probe(features, y, tr, num_classes, probe)
+                head = heads[f]
                 set_head(model, head)
                 pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
                 set_trainable_top(model, unfreeze_from)
@@ -135,7 +142,7 @@ def finetune_cv(model, *, x, y, features, probe: Probe, num_classes: int, epochs
 
 
 def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: str | None, teacher_fold_weights,
-               splits, x_student, x_views, y, unlabeled_views, features, probe: Probe, num_classes: int, epochs: int,
+               splits, x_student, x_views, y, unlabeled_views, features, num_classes: int, epochs: int,
                learning_rate: float, batch_size: int, settings: dict[str, tuple[float, float]], seed: int, label: str,
                strategy=None):
     """Out-of-fold curves of distillation (teacher None: labels only) from the student's probe,
@@ -147,8 +154,11 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
     """
     from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
 
+    from edgetl.models import final_pool_width
+
     strategy = strategy or tf.distribute.get_strategy()
     student_start = student.get_weights()
+    heads = fold_probes(features, y, splits, num_classes, final_pool_width(student), seed)
     teacher_start = teacher.get_weights() if teacher is not None else None
     names = list(settings)
     pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
@@ -157,7 +167,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
             temperature, alpha = settings[name]
             for f, (tr, ho) in enumerate(splits):
                 student.set_weights(student_start)
-                head = fold_probe(features, y, tr, num_classes, probe)
+                head = heads[f]
                 set_head(student, head)
                 pred[r, 0, ho] = head.predict_proba(features[ho]).argmax(1)
                 if not epochs:
