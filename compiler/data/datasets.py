@@ -18,6 +18,7 @@ This module must stay free of TensorFlow: it is imported by the CLI for quick ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -465,6 +466,8 @@ def scan_dataset(
                 f"metrics will be noisy: add images or provide a {split}/ folder"
             )
 
+    warnings.extend(duplicate_warnings(splits, classes, root))
+
     return Dataset(
         root=root,
         classes=list(classes),
@@ -476,6 +479,55 @@ def scan_dataset(
         seed=seed,
         selection="cv" if use_cv else "holdout",
     )
+
+
+def _fingerprint(path: Path) -> bytes:
+    """A digest of the file's bytes: byte-identical files share it."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], root: Path) -> list[str]:
+    """Warnings about byte-identical image files: a copy in another split is not unseen (the
+    test or val figure counts it as new), a copy under another class is a label conflict, and
+    two copies in train let cross-validation score one by a fold that trained on the other.
+    Web-gathered sets often hold such copies (flowers12's train/iris does, once)."""
+    samples = [(split, s) for split in SPLITS for s in splits.get(split, [])]
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        digests = list(pool.map(lambda item: _fingerprint(item[1].path), samples))
+    groups: dict[bytes, list[tuple[str, Sample]]] = {}
+    for digest, item in zip(digests, samples):
+        groups.setdefault(digest, []).append(item)
+    copies = [g for g in groups.values() if len(g) > 1]
+    if not copies:
+        return []
+
+    def where(sample: Sample) -> str:
+        return sample.path.relative_to(root).as_posix()
+
+    out = []
+    conflicts = [g for g in copies if len({s.label for _, s in g}) > 1]
+    if conflicts:
+        example = " = ".join(f"'{where(s)}' ({classes[s.label]})" for _, s in conflicts[0][:2])
+        out.append(f"{len(conflicts)} image(s) appear under two classes (byte-identical files, e.g. {example}): "
+                   "one of the labels is wrong; keep the file in its right class only")
+    for split in ("test", "val"):
+        seen = [g for g in copies if any(sp == split for sp, _ in g) and any(sp == "train" for sp, _ in g)]
+        if seen:
+            pair = next(s for sp, s in seen[0] if sp == split), next(s for sp, s in seen[0] if sp == "train")
+            out.append(f"{len(seen)} {split} image(s) are byte-identical copies of training images (e.g. "
+                       f"'{where(pair[0])}' = '{where(pair[1])}'): the {split} figures count them as unseen; "
+                       "remove the copies")
+    within = sum(len([1 for sp, _ in g if sp == "train"]) - 1 for g in copies if sum(sp == "train" for sp, _ in g) > 1)
+    if within:
+        pair = next([s for sp, s in g if sp == "train"][:2] for g in copies if sum(sp == "train" for sp, _ in g) > 1)
+        out.append(f"{within} training image(s) are byte-identical copies of other training images (e.g. "
+                   f"'{where(pair[0])}' = '{where(pair[1])}'): they weigh double, and under cross-validation a fold "
+                   "that trained on one copy scores the other; remove the copies")
+    return out
 
 
 def scan_unlabeled(root: str | os.PathLike) -> tuple[list[Sample], list[SkippedFile]]:

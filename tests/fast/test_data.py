@@ -33,10 +33,15 @@ def save_rgb(path: Path, color=(200, 30, 30), size=(16, 16), fmt=None) -> Path:
 
 
 def make_class_folders(root: Path, counts: dict[str, int], ext: str = ".png") -> Path:
-    """root/<class>/img_NNN<ext>, one solid colour per class."""
+    """root/<class>/img_NNN<ext>, one solid colour per class; one corner pixel numbers the image,
+    so no two files are byte-identical copies (which the scan warns about)."""
     for i, (cls, n) in enumerate(sorted(counts.items())):
         for j in range(n):
-            save_rgb(root / cls / f"img_{j:03d}{ext}", PALETTE[i % len(PALETTE)])
+            path = root / cls / f"img_{j:03d}{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = Image.new("RGB", (16, 16), PALETTE[i % len(PALETTE)])
+            img.putpixel((0, 0), (j % 256, j // 256, i % 256))
+            img.save(path)
     return root
 
 
@@ -137,6 +142,24 @@ def test_cv_threshold_counts_what_training_and_choosing_would_share(tmp_path):
     only_train = tmp_path / "only_train"
     make_class_folders(only_train / "train", {"a": 20, "b": 20})
     assert scan_dataset(only_train, selection="auto", cv_below=35).selection == "cv"  # 40 - 6 carved for test
+
+
+def test_byte_identical_copies_are_named(tmp_path):
+    root = make_class_folders(tmp_path / "d", {"a": 20, "b": 20})
+    ds = scan_dataset(root)
+    assert not [w for w in ds.warnings if "byte-identical" in w]
+    # A training image copied into test, one copied within train, one under the other class.
+    test_img, train_img = ds.splits["test"][0].path, ds.splits["train"][0].path
+    test_img.write_bytes(train_img.read_bytes())
+    train_a = [s.path for s in ds.splits["train"] if s.path.parent.name == "a"]
+    train_a[2].write_bytes(train_a[1].read_bytes())
+    (root / "b" / "copy_of_a.png").write_bytes(train_a[3].read_bytes())
+    warnings = [w for w in scan_dataset(root).warnings if "byte-identical" in w]
+    assert any(w.startswith("1 image(s) appear under two classes") for w in warnings), warnings
+    assert any(w.startswith("1 test image(s) are byte-identical copies of training images") for w in warnings), warnings
+    # The copy within train, and the cross-class copy when the carve puts both in train.
+    assert any(w.split(" ", 1)[1].startswith("training image(s) are byte-identical copies of other training images")
+               for w in warnings), warnings
 
 
 def test_splits_layout_all_given_and_both_carved(tmp_path):
