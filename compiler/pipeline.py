@@ -32,7 +32,7 @@ from edgetl.compiler.outputs import BuildOutput, check_data_holds_no_build, chec
 from edgetl.compiler.outputs import STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.spec.recipe import recipe_text, write_manifest, write_recipe
 from edgetl.compiler.spec.targets import get_target
-from edgetl.compiler.data.datasets import Dataset, check_data_folder, scan_dataset, scan_unlabeled
+from edgetl.compiler.data.datasets import Dataset, check_data_folder, scan_dataset, scan_unlabeled, unlabeled_overlap_warnings
 from edgetl.compiler.progress import StageTimer, activity, console, silenced
 from edgetl.compiler.stages import EXPORT_FILES, StageSequence, stage_keys, stages_for
 from edgetl.compiler.stages.adapt import adapt_deployed, target_calibration
@@ -128,6 +128,7 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
         if note:
             console.print(f"[yellow]note:[/] {note}")
         unlabeled, unlabeled_skipped = scan_unlabeled(config.unlabeled) if config.unlabeled else ([], [])
+        dataset.warnings.extend(unlabeled_overlap_warnings(unlabeled, dataset))
         for warning in dataset.warnings:
             console.print(f"[yellow]warning:[/] {warning}")
         if dataset.skipped or unlabeled_skipped:

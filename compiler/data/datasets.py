@@ -530,6 +530,25 @@ def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], 
     return out
 
 
+def unlabeled_overlap_warnings(unlabeled: Sequence[Sample], dataset: Dataset) -> list[str]:
+    """Warnings about --unlabeled files that are byte-identical copies of val or test images: the
+    student was distilled on them (its teacher's soft labels, no true labels), so the figures on
+    those splits are no longer on unseen images."""
+    if not unlabeled:
+        return []
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        extra = set(pool.map(lambda s: _fingerprint(s.path), unlabeled))
+        out = []
+        for split in ("test", "val"):
+            held = dataset.splits.get(split, [])
+            copies = sum(d in extra for d in pool.map(lambda s: _fingerprint(s.path), held))
+            if copies:
+                out.append(f"{copies} of the --unlabeled images are byte-identical copies of {split} images: distillation "
+                           f"trained on them (without labels), so the {split} figures are not on unseen images; "
+                           "remove them from one of the folders")
+    return out
+
+
 def scan_unlabeled(root: str | os.PathLike) -> tuple[list[Sample], list[SkippedFile]]:
     """Every decodable image below `root` (any depth, no class folders), with label -1.
 

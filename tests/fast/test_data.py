@@ -162,6 +162,22 @@ def test_byte_identical_copies_are_named(tmp_path):
                for w in warnings), warnings
 
 
+def test_unlabeled_copies_of_test_images_are_named(tmp_path):
+    from edgetl.compiler.data.datasets import scan_unlabeled, unlabeled_overlap_warnings
+
+    root = make_class_folders(tmp_path / "d", {"a": 20, "b": 20})
+    ds = scan_dataset(root)
+    device = tmp_path / "device"
+    device.mkdir()
+    for i, sample in enumerate(ds.splits["train"][:3]):  # copies of training images: no warning
+        (device / f"t{i}.png").write_bytes(sample.path.read_bytes())
+    assert unlabeled_overlap_warnings(scan_unlabeled(device)[0], ds) == []
+    for i, sample in enumerate(ds.splits["test"][:2]):
+        (device / f"x{i}.png").write_bytes(sample.path.read_bytes())
+    (warning,) = unlabeled_overlap_warnings(scan_unlabeled(device)[0], ds)
+    assert warning.startswith("2 of the --unlabeled images are byte-identical copies of test images")
+
+
 def test_splits_layout_all_given_and_both_carved(tmp_path):
     root = tmp_path / "given"
     for split, n in (("train", 6), ("val", 2), ("test", 2)):
