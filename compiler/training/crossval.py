@@ -19,12 +19,14 @@ row, by any margin) on flowers12 at 5, 10 and 20 images per class, three seeds e
 (benchmarks/selection_rule.py, README "Small data"), the rule made no difference beyond noise
 on test, and the point estimate's picks did not repeat from one run to the next: a gain within
 noise out of fold is not one a user can count on, and the rule spends no training on it.
-The best of several curves' points leans optimistic by the search itself (with 8 to 12 epochs
-and two or three recipes, 16 to 36 noisy points on a few dozen images each), while the probe's
+The best of several curves' points leans optimistic by the search itself (24 noisy points
+by default: 3 fine-tuning recipes of 8 epochs, or 2 distillation settings of 12), while the probe's
 figure is honest (its C is chosen inside each fold). So the comparison is also made as it would
 be without the search's luck: for each fold, the (recipe, epochs) pair that scores best on the
-other folds' images is read on that fold's images (nested selection; Varma & Simon, BMC
-Bioinformatics 2006; Cawley & Talbot, JMLR 2010). That costs no training. Training replaces the
+other folds' images is read on that fold's images: the selection step of nested
+cross-validation (Varma & Simon, BMC Bioinformatics 2006; Cawley & Talbot, JMLR 2010) without
+its inner training runs, so it costs no training. (It is an approximation: the other folds'
+models did train on the fold's images; only their scores, not the fold's, choose.) Training replaces the
 probe only when both comparisons put it beyond noise, and the estimate a trained winner reports
 is the nested one.
 
