@@ -121,6 +121,10 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
                 f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
                 "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
                 + ("; recipes searched too (--no-search: the flags' own only)" if config.search else "")
+                # The cost a user should see before it is spent: every recipe trains once per fold.
+                + ("; each recipe trains once per fold, so this is the slow way on a few hundred images"
+                   " (--selection holdout: one training, a val split chooses)"
+                   if config.selection == "auto" and len(dataset.splits["train"]) >= 300 else "")
             )
         from edgetl.compiler.stages.student import selection_note
 
