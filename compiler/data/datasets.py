@@ -107,6 +107,8 @@ class Dataset:
     # split scores) or "cv" (k-fold cross-validation on all labelled training images: no val
     # split, and no carved test split; a given test/ still scores).
     selection: str = "holdout"
+    # path -> digest of its bytes (`_fingerprint`), read once by the scan for the duplicate checks
+    fingerprints: dict[Path, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -466,7 +468,8 @@ def scan_dataset(
                 f"metrics will be noisy: add images or provide a {split}/ folder"
             )
 
-    warnings.extend(duplicate_warnings(splits, classes, root))
+    fingerprints = _fingerprints([s.path for split in SPLITS for s in splits[split]])
+    warnings.extend(duplicate_warnings(splits, classes, root, fingerprints))
 
     return Dataset(
         root=root,
@@ -478,6 +481,7 @@ def scan_dataset(
         carved={s: f for s, f in carved.items() if f > 0},
         seed=seed,
         selection="cv" if use_cv else "holdout",
+        fingerprints=fingerprints,
     )
 
 
@@ -490,17 +494,21 @@ def _fingerprint(path: Path) -> bytes:
     return digest.digest()
 
 
-def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], root: Path) -> list[str]:
+def _fingerprints(paths: Sequence[Path]) -> dict[Path, bytes]:
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        return dict(zip(paths, pool.map(_fingerprint, paths)))
+
+
+def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], root: Path,
+                       fingerprints: dict[Path, bytes]) -> list[str]:
     """Warnings about byte-identical image files: a copy in another split is not unseen (the
     test or val figure counts it as new), a copy under another class is a label conflict, and
     two copies in train let cross-validation score one by a fold that trained on the other.
     Web-gathered sets often hold such copies (flowers12's train/iris does, once)."""
-    samples = [(split, s) for split in SPLITS for s in splits.get(split, [])]
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        digests = list(pool.map(lambda item: _fingerprint(item[1].path), samples))
     groups: dict[bytes, list[tuple[str, Sample]]] = {}
-    for digest, item in zip(digests, samples):
-        groups.setdefault(digest, []).append(item)
+    for split in SPLITS:
+        for s in splits.get(split, []):
+            groups.setdefault(fingerprints[s.path], []).append((split, s))
     copies = [g for g in groups.values() if len(g) > 1]
     if not copies:
         return []
@@ -536,16 +544,15 @@ def unlabeled_overlap_warnings(unlabeled: Sequence[Sample], dataset: Dataset) ->
     those splits are no longer on unseen images."""
     if not unlabeled:
         return []
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        extra = set(pool.map(lambda s: _fingerprint(s.path), unlabeled))
-        out = []
-        for split in ("test", "val"):
-            held = dataset.splits.get(split, [])
-            copies = sum(d in extra for d in pool.map(lambda s: _fingerprint(s.path), held))
-            if copies:
-                out.append(f"{copies} of the --unlabeled images are byte-identical copies of {split} images: distillation "
-                           f"trained on them (without labels), so the {split} figures are not on unseen images; "
-                           "remove them from one of the folders")
+    extra = set(_fingerprints([s.path for s in unlabeled]).values())
+    out = []
+    for split in ("test", "val"):
+        # The scan's digests of the labelled images; a file it did not read is read here.
+        copies = sum((dataset.fingerprints.get(s.path) or _fingerprint(s.path)) in extra for s in dataset.splits.get(split, []))
+        if copies:
+            out.append(f"{copies} of the --unlabeled images are byte-identical copies of {split} images: distillation "
+                       f"trained on them (without labels), so the {split} figures are not on unseen images; "
+                       "remove them from one of the folders")
     return out
 
 

@@ -89,10 +89,14 @@ class PairedDifference:
         """True when the interval excludes zero: the difference is bigger than the noise."""
         return self.low > 0 or self.high < 0
 
+    def span(self) -> str:
+        """'+2.1 points, 95% CI -0.4 to +4.6, n=120'."""
+        return f"{self.difference * 100:+.1f} points, 95% CI {self.low * 100:+.1f} to {self.high * 100:+.1f}, n={self.n}"
+
     def verdict(self, a: str, b: str) -> str:
         """One sentence a person can act on."""
         points = self.difference * 100
-        span = f"{points:+.1f} points, 95% CI {self.low * 100:+.1f} to {self.high * 100:+.1f}, n={self.n}"
+        span = self.span()
         if not self.significant:
             return f"{a} and {b} are within noise of each other ({span})"
         better, worse = (a, b) if points > 0 else (b, a)

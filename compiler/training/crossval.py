@@ -210,10 +210,8 @@ def choose_recipe(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | No
 
 
 def _short(d) -> str:
-    """'+2.1 points (95% CI -0.4 to +4.6), within noise' for a verdict's tail."""
-    points = d.difference * 100
-    where = "beyond noise" if d.significant else "within noise"
-    return f"{points:+.1f} points (95% CI {d.low * 100:+.1f} to {d.high * 100:+.1f}), {where}"
+    """'+2.1 points, 95% CI -0.4 to +4.6, n=120: within noise', for a verdict's tail."""
+    return f"{d.span()}: {'beyond noise' if d.significant else 'within noise'}"
 
 
 def kept_because(versus: dict) -> str:
