@@ -50,6 +50,18 @@ def hash_files(paths, root: Path) -> str:
     return digest.hexdigest()
 
 
+def hash_digests(digests, root: Path) -> str:
+    """The same kind of content hash as hash_files, from digests already taken (path -> bytes,
+    e.g. the data scan's `Dataset.fingerprints`), so no file is read a second time."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in digests):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(digests[path])
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 class StageCache:
     """Keras models and their stage records, keyed by stage_key. `root=None` disables caching."""
 

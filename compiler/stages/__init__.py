@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgetl.compiler.cache import hash_files, stage_key
+from edgetl.compiler.cache import hash_digests, hash_files, stage_key
 from edgetl.compiler.spec.modes import AUTO_WITHOUT_TARGET_VAL
 from edgetl.models import get_config
 
@@ -139,7 +139,11 @@ class StageSequence:
 def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
     """What each cached stage's result depends on, hashed (compiler/cache.py): the keys the
     declaration's `caches` name, plus the data's, for the manifest."""
-    content = hash_files([s.path for split in dataset.splits.values() for s in split], dataset.root)
+    paths = [s.path for split in dataset.splits.values() for s in split]
+    if all(p in dataset.fingerprints for p in paths):  # the scan hashed every file already
+        content = hash_digests({p: dataset.fingerprints[p] for p in paths}, dataset.root)
+    else:
+        content = hash_files(paths, dataset.root)
     data = stage_key(
         "data",
         content=content,

@@ -121,3 +121,22 @@ def test_every_declared_stage_has_a_unique_name_and_known_cache_entries(data, tm
 
     keys = _stage_keys(c, dataset, scan_unlabeled(data / "red")[0])
     assert {entry for s in stages_for(c) for entry in s.caches} <= set(keys)
+
+
+def test_the_data_key_follows_the_files_bytes_from_the_scans_digests(data, tmp_path, monkeypatch):
+    c = config(data, tmp_path)
+
+    def scan():
+        return scan_dataset(c.data, val_fraction=c.val_fraction, test_fraction=c.test_fraction, seed=c.seed, selection=c.selection,
+                            cv_below=c.cv_below)
+
+    from edgetl.compiler import stages
+
+    first = _stage_keys(c, scan(), [])
+    # The scan already read every labelled file; the keys must not read them again.
+    monkeypatch.setattr(stages, "hash_files", lambda *a, **k: pytest.fail("labelled files hashed a second time"))
+    assert _stage_keys(c, scan(), []) == first
+    photo = min(p for p in data.rglob("*") if p.is_file())
+    photo.write_bytes(photo.read_bytes() + b"\0")  # same name, different bytes
+    changed = _stage_keys(c, scan(), [])
+    assert changed["teacher"] != first["teacher"] and changed["data"] != first["data"]
