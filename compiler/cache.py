@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 CACHE_FORMAT = 8  # bump when a cached stage's meaning changes
@@ -37,22 +38,19 @@ def stage_key(stage: str, **inputs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def hash_files(paths, root: Path) -> str:
-    """Content hash of files (their bytes and their paths relative to root), in sorted order."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
+def file_digest(path) -> bytes:
+    """A digest of one file's bytes, read in blocks: byte-identical files share it. The data
+    scan takes it once per labelled image (duplicate checks) and the cache keys reuse it."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
 
 
-def hash_digests(digests, root: Path) -> str:
-    """The same kind of content hash as hash_files, from digests already taken (path -> bytes,
-    e.g. the data scan's `Dataset.fingerprints`), so no file is read a second time."""
+def hash_digests(digests: Mapping[Path, bytes], root: Path) -> str:
+    """Content hash of files from their digests (`file_digest`) and their paths relative to
+    root, in sorted order: digests already taken (the scan's) are not read again."""
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in digests):
         digest.update(path.relative_to(root).as_posix().encode())
@@ -60,6 +58,11 @@ def hash_digests(digests, root: Path) -> str:
         digest.update(digests[path])
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def hash_files(paths, root: Path) -> str:
+    """Content hash of files (their bytes and their paths relative to root)."""
+    return hash_digests({Path(p): file_digest(p) for p in paths}, root)
 
 
 class StageCache:

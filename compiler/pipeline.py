@@ -53,6 +53,10 @@ from edgetl.errors import ResourceError
 from edgetl.models import get_config
 
 
+# From this many images cross-validation's fold trainings cost many times one held-out training
+# (672 photos: 5,153 s against 340 s under load, README "Real use", the 672-photo table), so the plan says so.
+SLOW_CV_IMAGES = 300
+
 def prepare_output(out: Path, overwrite: bool, run_id: str | None = None) -> Path:
     """Refuse a folder that already holds files (unless asked to) or is in use; then create it.
 
@@ -124,7 +128,7 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
                 # The cost a user should see before it is spent: every recipe trains once per fold.
                 + ("; each recipe trains once per fold, so this is the slow way on a few hundred images"
                    " (--selection holdout: one training, a val split chooses)"
-                   if config.selection == "auto" and len(dataset.splits["train"]) >= 300 else "")
+                   if config.selection == "auto" and len(dataset.splits["train"]) >= SLOW_CV_IMAGES else "")
             )
         from edgetl.compiler.stages.student import selection_note
 

@@ -18,7 +18,6 @@ This module must stay free of TensorFlow: it is imported by the CLI for quick ch
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.compiler.cache import file_digest
 from edgetl.errors import DataError
 # Image decoding is the deployment contract's (runtime/images.py): predict and bench load the same way.
 from edgetl.runtime.images import IMAGE_SUFFIXES, RESIZE_POLICY, load_image
@@ -107,7 +107,7 @@ class Dataset:
     # split scores) or "cv" (k-fold cross-validation on all labelled training images: no val
     # split, and no carved test split; a given test/ still scores).
     selection: str = "holdout"
-    # path -> digest of its bytes (`_fingerprint`), read once by the scan for the duplicate checks
+    # path -> digest of its bytes (cache.file_digest), read once by the scan for the duplicate checks
     fingerprints: dict[Path, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -485,18 +485,9 @@ def scan_dataset(
     )
 
 
-def _fingerprint(path: Path) -> bytes:
-    """A digest of the file's bytes: byte-identical files share it."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
-
-
 def _fingerprints(paths: Sequence[Path]) -> dict[Path, bytes]:
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        return dict(zip(paths, pool.map(_fingerprint, paths)))
+        return dict(zip(paths, pool.map(file_digest, paths)))
 
 
 def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], root: Path,
@@ -548,7 +539,7 @@ def unlabeled_overlap_warnings(unlabeled: Sequence[Sample], dataset: Dataset) ->
     out = []
     for split in ("test", "val"):
         # The scan's digests of the labelled images; a file it did not read is read here.
-        copies = sum((dataset.fingerprints.get(s.path) or _fingerprint(s.path)) in extra for s in dataset.splits.get(split, []))
+        copies = sum((dataset.fingerprints.get(s.path) or file_digest(s.path)) in extra for s in dataset.splits.get(split, []))
         if copies:
             out.append(f"{copies} of the --unlabeled images are byte-identical copies of {split} images: distillation "
                        f"trained on them (without labels), so the {split} figures are not on unseen images; "

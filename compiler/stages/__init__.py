@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgetl.compiler.cache import hash_digests, hash_files, stage_key
+from edgetl.compiler.cache import file_digest, hash_digests, hash_files, stage_key
 from edgetl.compiler.spec.modes import AUTO_WITHOUT_TARGET_VAL
 from edgetl.models import get_config
 
@@ -139,11 +139,10 @@ class StageSequence:
 def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, str]:
     """What each cached stage's result depends on, hashed (compiler/cache.py): the keys the
     declaration's `caches` name, plus the data's, for the manifest."""
+    # The scan took every labelled file's digest already (Dataset.fingerprints): none is read again.
     paths = [s.path for split in dataset.splits.values() for s in split]
-    if all(p in dataset.fingerprints for p in paths):  # the scan hashed every file already
-        content = hash_digests({p: dataset.fingerprints[p] for p in paths}, dataset.root)
-    else:
-        content = hash_files(paths, dataset.root)
+    content = hash_digests({p: dataset.fingerprints.get(p) or file_digest(p) for p in paths}, dataset.root)
+    unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
     data = stage_key(
         "data",
         content=content,
@@ -159,7 +158,7 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
         contract = {n: getattr(config, n) for n in ("input_size", "preprocess", "mean", "std", "scale", "channel_order", "model_output")}
         keys["source"] = stage_key(
             "source", model=hash_files(files, model if model.is_dir() else model.parent), classes=dataset.classes, **{k: str(v) for k, v in contract.items()})
-        return _deployment_keys(config, keys, keys["source"], unlabeled)
+        return _deployment_keys(config, keys, keys["source"], unlabeled_hash)
     head = dict(head="linear probe, C by cross-validation")
     teacher = stage_key(
         "teacher",
@@ -183,17 +182,16 @@ def stage_keys(config: CompileConfig, dataset: Dataset, unlabeled) -> dict[str, 
             **size_choice,
         )
         training = dict(head=student_head, epochs=config.distill_epochs, learning_rate=config.distill_learning_rate)
-        unlabeled_hash = hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()) if unlabeled else None
         keys["student_head"] = student_head
         keys["student"] = stage_key(
             "student", **training, teacher=teacher, temperature=config.temperature, alpha=config.alpha, unlabeled=unlabeled_hash,
             recipes=sorted(config.distill_recipes(dataset.selection == "cv")),
         )
         keys["baseline"] = stage_key("baseline", **training)
-    return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled)
+    return _deployment_keys(config, keys, keys["student" if config.distills else "teacher"], unlabeled_hash)
 
 
-def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str, unlabeled) -> dict[str, str]:
+def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str, unlabeled_hash: str | None) -> dict[str, str]:
     """The adaptation's key (when one runs) and the float exports', from the deployed model's key:
     the exports depend only on the deployed (and adapted) model, so a replay that changes only
     the quantization takes them, verified once already, from the cache."""
@@ -203,7 +201,7 @@ def _deployment_keys(config: CompileConfig, keys: dict[str, str], deployed: str,
         keys["adapt"] = stage_key(
             "adapt",
             model=deployed,
-            unlabeled=hash_files([s.path for s in unlabeled], Path(config.unlabeled).resolve()),
+            unlabeled=unlabeled_hash,
             method=config.adapt,
             auto_default=AUTO_WITHOUT_TARGET_VAL.value if config.adapt == "auto" else None,
             target_val=hash_files([p for p in sorted(target_val.rglob("*")) if p.is_file()], target_val) if target_val else None,

@@ -135,6 +135,7 @@ def test_the_data_key_follows_the_files_bytes_from_the_scans_digests(data, tmp_p
     first = _stage_keys(c, scan(), [])
     # The scan already read every labelled file; the keys must not read them again.
     monkeypatch.setattr(stages, "hash_files", lambda *a, **k: pytest.fail("labelled files hashed a second time"))
+    monkeypatch.setattr(stages, "file_digest", lambda *a, **k: pytest.fail("a labelled file read a second time"))
     assert _stage_keys(c, scan(), []) == first
     photo = min(p for p in data.rglob("*") if p.is_file())
     photo.write_bytes(photo.read_bytes() + b"\0")  # same name, different bytes
