@@ -13,8 +13,8 @@ as a user would (fresh processes, `--quantize int8 --no-baseline`):
 
 - rule: `edgetl compile` as shipped;
 - point: the same compile, with choose_recipe taking the most accurate number of epochs out of
-  fold even when its gain over the probe is within noise (the rule switched off; no setting
-  changes). It has its own stage cache, since its stages' results differ under the same keys.
+  fold even when its gain over the probe is within noise (the rule switched off, for each fold's
+  teacher too; no setting changes). It has its own stage cache, since its stages' results differ under the same keys.
 
 Training here is not bit-for-bit repeatable (the same seed gave different out-of-fold curves in
 two processes), so the point compile's own cross-validation curves differ from the rule
@@ -75,6 +75,7 @@ def compile_with_point_estimate_rule(argv: list[str]) -> None:
     from edgetl import cli
 
     cv_training.choose_recipe = functools.partial(crossval.choose_recipe, gain_beyond_noise=False)
+    cv_training.fold_choices = functools.partial(crossval.fold_choices, gain_beyond_noise=False)
     cli.main(argv)
 
 

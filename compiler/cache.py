@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-CACHE_FORMAT = 8  # bump when a cached stage's meaning changes
+CACHE_FORMAT = 9  # bump when a cached stage's meaning changes
 
 
 def default_cache_root() -> Path:

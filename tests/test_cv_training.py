@@ -20,14 +20,14 @@ def test_recipes_share_their_random_numbers_so_only_the_setting_differs():
     # Two recipes with the same setting under different names: their curves must be the same;
     # the deeper one trains more layers, so its curve differs.
     top = get_config("tiny_cnn").unfreeze_from
-    choice, fold_weights, splits = finetune_cv(
+    choice, fold_teachers, splits = finetune_cv(
         model, x=x, y=y, features=features, num_classes=4, epochs=3,
         recipes={"first": (0.05, top), "second": (0.05, top), "deeper": (0.05, get_config("tiny_cnn").deeper_unfreeze_from)},
         batch_size=6, folds=3, seed=0, label="test",
     )
     assert choice.recipes["first"] == choice.recipes["second"]
     assert choice.recipes["deeper"] != choice.recipes["first"]
-    assert len(fold_weights) == len(splits) == 3
+    assert len(fold_teachers) == len(splits) == 3
 
 
 def test_augmentation_is_the_same_for_a_seed_whatever_the_threads_and_new_each_epoch():

@@ -257,7 +257,10 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     assert selection["recipe"] is None
     assert all(max(curve[1:]) < curve[0] for curve in selection["recipes"].values())
     assert report["models"]["teacher"]["training"]["learning_rate"] is None
-    assert report["models"]["teacher"]["training"]["unfreeze_from"] == "tiny_conv2"  # the first recipe's, where its fold weights start
+    assert report["models"]["teacher"]["training"]["unfreeze_from"] == "tiny_conv2"  # the first recipe's: the probe was kept
+    # Every fold's teacher for the student's folds is that fold's probe too.
+    assert report["models"]["teacher"]["training"]["fold_teachers"] == [
+        {"recipe": "top, learning rate 10", "epochs": 0, "unfreeze_from": "tiny_conv2"}] * 3
     cv = report["models"]["teacher"]["cv"]
     assert cv["n"] == 36 and cv["folds"] == 3 and cv["ci95"][0] <= cv["accuracy"] <= cv["ci95"][1]
     assert np.array(cv["confusion_matrix"]).sum() == 36
@@ -328,14 +331,18 @@ def test_a_teacher_fine_tuned_deeper_is_rebuilt_at_its_depth_in_the_students_fol
     from conftest import write_color_dataset
     from edgetl.compiler.training import crossval, cv_training
 
+    choose_recipe = crossval.choose_recipe
+
     def deeper_wins(correct, folds, pred=None, names=None, **kwargs):
         correct = np.array(correct)
         if names and names[-1].startswith("deeper"):  # the teacher's search: make its last recipe the winner
             correct[:] = False
             correct[-1, 1:] = True
-        return crossval.choose_recipe(correct, folds, pred, names, **kwargs)
+        return choose_recipe(correct, folds, pred, names, **kwargs)
 
+    # The deployed teacher's choice and each fold's (crossval.fold_choices) both pick it.
     monkeypatch.setattr(cv_training, "choose_recipe", deeper_wins)
+    monkeypatch.setattr(crossval, "choose_recipe", deeper_wins)
     data = write_color_dataset(tmp_path / "data", per_class=10)
     config = CompileConfig(data=data, out=tmp_path / "out", **{**DISTIL, "quantize": "fp32", "selection": "auto", "cv_below": 600,
                                                                   "folds": 3, "baseline": False})
@@ -343,6 +350,7 @@ def test_a_teacher_fine_tuned_deeper_is_rebuilt_at_its_depth_in_the_students_fol
     teacher = report["models"]["teacher"]["training"]
     assert teacher["selection"]["recipe"] == "deeper, learning rate 0.0001" and teacher["selection"]["chosen_epochs"] == 1
     assert teacher["unfreeze_from"] == "tiny_conv1"
+    assert teacher["fold_teachers"] == [{"recipe": "deeper, learning rate 0.0001", "epochs": 1, "unfreeze_from": "tiny_conv1"}] * 3
     assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
 
 

@@ -161,18 +161,13 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
     view_size = max(size, teacher.input_size) if teacher is not None else size
     x_views, _ = images.get("train", view_size)
     unlabeled = images.get("unlabeled", view_size)[0] if (teacher is not None and images.samples["unlabeled"]) else None
-    fold_weights = (teacher.extras or {}).get("fold_weights") if teacher is not None else None
-    if teacher is not None and fold_weights is None:
-        raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
+    fold_teachers = _fold_teachers(teacher) if teacher is not None else None
     splits = stratified_folds(y, config.folds, config.seed)
     # The labels-only baseline has one recipe: no teacher, so no temperature or share to choose.
     recipes = config.distill_recipes(cross_validated=True) if teacher is not None else {"labels only": (config.temperature, 0.0)}
     choice = distill_cv(
         student, teacher.model if teacher is not None else None,
-        unfreeze_from=model_config.unfreeze_from,
-        # The fold weights start at the depth the teacher's chosen recipe fine-tuned from.
-        teacher_unfreeze_from=teacher.training["unfreeze_from"] if teacher is not None else None,
-        teacher_fold_weights=fold_weights, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
+        unfreeze_from=model_config.unfreeze_from, fold_teachers=fold_teachers, splits=splits, x_student=x, x_views=x_views, y=y, unlabeled_views=unlabeled,
         features=features, num_classes=num_classes, epochs=config.distill_epochs,
         learning_rate=config.distill_learning_rate, batch_size=config.batch_size, settings=recipes,
         seed=config.seed, label=f"{description}: cross-validation", strategy=strategy,
@@ -192,3 +187,13 @@ def _train_from_head_cv(config, model_config, head: TrainedModel, student, teach
             "labelled_images": int(len(y)), "unlabelled_images": 0 if unlabeled is None else int(len(unlabeled)),
             "seconds": time.perf_counter() - start}
 
+
+def _fold_teachers(teacher: TrainedModel) -> list:
+    """The teacher's fold models (its stage's record and extras) for the student's folds."""
+    from edgetl.compiler.training.cv_training import FoldTeacher
+
+    weights = (teacher.extras or {}).get("fold_weights")
+    folds = teacher.training.get("fold_teachers")
+    if weights is None or folds is None or len(weights) != len(folds):
+        raise RuntimeError("the teacher's fold models are missing: its stage must run (or be cached) in cross-validation mode")
+    return [FoldTeacher(fold["recipe"], fold["epochs"], fold["unfreeze_from"], w) for fold, w in zip(folds, weights)]

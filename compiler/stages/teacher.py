@@ -73,7 +73,7 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
     # The backbone as pretrained plus each fold's probe is where each fold starts.
     model.set_weights(pretrained)
     recipes = finetune_recipes(config, model_config, cross_validated=True)
-    choice, fold_weights, _ = finetune_cv(
+    choice, fold_teachers, _ = finetune_cv(
         model, x=x, y=y, features=features,
         num_classes=num_classes, epochs=config.finetune_epochs, recipes=recipes,
         batch_size=config.batch_size, folds=config.folds, seed=config.seed, label="teacher: cross-validation", strategy=strategy,
@@ -91,12 +91,15 @@ def _train_teacher_cv(config: CompileConfig, model_config: ModelConfig, model, i
         "head": dataclasses.asdict(head),
         "selection": choice.to_json(),
         "learning_rate": learning_rate if choice.epochs else None,
-        # The layer the fold weights below start from: the student's folds rebuild their
-        # teachers from it (the first recipe's when the probe is kept).
+        # The first layer the deployed teacher was trained from (the first recipe's when the
+        # probe is kept).
         "unfreeze_from": unfreeze_from,
+        # Each fold's teacher for the student's folds, chosen without that fold's images; its
+        # weights (trainable from "unfreeze_from") travel as the stage's extras.
+        "fold_teachers": [fold.to_json() for fold in fold_teachers],
         "seconds": time.perf_counter() - start,
     }
     trained = TrainedModel("teacher", config.teacher, model_config, model, size, record)
-    trained.extras = {"fold_weights": fold_weights}
+    trained.extras = {"fold_weights": [fold.weights for fold in fold_teachers]}
     return trained
 

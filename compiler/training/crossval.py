@@ -209,6 +209,29 @@ def choose_recipe(oof_correct: np.ndarray, folds: int, oof_pred: np.ndarray | No
     )
 
 
+def fold_choices(oof_correct: np.ndarray, held_fold: np.ndarray, names: list[str] | None = None,
+                 gain_beyond_noise: bool = True) -> list[tuple[int, int]]:
+    """For each fold f, the (recipe index, epochs) that `choose_recipe`'s rule picks from the other
+    folds' images alone (probe kept: (0, 0)).
+
+    A student's fold f is distilled from the teacher's fold-f model, and its held-out images then
+    score that student: choosing the teacher's fold model by the rule on all images would let
+    those images' labels pick the teacher each of them is scored through. Chosen this way, fold
+    f's labels choose nothing in fold f. (The same approximation as `nested_choice`: the other
+    folds' models did train on fold f's images; only the scores that choose leave them out.)"""
+    correct = np.asarray(oof_correct, bool)
+    held_fold = np.asarray(held_fold)
+    folds = np.unique(held_fold)
+    picks = []
+    for f in folds:
+        outside = held_fold != f
+        inner = held_fold[outside]
+        choice = choose_recipe(correct[:, :, outside], len(folds) - 1, names=names, gain_beyond_noise=gain_beyond_noise,
+                               held_fold=inner if len(np.unique(inner)) > 1 else None)
+        picks.append((choice.recipe_index, choice.epochs))
+    return picks
+
+
 def _short(d) -> str:
     """'+2.1 points, 95% CI -0.4 to +4.6, n=120: within noise', for a verdict's tail."""
     return f"{d.span()}: {'beyond noise' if d.significant else 'within noise'}"

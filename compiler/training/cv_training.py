@@ -13,27 +13,45 @@ For a model whose probe (compiler/training/probe.py) is already fitted on all la
 3. Refit: the model trained on all labelled images with that recipe for exactly that many
    epochs (no validation split, so no early stopping: the epochs were chosen by CV).
 
-The fold teachers a student is distilled from in its own folds are the teacher's fold models
-at the teacher's chosen epochs, so no image a student's fold holds out was seen by its teacher:
-the student's estimate is as honest as the teacher's. They are kept as the trainable weights
-of each fold (the frozen part is the same for all), on disk while the curve is run.
+The fold teachers a student is distilled from in its own folds are the teacher's fold models,
+so no image a student's fold holds out was trained on by its teacher. Each fold's teacher is
+taken at the recipe and epochs the rule picks from the other folds' scores alone
+(`crossval.fold_choices`), so no held-out label chooses the teacher it is scored through
+either: the student's estimate is as honest as the teacher's. They are kept as the trainable
+weights of each fold (the frozen part is the same for all), on disk while the curve is run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.training.crossval import choose_recipe, held_fold_of, stratified_folds
+from edgetl.compiler.training.crossval import choose_recipe, fold_choices, held_fold_of, stratified_folds
 from edgetl.compiler.training.finetune import EpochProgress, set_trainable_top, training_dataset
 from edgetl.compiler.training.probe import Probe, fit_probe, set_head
 from edgetl.compiler.training.distribution import fit_callbacks
 from edgetl.compiler.data.image_store import DiskImages, rows_of
 from edgetl.compiler.progress import progress_bar
 from edgetl.compiler.data.streaming import iterate_batches
+
+
+@dataclasses.dataclass
+class FoldTeacher:
+    """One fold's teacher for the student's fold: the recipe and epochs chosen without that fold's
+    images (epochs 0: the fold's probe), the first layer its weights are trainable from, and
+    those weights."""
+
+    recipe: str
+    epochs: int
+    unfreeze_from: str
+    weights: list[np.ndarray]
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "epochs": self.epochs, "unfreeze_from": self.unfreeze_from}
 
 
 class _HeldOutCurve(keras.callbacks.Callback):
@@ -100,9 +118,8 @@ def recipe_label(label: str, recipe: str, recipes: int) -> str:
 def finetune_cv(model, *, x, y, features, num_classes: int, epochs: int,
                 recipes: dict[str, tuple[float, str]], batch_size: int, folds: int, seed: int, label: str, strategy=None):
     """Out-of-fold curves of fine-tuning from the probe, one per recipe (name: (learning rate,
-    first layer unfrozen)); returns (choice, per-fold trainable weights at the chosen recipe and
-    epoch, the splits). The weights are those trainable from the chosen recipe's layer (the
-    first recipe's when the probe is kept). `model` is returned to its starting weights."""
+    first layer unfrozen)); returns (choice, each fold's FoldTeacher, the splits). `model` is
+    returned to its starting weights."""
     from edgetl.models import final_pool_width
 
     strategy = strategy or tf.distribute.get_strategy()
@@ -133,16 +150,17 @@ def finetune_cv(model, *, x, y, features, num_classes: int, epochs: int,
                     with progress_bar(f"{recipe_label(label, name, len(names))}: fold {f + 1}/{len(splits)}", epochs) as advance:
                         model.fit(training_dataset(rows_of(x, tr), y[tr], batch_size, seed + f), epochs=epochs,
                                   callbacks=[*fit_callbacks(), curve, EpochProgress(advance)], verbose=0)
-        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names, held_fold=held_fold_of(splits, len(y)))
-        fold_weights = [snapshots.load(choice.recipe_index, f, choice.epochs) for f in range(len(splits))]
+        held_fold = held_fold_of(splits, len(y))
+        choice = choose_recipe(pred == y[None, None, :], len(splits), pred, names, held_fold=held_fold)
+        picks = fold_choices(pred == y[None, None, :], held_fold, names)
+        fold_teachers = [FoldTeacher(names[r], e, recipes[names[r]][1], snapshots.load(r, f, e)) for f, (r, e) in enumerate(picks)]
     finally:
         snapshots.close()
         model.set_weights(start)
-    return choice, fold_weights, splits
+    return choice, fold_teachers, splits
 
 
-def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: str | None, teacher_fold_weights,
-               splits, x_student, x_views, y, unlabeled_views, features, num_classes: int, epochs: int,
+def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[FoldTeacher] | None, splits, x_student, x_views, y, unlabeled_views, features, num_classes: int, epochs: int,
                learning_rate: float, batch_size: int, settings: dict[str, tuple[float, float]], seed: int, label: str,
                strategy=None):
     """Out-of-fold curves of distillation (teacher None: labels only) from the student's probe,
@@ -174,8 +192,8 @@ def distill_cv(student, teacher, *, unfreeze_from: str, teacher_unfreeze_from: s
                     continue
                 if teacher is not None:
                     teacher.set_weights(teacher_start)
-                    set_trainable_top(teacher, teacher_unfreeze_from)
-                    assign_trainable(teacher, teacher_fold_weights[f])
+                    set_trainable_top(teacher, fold_teachers[f].unfreeze_from)
+                    assign_trainable(teacher, fold_teachers[f].weights)
                 keras.utils.set_random_seed(seed + f)
                 distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha)
                 set_trainable_top(student, unfreeze_from)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, held_fold_of, stratified_folds
+from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, fold_choices, held_fold_of, stratified_folds
 from edgetl.compiler.training.probe import fit_probe, fit_probe_at
 from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
@@ -314,3 +314,35 @@ def test_a_gain_that_holds_in_every_fold_is_taken_with_the_nested_estimate():
     assert [p["epochs"] for p in choice.versus_probe["nested"]["per_fold"]] == [1, 1, 2]
     assert choice.estimate.correct == 90 + 8 + 8 and choice.accuracy_by_epoch[1] == (90 + 24) / 120
     assert sum(choice.oof_pred) == choice.estimate.correct  # the report's predictions are the nested ones
+
+
+def test_each_folds_teacher_is_chosen_without_that_folds_images():
+    """The student's fold f is scored through the teacher's fold-f model: the rule picks that
+    model from the other folds' scores, so what fold f's images score can never change it."""
+    n, k = 120, 3
+    fold = _folds_of(n, k)
+    probe_row = np.ones(n, bool)
+    wrong = np.concatenate([np.flatnonzero(fold == f)[:10] for f in range(k)])
+    probe_row[wrong] = False
+    trained = probe_row.copy()  # one epoch fixes every error of folds 0 and 1, none of fold 2's
+    trained[wrong[fold[wrong] < 2]] = True
+    curve = np.stack([probe_row, trained])[None]
+    assert choose_recipe(curve, k, held_fold=fold).epochs == 1  # on all images: trained
+    # Fold 2, chosen on folds 0 and 1 (each gaining in the other's choice): trained. Folds 0 and
+    # 1, chosen on the other two: the gain there comes from one fold's luck, so their probes.
+    assert fold_choices(curve, fold) == [(0, 0), (0, 0), (0, 1)]
+    rng = np.random.default_rng(0)
+    trained_picks = 0
+    for _ in range(20):
+        correct = rng.random((2, 4, n)) < rng.uniform(0.6, 0.95, (2, 4, 1))
+        correct[1, 0] = correct[0, 0]  # every recipe starts from the same probe
+        picks = fold_choices(correct, fold, ["a", "b"])
+        trained_picks += sum(e > 0 for _, e in picks)
+        for f in range(k):
+            changed = correct.copy()
+            changed[:, :, fold == f] = rng.random((2, 4, int((fold == f).sum()))) < 0.5
+            changed[1, 0] = changed[0, 0]
+            assert fold_choices(changed, fold, ["a", "b"])[f] == picks[f]
+            inner = choose_recipe(correct[:, :, fold != f], k - 1, held_fold=fold[fold != f])
+            assert picks[f] == (inner.recipe_index, inner.epochs)
+    assert trained_picks >= 10  # the draws exercise trained picks, not only kept probes
