@@ -65,6 +65,18 @@ def test_a_stage_out_of_its_declared_order_or_never_run_is_an_internal_error(dat
             pass
 
 
+def test_stage_peaks_never_fall_when_a_later_memory_reading_comes_out_lower(monkeypatch):
+    from edgetl.runtime import measure
+
+    readings = iter([500.0, 480.0, 900.0])
+    monkeypatch.setattr(measure, "peak_rss_mb", lambda: next(readings))
+    timer = StageTimer()
+    for name in ("data", "teacher", "student"):
+        with timer.stage(name):
+            pass
+    assert timer.peak_mb == {"data": 500.0, "teacher": 500.0, "student": 900.0}
+
+
 def test_the_dry_run_lists_the_declaration_and_what_the_cache_holds(data, tmp_path, capsys):
     cache_dir = tmp_path / "cache"
     c = config(data, tmp_path, cache_dir=cache_dir)
