@@ -351,6 +351,7 @@ def test_a_teacher_fine_tuned_deeper_is_rebuilt_at_its_depth_in_the_students_fol
     assert teacher["selection"]["recipe"] == "deeper, learning rate 0.0001" and teacher["selection"]["chosen_epochs"] == 1
     assert teacher["unfreeze_from"] == "tiny_conv1"
     assert teacher["fold_teachers"] == [{"recipe": "deeper, learning rate 0.0001", "epochs": 1, "unfreeze_from": "tiny_conv1"}] * 3
+    assert "fold 3: 1 epoch (deeper, learning rate 0.0001)." in (tmp_path / "out" / "report.html").read_text()
     assert report["models"]["student"]["training"]["distillation"]["selection"]["method"].startswith("3-fold")
 
 

@@ -226,12 +226,33 @@ def _training_section(report: dict) -> list[str]:
                      "training, epoch 0 being the linear probe; training replaces the probe only when it is better "
                      "beyond noise, and the deployed model is then trained on all images for the chosen epochs.</p>")
         parts += [f"<img class='chart' alt='cross-validation curve of the {_e(role)}' src='{uri}'>" for role, uri in curves]
+        folds = _fold_teachers_sentence(report)
+        if folds:
+            parts.append(f"<p class='muted'>{_e(folds)}</p>")
     if charts:
         parts.append("<p class='muted'>Loss and accuracy per epoch on the training images (augmented) and "
                      "the validation split; the dashed line marks the epoch whose weights were kept (early stopping on val "
                      "accuracy).</p>")
         parts += [f"<img class='chart' alt='training curves of the {_e(role)}' src='{uri}'>" for role, uri in charts]
     return parts
+
+
+def _fold_teachers_sentence(report: dict) -> str | None:
+    """What each fold of the student's cross-validation was distilled from."""
+    folds = report["models"].get("teacher", {}).get("training", {}).get("fold_teachers")
+    if not folds or not report["models"].get("student", {}).get("training", {}).get("distillation", {}).get("selection"):
+        return None
+    if all(fold["epochs"] == 0 for fold in folds):
+        which = "its linear probe in every fold"
+    else:
+        which = "; ".join(f"fold {i}: " + ("its probe" if fold["epochs"] == 0 else f"{_epochs(fold['epochs'])} ({fold['recipe']})")
+                          for i, fold in enumerate(folds, start=1))
+    return ("Each fold of the student's cross-validation was distilled from the teacher trained on the same fold, "
+            f"at the recipe and epochs the teacher's rule chose without that fold's images: {which}.")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _student_size_section(report: dict) -> list[str]:
