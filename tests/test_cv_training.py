@@ -4,7 +4,6 @@ are compared on the same random numbers."""
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import colour_images
 
 
@@ -46,3 +45,75 @@ def test_augmentation_is_the_same_for_a_seed_whatever_the_threads_and_new_each_e
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # a new order and new crops every epoch
     assert not np.array_equal(first[0], epochs(1, 1)[0])  # another seed, other crops
+
+
+def test_the_held_out_pass_runs_the_frozen_bottom_once_and_predicts_as_the_whole_model():
+    """Each epoch's held-out scoring runs only the layers from the first trainable one up, on
+    the frozen bottom's output computed once, in a copy of the model that takes its current
+    weights; the predictions are the whole model's, and the model itself is left as it was."""
+    from edgetl.compiler.training.cv_training import HeldOutScorer, frozen_cut
+    from edgetl.models import create_model, get_config
+
+    for name, size in (("tiny_cnn", 32), ("efficientnet_lite0", 64)):
+        model = create_model(name, weights=None, num_classes=4, input_size=size)
+        images, _ = colour_images(20, seed=3, size=size)
+        first = get_config(name).unfreeze_from
+        scorer = HeldOutScorer(model, first, 8)
+        assert scorer.twin is not None and scorer.twin is not model
+        predict = scorer.predictor(images)
+        np.testing.assert_allclose(predict(), model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+        # Training changes the model's top: the next call follows it, on the same bottom output.
+        for layer in model.layers[[layer.name for layer in model.layers].index(first):]:
+            for w in layer.trainable_weights:
+                w.assign(w * 1.5)
+        np.testing.assert_allclose(predict(), model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+        # Cutting the copy added no node to the model's own layers, so it can be cut again.
+        assert len(model.get_layer(first).inbound_nodes) == 1 and HeldOutScorer(model, first, 8).twin is not None
+    # Where the first trainable layer reads the model's input, there is nothing to cut.
+    assert frozen_cut(model, model.layers[1].name) is None
+
+
+def test_a_skip_connection_past_the_cut_runs_the_whole_model():
+    from edgetl.compiler.training.cv_training import HeldOutScorer, frozen_cut
+
+    from edgetl._compat import keras
+
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
+    c = keras.layers.Conv2D(4, 3, padding="same", name="c")(b)
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, c])))
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 3)).astype(np.float32)
+    for first, cut in (("c", False), ("b", True)):  # the sum reads a's output: below c's input, but b's input itself
+        scorer = HeldOutScorer(model, first, 2)
+        assert (scorer.twin is not None) == cut
+        np.testing.assert_allclose(scorer.predictor(x)(), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert frozen_cut(keras.models.clone_model(model), "c") is None
+
+
+def test_the_cut_leaves_the_cross_validation_curves_as_they_were(monkeypatch):
+    from edgetl.compiler.training import cv_training
+    from edgetl.compiler.training.finetune import extract_features
+    from edgetl.models import create_model, get_config
+
+    from edgetl._compat import keras
+
+    x, y = colour_images(36, seed=4)
+    config = get_config("tiny_cnn")
+
+    def run():
+        model = create_model("tiny_cnn", weights=None, num_classes=4)
+        features = extract_features(model, x, 12, "features")
+        choice, _, _ = cv_training.finetune_cv(
+            model, x=x, y=y, features=features, num_classes=4, epochs=3,
+            recipes={"top": (0.05, config.unfreeze_from), "deeper": (0.05, config.deeper_unfreeze_from)},
+            batch_size=6, folds=3, seed=0, label="test")
+        return choice
+
+    keras.utils.set_random_seed(7)
+    cut = run()
+    monkeypatch.setattr(cv_training, "frozen_cut", lambda model, first: None)
+    keras.utils.set_random_seed(7)
+    whole = run()
+    assert cut.recipes == whole.recipes and cut.oof_pred == whole.oof_pred

@@ -57,23 +57,80 @@ class FoldTeacher:
 class _HeldOutCurve(keras.callbacks.Callback):
     """After every epoch: score the held-out images and keep the trainable weights on disk."""
 
-    def __init__(self, predict, x_held, y_held, pred_rows, held_idx, snapshot):
+    def __init__(self, predict_held, pred_rows, held_idx, snapshot):
         super().__init__()
-        self.predict, self.x_held, self.y_held = predict, x_held, y_held
-        self.pred_rows, self.held_idx, self.snapshot = pred_rows, held_idx, snapshot
+        self.predict_held, self.pred_rows, self.held_idx, self.snapshot = predict_held, pred_rows, held_idx, snapshot
 
     def on_epoch_end(self, epoch, logs=None):
-        self.pred_rows[epoch + 1, self.held_idx] = self.predict(self.x_held).argmax(1)
+        self.pred_rows[epoch + 1, self.held_idx] = self.predict_held().argmax(1)
         self.snapshot(epoch + 1)
 
 
-def _predictor(model, batch_size: int):
+def _predictor(model, batch_size: int, dtype=tf.float32):
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(tf.constant(batch, tf.float32)).numpy() for batch in iterate_batches(x, batch_size)])
+        return np.concatenate([forward(tf.constant(batch, dtype)).numpy() for batch in iterate_batches(x, batch_size)])
 
     return predict
+
+
+def frozen_cut(model, first_trainable: str):
+    """(bottom, top): `model` cut where `first_trainable` reads its input, as two models sharing
+    its layers, or None where it cannot be cut there (the layer reads the model's input or several
+    tensors, or a connection from below skips past it). Building the top adds nodes to the
+    layers it reuses (Keras clones the graph from an intermediate tensor), after which their
+    `.input` and `.output` are ambiguous: cut a copy (`HeldOutScorer`), never a model in use."""
+    layer = model.get_layer(first_trainable)
+    if len(layer.inbound_nodes) != 1:
+        return None
+    boundary = layer.input
+    if isinstance(boundary, (list, tuple)) or any(boundary is t for t in model.inputs):
+        return None
+    try:
+        top = keras.Model(boundary, model.outputs)
+    except ValueError:  # "Graph disconnected": the top also reads a tensor from below the cut
+        return None
+    return keras.Model(model.inputs, boundary), top
+
+
+class HeldOutScorer:
+    """The held-out images' predictions after each epoch of a fold, from a model trained from
+    `first_trainable` up.
+
+    Everything below `first_trainable` is frozen during a fold (batch norm included:
+    finetune.set_trainable_top), so what it makes of the held-out images cannot change from one
+    epoch to the next. A copy of the model is cut there (`frozen_cut`): its bottom runs once per
+    fold, and each epoch only its top, with the model's current weights copied in first. Where the
+    model cannot be copied or cut, every epoch runs the whole model."""
+
+    def __init__(self, model, first_trainable: str, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.twin = self.bottom = self.top = None
+        try:
+            twin = keras.models.clone_model(model)
+        except Exception:  # noqa: BLE001 - a layer Keras cannot rebuild from its config: no copy, no cut
+            return
+        cut = frozen_cut(twin, first_trainable)
+        if cut is not None:
+            self.twin = twin
+            self.bottom = _predictor(cut[0], batch_size)
+            self.top = _predictor(cut[1], batch_size, cut[1].inputs[0].dtype)
+
+    def predictor(self, x_held):
+        """A function of no argument: the held-out images' class probabilities now."""
+        if self.twin is None:
+            whole = _predictor(self.model, self.batch_size)
+            return lambda: whole(x_held)
+        boundary = []  # filled on the first call: a fold that trains no epoch never needs it
+
+        def predict_held() -> np.ndarray:
+            self.twin.set_weights(self.model.get_weights())
+            if not boundary:
+                boundary.append(self.bottom(x_held))
+            return self.top(boundary[0])
+
+        return predict_held
 
 
 def trainable_weights(model) -> list[np.ndarray]:
@@ -132,6 +189,7 @@ def finetune_cv(model, *, x, y, features, num_classes: int, epochs: int,
     try:
         for r, name in enumerate(names):
             learning_rate, unfreeze_from = recipes[name]
+            scorer = HeldOutScorer(model, unfreeze_from, batch_size) if epochs else None
             for f, (tr, ho) in enumerate(splits):
                 model.set_weights(start)
                 head = heads[f]
@@ -141,9 +199,9 @@ def finetune_cv(model, *, x, y, features, num_classes: int, epochs: int,
                 with strategy.scope():
                     model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
                 snapshots.save(r, f, 0, trainable_weights(model))
-                curve = _HeldOutCurve(_predictor(model, batch_size), rows_of(x, ho), y[ho], pred[r], ho,
-                                      lambda e, r=r, f=f: snapshots.save(r, f, e, trainable_weights(model)))
                 if epochs:
+                    curve = _HeldOutCurve(scorer.predictor(rows_of(x, ho)), pred[r], ho,
+                                          lambda e, r=r, f=f: snapshots.save(r, f, e, trainable_weights(model)))
                     # Every recipe's fold draws the same crops and dropout masks, so recipes
                     # differ by their setting, not by their random numbers.
                     keras.utils.set_random_seed(seed + f)
@@ -180,6 +238,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[Fold
     teacher_start = teacher.get_weights() if teacher is not None else None
     names = list(settings)
     pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
+    scorer = HeldOutScorer(student, unfreeze_from, batch_size) if epochs else None
     try:
         for r, name in enumerate(names):
             temperature, alpha = settings[name]
@@ -199,7 +258,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[Fold
                 set_trainable_top(student, unfreeze_from)
                 with strategy.scope():
                     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-                curve = _HeldOutCurve(_predictor(student, batch_size), rows_of(x_student, ho), y[ho], pred[r], ho, lambda e: None)
+                curve = _HeldOutCurve(scorer.predictor(rows_of(x_student, ho)), pred[r], ho, lambda e: None)
                 xv, yv = rows_of(x_views, tr), y[tr]
                 if unlabeled_views is not None and len(unlabeled_views) and teacher is not None:
                     xv = xv.concat(unlabeled_views) if isinstance(xv, DiskImages) else np.concatenate([xv, unlabeled_views])
