@@ -34,17 +34,12 @@ def time_fold(predictor, images: np.ndarray, epochs: int) -> float:
 
 
 def measure(name: str, n_images: int, epochs: int, rounds: int, batch: int, log) -> list[dict]:
-    from edgetl.compiler.training.cv_training import HeldOutScorer, _predictor
+    from edgetl.compiler.training.cv_training import HeldOutScorer
     from edgetl.models import create_model, get_config
 
     config = get_config(name)
     model = create_model(name, weights=None, num_classes=12)
     images = np.random.default_rng(0).integers(0, 256, (n_images, config.input_size, config.input_size, 3)).astype(np.uint8)
-    whole = _predictor(model, batch)
-
-    def whole_predictor(x):
-        return lambda: whole(x)
-
     rows = []
     for depth, layer in (("top", config.unfreeze_from), ("deeper", config.deeper_unfreeze_from)):
         if layer is None:
@@ -55,7 +50,10 @@ def measure(name: str, n_images: int, epochs: int, rounds: int, batch: int, log)
         if scorer.twin is None:
             log(f"{name} from {layer}: no cut (the whole model runs every epoch)")
             continue
-        ways = {"whole": whole_predictor, "cut": scorer.predictor}
+        def whole_model(x, scorer=scorer):  # what a fold that cannot be cut runs
+            return lambda: scorer.whole(x)
+
+        ways = {"whole": whole_model, "cut": scorer.predictor}
         for predictor in ways.values():  # warm-up: traces both ways
             time_fold(predictor, images[:batch], 2)
         seconds = {"whole": [], "cut": []}

@@ -66,7 +66,9 @@ class _HeldOutCurve(keras.callbacks.Callback):
         self.snapshot(epoch + 1)
 
 
-def _predictor(model, batch_size: int, dtype=tf.float32):
+def batch_predictor(model, batch_size: int, dtype=tf.float32):
+    """A function of images (an array or DiskImages) returning `model`'s outputs, batch by batch,
+    traced once for every call it serves."""
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -105,8 +107,10 @@ class HeldOutScorer:
     model cannot be copied or cut, every epoch runs the whole model."""
 
     def __init__(self, model, first_trainable: str, batch_size: int):
-        self.model, self.batch_size = model, batch_size
+        self.model = model
         self.twin = self.bottom = self.top = None
+        # Traced once here and shared by every fold (each fold used to trace its own).
+        self.whole = batch_predictor(model, batch_size)
         try:
             twin = keras.models.clone_model(model)
         except Exception:  # noqa: BLE001 - a layer Keras cannot rebuild from its config: no copy, no cut
@@ -114,14 +118,13 @@ class HeldOutScorer:
         cut = frozen_cut(twin, first_trainable)
         if cut is not None:
             self.twin = twin
-            self.bottom = _predictor(cut[0], batch_size)
-            self.top = _predictor(cut[1], batch_size, cut[1].inputs[0].dtype)
+            self.bottom = batch_predictor(cut[0], batch_size)
+            self.top = batch_predictor(cut[1], batch_size, cut[1].inputs[0].dtype)
 
     def predictor(self, x_held):
         """A function of no argument: the held-out images' class probabilities now."""
         if self.twin is None:
-            whole = _predictor(self.model, self.batch_size)
-            return lambda: whole(x_held)
+            return lambda: self.whole(x_held)
         boundary = []  # filled on the first call: a fold that trains no epoch never needs it
 
         def predict_held() -> np.ndarray:
