@@ -117,3 +117,47 @@ def test_the_cut_leaves_the_cross_validation_curves_as_they_were(monkeypatch):
     keras.utils.set_random_seed(7)
     whole = run()
     assert cut.recipes == whole.recipes and cut.oof_pred == whole.oof_pred
+
+
+def test_distillation_settings_share_each_folds_teacher_logits_and_keep_their_curves(monkeypatch):
+    """Both distillation settings of a fold read one set of teacher logits (the teacher runs for
+    the first only), and each setting's out-of-fold curve is the one it has when trained alone."""
+    from edgetl.compiler.training import cv_training, distill
+    from edgetl.compiler.training.crossval import stratified_folds
+    from edgetl.compiler.training.finetune import extract_features, set_trainable_top
+    from edgetl.models import create_model, get_config
+
+    from edgetl._compat import keras
+
+    x, _ = colour_images(30, seed=5)
+    y = np.random.default_rng(2).integers(0, 4, 30)  # random labels: the curves hang on every number drawn
+    top = get_config("tiny_cnn").unfreeze_from
+    keras.utils.set_random_seed(3)
+    teacher = create_model("tiny_cnn", weights=None, num_classes=4)
+    student = create_model("tiny_cnn", weights=None, num_classes=4)
+    features = extract_features(student, x, 10, "features")
+    splits = stratified_folds(y, 3, 0)
+    set_trainable_top(teacher, top)
+    fold_teachers = [cv_training.FoldTeacher("t", 0, top, cv_training.trainable_weights(teacher)) for _ in splits]
+    memos = []
+
+    class Recorded(distill.TeacherLogits):
+        def __init__(self, num_classes):
+            super().__init__(num_classes)
+            memos.append(self)
+
+    monkeypatch.setattr(distill, "TeacherLogits", Recorded)
+
+    def run(settings):
+        return cv_training.distill_cv(
+            student, teacher, unfreeze_from=top, fold_teachers=fold_teachers, splits=splits, x_student=x, x_views=x,
+            y=y, unlabeled_views=None, features=features, num_classes=4, epochs=2, learning_rate=0.05, batch_size=6,
+            settings=settings, seed=0, label="test")
+
+    both = run({"soft": (2.0, 0.5), "matching": (1.0, 1.0)})
+    assert len(memos) == 3
+    steps = sum(2 * -(-len(tr) // 6) for tr, _ in splits)  # 2 epochs of each fold's batches
+    assert sum(m.computed for m in memos) == steps and sum(m.reused for m in memos) == steps
+    alone = {name: run({name: setting}).accuracy_by_epoch for name, setting in {"soft": (2.0, 0.5), "matching": (1.0, 1.0)}.items()}
+    assert len(memos) == 3  # one setting: nothing to share, no record kept
+    assert both.recipes == alone

@@ -115,3 +115,79 @@ def test_student_and_teacher_see_one_view_at_their_own_sizes(alpha):
     distiller.fit(np.zeros((4, 24, 24, 3), np.float32), np.zeros(4, np.int32), epochs=1, verbose=0)
     assert tuple(seen["student"][1:3]) == (16, 16)
     assert ("teacher" in seen) == (alpha > 0)
+
+
+def _image_models(num_classes=3):
+    def image_model(name):
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.Conv2D(4, 3, activation="relu")(inputs / 255.0)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name=name)
+
+    keras.utils.set_random_seed(0)
+    return image_model("student"), image_model("teacher")
+
+
+def _distil(student, teacher, start, x, y, seed, memo=None, epochs=2):
+    from edgetl.compiler.training.distill import distillation_dataset
+
+    student.set_weights(start)
+    if memo is not None:
+        memo.rewind()
+    keras.utils.set_random_seed(seed)
+    distiller = Distiller(student, teacher, temperature=2.0, alpha=0.5, teacher_logits=memo)
+    distiller.compile(optimizer=keras.optimizers.Adam(0.01))
+    distiller.fit(distillation_dataset(x, y, 4, seed), epochs=epochs, verbose=0)
+    return [w.copy() for w in student.get_weights()]
+
+
+def test_settings_trained_on_the_same_batches_run_the_teacher_once_and_train_as_before():
+    """Cross-validation's distillation settings share a fold's batches: the second reads the
+    first's teacher logits instead of running the teacher, and trains exactly as if it had run it."""
+    from edgetl.compiler.training.distill import TeacherLogits
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (10, 16, 16, 3)).astype(np.uint8)
+    y = rng.integers(0, 3, 10).astype(np.int32)
+    student, teacher = _image_models()
+    start = student.get_weights()
+    plain = _distil(student, teacher, start, x, y, seed=1)
+    memo = TeacherLogits(3)
+    first = _distil(student, teacher, start, x, y, seed=1, memo=memo)
+    steps = 2 * 3  # 2 epochs of 3 batches (4, 4, 2 images)
+    assert (memo.computed, memo.reused) == (steps, 0)
+    second = _distil(student, teacher, start, x, y, seed=1, memo=memo)
+    assert (memo.computed, memo.reused) == (steps, steps)  # the teacher did not run again
+    for a, b, c in zip(plain, first, second):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_that_is_not_the_recorded_one_runs_the_teacher():
+    """Other crops or another order (here another seed) are never given recorded logits; nor is
+    a batch that differs from the recorded one only by a horizontal flip."""
+    from edgetl.compiler.training.distill import TeacherLogits
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    student, teacher = _image_models()
+    start = student.get_weights()
+    memo = TeacherLogits(3)
+    _distil(student, teacher, start, x, y, seed=1, memo=memo, epochs=1)
+    other_seed = _distil(student, teacher, start, x, y, seed=2, memo=memo, epochs=1)
+    assert memo.reused == 0 and memo.computed == 4
+    np.testing.assert_allclose(other_seed[0], _distil(student, teacher, start, x, y, seed=2, epochs=1)[0], rtol=1e-5, atol=1e-6)
+
+    batch = tf.constant(x[:4], tf.float32)
+    labels = tf.constant(y[:4])
+    check = TeacherLogits.check_of(batch, labels).numpy()
+    flipped = TeacherLogits.check_of(tf.image.flip_left_right(batch), labels).numpy()
+    memo = TeacherLogits(3)
+    memo.lookup(check)
+    memo.store(check, np.ones((4, 3), np.float32))
+    memo.rewind()
+    assert not memo.lookup(flipped)[0]
+    memo.rewind()
+    found, logits = memo.lookup(check)
+    assert found and np.array_equal(logits, np.ones((4, 3)))

@@ -231,7 +231,7 @@ def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[Fold
     the view size the distillation step resizes from; unlabeled_views: extra images (label -1)
     that feed the soft term in every fold. Teacher and student are returned to their weights.
     """
-    from edgetl.compiler.training.distill import Distiller, distillation_dataset, logits_model
+    from edgetl.compiler.training.distill import Distiller, TeacherLogits, distillation_dataset, logits_model
 
     from edgetl.models import final_pool_width
 
@@ -242,6 +242,10 @@ def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[Fold
     names = list(settings)
     pred = np.zeros((len(names), epochs + 1, len(y)), np.int64)
     scorer = HeldOutScorer(student, unfreeze_from, batch_size) if epochs else None
+    # The settings of a fold train on the same batches through the same fold teacher: its logits
+    # are computed by the first and read back by the others (one device; see TeacherLogits).
+    share = teacher is not None and len(names) > 1 and strategy.num_replicas_in_sync == 1
+    memos = [TeacherLogits(num_classes) if share else None for _ in splits]
     try:
         for r, name in enumerate(names):
             temperature, alpha = settings[name]
@@ -257,7 +261,10 @@ def distill_cv(student, teacher, *, unfreeze_from: str, fold_teachers: list[Fold
                     set_trainable_top(teacher, fold_teachers[f].unfreeze_from)
                     assign_trainable(teacher, fold_teachers[f].weights)
                 keras.utils.set_random_seed(seed + f)
-                distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha)
+                distiller = Distiller(logits_model(student), logits_model(teacher) if teacher is not None else None, temperature, alpha,
+                                      teacher_logits=memos[f])
+                if memos[f] is not None:
+                    memos[f].rewind()
                 set_trainable_top(student, unfreeze_from)
                 with strategy.scope():
                     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))

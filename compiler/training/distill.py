@@ -10,10 +10,11 @@ unlabelled images (label -1, e.g. photos from the device's own camera) feed the 
 
 Consistent views: each training step augments a batch once (random crop, flip, colour) at the
 larger of the two input sizes, then resizes that one view to the teacher's and to the student's
-input size, so the teacher labels exactly what the student sees. The teacher runs once per view
-and no view is ever repeated (every epoch draws new crops), so nothing is computed twice;
-caching K views per image instead would cap augmentation at K views for a saving only when
-epochs exceed K.
+input size, so the teacher labels exactly what the student sees. Within one training the teacher
+runs once per view and no view is ever repeated (every epoch draws new crops); caching K views
+per image instead would cap augmentation at K views for a saving only when epochs exceed K.
+Across the settings cross-validation compares on one fold the views are the same, so their
+teacher logits are computed once (`TeacherLogits`).
 
 The no-teacher baseline is the same training with alpha = 0 (and no teacher forward pass at
 all): same student, same starting point, same epochs, schedule and augmentation.
@@ -53,17 +54,72 @@ def logits_model(model):
     return keras.Model(model.input, model.get_layer(LOGITS_LAYER).output, name=f"{model.name}_logits")
 
 
+class TeacherLogits:
+    """The teacher's logits for every training step of one fold, kept by the first distillation
+    setting that trains the fold and read back by the others (compiler/training/cv_training.py).
+
+    Every setting of a fold trains on the same batches (the fold's seed draws the same shuffle and
+    crops: compiler/data/streaming.py) through the same frozen teacher in inference mode, so its
+    logits for step i are the same in every setting, and computing them again is work done twice:
+    a Lite2 teacher's forward pass costs more than a Lite0 student's training step. A step's
+    logits are reused only when its batch is the recorded one, checked on its labels and a grid
+    of its pixels, which tells apart a flip or a shifted crop; any other batch runs the teacher
+    (and its logits replace the record). `rewind()` before each training.
+    """
+
+    GRID = 8  # pixels sampled per side of each image for the batch check
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self._steps: list[tuple[np.ndarray, np.ndarray]] = []  # (batch check, logits) per step
+        self._at = 0
+        self.reused = self.computed = 0
+
+    def rewind(self) -> None:
+        self._at = 0
+
+    @classmethod
+    def check_of(cls, images, labels):
+        """A batch's identity: its labels and a strided grid of each image's pixels (exact values)."""
+        stride = max(1, int(images.shape[1]) // cls.GRID)
+        grid = tf.reshape(tf.cast(images[:, ::stride, ::stride, :], tf.float32), [tf.shape(images)[0], -1])
+        return tf.concat([tf.cast(labels[:, None], tf.float32), grid], axis=1)
+
+    def lookup(self, check: np.ndarray):
+        """(found, logits) for the next step; called once per training step, in order."""
+        step = self._at
+        self._at += 1
+        if step < len(self._steps) and np.array_equal(self._steps[step][0], check):
+            self.reused += 1
+            return True, self._steps[step][1]
+        return False, np.zeros((len(check), self.num_classes), np.float32)
+
+    def store(self, check: np.ndarray, logits: np.ndarray) -> bool:
+        """Keep the logits the teacher just computed for the step `lookup` last served."""
+        step = self._at - 1
+        record = (np.array(check), np.array(logits, np.float32))
+        if step < len(self._steps):
+            self._steps[step] = record
+        else:
+            self._steps.append(record)
+        self.computed += 1
+        return True
+
+
 class Distiller(keras.Model):
     """Trains `student` (logits model) against `teacher` (logits model, frozen; None = baseline).
 
     Training batches are (pixels at `view_size`, labels); validation batches are (pixels at the
     student's own size, labels) and measure the student alone, as it will be deployed.
+    teacher_logits: a TeacherLogits shared with the other settings trained on the same batches
+    (one device only: with several replicas each would run its own steps in its own order).
     """
 
-    def __init__(self, student, teacher, temperature: float, alpha: float):
+    def __init__(self, student, teacher, temperature: float, alpha: float, teacher_logits: TeacherLogits | None = None):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.memo = teacher_logits
         self.temperature = float(temperature)
         self.alpha = float(alpha) if teacher is not None else 0.0
         self.student_size = tuple(student.input_shape[1:3])
@@ -88,8 +144,7 @@ class Distiller(keras.Model):
         images, labels = data
         teacher_logits = None
         if self.teacher is not None and self.alpha > 0:
-            # A bf16 teacher (compiler/spec/precision.py) gives bf16 logits; the loss is float32.
-            teacher_logits = tf.cast(self.teacher(self._view(images, self.teacher_size), training=False), tf.float32)
+            teacher_logits = self._teacher_logits(images, labels)
         with tf.GradientTape() as tape:
             student_logits = self.student(self._view(images, self.student_size), training=True)
             loss = distillation_loss(labels, student_logits, teacher_logits, self.temperature, self.alpha)
@@ -99,6 +154,26 @@ class Distiller(keras.Model):
         labelled = labels >= 0
         self.accuracy.update_state(tf.boolean_mask(labels, labelled), tf.boolean_mask(student_logits, labelled))
         return {m.name: m.result() for m in self.metrics}
+
+    def _teacher_logits(self, images, labels):
+        def run_teacher():
+            # A bf16 teacher (compiler/spec/precision.py) gives bf16 logits; the loss is float32.
+            return tf.cast(self.teacher(self._view(images, self.teacher_size), training=False), tf.float32)
+
+        if self.memo is None:
+            return run_teacher()
+        check = TeacherLogits.check_of(images, labels)
+        found, recorded = tf.numpy_function(self.memo.lookup, [check], [tf.bool, tf.float32], stateful=True)
+        found.set_shape([])
+        recorded.set_shape([None, self.memo.num_classes])
+
+        def computed():
+            logits = run_teacher()
+            stored = tf.numpy_function(self.memo.store, [check, logits], tf.bool, stateful=True)
+            with tf.control_dependencies([stored]):
+                return tf.identity(logits)
+
+        return tf.cond(found, lambda: recorded, computed)
 
     def test_step(self, data):
         images, labels = data
