@@ -54,7 +54,7 @@ from edgetl.models import get_config
 
 
 # From this many images cross-validation's fold trainings cost many times one held-out training
-# (672 photos: 5,153 s against 340 s under load, README "Real use", the 672-photo table), so the plan says so.
+# (672 photos: 2,519 s alone against 340 s, README "Real use", the 672-photo table), so the plan says so.
 SLOW_CV_IMAGES = 300
 
 def prepare_output(out: Path, overwrite: bool, run_id: str | None = None) -> Path:
