@@ -40,7 +40,7 @@ def time_fold(student, teacher, start, x, y, epochs: int, batch: int, memo) -> f
     for temperature, alpha in SETTINGS:
         student.set_weights(start)
         if memo is not None:
-            memo.rewind()
+            memo.start()
         keras.utils.set_random_seed(0)
         distiller = Distiller(logits_model(student), logits_model(teacher), temperature, alpha, teacher_logits=memo)
         distiller.compile(optimizer=keras.optimizers.Adam(1e-4))

@@ -154,10 +154,51 @@ def test_distillation_settings_share_each_folds_teacher_logits_and_keep_their_cu
             y=y, unlabeled_views=None, features=features, num_classes=4, epochs=2, learning_rate=0.05, batch_size=6,
             settings=settings, seed=0, label="test")
 
+    built = []
+
+    class Counted(distill.Distiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(distill, "Distiller", Counted)
     both = run({"soft": (2.0, 0.5), "matching": (1.0, 1.0)})
-    assert len(memos) == 3
+    assert len(memos) == 1  # one record for the folds, each fold's steps apart
+    assert len(built) == 2  # one trainer per setting, traced at its first fold and reused by the others
     steps = sum(2 * -(-len(tr) // 6) for tr, _ in splits)  # 2 epochs of each fold's batches
     assert sum(m.computed for m in memos) == steps and sum(m.reused for m in memos) == steps
     alone = {name: run({name: setting}).accuracy_by_epoch for name, setting in {"soft": (2.0, 0.5), "matching": (1.0, 1.0)}.items()}
-    assert len(memos) == 3  # one setting: nothing to share, no record kept
+    assert len(memos) == 1  # one setting: nothing to share, no record kept
     assert both.recipes == alone
+
+
+def test_a_reset_optimizer_trains_the_next_fold_as_a_fresh_one_would():
+    """Folds of a recipe reuse the compiled model (no new trace): the optimizer's steps and
+    moments go back to zero between folds, and its learning rate stays."""
+    from edgetl.compiler.training.cv_training import reset_optimizer
+
+    from edgetl._compat import keras
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    start = model.get_weights()
+
+    def fold(compile_again: bool):
+        model.set_weights(start)
+        if compile_again:
+            model.compile(keras.optimizers.Adam(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        else:
+            reset_optimizer(model.optimizer)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    fresh = fold(True)
+    traced = model.train_function
+    reused = fold(False)
+    assert model.train_function is traced  # the same traced step served the second fold
+    assert float(model.optimizer.learning_rate.numpy()) == np.float32(0.05)
+    for a, b in zip(fresh, reused):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(fresh[0], start[0])  # it trained

@@ -133,7 +133,7 @@ def _distil(student, teacher, start, x, y, seed, memo=None, epochs=2):
 
     student.set_weights(start)
     if memo is not None:
-        memo.rewind()
+        memo.start()
     keras.utils.set_random_seed(seed)
     distiller = Distiller(student, teacher, temperature=2.0, alpha=0.5, teacher_logits=memo)
     distiller.compile(optimizer=keras.optimizers.Adam(0.01))
@@ -186,8 +186,8 @@ def test_a_batch_that_is_not_the_recorded_one_runs_the_teacher():
     memo = TeacherLogits(3)
     memo.lookup(check)
     memo.store(check, np.ones((4, 3), np.float32))
-    memo.rewind()
+    memo.start()
     assert not memo.lookup(flipped)[0]
-    memo.rewind()
+    memo.start()
     found, logits = memo.lookup(check)
     assert found and np.array_equal(logits, np.ones((4, 3)))

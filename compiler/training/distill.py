@@ -64,18 +64,22 @@ class TeacherLogits:
     a Lite2 teacher's forward pass costs more than a Lite0 student's training step. A step's
     logits are reused only when its batch is the recorded one, checked on its labels and a grid
     of its pixels, which tells apart a flip or a shifted crop; any other batch runs the teacher
-    (and its logits replace the record). `rewind()` before each training.
+    (and its logits replace the record). `start(fold)` before each training: one object serves
+    every fold, so a training step traced once reads whichever fold is being trained.
     """
 
     GRID = 8  # pixels sampled per side of each image for the batch check
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
-        self._steps: list[tuple[np.ndarray, np.ndarray]] = []  # (batch check, logits) per step
+        self._records: dict[object, list[tuple[np.ndarray, np.ndarray]]] = {}  # fold: (batch check, logits) per step
+        self._steps = self._records.setdefault(0, [])
         self._at = 0
         self.reused = self.computed = 0
 
-    def rewind(self) -> None:
+    def start(self, fold=0) -> None:
+        """The next step is step 0 of `fold`'s training."""
+        self._steps = self._records.setdefault(fold, [])
         self._at = 0
 
     @classmethod
