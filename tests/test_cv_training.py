@@ -7,8 +7,8 @@ import numpy as np
 from conftest import colour_images
 
 
-def test_recipes_share_their_random_numbers_so_only_the_setting_differs():
-    from edgetl.compiler.training.cv_training import finetune_cv
+def test_recipes_share_their_random_numbers_so_only_the_setting_differs(monkeypatch):
+    from edgetl.compiler.training import cv_training
     from edgetl.compiler.training.finetune import extract_features
     from edgetl.models import create_model, get_config
 
@@ -16,16 +16,28 @@ def test_recipes_share_their_random_numbers_so_only_the_setting_differs():
     y = np.random.default_rng(1).integers(0, 4, 36)  # random labels: every epoch's score hangs on the crops and dropout drawn
     model = create_model("tiny_cnn", weights=None, num_classes=4)
     features = extract_features(model, x, 12, "features")
-    # Two recipes with the same setting under different names: their curves must be the same;
-    # the deeper one trains more layers, so its curve differs.
+    # Every out-of-fold prediction of every recipe and epoch, as the choice reads them (an
+    # accuracy curve is too coarse: two recipes can score alike with different predictions).
+    seen = {}
+    choose = cv_training.choose_recipe
+
+    def keep_predictions(correct, folds, pred, *args, **kwargs):
+        seen["pred"] = pred.copy()
+        return choose(correct, folds, pred, *args, **kwargs)
+
+    monkeypatch.setattr(cv_training, "choose_recipe", keep_predictions)
+    # Two recipes with the same setting under different names: their predictions must be the same;
+    # the deeper one trains more layers, so its predictions differ.
     top = get_config("tiny_cnn").unfreeze_from
-    choice, fold_teachers, splits = finetune_cv(
+    choice, fold_teachers, splits = cv_training.finetune_cv(
         model, x=x, y=y, features=features, num_classes=4, epochs=3,
-        recipes={"first": (0.05, top), "second": (0.05, top), "deeper": (0.05, get_config("tiny_cnn").deeper_unfreeze_from)},
+        recipes={"first": (0.01, top), "second": (0.01, top), "deeper": (0.01, get_config("tiny_cnn").deeper_unfreeze_from)},
         batch_size=6, folds=3, seed=0, label="test",
     )
+    pred = seen["pred"]  # (recipes, epochs + 1, images)
+    np.testing.assert_array_equal(pred[0], pred[1])
     assert choice.recipes["first"] == choice.recipes["second"]
-    assert choice.recipes["deeper"] != choice.recipes["first"]
+    assert not np.array_equal(pred[2, 1:], pred[0, 1:])
     assert len(fold_teachers) == len(splits) == 3
 
 
