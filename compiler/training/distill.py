@@ -55,7 +55,7 @@ def logits_model(model):
 
 
 class TeacherLogits:
-    """The teacher's logits for every training step of one fold, kept by the first distillation
+    """The teacher's logits for every training step of each fold, kept by the first distillation
     setting that trains the fold and read back by the others (compiler/training/cv_training.py).
 
     Every setting of a fold trains on the same batches (the fold's seed draws the same shuffle and
@@ -73,9 +73,8 @@ class TeacherLogits:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self._records: dict[object, list[tuple[np.ndarray, np.ndarray]]] = {}  # fold: (batch check, logits) per step
-        self._steps = self._records.setdefault(0, [])
-        self._at = 0
         self.reused = self.computed = 0
+        self.start()
 
     def start(self, fold=0) -> None:
         """The next step is step 0 of `fold`'s training."""
