@@ -23,17 +23,15 @@ class _FileOnlyWeights:
         model.load_weights(str(weights))
 
 
+_TINY = dict(family="test", input_size=32, mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), channel_order="RGB",
+             licence="Apache-2.0 (edgetl)", weights_source="none (random initialisation; for tests)")
+
+
 @register_model(
     ModelConfig(
         name="tiny_cnn",
-        family="test",
-        input_size=32,
-        mean=(127.5, 127.5, 127.5),
-        std=(127.5, 127.5, 127.5),
-        channel_order="RGB",
         params=55_200,
-        licence="Apache-2.0 (edgetl)",
-        weights_source="none (random initialisation; for tests)",
+        **_TINY,
         unfreeze_from="tiny_conv2",
         deeper_unfreeze_from="tiny_conv1",
         pooled_block="tiny_relu1",  # as EfficientNet-Lite's: so the tests run the concatenated features
@@ -42,15 +40,38 @@ class _FileOnlyWeights:
     weights=_FileOnlyWeights(),
 )
 def tiny_cnn(x):
+    return _tiny(x, inner=16)
+
+
+def _tiny(x, inner: int):
     from edgetl._compat import keras
 
     layers = keras.layers
     x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="tiny_conv0")(x)
     x = layers.BatchNormalization(name="tiny_bn0")(x)
     x = layers.ReLU(6.0, name="tiny_relu0")(x)
-    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="tiny_conv1")(x)
+    x = layers.Conv2D(inner, 3, strides=2, padding="same", use_bias=False, name="tiny_conv1")(x)
     x = layers.BatchNormalization(name="tiny_bn1")(x)
     x = layers.ReLU(6.0, name="tiny_relu1")(x)
     x = layers.Conv2D(32, 3, padding="same", use_bias=False, name="tiny_conv2")(x)
     x = layers.BatchNormalization(name="tiny_bn2")(x)
     return layers.ReLU(6.0, name="tiny_relu2")(x)
+
+
+# Its middle layer at half width, named as the channel-pruned variants are (NAME_slimPP), so the
+# tests reach the code that times a student's narrower variants (compiler/stages/resolution.py).
+@register_model(
+    ModelConfig(
+        name="tiny_cnn_slim50",
+        params=44_288,
+        **_TINY,
+        unfreeze_from="tiny_conv0",
+        pooled_block="tiny_relu1",
+        batch_norm_from_data=True,
+        distill_patience=2,
+        description="tiny_cnn with half of its middle layer's channels",
+    ),
+    weights=_FileOnlyWeights(),
+)
+def tiny_cnn_slim50(x):
+    return _tiny(x, inner=8)

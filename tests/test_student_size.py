@@ -61,3 +61,13 @@ def test_a_replay_takes_the_choice_from_the_cache(auto_build, capsys):
     budget = compile_model(CompileConfig(data=data, out=root / "budget", cache_dir=cache, max_latency_ms=1e-6, **AUTO))
     choice = budget["models"]["student"]["training"]["resolution"]
     assert not budget["models"]["student"]["cached"] and "NO size" in choice["why"] and choice["max_latency_ms"] == 1e-6
+    # No size meets it, so the channel-pruned variant was timed at every passing size, paired
+    # with the own size's file; none is that fast either, and the choice says so.
+    passing = [row["size"] for row in choice["sizes"] if row["gate"] == "passed"]
+    assert [(o["model"], o["size"]) for o in choice["slim_options"]] == [("tiny_cnn_slim50", s) for s in passing]
+    assert all(o["int8_p50_ms"] > 0 and o["int8_mb"] > 0 and o["p50_vs_own_size"] > 0 for o in choice["slim_options"])
+    assert "nor does a channel-pruned student: the fastest, tiny_cnn_slim50" in choice["why"] and choice["slim_pick"] is None
+    page = (root / "budget" / "report.html").read_text()
+    assert "channel-pruned variants were timed too" in page and page.count("<td>tiny_cnn_slim50</td>") == len(passing)
+    # Without a budget, or with one a size meets, nothing more is built.
+    assert report["models"]["student"]["training"]["resolution"]["slim_options"] == []

@@ -275,6 +275,15 @@ def _student_size_section(report: dict) -> list[str]:
                      f"<td class='n'>{row['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(row['int8_mb'] * 1e6)}</td>"
                      f"<td>{_e(row['gate'])}</td></tr>")
     parts.append("</table>")
+    slim = choice.get("slim_options") or []
+    if slim:  # no size met --max-latency-ms: the channel-pruned variants, timed untrained
+        parts.append("<p>No size within the accuracy gate met the latency budget, so the student's channel-pruned variants "
+                     "were timed too: untrained int8 graphs (speed does not depend on the weights), paired with the own "
+                     "size's file. Their accuracy is unknown until one is distilled; the choice above names the one to try.</p>"
+                     "<table><tr><th>model</th><th>size</th><th>int8 p50</th><th>vs own size</th><th>int8 size</th></tr>")
+        parts += [f"<tr><td>{_e(o['model'])}</td><td>{o['size']} px</td><td class='n'>{_ms(o['int8_p50_ms'])}</td>"
+                  f"<td class='n'>{o['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(o['int8_mb'] * 1e6)}</td></tr>" for o in slim]
+        parts.append("</table>")
     chart = size_front_chart(choice)
     if chart:
         parts.append(f"<img class='chart' alt='probe accuracy against int8 p50 for each student input size' src='{chart}'>")

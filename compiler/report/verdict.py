@@ -152,6 +152,19 @@ def _failed_quantization(report: dict) -> dict | None:
     return refused[0] if refused else None
 
 
+def _slim_student_within_budget(report: dict) -> str | None:
+    """No input size met --max-latency-ms, and a channel-pruned student's int8 graph did
+    (compiler/stages/resolution.py): the compile to run next."""
+    resolution = report["models"].get("student", {}).get("training", {}).get("resolution") or {}
+    pick = resolution.get("slim_pick")
+    if not pick:
+        return None
+    return (f"no input size met the {resolution['max_latency_ms']:g} ms budget within the accuracy gate; "
+            f"{pick['model']} at {pick['size']} px does ({pick['int8_p50_ms']:.2f} ms int8 p50, {pick['p50_vs_own_size']:.2f}x "
+            f"the own size, timed untrained): compile with --student {pick['model']} --student-size {pick['size']} --selection cv "
+            "to learn what it costs in accuracy.")
+
+
 def _next_step(report: dict) -> str | None:
     figure = deployed_figure(report)
     flagged = [m for g in misclassified(report) for m in g.mistakes if m.possible_label_error]
@@ -165,6 +178,9 @@ def _next_step(report: dict) -> str | None:
         return (f"int8 ({refused['file']}) was refused by the accuracy gate ({refused['gate']}); a larger "
                 f"--max-accuracy-drop (now {config.get('max_accuracy_drop', '?')} points) or --qat would deploy a "
                 "file about 4x smaller.")
+    slim = _slim_student_within_budget(report)
+    if slim:
+        return slim
     weak = _weakest_class(report)
     if weak:
         row, confused_with = weak

@@ -25,6 +25,18 @@ and every later stage run at that size, and nothing is trained twice.
 
 What this does not measure: each size after distillation (a full training per size). The probe
 ranks what the frozen features lose at fewer pixels; distillation then starts from the chosen one.
+
+When --max-latency-ms is below every passing size's p50, fewer pixels alone cannot meet it, and
+the next lever is fewer channels: the student's channel-pruned variants (registered as
+NAME_slimPP, e.g. efficientnet_lite0_slim75). Their int8 files are built from untrained graphs
+(latency does not depend on the weights) at each passing size and timed interleaved with the own
+size's file, and the choice's record names the one to compile: the widest variant (the fewest
+channels cut) at the largest passing size within the budget. It is advice, not a choice made
+for the user: a slim student's probe cannot rank it (the cut damages exactly the frozen features
+the probe reads; it needs a full distillation to recover), so its accuracy is known only after
+that compile, which on flowers12 took 35 min with --selection cv (slim75 at 160 px: 0.47x the
+224 px p50, 0.4 points below it on test, within noise). Channels before pixels was not the
+order chosen: pixels are gated by the probe on the user's data; a cut is judged only afterwards.
 """
 
 from __future__ import annotations
@@ -111,6 +123,46 @@ def choose(candidates: list[SizeCandidate], max_drop_points: float, max_latency_
     return fastest, f"{fastest.size} px: the fastest int8 file ({fastest.p50_ms:.2f} ms p50) {within}" + rejected
 
 
+def narrower_students(name: str) -> list[str]:
+    """The channel-pruned variants of student `name` (registered as NAME_slimPP), widest first."""
+    from edgetl.models import list_models
+
+    prefix = f"{name}_slim"
+    percents = {n: n[len(prefix):] for n in list_models(f"{prefix}*", include_test=True)}
+    return sorted((n for n, p in percents.items() if p.isdigit()), key=lambda n: -int(percents[n]))
+
+
+@dataclasses.dataclass
+class SlimOption:
+    """A channel-pruned student's untrained int8 graph at one size: what it would cost to run."""
+
+    model: str
+    size: int
+    p50_ms: float = float("inf")
+    p50_vs_own_size: float = float("inf")  # paired with the own size's file in the same rounds
+    file_mb: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "size": self.size, "int8_p50_ms": round(self.p50_ms, 3),
+                "p50_vs_own_size": round(self.p50_vs_own_size, 3), "int8_mb": round(self.file_mb, 3)}
+
+
+def slim_advice(options: list[SlimOption], max_latency_ms: float) -> tuple[SlimOption | None, str]:
+    """(the option to compile, or None, and a clause saying so). `options` come widest variant
+    first and, within one, largest size first: the first within the budget cuts the least."""
+    if not options:
+        return None, ""
+    within = [o for o in options if o.p50_ms <= max_latency_ms]
+    if not within:
+        fastest = min(options, key=lambda o: o.p50_ms)
+        return None, (f"; nor does a channel-pruned student: the fastest, {fastest.model} at {fastest.size} px, "
+                      f"is {fastest.p50_ms:.2f} ms int8 p50 untrained")
+    pick = within[0]
+    return pick, (f"; a channel-pruned student meets it: {pick.model} at {pick.size} px is {pick.p50_ms:.2f} ms int8 p50 "
+                  f"({pick.p50_vs_own_size:.2f}x the own size; untrained graph, so its accuracy is unknown until "
+                  f"distilled): compile with --student {pick.model} --student-size {pick.size} --selection cv")
+
+
 def choose_student_size(config: CompileConfig, model_config, images: ImageCache, num_classes: int, strategy) -> TrainedModel:
     """The probe-headed student at the chosen size, its record holding every size's figures."""
     from edgetl.compiler.stages.student import probe_headed_student
@@ -131,19 +183,57 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
             heads[size] = trained
             candidates.append(candidate)
         _time_interleaved(config, candidates, paths, images)
-    chosen, why = choose(candidates, config.max_accuracy_drop, config.max_latency_ms)
-    for c in candidates:
-        console.print(f"    {c.size} px: probe accuracy {c.accuracy:.1%} out of fold (n={len(c.correct)}), "
-                      f"int8 p50 {c.p50_ms:.2f} ms ({c.p50_ms / candidates[0].p50_ms:.2f}x), {c.file_mb:.2f} MB")
+        chosen, why = choose(candidates, config.max_accuracy_drop, config.max_latency_ms)
+        for c in candidates:
+            console.print(f"    {c.size} px: probe accuracy {c.accuracy:.1%} out of fold (n={len(c.correct)}), "
+                          f"int8 p50 {c.p50_ms:.2f} ms ({c.p50_ms / candidates[0].p50_ms:.2f}x), {c.file_mb:.2f} MB")
+        slim, pick = [], None
+        if config.max_latency_ms is not None and chosen.p50_ms > config.max_latency_ms:
+            passing = [c.size for c in candidates if c.gate == "passed"]
+            slim = _time_slim_options(config, model_config.name, passing, candidates[0].size, paths[candidates[0].size],
+                                      images, num_classes, Path(folder))
+            pick, clause = slim_advice(slim, config.max_latency_ms)
+            why += clause
     console.print(f"    student input size: {why}")
     head = heads[chosen.size]
     head.training["resolution"] = {
         "chosen": chosen.size, "why": why, "sizes": [c.to_json(candidates[0]) for c in candidates],
+        "slim_options": [o.to_json() for o in slim], "slim_pick": pick.to_json() if pick else None,
         "accuracy_on": f"out-of-fold probe predictions on the {len(chosen.correct)} training images",
         "max_accuracy_drop": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms, "threads": config.threads,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return head
+
+
+def _time_slim_options(config: CompileConfig, name: str, sizes: list[int], own_size: int, own_path: Path, images: ImageCache,
+                       num_classes: int, folder: Path) -> list[SlimOption]:
+    """Each channel-pruned variant of `name` at each of `sizes`, built untrained, written as int8
+    and timed interleaved with the own size's file (`own_path`): widest first, largest size first."""
+    from edgetl.compiler.compression.optimize import best_p50_interleaved
+    from edgetl.models import create_model
+    from edgetl.runtime import open_session
+
+    options = [SlimOption(variant, size) for variant in narrower_students(name) for size in sizes]
+    if not options:
+        return []
+    console.print(f"    no passing size meets the {config.max_latency_ms:g} ms budget: timing "
+                  f"{', '.join(narrower_students(name))} at {', '.join(f'{s} px' for s in sizes)} (untrained graphs)")
+    paths = []
+    for option in options:
+        # Random weights: the int8 graph and its kernels, hence its speed, are those of the trained model.
+        model = create_model(option.model, weights=None, num_classes=num_classes, dropout=config.dropout, input_size=option.size)
+        path = folder / f"{option.model}_{option.size}px_int8.tflite"
+        _write_int8(config, model, images, option.size, path)
+        option.file_mb = path.stat().st_size / 1e6
+        paths.append(path)
+    sessions = [(open_session(own_path, threads=config.threads), images.get("train", own_size)[0][0])]
+    sessions += [(open_session(p, threads=config.threads), images.get("train", o.size)[0][0]) for o, p in zip(options, paths)]
+    own, *p50s = best_p50_interleaved(sessions, "channel-pruned students: latency (interleaved rounds)")
+    for option, p50 in zip(options, p50s):
+        option.p50_ms, option.p50_vs_own_size = p50, p50 / own
+        console.print(f"    {option.model} at {option.size} px: int8 p50 {p50:.2f} ms ({p50 / own:.2f}x), {option.file_mb:.2f} MB")
+    return options
 
 
 def _plain(trained: TrainedModel, strategy, num_classes: int, config: CompileConfig):

@@ -95,6 +95,17 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     assert line.startswith("A build without a test split has a cross-validated estimate of its model, not a score of its file")
 
 
+def test_a_missed_latency_budget_that_a_slim_student_meets_is_the_next_step(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path, with_test=False)
+    resolution = {"chosen": 160, "max_latency_ms": 1.3, "slim_options": [], "slim_pick": None}
+    report["models"]["student"].setdefault("training", {})["resolution"] = resolution
+    assert "--student-size" not in (build_verdict(report).next_step or "")  # no variant met it: nothing to say
+    resolution["slim_pick"] = {"model": "efficientnet_lite0_slim75", "size": 160, "int8_p50_ms": 1.23, "p50_vs_own_size": 0.47}
+    step = build_verdict(report).next_step
+    assert "1.3 ms budget" in step and "1.23 ms int8 p50, 0.47x" in step
+    assert "--student efficientnet_lite0_slim75 --student-size 160 --selection cv" in step
+
+
 def test_every_accuracy_in_the_page_carries_its_interval_and_n(tmp_path):
     report = make_report(tmp_path / "data", tmp_path, num_classes=4, num_files=6)
     page = render(report, tmp_path)

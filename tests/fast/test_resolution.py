@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from edgetl.compiler.spec.config import CompileConfig
-from edgetl.compiler.stages.resolution import SizeCandidate, candidate_sizes, choose
+from edgetl.compiler.stages.resolution import (
+    SizeCandidate,
+    SlimOption,
+    candidate_sizes,
+    choose,
+    narrower_students,
+    slim_advice,
+)
 
 from edgetl.errors import SettingError
 
@@ -93,3 +100,28 @@ def test_a_smaller_size_that_recovers_after_a_larger_one_failed_is_not_kept():
     assert chosen.size == 224
     assert sizes[2].gate == sizes[3].gate == "not considered: 192 px, a larger size, failed"
     assert "128 px rejected (not considered" in why
+
+
+def test_the_narrower_students_are_the_channel_pruned_variants_widest_first():
+    assert narrower_students("efficientnet_lite0") == ["efficientnet_lite0_slim75", "efficientnet_lite0_slim50"]
+    assert narrower_students("tiny_cnn") == ["tiny_cnn_slim50"]
+    assert narrower_students("efficientnet_lite2") == [] and narrower_students("efficientnet_lite0_slim75") == []
+
+
+def slim(model: str, px: int, p50: float) -> SlimOption:
+    return SlimOption(model, px, p50_ms=p50, p50_vs_own_size=p50 / 2.6)
+
+
+def test_a_budget_no_size_meets_names_the_widest_cut_at_the_largest_size_within_it():
+    # As _time_slim_options orders them: widest variant first, largest passing size first.
+    options = [slim("lite0_slim75", 224, 2.1), slim("lite0_slim75", 192, 1.6), slim("lite0_slim75", 160, 1.23),
+               slim("lite0_slim50", 224, 1.56), slim("lite0_slim50", 192, 1.2), slim("lite0_slim50", 160, 0.85)]
+    pick, clause = slim_advice(options, max_latency_ms=1.3)
+    # slim50 at 192 px is faster and also within the budget, but cuts more channels: not named.
+    assert (pick.model, pick.size) == ("lite0_slim75", 160)
+    assert "--student lite0_slim75 --student-size 160 --selection cv" in clause and "1.23 ms" in clause
+    assert slim_advice(options, max_latency_ms=1.0)[0] is options[5]  # only slim50 at 160 px is that fast
+    # Nothing within the budget: nothing to compile, and the fastest is named with its figure.
+    pick, clause = slim_advice(options, max_latency_ms=0.5)
+    assert pick is None and "nor does a channel-pruned student" in clause and "lite0_slim50 at 160 px, is 0.85 ms" in clause
+    assert slim_advice([], max_latency_ms=0.5) == (None, "")
