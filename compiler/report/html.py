@@ -275,6 +275,8 @@ def _student_size_section(report: dict) -> list[str]:
                      f"<td class='n'>{row['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(row['int8_mb'] * 1e6)}</td>"
                      f"<td>{_e(row['gate'])}</td></tr>")
     parts.append("</table>")
+    if choice.get("timing_note"):
+        parts.append(f"<p class='muted'>Timing: {_e(choice['timing_note'])}.</p>")
     slim = choice.get("slim_options") or []
     if slim:  # no size met --max-latency-ms: the channel-pruned variants, timed untrained
         parts.append("<p>No size within the accuracy gate met the latency budget, so the student's channel-pruned variants "

@@ -11,7 +11,9 @@ from edgetl.compiler.stages.resolution import (
     candidate_sizes,
     choose,
     narrower_students,
+    out_of_size_order,
     slim_advice,
+    time_in_size_order,
 )
 
 from edgetl.errors import SettingError
@@ -125,3 +127,37 @@ def test_a_budget_no_size_meets_names_the_widest_cut_at_the_largest_size_within_
     pick, clause = slim_advice(options, max_latency_ms=0.5)
     assert pick is None and "nor does a channel-pruned student" in clause and "lite0_slim50 at 160 px, is 0.85 ms" in clause
     assert slim_advice([], max_latency_ms=0.5) == (None, "")
+
+
+def test_a_smaller_size_timed_slower_beyond_the_tie_is_out_of_order():
+    # Indices 0-2: one graph at 224, 192, 160 px; 3-4: another at 224, 160 px.
+    chains = [[0, 1, 2], [3, 4]]
+    assert out_of_size_order([5.0, 3.7, 2.6, 4.0, 2.0], chains) == []
+    assert out_of_size_order([5.0, 5.5, 2.6, 4.0, 2.0], chains) == []  # 10% slower: within the 15% tie
+    assert out_of_size_order([1.74, 2.59, 0.99, 4.0, 2.0], chains) == [(0, 1)]  # seen beside another compile
+    assert out_of_size_order([5.0, 3.7, 2.6, 1.0, 2.0], chains) == [(3, 4)]  # across graphs nothing is implied
+
+
+def test_timings_out_of_size_order_are_taken_again_and_a_lasting_disorder_is_reported(monkeypatch):
+    from edgetl.compiler.compression import optimize
+
+    def timings(*answers):
+        """Each call of the timer returns the next of `answers`; the rounds it was asked for are kept."""
+        answers, calls = list(answers), []
+
+        def fake(sessions, label, rounds=3, runs=30):
+            calls.append(rounds)
+            return list(answers.pop(0))
+
+        monkeypatch.setattr(optimize, "best_p50_interleaved", fake)
+        return calls
+
+    calls = timings([5.0, 3.7, 2.6])
+    assert time_in_size_order([None] * 3, [[0, 1, 2]], "sizes") == ([5.0, 3.7, 2.6], "") and calls == [3]
+    # A burst during 192 px's turns: timed again, each file keeps its faster figure.
+    calls = timings([1.74, 2.59, 0.99], [1.9, 1.3, 1.1])
+    p50s, note = time_in_size_order([None] * 3, [[0, 1, 2]], "sizes")
+    assert p50s == [1.74, 1.3, 0.99] and note.startswith("timed twice") and calls == [3, 6]
+    calls = timings([1.74, 2.59, 0.99], [1.9, 2.4, 1.1])
+    p50s, note = time_in_size_order([None] * 3, [[0, 1, 2]], "sizes")
+    assert p50s == [1.74, 2.4, 0.99] and "may be noise" in note and "--student-size" in note
