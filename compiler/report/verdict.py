@@ -152,10 +152,23 @@ def _failed_quantization(report: dict) -> dict | None:
     return refused[0] if refused else None
 
 
-def _slim_student_within_budget(report: dict) -> str | None:
-    """No input size met --max-latency-ms, and a channel-pruned student's int8 graph did
-    (compiler/stages/resolution.py): the compile to run next."""
-    resolution = report["models"].get("student", {}).get("training", {}).get("resolution") or {}
+def _faster_student(report: dict) -> str | None:
+    """The deployed file is over --max-latency-ms: the compile that can meet it, when there is one.
+
+    With --student-size auto, the channel-pruned student whose int8 graph met the budget when no
+    input size did (compiler/stages/resolution.py); without it, the size search itself."""
+    budget = (report.get("config") or {}).get("max_latency_ms")
+    artifact = deployed_artifact(report) or {}
+    if budget is None or artifact.get("latency_p50_ms") is None or artifact["latency_p50_ms"] <= budget:
+        return None
+    student = report["models"].get("student")
+    if student is None:
+        return None
+    resolution = student.get("training", {}).get("resolution")
+    if resolution is None:
+        return (f"the deployed file's {artifact['latency_p50_ms']:.2f} ms p50 is over the {budget:g} ms budget: "
+                "--student-size auto times smaller inputs for the student, keeps the most accurate within the budget "
+                "and, when none is fast enough, names a channel-pruned student that is.")
     pick = resolution.get("slim_pick")
     if not pick:
         return None
@@ -178,9 +191,9 @@ def _next_step(report: dict) -> str | None:
         return (f"int8 ({refused['file']}) was refused by the accuracy gate ({refused['gate']}); a larger "
                 f"--max-accuracy-drop (now {config.get('max_accuracy_drop', '?')} points) or --qat would deploy a "
                 "file about 4x smaller.")
-    slim = _slim_student_within_budget(report)
-    if slim:
-        return slim
+    faster = _faster_student(report)
+    if faster:
+        return faster
     weak = _weakest_class(report)
     if weak:
         row, confused_with = weak

@@ -95,11 +95,21 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     assert line.startswith("A build without a test split has a cross-validated estimate of its model, not a score of its file")
 
 
-def test_a_missed_latency_budget_that_a_slim_student_meets_is_the_next_step(tmp_path):
+def test_a_missed_latency_budget_names_the_compile_that_can_meet_it(tmp_path):
+    from edgetl.compiler.report.facts import deployed_artifact
+
     report = make_report(tmp_path / "data", tmp_path, with_test=False)
+    deployed_artifact(report)["latency_p50_ms"] = 1.89
+    report.setdefault("config", {})["max_latency_ms"] = 5.0
+    assert "budget" not in (build_verdict(report).next_step or "")  # within it: nothing to say
+    # Over it, with the student's input size fixed: the size search is the next step.
+    report["config"]["max_latency_ms"] = 1.3
+    step = build_verdict(report).next_step
+    assert "1.89 ms p50 is over the 1.3 ms budget" in step and "--student-size auto" in step
+    # Over it after the size search: a channel-pruned variant that met it is named, else nothing.
     resolution = {"chosen": 160, "max_latency_ms": 1.3, "slim_options": [], "slim_pick": None}
     report["models"]["student"].setdefault("training", {})["resolution"] = resolution
-    assert "--student-size" not in (build_verdict(report).next_step or "")  # no variant met it: nothing to say
+    assert "budget" not in (build_verdict(report).next_step or "")
     resolution["slim_pick"] = {"model": "efficientnet_lite0_slim75", "size": 160, "int8_p50_ms": 1.23, "p50_vs_own_size": 0.47}
     step = build_verdict(report).next_step
     assert "1.3 ms budget" in step and "1.23 ms int8 p50, 0.47x" in step
