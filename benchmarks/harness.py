@@ -313,7 +313,9 @@ def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
     """Images to score from `root`: DIR/<class>/*, or DATA/train|val|test/<class>/* (its test split).
 
     For a DATA folder without test/, the test split is carved from train/ exactly as
-    `edgetl compile` did (its seed and fractions, from the report beside the model).
+    `edgetl compile` did (its seed, fractions and selection, from the report beside the model).
+    Under cross-validation the compile carved none and trained on every image, so there is no
+    held-out split to score: that is an error, not a score of training images called a test.
     """
     from edgetl.compiler.data.datasets import scan_dataset
 
@@ -327,10 +329,17 @@ def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
         cfg = compile_config or {}
         seed = int(cfg.get("seed", 0))
         val, test = float(cfg.get("val_fraction", 0.15)), float(cfg.get("test_fraction", 0.15))
-        ds = scan_dataset(root, val_fraction=val, test_fraction=test, seed=seed)
+        selection, cv_below = str(cfg.get("selection", "auto")), int(cfg.get("cv_below", 600))
+        ds = scan_dataset(root, val_fraction=val, test_fraction=test, seed=seed, selection=selection, cv_below=cv_below)
         samples = ds.splits["test"]
+        how = "did" if compile_config else "does by default"
+        if not samples and ds.selection == "cv":
+            raise DataError(
+                f"{ds.root} has no test/ and edgetl compile {how} not carve one: it cross-validated and trained on all "
+                f"{len(ds.splits['train'])} images, so scoring them would not be a held-out figure; pass images the model "
+                "did not train on (DIR/<class>/*), or leave out --data to time the files only")
         split = (f"the test split carved from {ds.root}/train (seed {seed}, val {val:g}, test {test:g}, "
-                 f"as edgetl compile{' did' if compile_config else ' does by default'})")
+                 f"as edgetl compile {how})")
     if not samples:
         raise DataError(f"no usable images to score in {ds.root}; pass a folder of class folders with images")
     return EvalData(

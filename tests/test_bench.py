@@ -232,8 +232,13 @@ def test_eval_data_layouts(tmp_path):
 
     root = tmp_path / "DATA"
     write_color_dataset(root / "train", classes=LABELS, per_class=10)
-    carved = scan_eval_data(root, {"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3})
+    carved = scan_eval_data(root, {"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3, "selection": "holdout"})
     assert "carved" in carved.split and "seed 3" in carved.split and len(carved.paths) == 9  # 3 per class
+    # A compile that cross-validated (30 images, below its cv_below) carved no test split and
+    # trained on every image: none of them is a held-out score, with or without its report.
+    for compiled in ({"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3, "selection": "auto", "cv_below": 600}, None):
+        with pytest.raises(DataError, match="trained on all 30 images, so scoring them would not be a held-out figure"):
+            scan_eval_data(root, compiled)
     from edgetl.compiler.data.datasets import scan_dataset
 
     compile_test = scan_dataset(root, val_fraction=0.2, test_fraction=0.3, seed=3).splits["test"]
