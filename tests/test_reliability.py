@@ -121,6 +121,11 @@ def test_4_a_precision_the_target_cannot_run_is_refused_before_any_work(data, tm
     out = tmp_path / "out"
     with pytest.raises(SettingError, match="--quantize 'fp32' cannot deploy to --target edgetpu"):
         compile_model(CompileConfig(data=data, out=out, **{**FAST, "target": "edgetpu"}))
+    # So is an input type it cannot take (found by a newcomer: it failed after the whole compile).
+    for io_dtype in ("float32", "int8"):
+        with pytest.raises(SettingError, match=f"--io-dtype '{io_dtype}' cannot deploy to --target edgetpu, whose model input must be uint8"):
+            CompileConfig(data=data, out=out, **{**FAST, "target": "edgetpu", "quantize": "int8", "io_dtype": io_dtype})
+    CompileConfig(data=data, out=out, **{**FAST, "target": "edgetpu", "quantize": "int8", "io_dtype": "uint8"})
     assert not out.exists()
 
 

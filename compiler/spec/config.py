@@ -250,6 +250,12 @@ class CompileConfig:
                     _message("quantize", self.quantize, f"cannot deploy to --target {target.name}, which runs {runs}; "
                              f"use --quantize {' or '.join(allowed)}, or leave it unset (the target's choice: {target.quantize})")
                 )
+        if target is not None and target.ops == "tflite-int8-only" and self.io_dtype is not None and str(self.io_dtype) != target.io_dtype:
+            # The same reason: the target check would fail the finished file on its input type.
+            raise SettingError(
+                _message("io_dtype", self.io_dtype, f"cannot deploy to --target {target.name}, whose model input must be "
+                         f"{target.io_dtype}; use --io-dtype {target.io_dtype}, or leave it unset (the target's choice)")
+            )
 
     def _validate_source_model(self) -> None:
         """--model and the options that say how it takes its input."""
