@@ -356,6 +356,14 @@ def scan_dataset(
             f"no class folders found in '{root}'; put images in one folder per class "
             "(DATA/<class>/*.jpg or DATA/train/<class>/*.jpg)"
         )
+    # A class name becomes a line of labels.txt and of the model's metadata: one that is blank or
+    # holds a line break or another control character cannot, and would fail only at export.
+    unusable = [c for c in classes if not c.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in c)]
+    if unusable:
+        raise DataError(
+            f"class folder name {unusable[0]!r} cannot be a label: it is blank or holds a line break or another "
+            "control character; rename the folder"
+        )
     if len(classes) < 2:
         where = "train/" if layout == "splits" else str(root)
         raise DataError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -467,6 +468,16 @@ def test_error_single_class(tmp_path):
     root = make_class_folders(tmp_path / "d", {"only": 10})
     with pytest.raises(DataError, match="'only'.*at least two classes"):
         scan_dataset(root)
+
+
+@pytest.mark.parametrize("name", ["new\nline", "tab\there", "   "])
+def test_error_class_name_that_cannot_be_a_label(tmp_path, name):
+    # Each class name is a line of labels.txt: found by a newcomer, such a name failed only at export.
+    root = make_class_folders(tmp_path / "d", {"a": 3, name: 3})
+    with pytest.raises(DataError, match=re.escape(f"class folder name {name!r} cannot be a label")):
+        scan_dataset(root)
+    make_class_folders(tmp_path / "ok", {"a": 3, "tiger lily é": 3})
+    assert scan_dataset(tmp_path / "ok").classes == ["a", "tiger lily é"]
 
 
 def test_error_class_without_usable_images(tmp_path):
