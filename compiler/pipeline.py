@@ -45,6 +45,7 @@ from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_si
 from edgetl.compiler.stages.student import distil, train_baseline, train_student_head
 from edgetl.compiler.stages.teacher import in_training_precision, train_teacher
 from edgetl.compiler.stages.trained import cached, refit_kept_probe, save_keras
+from edgetl.compiler.training.crossval import fold_count
 from edgetl.compiler.data.image_store import ImageCache
 from edgetl.compiler.report import assemble
 from edgetl.compiler.report.html import write_html_report
@@ -121,8 +122,9 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
         if source is not None:
             dataset = source_dataset(dataset, source, config)
         elif dataset.selection == "cv":
+            folds = fold_count([s.label for s in dataset.splits["train"]], config.folds)  # a small class lowers it
             console.print(
-                f"    {len(dataset.splits['train'])} labelled training images: choices by {config.folds}-fold cross-validation, "
+                f"    {len(dataset.splits['train'])} labelled training images: choices by {folds}-fold cross-validation, "
                 "then one refit on all of them" + ("" if dataset.splits["test"] else " (no test split is carved)")
                 + ("; recipes searched too (--no-search: the flags' own only)" if config.search else "")
                 # The cost a user should see before it is spent: every recipe trains once per fold.

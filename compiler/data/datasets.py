@@ -427,6 +427,18 @@ def scan_dataset(
                 usable[("train", cls)] = sorted(usable[("train", cls)] + usable.pop(("val", cls)))
             del layout_dirs["val"]
 
+    if use_cv:
+        # Out of fold, an image is scored by a model trained without it: a class's only image
+        # would be scored by a model that never saw its class, and always be wrong.
+        group = "train" if layout == "splits" else "all"
+        lone = [c for c in classes if len(usable[(group, c)]) < 2]
+        if lone:
+            where = f"train/{lone[0]}" if layout == "splits" else "its folder"
+            raise DataError(
+                f"class '{lone[0]}' has {len(usable[(group, lone[0])])} usable image(s) in {where}, too few for "
+                f"cross-validation (minimum 2: each held-out image needs one of its class to train on); add images to '{lone[0]}'"
+            )
+
     # Build the splits: keep given ones, carve missing ones per class.
     label = {c: i for i, c in enumerate(classes)}
     per_split: dict[str, dict[str, list[Path]]] = {s: {} for s in SPLITS}

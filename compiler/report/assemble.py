@@ -15,6 +15,7 @@ import numpy as np
 from edgetl import __version__
 from edgetl.compiler.evaluation.evaluate import classification_metrics
 from edgetl.compiler.evaluation.stats import paired_difference
+from edgetl.compiler.training.crossval import fold_count
 from edgetl.compiler.outputs import ONNX_FILE, SOURCE_FILE, STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.report.html import HTML_FILE
 from edgetl.compiler.report.summary import CONFUSION_PNG
@@ -156,11 +157,12 @@ def _correct(trained: TrainedModel, y_true, held_out: bool) -> np.ndarray:
 def _evaluation(config, dataset, images: ImageCache, refit: list[str] = ()) -> dict:
     """How every accuracy in the report was obtained, in words and figures."""
     n_train, n_val, n_test = (len(dataset.splits[s]) for s in ("train", "val", "test"))
+    folds = fold_count([s.label for s in dataset.splits["train"]], config.folds)  # as many as ran: a small class lowers it
     given = "given" if "test" not in dataset.carved else "carved from the training images"
     if config.model is not None:
         return _source_evaluation(config, dataset)
     if dataset.selection == "cv":
-        choices = (f"{config.folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
+        choices = (f"{folds}-fold stratified cross-validation on all {n_train} labelled training images chose "
                    "between each model's linear probe and its fine-tuning or distillation, and the number of epochs; "
                    "each deployed model was then refit on all of them")
     else:
@@ -175,7 +177,7 @@ def _evaluation(config, dataset, images: ImageCache, refit: list[str] = ()) -> d
             if images.held_out["test"] else
             "there is no test split: model accuracies are cross-validated estimates (marked cv); the exported files "
             "were scored on the training images only, to measure what quantization changed, not accuracy")
-    return {"selection": dataset.selection, "folds": config.folds if dataset.selection == "cv" else None,
+    return {"selection": dataset.selection, "folds": folds if dataset.selection == "cv" else None,
             "cv_below": config.cv_below, "test_images": n_test, "val_images": n_val, "train_images": n_train,
             "choices": choices, "accuracy": test}
 

@@ -41,6 +41,15 @@ import numpy as np
 from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
 
+def fold_count(labels, k: int) -> int:
+    """The folds `stratified_folds` makes of `labels` when asked for k: k, lowered to the smallest
+    class's size, and never below 2. What the compile says and reports, as well as what it runs."""
+    y = np.asarray(labels)
+    counts = np.bincount(y) if len(y) else np.array([0])
+    smallest = int(counts[counts > 0].min()) if (counts > 0).any() else 0
+    return max(2, min(k, smallest)) if smallest >= 2 else 2
+
+
 def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """k disjoint held-out folds covering every index once, each class spread evenly, seeded.
 
@@ -51,9 +60,7 @@ def stratified_folds(labels, k: int, seed: int) -> list[tuple[np.ndarray, np.nda
     y = np.asarray(labels)
     if len(y) < 2:
         raise ValueError("cross-validation needs at least two images")
-    counts = np.bincount(y) if len(y) else np.array([])
-    smallest = int(counts[counts > 0].min())
-    k = max(2, min(k, smallest)) if smallest >= 2 else 2
+    k = fold_count(y, k)
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(y), np.int64)
     offset = 0

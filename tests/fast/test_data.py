@@ -528,6 +528,19 @@ def test_error_class_too_small_to_split(tmp_path):
         scan_dataset(root)
 
 
+def test_error_class_too_small_to_cross_validate(tmp_path):
+    # Found by a newcomer: a 1-image class was accepted, scored wrong out of fold every time.
+    root = make_class_folders(tmp_path / "d", {"big": 10, "tiny": 1})
+    with pytest.raises(DataError, match=r"'tiny' has 1 usable image\(s\) in its folder, too few for cross-validation \(minimum 2"):
+        scan_dataset(root, selection="cv")
+    root = tmp_path / "s"
+    make_class_folders(root / "train", {"big": 10, "tiny": 1})
+    with pytest.raises(DataError, match="'tiny' has 1 usable image.s. in train/tiny, too few for cross-validation"):
+        scan_dataset(root, selection="cv")
+    make_class_folders(root / "val", {"big": 2, "tiny": 1})  # a given val/ joins train/ under cross-validation
+    assert len(scan_dataset(root, selection="cv").splits["train"]) == 14
+
+
 def test_error_mixed_layout(tmp_path):
     root = tmp_path / "d"
     make_class_folders(root / "train", {"a": 5, "b": 5})

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, fold_choices, held_fold_of, stratified_folds
+from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, fold_choices, fold_count, held_fold_of, stratified_folds
 from edgetl.compiler.training.probe import fit_probe, fit_probe_at
 from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
 
@@ -87,6 +87,10 @@ def test_folds_shrink_to_the_smallest_class():
     folds = stratified_folds(labels, 5, seed=0)
     assert len(folds) == 3  # every fold's training part keeps class 0
     assert all((labels[train] == 0).any() for train, _ in folds)
+    # What the compile says and reports is what ran (a newcomer's report read "3-fold" over 2 folds).
+    for counts, k in (([3, 30], 5), ([2, 9], 3), ([10, 10], 3), ([1, 9], 3)):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        assert fold_count(labels, k) == len(stratified_folds(labels, k, seed=0)) == max(2, min(k, min(counts)))
 
 
 def test_epoch_choice_keeps_the_probe_unless_training_is_better_beyond_noise():
