@@ -388,10 +388,10 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     if deployed_artifact["test"] is not None or deployed_cv is None:
         metrics = assemble.scored(deployed_artifact)
         where = "on the test split" if deployed_artifact["test"] is not None else "on the training images (no test split)"
-        title = f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) {where}: accuracy {metrics['accuracy']:.1%}"
+        title = f"{TFLITE_FILE} ({deployed.name}, {deployed_artifact['precision']}) {where}: accuracy {_with_interval(metrics)}"
     else:
         metrics = deployed_cv
-        title = f"{deployed.name} (float), {deployed_cv['folds']}-fold cross-validation: accuracy {metrics['accuracy']:.1%}"
+        title = f"{deployed.name} (float), {deployed_cv['folds']}-fold cross-validation: accuracy {_with_interval(metrics)}"
     plot_confusion_matrix(metrics["confusion_matrix"], classes, title, out / CONFUSION_PNG)
     report["deployed"].update(deployed_files["deployed"])
     report["target"] = target.to_json() if target else None
@@ -492,3 +492,9 @@ def _check_weights_files(config: CompileConfig, trust_model: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _with_interval(metrics: dict) -> str:
+    """'96.7% (95% CI 88.6%-99.1%, n=60)' for a scored split's metrics (compiler/evaluation)."""
+    from edgetl.compiler.evaluation.stats import describe_accuracy
+
+    n = sum(sum(row) for row in metrics["confusion_matrix"])
+    return describe_accuracy(metrics["accuracy"], n)

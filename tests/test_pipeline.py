@@ -99,6 +99,18 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
         assert by_file[name]["test"] == by_file[variant]["test"] and by_file[variant]["gate"] == "passed"
         test = by_file[name]["test"]
         assert len(test["per_class"]) == 3 and np.array(test["confusion_matrix"]).sum() == test["images"]
+    # The gate's figure for every candidate carries its images, interval and n (a newcomer found
+    # only a bare val_accuracy), as does each probe's cross-validated and val accuracy.
+    val_images = len(_scan(report)["val"])
+    for a in report["artifacts"]:
+        if a["runtime"] != "keras":
+            gate = a["gate_accuracy"]
+            assert gate["on"] == "val" and gate["n"] == val_images and gate["accuracy"] == pytest.approx(a["val_accuracy"])
+            assert gate["ci95"][0] <= gate["accuracy"] <= gate["ci95"][1]
+    for role in ("teacher", "student"):
+        head = report["models"][role]["training"]["head"]
+        assert head["cv_ci95"][0] <= head["cv_accuracy"] <= head["cv_ci95"][1] and head["cv_images"] > 0
+        assert head["val_images"] == val_images and head["val_ci95"][0] <= head["val_accuracy"] <= head["val_ci95"][1]
     assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "adapt", "export", "verify", "optimize", "package", "robustness"}
     peaks = list(report["peak_memory_mb"].values())  # the process's high-water mark after each stage
     # After the data stage TensorFlow may not be loaded yet (this module alone: ~60 MB); after
@@ -441,5 +453,5 @@ def test_after_a_refit_the_compressed_candidates_fine_tune_on_val_too(tmp_path, 
     monkeypatch.undo()
     gate = optimize_module.Optimizer(float_model=None, teacher_model=None, train_views=None, config=config, images=images, size=size,
                                      out=tmp_path / "out", threads=1, val_seen=True)
-    assert gate._gate_images().startswith("val (which the refit probe") and gate._gate_accuracy() == "val accuracy"
+    assert gate.gate_images().startswith("val (which the refit probe") and gate._gate_accuracy() == "val accuracy"
     images.close()

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.compiler.evaluation.evaluate import classification_metrics
-from edgetl.compiler.evaluation.stats import paired_difference
+from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 from edgetl.compiler.training.crossval import fold_count
 from edgetl.compiler.outputs import ONNX_FILE, SOURCE_FILE, STUDENT_FILE, TEACHER_FILE, TFLITE_FILE
 from edgetl.compiler.report.html import HTML_FILE
@@ -39,6 +39,7 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
     if deployed is not teacher:
         rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None, held_out))
     fp32_accuracy = {}
+    n_gate = len(images.get("val", deployed.input_size)[1])  # the images each candidate's gate figure is on
     variant_rows = []
     for c in optimizer.candidates:
         runtime = "litert" if c.format == "tflite" else "onnxruntime"
@@ -53,6 +54,10 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
             gzip_bytes=gzip_size(c.path),
             latency_p50_ms=c.latency_p50_ms,
             val_accuracy=c.val_accuracy,
+            # The figure the accuracy gate compared, with its interval and n: on val, or under
+            # cross-validation on the training images (fidelity to fp32, not accuracy).
+            gate_accuracy=(None if c.val_accuracy is None else
+                           {"on": optimizer.gate_images(), **Accuracy(round(c.val_accuracy * n_gate), n_gate).to_json()}),
             gate=c.gate,
         )
         if c.name == "fp32":

@@ -10,7 +10,8 @@ from rich.text import Text
 
 from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
-from edgetl.compiler.report.facts import accuracy_figure, distillation_sentence
+from edgetl.compiler.evaluation.stats import wilson_interval
+from edgetl.compiler.report.facts import Figure, accuracy_figure, distillation_sentence
 from edgetl.compiler.report.verdict import build_verdict
 
 REPORT_FILE = "report.json"
@@ -39,6 +40,15 @@ def _best_val(training: dict) -> float:
     """The best validation accuracy any stage of a model's training reached."""
     found = [v["best_val_accuracy"] for v in _walk(training) if "best_val_accuracy" in v]
     return max(found) if found else float("nan")
+
+
+def _best_val_cell(training: dict, n_val: int) -> str:
+    """The best val accuracy with its interval and n, or "" (not trained here, or no val split).
+    It is the epoch that val chose, so it reads high: the test column is the figure to quote."""
+    best = _best_val(training)
+    if best != best or not n_val:  # nan
+        return ""
+    return Figure(best, n_val, *wilson_interval(round(best * n_val), n_val), source="val").short()
 
 
 def _walk(d):
@@ -81,7 +91,7 @@ def print_summary(report: dict) -> None:
             f"{m['macs'] / 1e6:.1f}M",
             _accuracy_cell(m),
             f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
-            "" if _best_val(m["training"]) != _best_val(m["training"]) else f"{_best_val(m['training']):.3f}",  # nan: not trained here
+            _best_val_cell(m["training"], report.get("evaluation", {}).get("val_images") or 0),
         )
     console.print(model_table)
     if report.get("distillation"):

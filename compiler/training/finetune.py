@@ -25,6 +25,7 @@ import numpy as np
 from edgetl._compat import keras, tf
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.training.distribution import fit_callbacks
+from edgetl.compiler.evaluation.stats import describe_accuracy, wilson_interval
 from edgetl.compiler.progress import console, progress_bar
 from edgetl.compiler.data.streaming import augmented_batches, eval_data, iterate_batches, validation_data
 from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER, final_pool_width
@@ -55,6 +56,9 @@ class ProbeResult:
     cv_accuracy_by_C: dict
     val_accuracy: float | None  # on the val split, when there is one
     seconds: float
+    cv_ci95: tuple[float, float] = (0.0, 1.0)  # Wilson, of cv_accuracy over cv_images
+    val_images: int = 0
+    val_ci95: tuple[float, float] | None = None
     # Leading feature columns read (the final map's pooled channels alone), or None: all of them
     # (with the pooled block's too, where the model has one: ModelConfig.pooled_block).
     columns: int | None = None
@@ -295,8 +299,8 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
                    if len(probe.log_loss_by_columns) > 1 else None)
     console.print(
         f"    {label}: linear probe C={probe.C:g}" + (f" on the {features_name(probe.columns)}'s features" if by_features else "")
-        + f", {probe.folds}-fold CV accuracy on {len(y_train)} training images "
-        f"{cv_accuracy:.1%}" + (f", val {val_accuracy:.1%}" if val_accuracy is not None else "")
+        + f", {probe.folds}-fold CV accuracy on the training images {describe_accuracy(cv_accuracy, len(y_train))}"
+        + (f", val {describe_accuracy(val_accuracy, len(y_val))}" if val_accuracy is not None else "")
     )
     record = ProbeResult(
         C=probe.C,
@@ -306,11 +310,19 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
         cv_accuracy_by_C={f"{c:g}": round(a, 4) for c, a in probe.cv_accuracy.items()},
         val_accuracy=val_accuracy,
         seconds=time.perf_counter() - start,
+        cv_ci95=_ci95(cv_accuracy, len(y_train)),
+        val_images=int(len(y_val)) if val_accuracy is not None else 0,
+        val_ci95=_ci95(val_accuracy, len(y_val)) if val_accuracy is not None else None,
         columns=probe.columns,
         cv_log_loss_by_features=by_features,
     )
     return record, probe
 
+
+
+def _ci95(accuracy: float, n: int) -> tuple[float, float]:
+    low, high = wilson_interval(round(accuracy * n), n)
+    return round(low, 4), round(high, 4)
 
 
 def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):

@@ -381,3 +381,11 @@ def test_the_page_states_distillation_s_gain_even_without_training_charts(tmp_pa
         model["training"] = {}  # no curves, no selection table
     report["distillation"] = _comparison(31, 30)
     assert "Distillation made no difference beyond noise on the test split" in render(report, tmp_path)
+
+
+def test_the_console_best_val_figure_carries_its_interval_and_n():
+    from edgetl.compiler.report.summary import _best_val_cell
+
+    assert _best_val_cell({"top": {"best_val_accuracy": 0.9}, "distillation": {"stage": {"best_val_accuracy": 0.95}}}, 108) == (
+        "95.0% [89.6-98.0] n=108")  # the best stage's, as before, now with its Wilson interval
+    assert _best_val_cell({}, 108) == "" and _best_val_cell({"top": {"best_val_accuracy": 0.9}}, 0) == ""
