@@ -124,6 +124,11 @@ class Dataset:
             out[split] = per_class
         return out
 
+    def copies_of_training(self, split: str) -> int:
+        """How many of `split`'s images are byte-identical to a training image: not unseen."""
+        train = {self.fingerprints.get(s.path) for s in self.splits.get("train", [])} - {None}
+        return sum(self.fingerprints.get(s.path) in train for s in self.splits.get(split, []))
+
     def to_report(self) -> dict:
         """A JSON-serialisable summary, written next to the exported model."""
         source = "train" if self.layout == "splits" else "all images"
@@ -139,6 +144,7 @@ class Dataset:
             },
             "skipped": [{"path": p.path.as_posix(), "reason": p.reason} for p in self.skipped],
             "warnings": list(self.warnings),
+            "test_copies_of_train": self.copies_of_training("test"),
             "selection": self.selection,
             "resize_policy": RESIZE_POLICY,
         }

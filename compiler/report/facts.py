@@ -81,6 +81,11 @@ def how_measured(report: dict) -> str:
     if figure.source == "test" and report["deployed"].get("model") == "source" and measured:
         return measured  # --model: nothing was trained here, but the user's model may have seen the images
     if figure.source == "test":
+        copies = (report.get("dataset") or {}).get("test_copies_of_train") or 0
+        if copies:  # the data check warned; the sentence must not call them unseen
+            return (f"Accuracies are measured on the test split ({figure.n} images, {copies} of them byte-identical copies "
+                    "of training images, so not all unseen: remove the copies for a held-out figure); brackets give the "
+                    "95% Wilson interval.")
         return (f"Accuracies are measured on the held-out test split ({figure.n} images the training never saw); "
                 "brackets give the 95% Wilson interval.")
     folds = f"{figure.folds}-fold " if figure.folds else ""

@@ -210,8 +210,10 @@ def _next_step(report: dict) -> str | None:
         return ("a labelled test set from the deployment camera (DATA/test/<class>/): the deployed file itself "
                 "would then be scored on images like the ones it will see.")
     if figure is not None and (figure.high - figure.low) * 50 > WIDE_INTERVAL_POINTS:
+        # The interval, not a ± of half its width: Wilson's is lopsided near 100% (79.6-100.0 is not ±10.2).
         return (f"more labelled test images, ideally from the deployment camera: with n={figure.n} the accuracy is only "
-                f"known to within ±{(figure.high - figure.low) * 50:.1f} points.")
+                f"known to lie between {figure.low:.1%} and {figure.high:.1%} (a {(figure.high - figure.low) * 100:.1f}-point "
+                "95% interval).")
     return None
 
 

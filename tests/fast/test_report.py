@@ -389,3 +389,26 @@ def test_the_console_best_val_figure_carries_its_interval_and_n():
     assert _best_val_cell({"top": {"best_val_accuracy": 0.9}, "distillation": {"stage": {"best_val_accuracy": 0.95}}}, 108) == (
         "95.0% [89.6-98.0] n=108")  # the best stage's, as before, now with its Wilson interval
     assert _best_val_cell({}, 108) == "" and _best_val_cell({"top": {"best_val_accuracy": 0.9}}, 0) == ""
+
+
+def test_a_test_split_holding_copies_of_training_images_is_not_called_unseen(tmp_path):
+    report = make_report(tmp_path / "data", tmp_path)
+    assert "images the training never saw" in build_verdict(report).measured
+    report["dataset"]["test_copies_of_train"] = 2
+    measured = build_verdict(report).measured
+    assert "never saw" not in measured and "2 of them byte-identical copies of training images" in measured
+
+
+def test_a_wide_interval_is_given_as_its_bounds_not_a_symmetric_plus_minus(tmp_path, monkeypatch):
+    # Wilson's interval is lopsided near 100%: 15 of 15 right is 79.6-100.0%, not "±10.2 points".
+    from edgetl.compiler.report import verdict
+    from edgetl.compiler.report.facts import Figure
+
+    report = make_report(tmp_path / "data", tmp_path)
+    report["models"].pop("baseline", None)
+    monkeypatch.setattr(verdict, "deployed_figure", lambda r: Figure(1.0, 15, 0.796, 1.0, "test"))
+    monkeypatch.setattr(verdict, "misclassified", lambda r: [])
+    monkeypatch.setattr(verdict, "_weakest_class", lambda r: None)
+    step = verdict._next_step(report)
+    assert "with n=15 the accuracy is only known to lie between 79.6% and 100.0% (a 20.4-point 95% interval)" in step
+    assert "±" not in step
