@@ -341,8 +341,10 @@ class BuildOutput:
         staged = {p.name for p in self.staging.iterdir() if not p.name.startswith(".")}
         with environment_errors(self.out):
             # Everything edgetl wrote before goes, even what this build does not make (an
-            # earlier fp16 variant, a student.keras when this build deploys the teacher).
-            for name in (*EDGETL_FILES, *EDGETL_DIRS):
+            # earlier fp16 variant, a student.keras when this build deploys the teacher). The
+            # manifest first: with the run marker, a manifest says the files beside it are the
+            # previous finished build (incomplete_build_warning), which holds only until here.
+            for name in sorted((*EDGETL_FILES, *EDGETL_DIRS), key=lambda n: n != "manifest.json"):
                 _remove(self.out / name)
             # The manifest last: a folder with a manifest and no run marker is a finished build.
             for name in sorted(staged, key=lambda n: n == "manifest.json"):
@@ -384,7 +386,8 @@ def _remove(path: Path) -> None:
 
 def incomplete_build_warning(model_path: Path) -> str | None:
     """A warning when `model_path` comes from a build that did not finish (or is unfinished
-    staging), for `edgetl predict` and `edgetl bench`; None for a finished or foreign file."""
+    staging), for `edgetl predict` and `edgetl bench`; None for a finished or foreign file,
+    including a finished build's file while a later compile into its folder is unfinished."""
     path = Path(model_path).expanduser().resolve()
     folders = [path] if path.is_dir() else []
     folders += list(path.parents)[:3]  # model.tflite, variants/x.tflite, app/...
@@ -392,6 +395,11 @@ def incomplete_build_warning(model_path: Path) -> str | None:
         if folder.name == STAGING_DIR:
             return f"{model_path} is in the staging folder of an unfinished edgetl compile: it has not passed every check"
         if (folder / RUN_MARKER).is_file():
+            if (folder / "manifest.json").is_file():
+                # A later compile into this folder is unfinished, but it has not begun to publish
+                # (publish removes the manifest first and moves the new one in last): the files
+                # here are the previous build's, which finished.
+                return None
             return (
                 f"{model_path} comes from an edgetl compile in {folder} that did not finish (or is still running): "
                 "it may not have passed every check; rerun the compile to finish it"

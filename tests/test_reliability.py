@@ -233,6 +233,35 @@ def test_5_predict_warns_on_a_file_from_an_unfinished_build(tmp_path, capsys):
     (folder / RUN_MARKER).write_text("x\n")
     code, _, err = run_cli("predict", folder / "model.tflite", image, capsys=capsys)
     assert code == 0 and "warning:" in err and "did not finish" in err
+    # Beside a manifest, the files are a finished build's, and the marker a later compile's that
+    # has not begun to publish (a newcomer interrupted an --overwrite recompile): no warning.
+    (folder / "manifest.json").write_text("{}\n")
+    code, _, err = run_cli("predict", folder / "model.tflite", image, capsys=capsys)
+    assert code == 0 and "warning:" not in err
+
+
+def test_5_a_publish_cut_short_never_leaves_a_manifest_beside_a_mixed_folder(tmp_path, monkeypatch):
+    from edgetl.compiler import outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.tflite", "report.json", "manifest.json"):  # a finished build
+        (out / name).write_text("old")
+    build = BuildOutput(out, overwrite=True, run_id="r")
+    (build.open() / "model.tflite").write_text("new")
+    removed = []
+
+    def remove_then_die(path):
+        removed.append(path.name)
+        if len(removed) == 2:
+            raise KeyboardInterrupt  # killed after the first removal
+        path.unlink(missing_ok=True)
+
+    monkeypatch.setattr(outputs, "_remove", remove_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build.publish()
+    assert removed[0] == "manifest.json" and not (out / "manifest.json").exists()
+    assert "did not finish" in incomplete_build_warning(out / "model.tflite")
 
 
 # 6. One compile at a time per --out.
