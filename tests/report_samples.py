@@ -56,7 +56,7 @@ def make_report(root, out, num_classes: int = 3, num_files: int = 4, per_class: 
         else:
             n, correct = 5 * len(labels), int(0.85 * 5 * len(labels))
             entry["test"] = None
-            entry["cv"] = {"accuracy": correct / n, "n": n, "ci95": [0.8, 0.89], "folds": 5}
+            entry["cv"] = {"accuracy": correct / n, "n": n, "ci95": [0.8, 0.89], "folds": 5, "macro_f1": 0.84}
         return entry
 
     stage = lambda epochs: {"epochs_run": epochs, "best_epoch": max(1, epochs - 2), "best_val_accuracy": 0.9,  # noqa: E731

@@ -41,6 +41,14 @@ class Figure:
         return f"{self.accuracy:.1%} [{self.low * 100:.1f}-{self.high * 100:.1f}] n={self.n}" + (" (cv)" if self.source == "cv" else "")
 
 
+def macro_f1_text(entry: dict) -> str:
+    """A model's macro F1 from the same source as its accuracy figure: test, else "(cv)"; or ""."""
+    if entry.get("test"):
+        return f"{entry['test']['macro_f1']:.3f}"
+    cv = entry.get("cv") or {}
+    return f"{cv['macro_f1']:.3f} (cv)" if cv.get("macro_f1") is not None else ""
+
+
 def accuracy_figure(entry: dict | None) -> Figure | None:
     """The accuracy of a model or artefact entry of report.json: its test figure, else its
     cross-validated one ("cv": {"accuracy", "n", "ci95", "folds"}), else None."""

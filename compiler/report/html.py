@@ -24,6 +24,7 @@ from edgetl.compiler.report.facts import (
     accuracy_figure,
     deployed_figure,
     distillation_sentence,
+    macro_f1_text,
 )
 from edgetl.compiler.report.gallery import MAX_THUMBNAILS, misclassified, thumbnail_uri
 from edgetl.compiler.report.verdict import build_verdict
@@ -372,10 +373,9 @@ def render(report: dict, out: Path) -> str:
     parts.append("<h2>Models</h2><table><tr><th>role</th><th>model</th><th>input</th><th>params</th><th>MACs</th>"
                  "<th>accuracy [95% CI]</th><th>macro F1</th><th>cached</th></tr>")
     for role, m in report["models"].items():
-        f1 = (m.get("test") or {}).get("macro_f1")
         parts.append(f"<tr><td>{_e(role)}</td><td>{_e(m['model'])}</td><td class='n'>{m['input_size']} px</td>"
                      f"<td class='n'>{m['params'] / 1e6:.2f}M</td><td class='n'>{m['macs'] / 1e6:.0f}M</td>"
-                     f"<td class='n'>{_acc(m)}</td><td class='n'>{f'{f1:.3f}' if f1 is not None else ''}</td>"
+                     f"<td class='n'>{_acc(m)}</td><td class='n'>{macro_f1_text(m)}</td>"
                      f"<td>{'yes' if m.get('cached') else ''}</td></tr>")
     parts.append("</table>")
     parts += _training_section(report)

@@ -11,7 +11,7 @@ from rich.text import Text
 from edgetl.atomic import atomic_path, atomic_write_text
 from edgetl.compiler.progress import summary_console as console
 from edgetl.compiler.evaluation.stats import wilson_interval
-from edgetl.compiler.report.facts import Figure, accuracy_figure, distillation_sentence
+from edgetl.compiler.report.facts import Figure, accuracy_figure, distillation_sentence, macro_f1_text
 from edgetl.compiler.report.verdict import build_verdict
 
 REPORT_FILE = "report.json"
@@ -90,7 +90,7 @@ def print_summary(report: dict) -> None:
             f"{m['params'] / 1e6:.2f}M",
             f"{m['macs'] / 1e6:.1f}M",
             _accuracy_cell(m),
-            f"{m['test']['macro_f1']:.3f}" if m.get("test") else "",
+            macro_f1_text(m),
             _best_val_cell(m["training"], report.get("evaluation", {}).get("val_images") or 0),
         )
     console.print(model_table)

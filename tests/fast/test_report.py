@@ -81,6 +81,9 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     assert figure.source == "cv" and figure.n == report["models"]["student"]["cv"]["n"]
     page = render(report, tmp_path)
     assert "cross-validat" in page and "No gallery: this compile had no test split" in page
+    # The macro F1 column reads the cross-validated figure too, marked as such (it was left empty).
+    f1 = report["models"]["student"]["cv"]["macro_f1"]
+    assert f"<td class='n'>{f1:.3f} (cv)</td>" in page
     verdict = build_verdict(report)
     assert "cross-validation" in verdict.headline and "no test split" in verdict.measured.lower()
     from edgetl.compiler.report.summary import print_summary
@@ -88,6 +91,7 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     print_summary(report)
     out = capsys.readouterr().out
     assert "(cv)" in out and "cross-validat" in out and "no test split, so no file was scored" in out
+    assert f"{f1:.3f} (cv)" in out
     # Two such builds: not "scored on different images" (they were not scored at all).
     from edgetl.compiler.report.compare import compare_lines
 
