@@ -148,6 +148,8 @@ def decode_rgb(path: Path, target: int | None = None) -> Image.Image:
     `target` (the final square size) lets large JPEGs be decoded at reduced scale.
     Raises whatever Pillow raises on bad data; callers turn that into a reason.
     """
+    if os.stat(path).st_size == 0:
+        raise EmptyFileError(path)
     with Image.open(path) as im:
         if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded yet
             raise Image.DecompressionBombError(
@@ -165,9 +167,16 @@ def decode_rgb(path: Path, target: int | None = None) -> Image.Image:
         return _to_rgb(im)
 
 
+class EmptyFileError(ValueError):
+    """A file of 0 bytes: named as such, not as an unrecognised format (the compile's data check
+    and predict say the same thing)."""
+
+
 def decode_failure_reason(exc: BaseException) -> str:
     """A one-line, human reason for a decode failure."""
     msg = " ".join(str(exc).split())  # one line, whatever the exception text
+    if isinstance(exc, EmptyFileError):
+        return "empty file (0 bytes)"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image (format not recognised)"
     if isinstance(exc, PermissionError):

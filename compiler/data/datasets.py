@@ -546,9 +546,11 @@ def duplicate_warnings(splits: dict[str, list[Sample]], classes: Sequence[str], 
             out.append(f"{len(seen)} {split} image(s) are byte-identical copies of training images (e.g. "
                        f"'{where(pair[0])}' = '{where(pair[1])}'): the {split} figures count them as unseen; "
                        "remove the copies")
-    within = sum(len([1 for sp, _ in g if sp == "train"]) - 1 for g in copies if sum(sp == "train" for sp, _ in g) > 1)
+    # A copy under another class is already named above as a label conflict: not twice.
+    doubled = [g for g in copies if g not in conflicts and sum(sp == "train" for sp, _ in g) > 1]
+    within = sum(sum(sp == "train" for sp, _ in g) - 1 for g in doubled)
     if within:
-        pair = next([s for sp, s in g if sp == "train"][:2] for g in copies if sum(sp == "train" for sp, _ in g) > 1)
+        pair = [s for sp, s in doubled[0] if sp == "train"][:2]
         out.append(f"{within} training image(s) are byte-identical copies of other training images (e.g. "
                    f"'{where(pair[0])}' = '{where(pair[1])}'): they weigh double, and under cross-validation a fold "
                    "that trained on one copy scores the other; remove the copies")

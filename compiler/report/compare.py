@@ -22,6 +22,9 @@ _IGNORED_SETTINGS = {"out", "overwrite", "cache_dir", "use_cache"}
 
 def load_report(folder: str | Path) -> dict:
     path = Path(folder) / REPORT_FILE
+    if not Path(folder).is_dir():
+        what = "is a file, not a build folder" if Path(folder).exists() else "does not exist"
+        raise ReportError(f"{folder} {what}: pass the --out folder of a finished `edgetl compile`")
     if not path.is_file():
         raise ReportError(f"{folder} holds no {REPORT_FILE}: pass the --out folder of a finished `edgetl compile`")
     try:

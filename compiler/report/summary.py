@@ -132,7 +132,8 @@ def print_summary(report: dict) -> None:
         _print_tail(report)
         return
     others = [role for role in models if role != report["deployed"]["model"]]
-    per_class = Table(title=f"per class ({deployed['file']}; F1 of the other models beside it)", title_justify="left")
+    beside = "; F1 of the other models beside it" if others else ""
+    per_class = Table(title=f"per class ({deployed['file']}{beside})", title_justify="left")
     for col in ("class", "precision", "recall", "F1", *[f"F1 {r}" for r in others], "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for i, row in enumerate(deployed["test"]["per_class"]):

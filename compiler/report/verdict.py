@@ -68,7 +68,7 @@ def _compare_text(report: dict, role: str, what: str) -> str | None:
         sentence = diff.verdict("model.tflite", what)
         if not diff.significant:
             sentence += ": the test split is too small to separate them"
-        return sentence[0].upper() + sentence[1:] + "."
+        return _capitalised(sentence) + "."
     mine, theirs = deployed_figure(report), accuracy_figure(report["models"].get(role))
     if mine is None or theirs is None:
         return None
@@ -79,7 +79,14 @@ def _compare_text(report: dict, role: str, what: str) -> str | None:
     else:
         better = name if mine.accuracy > theirs.accuracy else what
         text = f"{name} {mine.short()} and {what} {theirs.short()}: {better} is better (the intervals do not overlap)."
-    return text[0].upper() + text[1:]
+    return _capitalised(text)
+
+
+def _capitalised(text: str) -> str:
+    """The sentence with a capital, unless it starts with a file name: 'model.tflite' stays as it
+    is on disk (a newcomer read 'Model.tflite')."""
+    first = text.split(" ", 1)[0]
+    return text if "." in first.rstrip(".:;,") else text[0].upper() + text[1:]
 
 
 def _comparisons(report: dict) -> list[str]:
@@ -118,7 +125,7 @@ def _compression_cost(report: dict, role: str) -> list[str]:
     if diff is None or not diff.significant or diff.difference >= 0:
         return []
     sentence = diff.verdict("model.tflite", f"the float {role} ({_model_name(report, role)}) it was converted from")
-    return [sentence[0].upper() + sentence[1:] + ": quantization, pruning or clustering cost more on the test split than "
+    return [_capitalised(sentence) + ": quantization, pruning or clustering cost more on the test split than "
             "the accuracy gate saw on val; variants/ holds the other files, and the table below gives each one's test accuracy."]
 
 

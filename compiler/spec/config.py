@@ -265,7 +265,7 @@ class CompileConfig:
         if self.model is None:
             given = [f"--{n.replace('_', '-')}" for n in source_only if getattr(self, n) is not None]
             if given:
-                raise SettingError(f"{', '.join(given)} describe a model you bring: give it with --model FILE (edgetl's own models carry their preprocessing)")
+                raise SettingError(f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} a model you bring: give it with --model FILE (edgetl's own models carry their preprocessing)")
             return
         from edgetl.compiler.training.source_model import parse_scale, parse_triple
 

@@ -199,7 +199,10 @@ def test_report_command_reprints_and_compares(tmp_path, capsys):
     assert code == 0 and "settings that differ" in out and "seed" in out
     assert f"On the same {len(a['deployed']['test_predictions'])} test images" in out
     code, _, err = run_cli("report", str(tmp_path / "nowhere"), capsys=capsys)
-    assert code == 1 and err.count("\n") == 1 and "report.json" in err
+    assert code == 1 and err.count("\n") == 1 and "nowhere does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("report", str(tmp_path / "empty"), capsys=capsys)
+    assert code == 1 and err.count("\n") == 1 and "empty holds no report.json" in err
 
 
 # -- a real browser ---------------------------------------------------------------------------
@@ -416,3 +419,10 @@ def test_a_wide_interval_is_given_as_its_bounds_not_a_symmetric_plus_minus(tmp_p
     step = verdict._next_step(report)
     assert "with n=15 the accuracy is only known to lie between 79.6% and 100.0% (a 20.4-point 95% interval)" in step
     assert "±" not in step
+
+
+def test_a_sentence_that_starts_with_a_file_name_keeps_its_case():
+    from edgetl.compiler.report.verdict import _capitalised
+
+    assert _capitalised("model.tflite 97.1% and the teacher 97.5%") == "model.tflite 97.1% and the teacher 97.5%"
+    assert _capitalised("the deployed student (float) 96.7%") == "The deployed student (float) 96.7%"
