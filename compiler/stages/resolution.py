@@ -36,8 +36,9 @@ channels cut) at the largest passing size within the budget. It is advice, not a
 for the user: a slim student's probe cannot rank it (the cut damages exactly the frozen features
 the probe reads; it needs a full distillation to recover), so its accuracy is known only after
 that compile, which on flowers12 took 35 min with --selection cv (slim75 at 160 px: 0.47x the
-224 px p50, 0.4 points below it on test, within noise). Channels before pixels was not the
-order chosen: pixels are gated by the probe on the user's data; a cut is judged only afterwards.
+224 px p50, 0.4 points below it on test, within noise). Pixels come before channels because
+the probe can gate fewer pixels on the user's data, where a channel cut is judged only after a
+distillation.
 """
 
 from __future__ import annotations
