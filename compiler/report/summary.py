@@ -101,10 +101,16 @@ def print_summary(report: dict) -> None:
     accuracy_note = "accuracy [95% CI] n" if scored else "no test split, so no file was scored: the models' cross-validated estimates are above"
     table = Table(title=f"artefacts ({accuracy_note}; latency: batch 1, this machine)", title_justify="left")
     sparse = any(a.get("sparsity") for a in report["artifacts"])  # no pruning: no empty column
-    for col in ("file", "runtime", "precision", *(["sparsity"] if sparse else []), "size", "gzip", "p50", "accuracy", "Δ fp32", "agree", "gate"):
+    # The change against fp32 is on the images the accuracy column is on, the gate's on its own
+    # (val, or the training images): a newcomer read "+0.00" beside "failed" as a contradiction.
+    delta_on = "test" if scored else "train"
+    gate_on = next((a["gate_accuracy"]["on"] for a in report["artifacts"] if a.get("gate_accuracy")), None)
+    gate_col = "gate" if gate_on is None else f"gate ({'val' if gate_on.startswith('val') else 'train'})"
+    for col in ("file", "runtime", "precision", *(["sparsity"] if sparse else []), "size", "gzip", "p50", "accuracy",
+                f"Δ fp32 ({delta_on})", "agree", gate_col):
         # The file name and the figures never wrap or shorten (an ellipsis made variants/model.fp32.tflite
         # and .onnx read alike); the accuracy cell may fold its n onto a second line.
-        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", "gate (val)") else "right",
+        table.add_column(col, justify="left" if col in ("file", "runtime", "precision", gate_col) else "right",
                          no_wrap=col != "accuracy")
     for a in report["artifacts"]:
         parity = a.get("parity")

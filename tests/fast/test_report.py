@@ -92,6 +92,7 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     out = capsys.readouterr().out
     assert "(cv)" in out and "cross-validat" in out and "no test split, so no file was scored" in out
     assert f"{f1:.3f} (cv)" in out
+    assert "Δ fp32 (train)" in out  # no test split: the change is on the training images
     # Two such builds: not "scored on different images" (they were not scored at all).
     from edgetl.compiler.report.compare import compare_lines
 
