@@ -181,6 +181,9 @@ def test_qat_leaves_preprocessing_float_and_converts_to_an_all_int8_tflite(data)
     assert np.abs(_predict(qat, data["x_test"]) - data["probs"]).max() <= 0.05
     result = _fine_tune(qat, data, epochs=2, learning_rate=1e-4, teacher=teacher)
     assert result.distilled and result.stage.epochs_run == 2 and result.start_val_accuracy == 1.0
+    record = result.to_json()  # report.json's: each accuracy with its images and interval
+    n_val = len(data["val"][1])
+    assert record["stage"]["val_images"] == n_val and record["start_val_ci95"][0] < 1.0 == record["start_val_ci95"][1]
     assert _same(before, model.get_weights())
 
     data_int8 = Q.convert_tflite(qat, "int8", cal, "uint8")

@@ -111,6 +111,10 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
         head = report["models"][role]["training"]["head"]
         assert head["cv_ci95"][0] <= head["cv_accuracy"] <= head["cv_ci95"][1] and head["cv_images"] > 0
         assert head["val_images"] == val_images and head["val_ci95"][0] <= head["val_accuracy"] <= head["val_ci95"][1]
+    top = report["models"]["teacher"]["training"]["top"]
+    assert top["val_images"] == val_images and top["best_val_ci95"][0] <= top["best_val_accuracy"] <= top["best_val_ci95"][1]
+    for trained in report["optimization"]["trained"].values():  # QAT or pruning fine-tuning, when any ran
+        assert trained["stage"]["val_images"] == val_images and len(trained["start_val_ci95"]) == 2
     assert set(report["timings_s"]) == {"data", "teacher", "student", "baseline", "adapt", "export", "verify", "optimize", "package", "robustness"}
     peaks = list(report["peak_memory_mb"].values())  # the process's high-water mark after each stage
     # After the data stage TensorFlow may not be loaded yet (this module alone: ~60 MB); after

@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.training.finetune import EpochProgress, KeepBest, StageResult
+from edgetl.compiler.training.finetune import EpochProgress, KeepBest, StageResult, ci95
 from edgetl.compiler.progress import progress_bar
 from edgetl.models import LOGITS_LAYER, PREPROCESS_LAYER
 
@@ -520,6 +520,8 @@ class CompressResult:
     def to_json(self) -> dict:
         out = dataclasses.asdict(dataclasses.replace(self, model=None))
         out.pop("model")
+        if self.stage.val_images:  # the start is on the same images as the stage's best
+            out["start_val_ci95"] = ci95(self.start_val_accuracy, self.stage.val_images)
         return out
 
 
@@ -685,6 +687,7 @@ def fine_tune(
         best_epoch=kept_epoch,
         best_val_accuracy=kept_accuracy,
         seconds_per_epoch=elapsed / progress.ended if progress.ended else 0.0,  # this fit's epochs (a resumed fit ran fewer)
+        val_images=len(val[1]),
     )
     return CompressResult(
         label=label,

@@ -43,6 +43,14 @@ class StageResult:
     # The best epoch minus the starting point on the same val images (PairedDifference.to_json
     # plus "best_epochs" and "verdict"), when KeepBest was given the val images.
     versus_start: dict | None = None
+    # The images best_val_accuracy is on, and its Wilson interval: every accuracy report.json
+    # gives carries both (the best epoch was chosen on these images, so it reads high).
+    val_images: int = 0
+    best_val_ci95: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.val_images and self.best_val_ci95 is None:
+            self.best_val_ci95 = ci95(self.best_val_accuracy, self.val_images)
 
 
 @dataclasses.dataclass
@@ -232,7 +240,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
     import time
 
     if epochs == 0:  # `--finetune-epochs 0` / `--distill-epochs 0`: the stage is skipped
-        return StageResult(epochs_run=0, best_epoch=0, best_val_accuracy=keep_best.best[0])
+        return StageResult(epochs_run=0, best_epoch=0, best_val_accuracy=keep_best.best[0], val_images=len(val[1]))
     start = time.perf_counter()
     keep_best.hold_start((keep_best.target or model).get_weights())
     with progress_bar(description, epochs) as advance:
@@ -255,6 +263,7 @@ def _fit(model, data, val, epochs, keep_best, description, batch_size=None, val_
         seconds_per_epoch=elapsed / progress.ended if progress.ended else 0.0,
         history={k: [float(v) for v in values] for k, values in fitted.history.items()},
         versus_start=keep_best.versus_start,
+        val_images=len(val[1]),
     )
 
 
@@ -310,9 +319,9 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
         cv_accuracy_by_C={f"{c:g}": round(a, 4) for c, a in probe.cv_accuracy.items()},
         val_accuracy=val_accuracy,
         seconds=time.perf_counter() - start,
-        cv_ci95=_ci95(cv_accuracy, len(y_train)),
+        cv_ci95=ci95(cv_accuracy, len(y_train)),
         val_images=int(len(y_val)) if val_accuracy is not None else 0,
-        val_ci95=_ci95(val_accuracy, len(y_val)) if val_accuracy is not None else None,
+        val_ci95=ci95(val_accuracy, len(y_val)) if val_accuracy is not None else None,
         columns=probe.columns,
         cv_log_loss_by_features=by_features,
     )
@@ -320,7 +329,7 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
 
 
 
-def _ci95(accuracy: float, n: int) -> tuple[float, float]:
+def ci95(accuracy: float, n: int) -> tuple[float, float]:
     low, high = wilson_interval(round(accuracy * n), n)
     return round(low, 4), round(high, 4)
 
