@@ -309,19 +309,22 @@ class EvalData:
     skipped: list[dict]
 
 
-def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
+def scan_eval_data(root: Path, compile_config: dict | None = None, compile_data: str | None = None) -> EvalData:
     """Images to score from `root`: DIR/<class>/*, or DATA/train|val|test/<class>/* (its test split).
 
-    For a DATA folder without test/, the test split is carved from train/ exactly as
-    `edgetl compile` did (its seed, fractions and selection, from the report beside the model).
-    Under cross-validation the compile carved none and trained on every image, so there is no
-    held-out split to score: that is an error, not a score of training images called a test.
+    For a DATA folder without test/, and for the very folder of class folders the compile read
+    (`compile_data`, the report's dataset root), the test split is carved exactly as `edgetl
+    compile` did (its seed, fractions and selection, from the report beside the model): scoring
+    the whole folder would score the images it trained on. Under cross-validation the compile
+    carved none and trained on every image, so there is no held-out split to score: that is an
+    error, not a score of training images called a test.
     """
     from edgetl.compiler.data.datasets import scan_dataset
 
     root = Path(root).expanduser()
     ds = scan_dataset(root, val_fraction=0.0, test_fraction=0.0)
-    if ds.layout == "class-folders":
+    compiled_from_it = compile_data is not None and Path(compile_data).expanduser().resolve() == ds.root.resolve()
+    if ds.layout == "class-folders" and not compiled_from_it:
         samples, split = ds.splits["train"], f"every image in the class folders of {ds.root}"
     elif ds.splits["test"]:
         samples, split = ds.splits["test"], f"the test/ split of {ds.root}"
@@ -333,12 +336,13 @@ def scan_eval_data(root: Path, compile_config: dict | None = None) -> EvalData:
         ds = scan_dataset(root, val_fraction=val, test_fraction=test, seed=seed, selection=selection, cv_below=cv_below)
         samples = ds.splits["test"]
         how = "did" if compile_config else "does by default"
+        source = f"{ds.root}/train" if ds.layout == "splits" else f"{ds.root}, the folder the model was compiled from,"
         if not samples and ds.selection == "cv":
             raise DataError(
-                f"{ds.root} has no test/ and edgetl compile {how} not carve one: it cross-validated and trained on all "
-                f"{len(ds.splits['train'])} images, so scoring them would not be a held-out figure; pass images the model "
+                f"{source} holds no held-out images: edgetl compile {how} not carve a test split from it but cross-validated "
+                f"and trained on all {len(ds.splits['train'])} images, so scoring them would not be a held-out figure; pass images the model "
                 "did not train on (DIR/<class>/*), or leave out --data to time the files only")
-        split = (f"the test split carved from {ds.root}/train (seed {seed}, val {val:g}, test {test:g}, "
+        split = (f"the test split carved from {source} (seed {seed}, val {val:g}, test {test:g}, "
                  f"as edgetl compile {how})")
     if not samples:
         raise DataError(f"no usable images to score in {ds.root}; pass a folder of class folders with images")
@@ -460,7 +464,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
         workdir = Path(tmp)
         npy: dict[int, Path] = {}
         if config.data:
-            data = scan_eval_data(config.data, (arts[0].compile_report or {}).get("config"))
+            compiled = arts[0].compile_report or {}
+            data = scan_eval_data(config.data, compiled.get("config"), (compiled.get("dataset") or {}).get("root"))
             for art in arts:
                 y_by_file[art.path] = map_labels(data, art)
             npy = _load_eval_images(data, {a.input_size for a in arts}, workdir, log)

@@ -246,6 +246,16 @@ def test_eval_data_layouts(tmp_path):
     write_color_dataset(root / "test", classes=LABELS, per_class=2, seed=9)
     given = scan_eval_data(root)
     assert "test/ split" in given.split and len(given.paths) == 6
+    # Class folders are scored whole, unless they are the folder the model was compiled from:
+    # then, as for DATA/train, the compile's own carve or nothing (never its training images).
+    flat = root / "train"
+    assert len(scan_eval_data(flat).paths) == 30 and "every image" in scan_eval_data(flat).split
+    holdout = {"seed": 3, "val_fraction": 0.2, "test_fraction": 0.3, "selection": "holdout"}
+    own = scan_eval_data(flat, holdout, compile_data=str(flat))
+    assert own.paths == [s.path for s in scan_dataset(flat, val_fraction=0.2, test_fraction=0.3, seed=3).splits["test"]]
+    assert "the folder the model was compiled from" in own.split and len(own.paths) == 9
+    with pytest.raises(DataError, match="trained on all 30 images"):
+        scan_eval_data(flat, {**holdout, "selection": "cv"}, compile_data=str(flat))
 
 
 def test_unknown_class_folder_is_one_clear_error(art, eval_dir, tmp_path):
