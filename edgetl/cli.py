@@ -114,7 +114,8 @@ def compile_command(
             parser=_student_size, metavar="PX|auto",
             help="Student input px (e.g. 160 or 128 for a slow device), or 'auto': the model's own size and smaller ones measured "
                  "(probe accuracy, int8 p50 here), the fastest within --max-accuracy-drop kept (with --max-latency-ms: the most "
-                 "accurate within it). \\[default: the target's, else the model's]",
+                 "accurate within it; when no size meets it, the channel-pruned student that does is named). "
+                 "\\[default: the target's, else the model's]",
             rich_help_panel="Student")
     ] = _DEFAULT["student_size"],
     student_weights: Annotated[str, typer.Option(help="'imagenet', a weights file, or 'none'.", rich_help_panel="Student")] = _DEFAULT["student_weights"],
@@ -155,7 +156,7 @@ def compile_command(
         float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["max_accuracy_drop"],
     max_latency_ms: Annotated[
-        Optional[float], typer.Option(min=0.0, help="With --quantize auto: deploy only files whose p50 here is at most this (ms); the fastest within the accuracy gate and the budget wins.", rich_help_panel="Quantization and pruning")
+        Optional[float], typer.Option(min=0.0, help="With --quantize auto: deploy only files whose p50 here is at most this (ms); the fastest within the accuracy gate and the budget wins. With --student-size auto it also chooses the size.", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["max_latency_ms"],
     mixed_precision: Annotated[
         MixedPrecision, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
