@@ -39,7 +39,8 @@ from typing import Callable
 import numpy as np
 
 from edgetl._compat import keras, tf
-from edgetl.compiler.training.finetune import EpochProgress, KeepBest, StageResult, ci95
+from edgetl.compiler.evaluation.stats import ci95
+from edgetl.compiler.training.finetune import EpochProgress, KeepBest, StageResult
 from edgetl.compiler.progress import progress_bar
 from edgetl.models import LOGITS_LAYER, PREPROCESS_LAYER
 

@@ -399,20 +399,20 @@ class Optimizer:
             if any(c.gate == "passed" for c in self._built(kind, compressed)):
                 return
 
-    def _gate_on_val(self) -> bool:
+    def gates_on_val(self) -> bool:
         return self.images is None or self.images.held_out["val"]  # None: tests measure candidates they built themselves
 
     def gate_images(self) -> str:
         """The images the gate compares on: the val split, or (cross-validated compiles carve
         none) the training images, where it checks fidelity to fp32 rather than accuracy."""
-        if self._gate_on_val():
+        if self.gates_on_val():
             return "val (which the refit probe was fit on too)" if self.val_seen else "val"
         return "the training images (no val split under cross-validation)"
 
     def _gate_accuracy(self) -> str:
         """What the gate's accuracy figure is, for messages: "val accuracy" is wrong under
         cross-validation, where the gate scores the training images."""
-        return "val accuracy" if self._gate_on_val() else "accuracy on the training images"
+        return "val accuracy" if self.gates_on_val() else "accuracy on the training images"
 
     # -- measurement --------------------------------------------------------------------
     def _measure(self, c: Candidate) -> None:

@@ -153,9 +153,7 @@ class Dataset:
 def _check_file(path: Path) -> str | None:
     """None if `path` decodes to a usable image, else a one-line reason."""
     try:
-        if os.stat(path).st_size == 0:
-            return "empty file (0 bytes)"
-        img = _decode_rgb(path)
+        img = _decode_rgb(path)  # an empty file raises EmptyFileError: "empty file (0 bytes)"
         if img.width < 1 or img.height < 1:
             return "image has no pixels"
         return None

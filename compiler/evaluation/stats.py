@@ -40,6 +40,12 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return low, high
 
 
+def ci95(accuracy: float, n: int) -> tuple[float, float]:
+    """The Wilson 95% interval of an accuracy over n images, rounded for report.json."""
+    low, high = wilson_interval(round(accuracy * n), n)
+    return round(low, 4), round(high, 4)
+
+
 @dataclasses.dataclass(frozen=True)
 class Accuracy:
     """An accuracy with its sample size and 95% Wilson interval."""

@@ -57,7 +57,7 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
             # The figure the accuracy gate compared, with its interval and n: on val, or under
             # cross-validation on the training images (fidelity to fp32, not accuracy).
             gate_accuracy=(None if c.val_accuracy is None else
-                           {"on": optimizer.gate_images(), **Accuracy(round(c.val_accuracy * n_gate), n_gate).to_json()}),
+                           {"on": optimizer.gate_images(), "split": "val" if optimizer.gates_on_val() else "train", **Accuracy(round(c.val_accuracy * n_gate), n_gate).to_json()}),
             gate=c.gate,
         )
         if c.name == "fp32":

@@ -104,8 +104,8 @@ def print_summary(report: dict) -> None:
     # The change against fp32 is on the images the accuracy column is on, the gate's on its own
     # (val, or the training images): a newcomer read "+0.00" beside "failed" as a contradiction.
     delta_on = "test" if scored else "train"
-    gate_on = next((a["gate_accuracy"]["on"] for a in report["artifacts"] if a.get("gate_accuracy")), None)
-    gate_col = "gate" if gate_on is None else f"gate ({'val' if gate_on.startswith('val') else 'train'})"
+    gate_on = next((a["gate_accuracy"].get("split") for a in report["artifacts"] if a.get("gate_accuracy")), None)
+    gate_col = "gate" if gate_on is None else f"gate ({gate_on})"
     for col in ("file", "runtime", "precision", *(["sparsity"] if sparse else []), "size", "gzip", "p50", "accuracy",
                 f"Δ fp32 ({delta_on})", "agree", gate_col):
         # The file name and the figures never wrap or shorten (an ellipsis made variants/model.fp32.tflite

@@ -252,11 +252,12 @@ def _time_slim_options(config: CompileConfig, name: str, sizes: list[int], own_s
     from edgetl.models import create_model
     from edgetl.runtime import open_session
 
-    options = [SlimOption(variant, size) for variant in narrower_students(name) for size in sizes]
+    variants = narrower_students(name)
+    options = [SlimOption(variant, size) for variant in variants for size in sizes]
     if not options:
         return [], ""
     console.print(f"    no passing size meets the {config.max_latency_ms:g} ms budget: timing "
-                  f"{', '.join(narrower_students(name))} at {', '.join(f'{s} px' for s in sizes)} (untrained graphs)")
+                  f"{', '.join(variants)} at {', '.join(f'{s} px' for s in sizes)} (untrained graphs)")
     paths = []
     for option in options:
         # Random weights: the int8 graph and its kernels, hence its speed, are those of the trained model.
@@ -268,7 +269,7 @@ def _time_slim_options(config: CompileConfig, name: str, sizes: list[int], own_s
     sessions = [(open_session(own_path, threads=config.threads), images.get("train", own_size)[0][0])]
     sessions += [(open_session(p, threads=config.threads), images.get("train", o.size)[0][0]) for o, p in zip(options, paths)]
     # Each variant's sizes, largest first, are one graph at fewer pixels: a smaller one is no slower.
-    chains = [[1 + i for i, o in enumerate(options) if o.model == variant] for variant in narrower_students(name)]
+    chains = [[1 + i for i, o in enumerate(options) if o.model == variant] for variant in variants]
     (own, *p50s), note = time_in_size_order(sessions, chains, "channel-pruned students: latency (interleaved rounds)")
     for option, p50 in zip(options, p50s):
         option.p50_ms, option.p50_vs_own_size = p50, p50 / own

@@ -25,7 +25,7 @@ import numpy as np
 from edgetl._compat import keras, tf
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.training.distribution import fit_callbacks
-from edgetl.compiler.evaluation.stats import describe_accuracy, wilson_interval
+from edgetl.compiler.evaluation.stats import ci95, describe_accuracy
 from edgetl.compiler.progress import console, progress_bar
 from edgetl.compiler.data.streaming import augmented_batches, eval_data, iterate_batches, validation_data
 from edgetl.models import DROPOUT_LAYER, FEATURES_LAYER, LOGITS_LAYER, PROBABILITIES_LAYER, final_pool_width
@@ -327,11 +327,6 @@ def train_head(model, config: CompileConfig, train, val, strategy=None, label: s
     )
     return record, probe
 
-
-
-def ci95(accuracy: float, n: int) -> tuple[float, float]:
-    low, high = wilson_interval(round(accuracy * n), n)
-    return round(low, 4), round(high, 4)
 
 
 def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, trained=None):
