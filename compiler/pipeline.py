@@ -42,6 +42,7 @@ from edgetl.compiler.stages.package import package
 from edgetl.compiler.stages.robustness import robustness
 from edgetl.compiler.stages.source import source_dataset, source_stage
 from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_size
+from edgetl.compiler.stages.slim import try_slim_student
 from edgetl.compiler.stages.student import distil, train_baseline, train_student_head
 from edgetl.compiler.stages.teacher import in_training_precision, train_teacher
 from edgetl.compiler.stages.trained import cached, refit_kept_probe, save_keras
@@ -334,12 +335,19 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
             deployed = cached(
                 cache, "student", keys["student"], lambda: distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
+            student_run = config  # the settings the deployed student was trained with
+            if config.chooses_student_size:  # no size met --max-latency-ms: the channel-pruned student that does, gated
+                slim = try_slim_student(config, head, deployed, teacher, images, len(classes), strategy, dataset.selection, cache,
+                                        lambda c: stage_keys(c, dataset, unlabeled))
+                if slim is not None and slim.deployed:
+                    student_run, student_config, head, deployed = slim.config, slim.model_config, slim.head, slim.student
+                    keys = stage_keys(student_run, dataset, unlabeled)  # the baseline and the exports follow the slim student
             deployed = refit_kept_probe(deployed, images, config)
             save_keras(deployed.model, out / STUDENT_FILE)
         if config.baseline:
-            with stages.stage("baseline", f"baseline: {config.student} on the labels alone (no teacher)"):
+            with stages.stage("baseline", f"baseline: {deployed.name} on the labels alone (no teacher)"):
                 baseline = cached(
-                    cache, "baseline", keys["baseline"], lambda: train_baseline(config, student_config, head, images, len(classes), strategy, dataset.selection)
+                    cache, "baseline", keys["baseline"], lambda: train_baseline(student_run, student_config, head, images, len(classes), strategy, dataset.selection)
                 )
                 if deployed.head_refit:  # on the same footing as the student it is compared with
                     baseline = refit_kept_probe(baseline, images, config, like=deployed)
@@ -430,7 +438,9 @@ def plan(config: CompileConfig) -> dict:
         sizes = ", ".join(str(size) for size in candidate_sizes(get_config(config.student).input_size))
         for s in stages:
             if s["stage"] == "student":
-                s["does"] = f"the student's probe at {sizes} px, each int8 file timed, one size kept; then distillation"
+                s["does"] = f"the student's probe at {sizes} px, each int8 file timed, one size kept; then distillation" + (
+                    f" (and, when no size meets {config.max_latency_ms:g} ms, the channel-pruned student that does: "
+                    "distilled too, deployed if it passes the accuracy gate)" if config.max_latency_ms is not None else "")
     cached = {entry for s in stages if s["cached"] for entry in s["keys"]}
     needs = [] if config.model else _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)

@@ -114,7 +114,7 @@ def compile_command(
             parser=_student_size, metavar="PX|auto",
             help="Student input px (e.g. 160 or 128 for a slow device), or 'auto': the model's own size and smaller ones measured "
                  "(probe accuracy, int8 p50 here), the fastest within --max-accuracy-drop kept (with --max-latency-ms: the most "
-                 "accurate within it; when no size meets it, the channel-pruned student that does is named). "
+                 "accurate within it; when no size meets it, the channel-pruned student that does is distilled too and deployed if it passes the accuracy gate). "
                  "\\[default: the target's, else the model's]",
             rich_help_panel="Student")
     ] = _DEFAULT["student_size"],

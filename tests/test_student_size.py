@@ -71,3 +71,45 @@ def test_a_replay_takes_the_choice_from_the_cache(auto_build, capsys):
     assert "channel-pruned variants were timed too" in page and page.count("<td>tiny_cnn_slim50</td>") == len(passing)
     # Without a budget, or with one a size meets, nothing more is built.
     assert report["models"]["student"]["training"]["resolution"]["slim_options"] == []
+
+
+def _timed_by_pixels(sessions, chains, label):
+    """A stand-in for the interleaved timer: p50 from the input's pixels, a tenth of it for a
+    channel-pruned file, so which option meets a budget is known in advance."""
+    from pathlib import Path
+
+    return [(s.input_size / 32) ** 2 * (0.1 if "slim" in Path(s.path).name else 1.0) for s, _ in sessions], ""
+
+
+def test_a_budget_only_a_slim_student_meets_distils_it_and_gates_it(auto_build, monkeypatch):
+    from edgetl.compiler.stages import resolution, slim
+
+    root, data, cache, _ = auto_build
+    monkeypatch.setattr(resolution, "time_in_size_order", _timed_by_pixels)
+    # Every size is over 0.2 ms (16 px: 0.25), the slim variant at 32 px is 0.1: it is the pick.
+    settings = {**AUTO, "baseline": True, "max_latency_ms": 0.2, "max_accuracy_drop": 100.0}
+    report = compile_model(CompileConfig(data=data, out=root / "slim", cache_dir=cache, **settings))
+    student = report["models"]["student"]
+    choice = student["training"]["resolution"]
+    assert choice["slim_pick"]["model"] == "tiny_cnn_slim50" and choice["slim_pick"]["size"] == 32
+    trial = choice["slim_trial"]
+    # Any accuracy is within a 100-point budget: the slim student is deployed, and every later
+    # stage (the baseline, the files, the report) is of it.
+    assert trial["passed"] and trial["deployed"] and trial["accuracy_on"].endswith("val images")
+    assert trial["slim"]["n"] == trial["full"]["n"] == trial["difference"]["n"] > 0
+    assert student["model"] == "tiny_cnn_slim50" and student["input_size"] == 32
+    assert report["models"]["baseline"]["model"] == "tiny_cnn_slim50"
+    assert open_session(root / "slim" / "model.tflite").input_size == 32
+    page = (root / "slim" / "report.html").read_text()
+    assert "Channel-pruned student: tiny_cnn_slim50 at 32 px deployed" in page and "Student: tiny_cnn_slim50 at 32 px" in page
+    # The same trial failing the gate (forced): the full student stays, the record says why.
+    monkeypatch.setattr(slim, "slim_gate", lambda s, f, d: (False, "failed: forced", {
+        "slim": {"accuracy": 0.5, "n": 4, "correct": 2, "ci95": [0.15, 0.85]}, "full": {"accuracy": 1.0, "n": 4, "correct": 4, "ci95": [0.51, 1.0]},
+        "difference": {"difference": -0.5, "ci95": [-0.8, 0.0], "n": 4}}))
+    kept = compile_model(CompileConfig(data=data, out=root / "slim_failed", cache_dir=cache, **settings))
+    student = kept["models"]["student"]
+    trial = student["training"]["resolution"]["slim_trial"]
+    assert not trial["deployed"] and "forced" in trial["why"]
+    assert student["model"] == "tiny_cnn" and student["input_size"] == student["training"]["resolution"]["chosen"]
+    assert kept["models"]["baseline"]["model"] == "tiny_cnn"
+    assert "Channel-pruned student: tiny_cnn_slim50 at 32 px not deployed" in (root / "slim_failed" / "report.html").read_text()

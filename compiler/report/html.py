@@ -84,6 +84,12 @@ def _acc(entry) -> str:
             + (" cv" if figure.source == "cv" else "") + "</span>")
 
 
+def _acc_json(accuracy: dict) -> str:
+    """An accuracy cell from an Accuracy record (compiler/evaluation/stats.py): figure, interval, n."""
+    low, high = accuracy["ci95"]
+    return f"{accuracy['accuracy']:.1%} <span class='ci'>[{low:.1%}-{high:.1%}] n={accuracy['n']}</span>"
+
+
 def _verdict_section(report: dict) -> list[str]:
     verdict = build_verdict(report)
     parts = ["<div class='verdict'>", f"<p class='headline'>{_e(verdict.headline)}</p>"]
@@ -261,7 +267,10 @@ def _student_size_section(report: dict) -> list[str]:
     choice = report["models"].get("student", {}).get("training", {}).get("resolution")
     if not choice:
         return []
-    parts = [f"<h2>Student input size: {choice['chosen']} px</h2><p>{_e(choice['why'])}.</p>"
+    trial = choice.get("slim_trial")
+    title = (f"Student: {_e(trial['model'])} at {trial['size']} px (channel-pruned: no input size met the latency budget)"
+             if trial and trial["deployed"] else f"Student input size: {choice['chosen']} px")
+    parts = [f"<h2>{title}</h2><p>{_e(choice['why'])}.</p>"
              f"<p class='muted'>Each size: the frozen ImageNet backbone at that size with its linear probe, scored by "
              f"{_e(choice['accuracy_on'])}; its int8 file timed at batch 1 with {choice['threads']} threads on the machine "
              "that compiled, all sizes interleaved. Distillation then trained the chosen size only.</p>",
@@ -282,11 +291,24 @@ def _student_size_section(report: dict) -> list[str]:
     if slim:  # no size met --max-latency-ms: the channel-pruned variants, timed untrained
         parts.append("<p>No size within the accuracy gate met the latency budget, so the student's channel-pruned variants "
                      "were timed too: untrained int8 graphs (speed does not depend on the weights), paired with the own "
-                     "size's file. Their accuracy is unknown until one is distilled; the choice above names the one to try.</p>"
+                     "size's file. A probe cannot tell what the cut costs in accuracy, so the widest one within the budget "
+                     "is distilled after the full student and gated against it.</p>"
                      "<table><tr><th>model</th><th>size</th><th>int8 p50</th><th>vs own size</th><th>int8 size</th></tr>")
         parts += [f"<tr><td>{_e(o['model'])}</td><td>{o['size']} px</td><td class='n'>{_ms(o['int8_p50_ms'])}</td>"
                   f"<td class='n'>{o['p50_vs_own_size']:.2f}x</td><td class='n'>{_mb(o['int8_mb'] * 1e6)}</td></tr>" for o in slim]
         parts.append("</table>")
+    if trial:  # compiler/stages/slim.py: the pick distilled and gated
+        versus = trial["difference"]
+        parts.append(f"<h3>Channel-pruned student: {_e(trial['model'])} at {trial['size']} px "
+                     f"{'deployed' if trial['deployed'] else 'not deployed'}</h3><p>{_e(trial['why'])}.</p>"
+                     f"<table><tr><th>student, distilled</th><th>accuracy [95% CI] on {_e(trial['accuracy_on'])}</th>"
+                     "<th>slim vs full, paired [95% CI]</th></tr>"
+                     f"<tr class='{'chosen' if trial['deployed'] else ''}'><td>{_e(trial['model'])}, {trial['size']} px</td>"
+                     f"<td class='n'>{_acc_json(trial['slim'])}</td>"
+                     f"<td class='n'>{_points(versus['difference'])} [{_points(versus['ci95'][0])}, {_points(versus['ci95'][1])}]</td></tr>"
+                     f"<tr class='{'' if trial['deployed'] else 'chosen'}'><td>full student, {choice['chosen']} px</td>"
+                     f"<td class='n'>{_acc_json(trial['full'])}</td><td></td></tr></table>"
+                     f"<p class='muted'>The slim student's distillation took {trial['seconds']:.0f} s of the student stage.</p>")
     chart = size_front_chart(choice)
     if chart:
         parts.append(f"<img class='chart' alt='probe accuracy against int8 p50 for each student input size' src='{chart}'>")

@@ -177,12 +177,27 @@ def _faster_student(report: dict) -> str | None:
                 "--student-size auto times smaller inputs for the student, keeps the most accurate within the budget "
                 "and, when none is fast enough, names a channel-pruned student that is.")
     pick = resolution.get("slim_pick")
+    trial = resolution.get("slim_trial")
+    if trial is not None:  # the compile distilled the pick itself (compiler/stages/slim.py)
+        return None if trial["deployed"] else _failed_slim(trial, budget)
     if not pick:
         return None
     return (f"no input size met the {resolution['max_latency_ms']:g} ms budget within the accuracy gate; "
             f"{pick['model']} at {pick['size']} px does ({pick['int8_p50_ms']:.2f} ms int8 p50, {pick['p50_vs_own_size']:.2f}x "
             f"the own size, timed untrained): compile with --student {pick['model']} --student-size {pick['size']} --selection cv "
             "to learn what it costs in accuracy.")
+
+
+def _failed_slim(trial: dict, budget: float) -> str:
+    """The channel-pruned student met the budget but not the accuracy gate: what could change that."""
+    lost = 100 * (trial["full"]["accuracy"] - trial["slim"]["accuracy"])
+    said = (f"{trial['model']} at {trial['size']} px meets the {budget:g} ms budget but was distilled to "
+            f"{100 * trial['slim']['accuracy']:.1f}% against the full student's {100 * trial['full']['accuracy']:.1f}% "
+            f"on {trial['accuracy_on']}, {lost:.1f} points below (the gate allows {trial['max_accuracy_drop']:g})")
+    if "val images" in trial["accuracy_on"]:
+        return (f"{said}: --selection cv judges it on every training image instead of the val split, where its "
+                "distillation's gain may not show; or pass --max-accuracy-drop to accept the loss.")
+    return f"{said}: pass --max-accuracy-drop {max(lost, 0) + 0.5:.1f} to deploy it anyway, or more labelled images may close the gap."
 
 
 def _next_step(report: dict) -> str | None:

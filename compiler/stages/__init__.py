@@ -4,6 +4,7 @@
   teacher     teacher.py     linear probe, then fine-tuning; the better kept
   student     student.py     the student's probe, then distillation from the teacher
               resolution.py  (--student-size auto) the probe at each size, int8 timed, one chosen
+              slim.py        (and no size meets --max-latency-ms) the channel-pruned student, distilled and gated
   baseline    student.py     the same student on the labels alone (the ablation)
   adapt       adapt.py       the deployed model adapted to the device's unlabelled photos
   export      export.py      float32 TFLite and ONNX files

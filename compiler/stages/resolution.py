@@ -31,14 +31,13 @@ When --max-latency-ms is below every passing size's p50, fewer pixels alone cann
 the next lever is fewer channels: the student's channel-pruned variants (registered as
 NAME_slimPP, e.g. efficientnet_lite0_slim75). Their int8 files are built from untrained graphs
 (latency does not depend on the weights) at each passing size and timed interleaved with the own
-size's file, and the choice's record names the one to compile: the widest variant (the fewest
-channels cut) at the largest passing size within the budget. It is advice, not a choice made
-for the user: a slim student's probe cannot rank it (the cut damages exactly the frozen features
-the probe reads; it needs a full distillation to recover), so its accuracy is known only after
-that compile, which on flowers12 took 35 min with --selection cv (slim75 at 160 px: 0.47x the
-224 px p50, 0.4 points below it on test, within noise). Pixels come before channels because
-the probe can gate fewer pixels on the user's data, where a channel cut is judged only after a
-distillation.
+size's file, and the choice's record names the one to try: the widest variant (the fewest
+channels cut) at the largest passing size within the budget. Its accuracy is not measured here:
+a slim student's probe cannot rank it (the cut damages exactly the frozen features the probe
+reads; it needs a full distillation to recover). slim.py distils it after the full student and
+deploys it only when it passes the accuracy gate against that student. Pixels come before
+channels because the probe can gate fewer pixels cheaply on the user's data, where a channel
+cut is judged only after a distillation.
 """
 
 from __future__ import annotations
@@ -196,7 +195,7 @@ def slim_advice(options: list[SlimOption], max_latency_ms: float) -> tuple[SlimO
     pick = within[0]
     return pick, (f"; a channel-pruned student meets it: {pick.model} at {pick.size} px is {pick.p50_ms:.2f} ms int8 p50 "
                   f"({pick.p50_vs_own_size:.2f}x the own size; untrained graph, so its accuracy is unknown until "
-                  f"distilled): compile with --student {pick.model} --student-size {pick.size} --selection cv")
+                  f"distilled): it is distilled after the full student and deployed if it passes the accuracy gate")
 
 
 def choose_student_size(config: CompileConfig, model_config, images: ImageCache, num_classes: int, strategy) -> TrainedModel:

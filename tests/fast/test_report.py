@@ -119,6 +119,17 @@ def test_a_missed_latency_budget_names_the_compile_that_can_meet_it(tmp_path):
     step = build_verdict(report).next_step
     assert "1.3 ms budget" in step and "1.23 ms int8 p50, 0.47x" in step
     assert "--student efficientnet_lite0_slim75 --student-size 160 --selection cv" in step
+    # A compile that distilled it: deployed, nothing to say; failed the gate, its figures and what could change that.
+    trial = {"model": "efficientnet_lite0_slim75", "size": 160, "deployed": True, "max_accuracy_drop": 1.0,
+             "slim": {"accuracy": 0.9}, "full": {"accuracy": 0.95}, "accuracy_on": "the 108 val images"}
+    resolution["slim_trial"] = trial
+    assert "budget" not in (build_verdict(report).next_step or "")
+    trial["deployed"] = False
+    step = build_verdict(report).next_step
+    assert "distilled to 90.0% against the full student's 95.0% on the 108 val images, 5.0 points below" in step
+    assert "--selection cv" in step
+    trial["accuracy_on"] = "out-of-fold predictions on the 720 training images"
+    assert "--max-accuracy-drop 5.5" in build_verdict(report).next_step
 
 
 def test_every_accuracy_in_the_page_carries_its_interval_and_n(tmp_path):

@@ -121,7 +121,7 @@ def test_a_budget_no_size_meets_names_the_widest_cut_at_the_largest_size_within_
     pick, clause = slim_advice(options, max_latency_ms=1.3)
     # slim50 at 192 px is faster and also within the budget, but cuts more channels: not named.
     assert (pick.model, pick.size) == ("lite0_slim75", 160)
-    assert "--student lite0_slim75 --student-size 160 --selection cv" in clause and "1.23 ms" in clause
+    assert "lite0_slim75 at 160 px is 1.23 ms" in clause and "distilled after the full student" in clause
     assert slim_advice(options, max_latency_ms=1.0)[0] is options[5]  # only slim50 at 160 px is that fast
     # Nothing within the budget: nothing to compile, and the fastest is named with its figure.
     pick, clause = slim_advice(options, max_latency_ms=0.5)
