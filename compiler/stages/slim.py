@@ -68,12 +68,12 @@ def selection_correct(trained, images) -> tuple[np.ndarray, str]:
 
         x, y = images.get("val", trained.input_size)
         probs = KerasSession(model=trained.model).predict(x, 32)
-        return probs.argmax(1) == y, f"the {len(y)} val images"
+        return probs.argmax(1) == y, f"on the {len(y)} val images"
     _, y = images.get("train", trained.input_size)
     oof = (trained.selection or {}).get("oof_pred")
     if oof is None:
         raise RuntimeError("internal error: a cross-validated student has no out-of-fold predictions")
-    return np.asarray(oof) == y, f"out-of-fold predictions on the {len(y)} training images"
+    return np.asarray(oof) == y, f"out of fold on the {len(y)} training images"
 
 
 def try_slim_student(config, full_head, full_student, teacher, images, num_classes: int, strategy, selection: str, cache, keys_for):
@@ -81,6 +81,7 @@ def try_slim_student(config, full_head, full_student, teacher, images, num_class
 
     keys_for(config): the stage keys of a config (the slim student caches under its own).
     The resolution record of the deployed student gains a `slim_trial` entry either way."""
+    from edgetl.compiler.evaluation.stats import describe_accuracy
     from edgetl.compiler.stages.student import (
         distil,
         selection_note,
@@ -112,8 +113,8 @@ def try_slim_student(config, full_head, full_student, teacher, images, num_class
     full_text = f"{full_student.name} at {full_student.input_size} px"
     outcome = (f"{pick['model']} at {pick['size']} px is deployed: it meets the {config.max_latency_ms:g} ms budget and {why}"
                if passed else f"{full_text} stays (over the budget): {pick['model']} at {pick['size']} px {why}")
-    console.print(f"    slim student on {on}: {figures['slim']['accuracy']:.1%} vs {figures['full']['accuracy']:.1%} "
-                  f"for {full_text}; {outcome}")
+    slim_figure, full_figure = (describe_accuracy(figures[k]["accuracy"], figures[k]["n"]) for k in ("slim", "full"))
+    console.print(f"    {pick['model']} (distilled) against {full_text}, {on}: {slim_figure} vs {full_figure}; {outcome}")
     trial = {"model": pick["model"], "size": pick["size"], "untrained_int8_p50_ms": pick["int8_p50_ms"], "accuracy_on": on,
              **figures, "max_accuracy_drop": config.max_accuracy_drop, "passed": passed, "deployed": passed,
              "why": outcome, "slim_selection": _without_predictions(student.selection),

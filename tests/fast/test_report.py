@@ -120,15 +120,20 @@ def test_a_missed_latency_budget_names_the_compile_that_can_meet_it(tmp_path):
     assert "1.3 ms budget" in step and "1.23 ms int8 p50, 0.47x" in step
     assert "--student efficientnet_lite0_slim75 --student-size 160 --selection cv" in step
     # A compile that distilled it: deployed, nothing to say; failed the gate, its figures and what could change that.
-    trial = {"model": "efficientnet_lite0_slim75", "size": 160, "deployed": True, "max_accuracy_drop": 1.0,
-             "slim": {"accuracy": 0.9}, "full": {"accuracy": 0.95}, "accuracy_on": "the 108 val images"}
+    trial = {"model": "efficientnet_lite0_slim75", "size": 160, "deployed": True, "max_accuracy_drop": 1.0, "untrained_int8_p50_ms": 1.2,
+             "slim": {"accuracy": 0.9, "n": 100}, "full": {"accuracy": 0.95, "n": 100}, "accuracy_on": "on the 100 val images"}
     resolution["slim_trial"] = trial
+    step = build_verdict(report).next_step  # deployed, yet its file timed over the budget (1.89 ms): load, said so
+    assert "was deployed for the 1.3 ms budget (its graph timed 1.20 ms untrained), but its file timed 1.89 ms" in step
+    deployed_artifact(report)["latency_p50_ms"] = 1.25
     assert "budget" not in (build_verdict(report).next_step or "")
+    deployed_artifact(report)["latency_p50_ms"] = 1.89
     trial["deployed"] = False
     step = build_verdict(report).next_step
-    assert "distilled to 90.0% against the full student's 95.0% on the 108 val images, 5.0 points below" in step
+    assert ("distilled to 90.0% (95% CI 82.6%-94.5%, n=100) against the full student's 95.0% (95% CI 88.8%-97.8%, n=100) "
+            "on the 100 val images, 5.0 points below") in step
     assert "--selection cv" in step
-    trial["accuracy_on"] = "out-of-fold predictions on the 720 training images"
+    trial["accuracy_on"] = "out of fold on the 720 training images"
     assert "--max-accuracy-drop 5.5" in build_verdict(report).next_step
 
 
