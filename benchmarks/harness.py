@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.compiler.evaluation.stats import describe_accuracy, wilson_interval
 from edgetl.errors import BenchSettingsError, DataError, ModelFileError
 
 BENCH_JSON = "bench.json"
@@ -500,8 +501,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
             if "predictions" in result and art.path in y_by_file:
                 preds = np.asarray(result["predictions"], dtype=np.int64)
                 truth = y_by_file[art.path]
-                row["accuracy"] = {"value": float((preds == truth).mean()), "images": int(truth.size),
-                                   "correct": int((preds == truth).sum())}
+                correct = int((preds == truth).sum())
+                row["accuracy"] = {"value": float((preds == truth).mean()), "images": int(truth.size), "correct": correct,
+                                   "ci95": list(wilson_interval(correct, int(truth.size)))}
             rows.append(row)
             log(f"{label}: {_short(row)}")
 
@@ -520,7 +522,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
             {"file": a.path.name, "path": str(a.path), "format": a.format, "size_bytes": a.size_bytes,
              "precision": a.precision, "input_size": a.input_size, "input_dtype": a.input_dtype,
              "labels_from": a.labels_source, "assumed": list(a.assumed),
-             "compile_accuracy": _compile_accuracy(a)}
+             "compile_accuracy": _compile_accuracy(a), "compile_accuracy_images": _compile_accuracy(a, "images")}
             for a in arts
         ],
         "results": rows,
@@ -555,7 +557,8 @@ def _score_corruptions(arts: list[_Artefact], npy: dict[int, Path], y_by_file: d
             if not np.array_equal(y_by_file[a.path], y_by_file[group[0].path]):
                 raise BenchSettingsError(f"{a.path.name} orders its classes differently from {group[0].path.name}: bench them apart")
         w = section["weakest"]
-        log(f"corruptions at {size} px: weakest for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}); {section['seconds']:.0f} s")
+        log(f"corruptions at {size} px: weakest for {w['model']}: {w['corruption']} "
+            f"({describe_accuracy(w['accuracy'], section['images'])}); {section['seconds']:.0f} s")
         sections[str(size)] = section
     return sections
 
@@ -591,11 +594,12 @@ def _eval_batch(art: _Artefact) -> int:
     return int(value) if isinstance(value, int) and value > 0 else EVAL_BATCH
 
 
-def _compile_accuracy(art: _Artefact) -> float | None:
-    """The test accuracy `edgetl compile` reported for this very file, if its report is beside it."""
+def _compile_accuracy(art: _Artefact, field: str = "accuracy"):
+    """The test accuracy `edgetl compile` reported for this very file (or another field of that
+    test record: "images"), if its report is beside it."""
     for a in (art.compile_report or {}).get("artifacts", []):
         if a.get("file") == art.path.name and isinstance(a.get("test"), dict):
-            return a["test"].get("accuracy")
+            return a["test"].get(field)
     return None
 
 
@@ -637,5 +641,5 @@ def _row(art: _Artefact, runtime: str, threads: int | None, result: dict, cores)
 def _short(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {row['reason']}"
-    acc = f", accuracy {row['accuracy']['value']:.2%}" if row.get("accuracy") else ""
+    acc = f", accuracy {describe_accuracy(row['accuracy']['value'], row['accuracy']['images'])}" if row.get("accuracy") else ""
     return f"p50 {row['p50_ms']:.3f} ms, load {row['load_s']:.2f} s{acc}"

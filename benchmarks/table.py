@@ -23,6 +23,8 @@ def print_table(report: dict, console=None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from edgetl.compiler.evaluation.stats import describe_accuracy
+
     if console is None:
         probe = Console()
         console = Console(width=None if probe.is_terminal else 220, highlight=False)
@@ -67,10 +69,11 @@ def print_table(report: dict, console=None) -> None:
         mismatches = []
         for f in report["files"]:
             expected = f.get("compile_accuracy")
-            got = [r["accuracy"]["value"] for r in report["results"]
-                   if r["path"] == f["path"] and r.get("accuracy")]
-            if expected is not None and got and any(abs(g - expected) > 1e-12 for g in got):
-                mismatches.append(f"{f['file']}: compile report {expected:.2%}, here {', '.join(f'{g:.2%}' for g in got)}")
+            got = [r["accuracy"] for r in report["results"] if r["path"] == f["path"] and r.get("accuracy")]
+            if expected is not None and got and any(abs(g["value"] - expected) > 1e-12 for g in got):
+                said = describe_accuracy(expected, f["compile_accuracy_images"]) if f.get("compile_accuracy_images") else f"{expected:.2%}"
+                here = ", ".join(describe_accuracy(g["value"], g["images"]) for g in got)
+                mismatches.append(f"{f['file']}: compile report {said}, here {here}")
         if mismatches:
             console.print("[yellow]differs from the compile report (other images?):[/] " + escape("; ".join(mismatches)))
     for f in report["files"]:

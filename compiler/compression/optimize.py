@@ -80,6 +80,7 @@ class Candidate:
     sparsity: float | None = None  # measured share of zero weights, when converted from a pruned model
     clusters: int = 0  # shared values per kernel, when the pruned model was also clustered
     val_accuracy: float | None = None
+    val_images: int = 0  # the gate's images (val, or the training images under cross-validation)
     test_probs: np.ndarray | None = None
     latency_p50_ms: float | None = None
     io: dict | None = None
@@ -422,6 +423,7 @@ class Optimizer:
         x_val, y_val = self.images.get("val", self.size)
         x_test, _ = self.images.get("test", self.size)
         c.val_accuracy = float(np.mean(session.predict(x_val, self.config.batch_size).argmax(1) == y_val))
+        c.val_images = int(len(y_val))
         c.test_probs = session.predict(x_test, self.config.batch_size)
         # A first figure for the console and the fallback steps: time_all() measures every
         # candidate again (interleaved) and replaces it, so a few calls are enough here
@@ -456,9 +458,11 @@ class Optimizer:
             if c.val_accuracy + 1e-9 >= floor:
                 c.gate = "passed"
             else:
+                fp32 = self.float_val_accuracy(c.format)
+                said = (lambda a: describe_accuracy(a, c.val_images)) if c.val_images else (lambda a: f"{a:.2%}")
                 c.gate = (
-                    f"failed: {self._gate_accuracy()} {c.val_accuracy:.2%} is {100 * (self.float_val_accuracy(c.format) - c.val_accuracy):.2f} "
-                    f"points below fp32 (max {self.config.max_accuracy_drop:g})"
+                    f"failed: {self._gate_accuracy()} {said(c.val_accuracy)} is {100 * (fp32 - c.val_accuracy):.2f} "
+                    f"points below fp32's {said(fp32)} (max {self.config.max_accuracy_drop:g})"
                 )
 
     def choose(self, fmt: str, pinned: str | None, prefer_pruned: bool) -> tuple[Candidate, str]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from edgetl.compiler.data.corruptions import CORRUPTIONS, corrupt
+from edgetl.compiler.evaluation.stats import ci95, describe_accuracy, wilson_interval
 
 DEFAULT_SEVERITIES = (1, 3, 5)
 DEFAULT_MAX_IMAGES = 120
@@ -80,6 +81,12 @@ def score_robustness(
         })
     mean = {name: float(np.mean([row["accuracy"][name] for row in table])) for name in names}
     weakest = min(table, key=lambda row: row["accuracy"][reference])
+    n = int(len(y))
+    # Intervals at n = the images: the severities score the same images again, so pooling them
+    # would claim more evidence than there is; a mean of correlated proportions varies no more
+    # than one of them does.
+    for row in table:
+        row["ci95"] = {name: list(ci95(a, n)) for name, a in row["accuracy"].items()}
     return {
         "images_from": images_from,
         "images": int(len(y)),
@@ -89,12 +96,14 @@ def score_robustness(
         "models": names,
         "reference": reference,
         "clean": clean,
+        "clean_ci95": {name: list(ci95(a, n)) for name, a in clean.items()},
         "table": table,
         "mean_corrupted": mean,
         "weakest": {
             "corruption": weakest["corruption"],
             "model": reference,
             "accuracy": weakest["accuracy"][reference],
+            "ci95": weakest["ci95"][reference],
             "drop_from_clean": clean[reference] - weakest["accuracy"][reference],
         },
         "seconds": round(time.perf_counter() - start, 2),
@@ -116,8 +125,13 @@ def format_table(section: dict) -> str:
     rows.append(("mean corrupted", section["mean_corrupted"]))
     for label, acc in rows:
         lines.append(f"{label:<16}" + "".join(f"{acc[n]:>{width + 2}.1%}" for n in names))
+    images = section["images"]
+    widest = max((high - low) / 2 for acc in (r[1] for r in rows) for low, high in (wilson_interval(round(a * images), images)
+                                                                                   for a in acc.values()))
+    lines.append(f"each figure within about ±{100 * widest:.1f} points at 95% (Wilson, n={images}; the severities reuse the images)")
     w = section["weakest"]
-    lines.append(f"weakest for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}, {w['drop_from_clean'] * 100:.1f} points below clean)")
+    lines.append(f"weakest for {w['model']}: {w['corruption']} ({describe_accuracy(w['accuracy'], images)}, "
+                 f"{w['drop_from_clean'] * 100:.1f} points below clean)")
     return "\n".join(lines)
 
 
@@ -150,6 +164,11 @@ def _chart(section: dict) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _cell(accuracy: float, n: int) -> str:
+    low, high = wilson_interval(round(accuracy * n), n)
+    return f"{accuracy:.1%} <span class='ci'>[{low:.1%}-{high:.1%}]</span>"
+
+
 def render_section(report: dict) -> str:
     """The robustness section of report.html (empty when the report has none)."""
     section = report.get("robustness")
@@ -160,21 +179,23 @@ def render_section(report: dict) -> str:
         return f"<h2>Robustness to camera corruptions</h2><p class='muted'>Not scored: {e(section['skipped'])}</p>"
     names = section["models"]
     weakest = section["weakest"]
+    images = section["images"]
     parts = [
         "<h2>Robustness to camera corruptions</h2>",
         f"<p>Accuracy on {section['images']} images ({e(section['images_from'])}) after each corruption, "
         f"mean of severities {', '.join(map(str, section['severities']))} of 5 (seed {section['seed']}). "
         f"Weakest for <code>{e(weakest['model'])}</code>: <b>{e(weakest['corruption'])}</b> "
-        f"({weakest['accuracy']:.1%}, {weakest['drop_from_clean'] * 100:.1f} points below clean).</p>",
+        f"({describe_accuracy(weakest['accuracy'], images)}, {weakest['drop_from_clean'] * 100:.1f} points below clean). "
+        f"Brackets: 95% Wilson intervals at n={images} (the severities reuse the same images).</p>",
         "<table><tr><th>corruption</th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>",
-        "<tr><td>clean</td>" + "".join(f"<td class='n'>{section['clean'][n]:.1%}</td>" for n in names) + "</tr>",
+        "<tr><td>clean</td>" + "".join(f"<td class='n'>{_cell(section['clean'][n], images)}</td>" for n in names) + "</tr>",
     ]
     for row in section["table"]:
         mark = " class='chosen'" if row["corruption"] == weakest["corruption"] else ""
         parts.append(f"<tr{mark}><td>{e(row['corruption'])}</td>"
-                     + "".join(f"<td class='n'>{row['accuracy'][n]:.1%}</td>" for n in names) + "</tr>")
+                     + "".join(f"<td class='n'>{_cell(row['accuracy'][n], images)}</td>" for n in names) + "</tr>")
     parts.append("<tr><td><i>mean of corruptions</i></td>"
-                 + "".join(f"<td class='n'>{section['mean_corrupted'][n]:.1%}</td>" for n in names) + "</tr></table>")
+                 + "".join(f"<td class='n'>{_cell(section['mean_corrupted'][n], images)}</td>" for n in names) + "</tr></table>")
     if section.get("note"):
         parts.append(f"<p class='muted'>{e(section['note'])}</p>")
     chart = _chart(section)

@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from edgetl.compiler.data.corruptions import describe_steps
+from edgetl.compiler.evaluation.stats import ci95, describe_accuracy
 from edgetl.compiler.evaluation.robustness import (
     render_section as render_robustness_section,
 )
@@ -208,7 +209,7 @@ def _accuracy_cell(versus: dict, probe: dict) -> str:
     n = versus.get("n") or probe.get("n") or 0
     if not n or not probe:
         return "n/a"
-    return f"{probe['accuracy'] + versus['difference']:.1%} (n={n})"
+    return describe_accuracy(probe["accuracy"] + versus["difference"], n).replace("95% CI ", "")
 
 
 def _training_section(report: dict) -> list[str]:
@@ -338,11 +339,17 @@ def _adaptation_section(report: dict) -> list[str]:
     parts.append("<table><tr><th>method</th><th>clean validation accuracy</th><th>labelled device images (--target-val)</th>"
                  "<th>time</th></tr>")
     before = adaptation.get("clean_val_accuracy_before")
+    n = adaptation.get("clean_val_images")
+
+    def clean(accuracy):  # reports from before clean_val_images was written: the bare figure
+        return _pct(accuracy) if accuracy is None or not n else _acc_json(
+            {"accuracy": accuracy, "n": n, "ci95": ci95(accuracy, n)})
+
     if before is not None:
-        parts.append(f"<tr><td>(before adapting)</td><td class='n'>{_pct(before)}</td><td></td><td></td></tr>")
+        parts.append(f"<tr><td>(before adapting)</td><td class='n'>{clean(before)}</td><td></td><td></td></tr>")
     for row in adaptation["tried"]:
         parts.append(f"<tr class='{'chosen' if row['method'] == adaptation['method'] else ''}'><td>{_e(row['method'])}</td>"
-                     f"<td class='n'>{_pct(row.get('clean_val_accuracy'))}</td><td class='n'>{_e(row.get('target_val', ''))}</td>"
+                     f"<td class='n'>{clean(row.get('clean_val_accuracy'))}</td><td class='n'>{_e(row.get('target_val', ''))}</td>"
                      f"<td class='n'>{row['seconds']:.0f} s</td></tr>")
     parts.append("</table>")
     return parts
@@ -414,7 +421,8 @@ def render(report: dict, out: Path) -> str:
                          f"<td class='n'>{row['support']}</td></tr>")
         parts.append("</table>")
     if deployed_row and deployed_row.get("test"):
-        title = f"{chosen} ({deployed_row.get('precision', '')}) on the test split: accuracy {deployed_row['test']['accuracy']:.1%}"
+        test = deployed_row["test"]
+        title = f"{chosen} ({deployed_row.get('precision', '')}) on the test split: accuracy {describe_accuracy(test['accuracy'], test['images'])}"
         uri = confusion_chart(deployed_row["test"]["confusion_matrix"], ds["classes"], title)
         parts.append(f"<h2>Confusion matrix: {_e(chosen)} on the test split</h2><p class='muted'>Rows: true class; "
                      "columns: predicted. Blue: the share of each true class classified right; red: mistakes, on their "

@@ -75,6 +75,8 @@ class SizeCandidate:
     p50_ms: float = float("inf")
     file_mb: float = 0.0
     val_accuracy: float | None = None
+    val_ci95: list | None = None  # with val_images: the probe's figure on the val split, when there is one
+    val_images: int = 0
     gate: str = ""
 
     @property
@@ -85,7 +87,7 @@ class SizeCandidate:
         from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
 
         row = {"size": self.size, "accuracy": Accuracy(int(self.correct.sum()), len(self.correct)).to_json(),
-               "val_accuracy": self.val_accuracy, "int8_p50_ms": round(self.p50_ms, 3),
+               "val_accuracy": self.val_accuracy, "val_ci95": self.val_ci95, "val_images": self.val_images, "int8_p50_ms": round(self.p50_ms, 3),
                "p50_vs_own_size": round(self.p50_ms / reference.p50_ms, 3), "int8_mb": round(self.file_mb, 3), "gate": self.gate}
         if self is not reference:
             row["vs_own_size"] = paired_difference(self.correct.tolist(), reference.correct.tolist()).to_json()
@@ -200,6 +202,7 @@ def slim_advice(options: list[SlimOption], max_latency_ms: float) -> tuple[SlimO
 
 def choose_student_size(config: CompileConfig, model_config, images: ImageCache, num_classes: int, strategy) -> TrainedModel:
     """The probe-headed student at the chosen size, its record holding every size's figures."""
+    from edgetl.compiler.evaluation.stats import describe_accuracy
     from edgetl.compiler.stages.student import probe_headed_student
 
     start = time.perf_counter()
@@ -211,7 +214,9 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
         for size in sizes:
             trained, probe = probe_headed_student(config, model_config, size, images, num_classes, strategy, label=f"student {size} px")
             _, y = images.get("train", size)
-            candidate = SizeCandidate(size, probe.oof_probs.argmax(1) == y, val_accuracy=trained.training["head"]["val_accuracy"])
+            head = trained.training["head"]
+            candidate = SizeCandidate(size, probe.oof_probs.argmax(1) == y, val_accuracy=head["val_accuracy"],
+                                      val_ci95=head.get("val_ci95"), val_images=head.get("val_images") or 0)
             paths[size] = Path(folder) / f"student_{size}px_int8.tflite"
             _write_int8(config, _plain(trained, strategy, num_classes, config), images, size, paths[size])
             candidate.file_mb = paths[size].stat().st_size / 1e6
@@ -220,7 +225,7 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
         timing_notes = [_time_interleaved(config, candidates, paths, images)]
         chosen, why = choose(candidates, config.max_accuracy_drop, config.max_latency_ms)
         for c in candidates:
-            console.print(f"    {c.size} px: probe accuracy {c.accuracy:.1%} out of fold (n={len(c.correct)}), "
+            console.print(f"    {c.size} px: probe accuracy {describe_accuracy(c.accuracy, len(c.correct))} out of fold, "
                           f"int8 p50 {c.p50_ms:.2f} ms ({c.p50_ms / candidates[0].p50_ms:.2f}x), {c.file_mb:.2f} MB")
         slim, pick = [], None
         if config.max_latency_ms is not None and chosen.p50_ms > config.max_latency_ms:

@@ -16,6 +16,7 @@ def robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimiz
     """The float export, the deployed TFLite (and a pruned one) on the corruption suite
     (compiler/evaluation/robustness.py), on the test split, or the training images when there is none."""
     from edgetl.compiler.evaluation.robustness import score_robustness, session_predictor
+    from edgetl.compiler.evaluation.stats import describe_accuracy
     from edgetl.runtime import open_session
 
     split = "test" if images.samples.get("test") else "train"
@@ -36,6 +37,7 @@ def robustness(config: CompileConfig, out: Path, deployed: TrainedModel, optimiz
         section["note"] = (f"A class-balanced, seeded subsample of {section['images']} of the {section['available']} images, "
                            "to keep the suite to a small share of the compile.")
     w = section["weakest"]
-    console.print(f"    weakest corruption for {w['model']}: {w['corruption']} ({w['accuracy']:.1%}, {w['drop_from_clean'] * 100:.1f} points below clean; {section['seconds']:.0f} s)")
+    console.print(f"    weakest corruption for {w['model']}: {w['corruption']} ({describe_accuracy(w['accuracy'], section['images'])}, "
+                  f"{w['drop_from_clean'] * 100:.1f} points below clean; {section['seconds']:.0f} s)")
     return section
 

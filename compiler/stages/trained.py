@@ -141,9 +141,15 @@ def say_holdout_choice(role: str, selection: dict) -> None:
 
 
 def say_choice(role: str, choice) -> None:
+    from edgetl.compiler.evaluation.stats import wilson_interval
+
+    n = choice.estimate.n
     for recipe, accuracies in (choice.recipes or {None: choice.accuracy_by_epoch}).items():
         curve = " ".join(f"{a:.1%}" for a in accuracies)
-        console.print(f"    {role}{f' ({recipe})' if recipe else ''}: out-of-fold accuracy by epoch (0 = probe): {curve}")
+        # One interval per figure would drown the curve; the widest says how far any of them can be trusted.
+        widest = max((high - low) / 2 for low, high in (wilson_interval(round(a * n), n) for a in accuracies)) if n else 1.0
+        console.print(f"    {role}{f' ({recipe})' if recipe else ''}: out-of-fold accuracy by epoch (0 = probe; n={n}, "
+                      f"each within about ±{100 * widest:.1f} points at 95%): {curve}")
     if choice.probe_kept:
         if choice.versus_probe["best_epochs"] == 0:
             console.print(f"    {role}: the linear probe is kept ({choice.estimate.describe()}): no number of epochs beat it out of fold")
@@ -179,6 +185,7 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
         return trained
     import time
 
+    from edgetl.compiler.evaluation.stats import ci95, describe_accuracy
     from edgetl.compiler.training.finetune import extract_features
     from edgetl.compiler.training.probe import features_name, fit_probe, set_head
     from edgetl.models import LOGITS_LAYER, final_pool_width
@@ -198,13 +205,14 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
     num_classes = trained.model.get_layer(LOGITS_LAYER).units
     probe = fit_probe(features, y_all, num_classes, seed=config.seed, first_columns=final_pool_width(trained.model))
     set_head(trained.model, probe)
+    accuracy = float(probe.cv_accuracy[probe.C])
     refit = {"images": len(y_all), "C": probe.C, "columns": probe.columns, "folds": probe.folds,
-             "cv_accuracy": float(probe.cv_accuracy[probe.C]), "seconds": time.perf_counter() - start}
+             "cv_accuracy": accuracy, "cv_ci95": ci95(accuracy, len(y_all)), "seconds": time.perf_counter() - start}
     # A new head record: the student's and the baseline's records share the head stage's dict.
     trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
     read = f" on the {features_name(probe.columns)}'s features" if final_pool_width(trained.model) is not None else ""
     console.print(f"    {trained.role}: the kept linear probe refit on train + val ({refit['images']} images): C={probe.C:g}{read}, "
-                  f"{probe.folds}-fold CV accuracy {refit['cv_accuracy']:.1%}")
+                  f"{probe.folds}-fold CV accuracy {describe_accuracy(refit['cv_accuracy'], refit['images'])}")
     return trained
 
 

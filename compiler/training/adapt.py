@@ -353,6 +353,7 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarr
         return scored[id(m)]
 
     base_clean = clean_accuracy(model)
+    clean_n = int(len(clean_val[1]))
     for name in tried:
         adapted, result = adapt(model, name, target, source=source, labelled=labelled, clean_val=clean_val, batch_size=batch_size,
                                 seed=seed, epochs=epochs)
@@ -374,19 +375,20 @@ def choose_and_adapt(model, method: str, target: np.ndarray, *, source: np.ndarr
         best = max(rows, key=lambda r: (r["target_val_accuracy"], -COST_ORDER[r["method"]]))
         chosen = best["method"]
         why = (f"most accurate on the {len(target_val[1])} labelled target images (--target-val): "
-               + ", ".join(f"{r['method']} {r['target_val_accuracy']:.1%}" for r in rows) + "; a tie goes to the cheaper method")
+               + ", ".join(f"{r['method']} {r['target_val']}" for r in rows) + "; a tie goes to the cheaper method")
     else:
         chosen = rows[-1]["method"]
         why = f"the measured default ({ADAPT_DEFAULT}; no --target-val to choose with)"
         if chosen != ADAPT_DEFAULT:
             why += (f"; {ADAPT_DEFAULT} cost more than {max_drop:g} points of clean validation accuracy "
-                    f"({rows[0]['clean_val_accuracy']:.1%} vs {base_clean:.1%}), so {chosen}")
+                    f"({describe_accuracy(rows[0]['clean_val_accuracy'], clean_n)} vs {describe_accuracy(base_clean, clean_n)}), so {chosen}")
     report = {
         "method": chosen,
         "asked": method,
         "why": why,
         "target_images": int(len(target)),
         "clean_val_accuracy_before": base_clean,
+        "clean_val_images": clean_n,  # the n of every clean_val_accuracy here
         "tried": rows,
         "int8_calibration": "target images" if chosen != "none" else "training images",
     }

@@ -47,10 +47,14 @@ class StageResult:
     # gives carries both (the best epoch was chosen on these images, so it reads high).
     val_images: int = 0
     best_val_ci95: tuple[float, float] | None = None
+    # Each epoch's val accuracy's interval (history["val_accuracy"] is Keras' bare log).
+    val_accuracy_ci95: list | None = None
 
     def __post_init__(self):
         if self.val_images and self.best_val_ci95 is None:
             self.best_val_ci95 = ci95(self.best_val_accuracy, self.val_images)
+        if self.val_images and self.val_accuracy_ci95 is None and self.history.get("val_accuracy"):
+            self.val_accuracy_ci95 = [list(ci95(a, self.val_images)) for a in self.history["val_accuracy"]]
 
 
 @dataclasses.dataclass
@@ -338,7 +342,8 @@ def prepare_top(model, unfreeze_from: str, compile_with, val, batch_size: int, t
     compile_with()
     loss, acc = (trained or model).evaluate(**eval_data(val, batch_size), verbose=0)
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: {acc:.3f}")
+    console.print(f"    unfrozen {unfrozen} layers, {trainable:,} trainable parameters; val accuracy before: "
+                  f"{describe_accuracy(float(acc), len(val[1]))}")
     return unfrozen, trainable, (float(acc), float(loss))
 
 
