@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\nshots  seed  train  probe (95% CI)           deployed int8 (95% CI)    deployed - probe (95% CI)      compile")
+    n = rows[0]["probe"]["n"] if rows else 0
+    print(f"\nevery row on the same {n} test images (n={n})")
+    print("shots  seed  train  probe (95% CI)           deployed int8 (95% CI)    deployed - probe (95% CI)      compile")
     for r in rows:
         p, d, diff = r["probe"], r["deployed"], r["difference"]
         print(f"{r['shots']:>5}  {r['seed']:>4}  {r['train_images']:>5}  "
@@ -249,8 +251,11 @@ def print_table(rows: list[dict]) -> None:
         group = [r for r in rows if r["shots"] == shots]
         probe = np.mean([r["probe"]["accuracy"] for r in group])
         deployed = np.mean([r["deployed"]["accuracy"] for r in group])
+        # The seeds share one test set, so no interval pools them; their spread is what a mean can show.
+        spread = [100 * (r["deployed"]["accuracy"] - r["probe"]["accuracy"]) for r in group]
         print(f"  {shots:>5} per class ({len(group)} seed{'s' if len(group) > 1 else ''}, n={group[0]['probe']['n']} test images each): "
-              f"probe {probe:.2%}, deployed int8 {deployed:.2%}, difference {100 * (deployed - probe):+.2f} pt, "
+              f"probe {probe:.2%}, deployed int8 {deployed:.2%}, difference {100 * (deployed - probe):+.2f} pt "
+              f"(seeds {min(spread):+.1f} to {max(spread):+.1f}), "
               f"mean compile {np.mean([r['wall_s'] for r in group]):.0f} s")
 
 

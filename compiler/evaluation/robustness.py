@@ -148,11 +148,15 @@ def _chart(section: dict) -> str | None:
     rows = [{"corruption": "clean", "accuracy": section["clean"]}] + section["table"]
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(9, 3.8))
+    n = section["images"]
     for i, name in enumerate(names):
         xs = np.arange(len(rows)) + (i - (len(names) - 1) / 2) * width
-        ax.bar(xs, [100 * r["accuracy"][name] for r in rows], width, label=name)
+        heights = [100 * r["accuracy"][name] for r in rows]
+        bounds = [wilson_interval(round(r["accuracy"][name] * n), n) for r in rows]
+        errors = [[h - 100 * lo for h, (lo, _) in zip(heights, bounds)], [100 * hi - h for h, (_, hi) in zip(heights, bounds)]]
+        ax.bar(xs, heights, width, label=name, yerr=errors, capsize=2, error_kw={"linewidth": 0.8})
     ax.set_xticks(np.arange(len(rows)), [r["corruption"].replace("_", "\n") for r in rows], fontsize=8)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"accuracy (%), n={n}, bars: 95% CI")
     ax.set_ylim(0, 100)
     ax.set_title(f"accuracy under camera corruptions (mean of severities {', '.join(map(str, section['severities']))})", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")

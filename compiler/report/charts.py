@@ -182,6 +182,16 @@ def training_stages(training: dict) -> list[tuple[str, dict]]:
     return found
 
 
+def _wilson_band(ax, xs, accuracies, n: int, color) -> float:
+    """Shade each point's 95% Wilson interval (accuracies as fractions, n images); the band's lowest %."""
+    from edgetl.compiler.evaluation.stats import wilson_interval
+
+    bounds = [wilson_interval(round(a * n), n) for a in accuracies]
+    lows, highs = [100 * b[0] for b in bounds], [100 * b[1] for b in bounds]
+    ax.fill_between(list(xs), lows, highs, color=color, alpha=0.15, linewidth=0)
+    return min(lows)
+
+
 def training_chart(role: str, training: dict) -> str | None:
     """Loss and accuracy per epoch (train and val) for each stage, the epoch kept marked."""
     stages = training_stages(training)
@@ -193,17 +203,20 @@ def training_chart(role: str, training: dict) -> str | None:
         history = stage["history"]
         for col, metric in enumerate(("loss", "accuracy")):
             ax = axes[row][col]
-            for key, style, label in ((metric, "-o", "train"), (f"val_{metric}", "-s", "val")):
+            n_val = stage.get("val_images") or 0
+            for key, style, label in ((metric, "-o", "train"), (f"val_{metric}", "-s", f"val (n={n_val})" if n_val else "val")):
                 values = history.get(key)
                 if values:
                     scale = 100 if metric == "accuracy" else 1
-                    ax.plot(range(1, len(values) + 1), [v * scale for v in values], style, markersize=3.5, label=label)
+                    lines = ax.plot(range(1, len(values) + 1), [v * scale for v in values], style, markersize=3.5, label=label)
+                    if key == "val_accuracy" and n_val:  # how far each epoch's figure can be trusted
+                        _wilson_band(ax, range(1, len(values) + 1), values, n_val, lines[0].get_color())
             best = stage.get("best_epoch", 0)
             if best:
                 ax.axvline(best, color="green", linestyle="--", linewidth=1.2, label=f"kept: epoch {best}")
             if metric == "accuracy":
                 ax.set_ylim(0, 100)
-                ax.set_ylabel("accuracy (%)")
+                ax.set_ylabel("accuracy (%)" + (", band: 95% CI" if n_val and history.get("val_accuracy") else ""))
             else:
                 ax.set_ylim(bottom=0)
                 ax.set_ylabel("loss")
@@ -250,17 +263,20 @@ def cross_validation_chart(role: str, training: dict) -> str | None:
     for ax, (name, selection) in zip(axes[0], curves):
         curves_by_recipe = selection.get("recipes") or {"out of fold": selection["accuracy_by_epoch"]}
         lowest = 100.0
+        n = (selection.get("estimate") or {}).get("n") or 0
         for recipe, accuracies in curves_by_recipe.items():
             values = [v * 100 for v in accuracies]
             lowest = min(lowest, *values)
-            ax.plot(range(len(values)), values, "-o", markersize=3.5, label=recipe)
+            lines = ax.plot(range(len(values)), values, "-o", markersize=3.5, label=recipe)
+            if n:
+                lowest = min(lowest, _wilson_band(ax, range(len(values)), accuracies, n, lines[0].get_color()))
         ax.axhline(selection["accuracy_by_epoch"][0] * 100, color="grey", linestyle=":", linewidth=1, label="linear probe (epoch 0)")
         chosen = selection.get("chosen_epochs", 0)
         recipe = f" ({selection['recipe']})" if selection.get("recipe") else ""
         ax.axvline(chosen, color="green", linestyle="--", linewidth=1.2, label=f"chosen: {chosen} epochs{recipe}" if chosen else "chosen: the probe")
         ax.set_ylim(max(0, lowest - 10), 100)
         ax.set_xlabel("epochs of training (0 = the probe)")
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"accuracy (%), n={n}, band: 95% CI" if n else "accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right", framealpha=0.8)
         ax.set_title(f"{role}: {name}, {selection['method']}", fontsize=10)
