@@ -216,7 +216,8 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
             _, y = images.get("train", size)
             head = trained.training["head"]
             candidate = SizeCandidate(size, probe.oof_probs.argmax(1) == y, val_accuracy=head["val_accuracy"],
-                                      val_ci95=head.get("val_ci95"), val_images=head.get("val_images") or 0)
+                                      val_ci95=list(head["val_ci95"]) if head.get("val_ci95") else None,  # as JSON reads it back
+                                      val_images=head.get("val_images") or 0)
             paths[size] = Path(folder) / f"student_{size}px_int8.tflite"
             _write_int8(config, _plain(trained, strategy, num_classes, config), images, size, paths[size])
             candidate.file_mb = paths[size].stat().st_size / 1e6

@@ -207,7 +207,7 @@ def refit_kept_probe(trained: TrainedModel, images, config, like: TrainedModel |
     set_head(trained.model, probe)
     accuracy = float(probe.cv_accuracy[probe.C])
     refit = {"images": len(y_all), "C": probe.C, "columns": probe.columns, "folds": probe.folds,
-             "cv_accuracy": accuracy, "cv_ci95": ci95(accuracy, len(y_all)), "seconds": time.perf_counter() - start}
+             "cv_accuracy": accuracy, "cv_ci95": list(ci95(accuracy, len(y_all))), "seconds": time.perf_counter() - start}
     # A new head record: the student's and the baseline's records share the head stage's dict.
     trained.training = {**trained.training, "head": {**trained.training["head"], "refit": refit}}
     read = f" on the {features_name(probe.columns)}'s features" if final_pool_width(trained.model) is not None else ""
