@@ -41,7 +41,7 @@ from edgetl.compiler.stages.optimize import optimize
 from edgetl.compiler.stages.package import package
 from edgetl.compiler.stages.robustness import robustness
 from edgetl.compiler.stages.source import source_dataset, source_stage
-from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_size
+from edgetl.compiler.stages.resolution import candidate_sizes, choose_student_size, narrower_students
 from edgetl.compiler.stages.slim import try_slim_student
 from edgetl.compiler.stages.student import distil, train_baseline, train_student_head
 from edgetl.compiler.stages.teacher import in_training_precision, train_teacher
@@ -440,7 +440,8 @@ def plan(config: CompileConfig) -> dict:
             if s["stage"] == "student":
                 s["does"] = f"the student's probe at {sizes} px, each int8 file timed, one size kept; then distillation" + (
                     f" (and, when no size meets {config.max_latency_ms:g} ms, the channel-pruned student that does: "
-                    "distilled too, deployed if it passes the accuracy gate)" if config.max_latency_ms is not None else "")
+                    "distilled too, deployed if it passes the accuracy gate)" if config.max_latency_ms is not None and narrower_students(config.student)
+                    else "")
     cached = {entry for s in stages if s["cached"] for entry in s["keys"]}
     needs = [] if config.model else _weights_needed(config, cached)
     summary_console.print(recipe_text(config), markup=False, highlight=False)

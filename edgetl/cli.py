@@ -153,10 +153,10 @@ def compile_command(
         int, typer.Option(min=0, help="After --prune, share each kernel's weights among N values (e.g. 16; tfmot clustering, then PCQAT): a smaller gzip. 0: none.", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["cluster"],
     max_accuracy_drop: Annotated[
-        float, typer.Option(min=0.0, help="Val accuracy points a quantized file may lose against fp32.", rich_help_panel="Quantization and pruning")
+        float, typer.Option(min=0.0, help="Accuracy points a quantized file may lose against fp32 (on val, or on the training images under cross-validation); also what a smaller --student-size auto size, or a channel-pruned student, may lose against the student it replaces.", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["max_accuracy_drop"],
     max_latency_ms: Annotated[
-        Optional[float], typer.Option(min=0.0, help="With --quantize auto: deploy only files whose p50 here is at most this (ms); the fastest within the accuracy gate and the budget wins. With --student-size auto it also chooses the size.", rich_help_panel="Quantization and pruning")
+        Optional[float], typer.Option(help="A latency budget, ms of int8 p50 on this machine (> 0). With --quantize auto: deploy only files whose p50 here is at most this; the fastest within the accuracy gate and the budget wins. With --student-size auto it also chooses the size (and, when no size meets it, a channel-pruned student). Otherwise the report only says whether the file meets it.", rich_help_panel="Quantization and pruning")
     ] = _DEFAULT["max_latency_ms"],
     mixed_precision: Annotated[
         MixedPrecision, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")

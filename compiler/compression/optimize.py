@@ -492,7 +492,8 @@ class Optimizer:
         chosen, why = self._choose(fmt, pool, passing, pinned)
         if budget is not None:
             within = "within" if chosen.latency_p50_ms <= budget else "OVER"
-            why += f"; {chosen.latency_p50_ms:.2f} ms p50 is {within} the {budget:g} ms budget (the budget chooses only with --quantize auto)"
+            why += (f"; {chosen.latency_p50_ms:.2f} ms p50 is {within} the {budget:g} ms budget (it chooses among the quantized "
+                    "files only with --quantize auto)")
         return chosen, note + why
 
     def _choose(self, fmt: str, pool: list[Candidate], passing: list[Candidate], pinned: str | None) -> tuple[Candidate, str]:

@@ -302,9 +302,10 @@ def _student_size_section(report: dict) -> list[str]:
         versus = trial["difference"]
         parts.append(f"<h3>Channel-pruned student: {_e(trial['model'])} at {trial['size']} px "
                      f"{'deployed' if trial['deployed'] else 'not deployed'}</h3><p>{_e(trial['why'])}.</p>"
-                     f"<table><tr><th>student, distilled</th><th>accuracy [95% CI] {_e(trial['accuracy_on'])}</th>"
+                     f"<table><tr><th>student</th><th>accuracy [95% CI] {_e(trial['accuracy_on'])}</th>"
                      "<th>slim vs full, paired [95% CI]</th></tr>"
-                     f"<tr class='{'chosen' if trial['deployed'] else ''}'><td>{_e(trial['model'])}, {trial['size']} px</td>"
+                     f"<tr class='{'chosen' if trial['deployed'] else ''}'><td>{_e(trial['model'])}, {trial['size']} px "
+                     f"({_e(trial.get('trained_as', 'distilled'))})</td>"
                      f"<td class='n'>{_acc_json(trial['slim'])}</td>"
                      f"<td class='n'>{_points(versus['difference'])} [{_points(versus['ci95'][0])}, {_points(versus['ci95'][1])}]</td></tr>"
                      f"<tr class='{'' if trial['deployed'] else 'chosen'}'><td>full student, {choice['chosen']} px</td>"

@@ -72,6 +72,8 @@ def _compare_text(report: dict, role: str, what: str) -> str | None:
     mine, theirs = deployed_figure(report), accuracy_figure(report["models"].get(role))
     if mine is None or theirs is None:
         return None
+    if mine.source != "test" and role == report["deployed"].get("model"):
+        return None  # no file was scored: both figures are that one model's own estimate
     # Without a test split the deployed file was never scored: name the model it came from.
     name = "model.tflite" if mine.source == "test" else f"the deployed {report['deployed'].get('model', 'model')} (float)"
     if intervals_overlap(mine, theirs):
@@ -185,7 +187,13 @@ def _faster_student(report: dict) -> str | None:
                     "p50s on this machine move that much with its load; time the file on the device (edgetl bench).")
         return _failed_slim(trial, budget)
     if not pick:
-        return None
+        slim = resolution.get("slim_options") or []
+        fastest = min(slim, key=lambda o: o["int8_p50_ms"]) if slim else None
+        tried = (f"; nor did a channel-pruned student (the fastest, {fastest['model']} at {fastest['size']} px, timed "
+                 f"{fastest['int8_p50_ms']:.2f} ms untrained)") if fastest else ""
+        return (f"the deployed file's {artifact['latency_p50_ms']:.2f} ms p50 is over the {budget:g} ms budget and no student "
+                f"input size within the accuracy gate met it{tried}: a larger --max-latency-ms, a looser --max-accuracy-drop "
+                "(the smaller sizes it refused may then pass) or a faster device.")
     return (f"no input size met the {resolution['max_latency_ms']:g} ms budget within the accuracy gate; "
             f"{pick['model']} at {pick['size']} px does ({pick['int8_p50_ms']:.2f} ms int8 p50, {pick['p50_vs_own_size']:.2f}x "
             f"the own size, timed untrained): compile with --student {pick['model']} --student-size {pick['size']} --selection cv "
@@ -198,7 +206,8 @@ def _failed_slim(trial: dict, budget: float) -> str:
     from edgetl.compiler.evaluation.stats import describe_accuracy
 
     slim, full = (describe_accuracy(trial[k]["accuracy"], trial[k]["n"]) for k in ("slim", "full"))
-    said = (f"{trial['model']} at {trial['size']} px meets the {budget:g} ms budget but was distilled to {slim} against "
+    said = (f"{trial['model']} at {trial['size']} px meets the {budget:g} ms budget but scored {slim} "
+            f"({trial.get('trained_as', 'distilled')}) against "
             f"the full student's {full} {trial['accuracy_on']}, {lost:.1f} points below (the gate allows {trial['max_accuracy_drop']:g})")
     if "val images" in trial["accuracy_on"]:
         return (f"{said}: --selection cv judges it on every training image instead of the val split, where its "

@@ -149,24 +149,30 @@ def time_in_size_order(sessions: list, chains: list[list[int]], label: str) -> t
     p50s = best_p50_interleaved(sessions, label)
     if not out_of_size_order(p50s, chains):
         return p50s, ""
-    console.print("    [yellow]a smaller input size timed slower than a larger one: the machine is busy; timing again[/]")
+    console.print("    [yellow]a smaller graph (fewer pixels or channels) timed slower than a larger one: the machine is busy; timing again[/]")
     again = best_p50_interleaved(sessions, f"{label}, again", rounds=RETIME_ROUNDS)
     p50s = [min(a, b) for a, b in zip(p50s, again)]
     if not out_of_size_order(p50s, chains):
-        return p50s, "timed twice: in the first timing a smaller input size was slower than a larger one (a busy machine)"
-    note = ("a smaller input size was timed slower than a larger one twice: the machine was busy, so these p50s, "
+        return p50s, "timed twice: in the first timing a smaller graph (fewer pixels or channels) was slower than a larger one (a busy machine)"
+    note = ("a smaller graph (fewer pixels or channels) was timed slower than a larger one twice: the machine was busy, so these p50s, "
             "and a choice made on them, may be noise; re-run on a quiet machine or pass --student-size")
     console.print(f"    [yellow]warning:[/] {note}")
     return p50s, note
 
 
 def narrower_students(name: str) -> list[str]:
-    """The channel-pruned variants of student `name` (registered as NAME_slimPP), widest first."""
+    """The channel-pruned variants of student `name` (registered as NAME_slimPP) that keep fewer
+    channels than it, widest first. A slim student's are its base model's narrower ones
+    (efficientnet_lite0_slim75: efficientnet_lite0_slim50)."""
+    import re
+
     from edgetl.models import list_models
 
-    prefix = f"{name}_slim"
+    cut = re.fullmatch(r"(.+)_slim(\d+)", name)
+    base, kept = (cut.group(1), int(cut.group(2))) if cut else (name, 100)
+    prefix = f"{base}_slim"
     percents = {n: n[len(prefix):] for n in list_models(f"{prefix}*", include_test=True)}
-    return sorted((n for n, p in percents.items() if p.isdigit()), key=lambda n: -int(percents[n]))
+    return sorted((n for n, p in percents.items() if p.isdigit() and int(p) < kept), key=lambda n: -int(percents[n]))
 
 
 @dataclasses.dataclass
@@ -235,7 +241,7 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
                                             images, num_classes, Path(folder))
             timing_notes.append(note)
             pick, clause = slim_advice(slim, config.max_latency_ms)
-            why += clause
+            why += clause or f"; {model_config.name} has no narrower channel-pruned variant to try"
     console.print(f"    student input size: {why}")
     head = heads[chosen.size]
     head.training["resolution"] = {
@@ -247,6 +253,16 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
         "seconds": round(time.perf_counter() - start, 1),
     }
     return head
+
+
+def slim_chains(options: list[SlimOption], own_size: int) -> list[list[int]]:
+    """The orders the timings must keep (`out_of_size_order`), as indices into [the own size's
+    file] + options: each variant's sizes, largest first, are one graph at fewer pixels; and at one
+    size, the own student (where it is that size) then each narrower variant has fewer channels.
+    Neither can be slower than the one before it."""
+    chains = [[1 + i for i, o in enumerate(options) if o.model == model] for model in dict.fromkeys(o.model for o in options)]
+    sizes = dict.fromkeys(o.size for o in options)
+    return chains + [([0] if size == own_size else []) + [1 + i for i, o in enumerate(options) if o.size == size] for size in sizes]
 
 
 def _time_slim_options(config: CompileConfig, name: str, sizes: list[int], own_size: int, own_path: Path, images: ImageCache,
@@ -273,8 +289,7 @@ def _time_slim_options(config: CompileConfig, name: str, sizes: list[int], own_s
         paths.append(path)
     sessions = [(open_session(own_path, threads=config.threads), images.get("train", own_size)[0][0])]
     sessions += [(open_session(p, threads=config.threads), images.get("train", o.size)[0][0]) for o, p in zip(options, paths)]
-    # Each variant's sizes, largest first, are one graph at fewer pixels: a smaller one is no slower.
-    chains = [[1 + i for i, o in enumerate(options) if o.model == variant] for variant in variants]
+    chains = slim_chains(options, own_size)
     (own, *p50s), note = time_in_size_order(sessions, chains, "channel-pruned students: latency (interleaved rounds)")
     for option, p50 in zip(options, p50s):
         option.p50_ms, option.p50_vs_own_size = p50, p50 / own

@@ -114,15 +114,22 @@ def try_slim_student(config, full_head, full_student, teacher, images, num_class
     outcome = (f"{pick['model']} at {pick['size']} px is deployed: it meets the {config.max_latency_ms:g} ms budget and {why}"
                if passed else f"{full_text} stays (over the budget): {pick['model']} at {pick['size']} px {why}")
     slim_figure, full_figure = (describe_accuracy(figures[k]["accuracy"], figures[k]["n"]) for k in ("slim", "full"))
-    console.print(f"    {pick['model']} (distilled) against {full_text}, {on}: {slim_figure} vs {full_figure}; {outcome}")
+    console.print(f"    {pick['model']} ({trained_as(student.selection)}) against {full_text}, {on}: {slim_figure} vs {full_figure}; {outcome}")
     trial = {"model": pick["model"], "size": pick["size"], "untrained_int8_p50_ms": pick["int8_p50_ms"], "accuracy_on": on,
              **figures, "max_accuracy_drop": config.max_accuracy_drop, "passed": passed, "deployed": passed,
-             "why": outcome, "slim_selection": _without_predictions(student.selection),
+             "why": outcome, "trained_as": trained_as(student.selection), "slim_selection": _without_predictions(student.selection),
              "seconds": round(time.perf_counter() - start, 1)}
     record = {**resolution, "slim_trial": trial}
     kept = student if passed else full_student
     kept.training = {**kept.training, "resolution": record}
     return SlimTrial(slim_config, model_config, head, student, passed)
+
+
+def trained_as(selection: dict | None) -> str:
+    """What the slim student's selection kept, in words: distillation may not have beaten its probe."""
+    if selection and selection.get("probe_kept"):
+        return "its linear probe: distillation did not beat it"
+    return "distilled"
 
 
 def _without_predictions(selection: dict | None) -> dict | None:
