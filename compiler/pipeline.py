@@ -95,6 +95,10 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
     # `config` was checked when it was built (CompileConfig validates itself, whatever its source).
     config, backup_root = _for_this_worker(config)
     _check_weights_files(config, trust_model)
+    if not config.distills and config.student_size is not None and config.model is None:
+        # Not refused: a recipe replayed with --student none carries its student's size.
+        console.print(f"[yellow]note:[/] --student-size {config.student_size} is not used: with --student none the teacher "
+                      "is deployed at its own input size")
     config = config.resolved()
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work

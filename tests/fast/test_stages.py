@@ -153,3 +153,12 @@ def test_the_data_key_follows_the_files_bytes_from_the_scans_digests(data, tmp_p
     photo.write_bytes(photo.read_bytes() + b"\0")  # same name, different bytes
     changed = _stage_keys(c, scan(), [])
     assert changed["teacher"] != first["teacher"] and changed["data"] != first["data"]
+
+
+def test_a_student_size_with_no_student_is_said_to_be_unused(data, tmp_path, capsys):
+    from edgetl.compiler.pipeline import compile_model
+
+    compile_model(CompileConfig(data=data, out=tmp_path / "out", teacher="tiny_cnn", teacher_weights="none", student="none",
+                                student_size="auto"), dry_run=True)
+    assert "note: --student-size auto is not used: with --student none the teacher is deployed at its own input size" in " ".join(
+        capsys.readouterr().err.split())  # notes go to stderr, the recipe and plan to stdout
