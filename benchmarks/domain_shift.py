@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
             line = (
                 f"  {method:<5} shifted {describe_accuracy(row['shifted'], n)}"
                 + (f", recovers {recovered:.0%} of the {lost * 100:.1f} points lost" if recovered is not None and method != "none" else "")
-                + f"; clean {row['clean']:.1%} ({(row['clean'] - clean) * 100:+.1f} pt); {row['seconds']:.0f} s"
+                + f"; clean {describe_accuracy(row['clean'], n)} ({(row['clean'] - clean) * 100:+.1f} pt); {row['seconds']:.0f} s"
             )
             if "shifted_gain" in row:
                 gain, change = row["shifted_gain"], row["clean_change"]
@@ -203,7 +203,7 @@ def main(argv=None) -> dict:
                 if row["blend_share"] is not None:
                     line += f"; {row['blend_share']:.0%} of the trained weights kept"
             if "int8_shifted" in row:
-                line += f"\n        int8 TFLite: shifted {describe_accuracy(row['int8_shifted'], n)}, clean {row['int8_clean']:.1%}"
+                line += f"\n        int8 TFLite: shifted {describe_accuracy(row['int8_shifted'], n)}, clean {describe_accuracy(row['int8_clean'], n)}"
             print(line, flush=True)
         results["shifts"][shift] = {"steps": steps, "methods": rows}
     results["wall_s"] = round(time.perf_counter() - wall, 1)

@@ -30,6 +30,7 @@ import numpy as np
 
 def build(data: Path, sizes: list[int], work: Path, log) -> dict:
     from edgetl.compiler.data.datasets import load_images, scan_dataset
+    from edgetl.compiler.evaluation.stats import describe_accuracy
     from edgetl.compiler.training.finetune import extract_features
     from edgetl.compiler.training.probe import fit_probe, set_head
     from edgetl.compiler.compression.quantize import calibration_sample, convert_tflite
@@ -55,7 +56,8 @@ def build(data: Path, sizes: list[int], work: Path, log) -> dict:
         results[size] = {"path": str(path), "size_mb": path.stat().st_size / 1e6, "probe_C": probe.C,
                          "cv_accuracy": probe.cv_accuracy[probe.C], "correct": correct.tolist(),
                          "keras_accuracy": float(keras_correct.mean())}
-        log(f"{size} px: int8 test accuracy {correct.mean():.2%} (float Keras {keras_correct.mean():.2%}), "
+        log(f"{size} px: int8 test accuracy {describe_accuracy(correct.mean(), len(correct))} "
+            f"(float Keras {describe_accuracy(keras_correct.mean(), len(keras_correct))}), "
             f"{results[size]['size_mb']:.2f} MB")
     return results
 
