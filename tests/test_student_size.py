@@ -38,7 +38,9 @@ def test_every_size_is_measured_and_the_files_are_at_the_kept_one(auto_build):
     from edgetl.compiler.compression.optimize import LATENCY_TIE
 
     passing = [row["int8_p50_ms"] for row in choice["sizes"] if row["gate"] == "passed"]
-    assert kept["int8_p50_ms"] <= min(passing) * (1 + LATENCY_TIE) + 1e-9
+    # report.json rounds p50s to 0.001 ms (the choice used them unrounded): half a unit either way.
+    half_unit = 0.0005
+    assert kept["int8_p50_ms"] - half_unit <= (min(passing) + half_unit) * (1 + LATENCY_TIE) + 1e-9
     # The student and everything built from it run at the kept size.
     size = choice["chosen"]
     assert student["input_size"] == size
