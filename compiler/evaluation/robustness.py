@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from edgetl.compiler.data.corruptions import CORRUPTIONS, corrupt
-from edgetl.compiler.evaluation.stats import ci95, describe_accuracy, wilson_interval
+from edgetl.compiler.evaluation.stats import ci95, describe_accuracy, widest_half_interval, wilson_interval
 
 DEFAULT_SEVERITIES = (1, 3, 5)
 DEFAULT_MAX_IMAGES = 120
@@ -126,8 +126,7 @@ def format_table(section: dict) -> str:
     for label, acc in rows:
         lines.append(f"{label:<16}" + "".join(f"{acc[n]:>{width + 2}.1%}" for n in names))
     images = section["images"]
-    widest = max((high - low) / 2 for acc in (r[1] for r in rows) for low, high in (wilson_interval(round(a * images), images)
-                                                                                   for a in acc.values()))
+    widest = widest_half_interval([a for _, acc in rows for a in acc.values()], images)
     lines.append(f"each figure within about ±{100 * widest:.1f} points at 95% (Wilson, n={images}; the severities reuse the images)")
     w = section["weakest"]
     lines.append(f"weakest for {w['model']}: {w['corruption']} ({describe_accuracy(w['accuracy'], images)}, "

@@ -40,6 +40,14 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return low, high
 
 
+def widest_half_interval(accuracies, n: int) -> float:
+    """The largest half-width of the 95% Wilson intervals of several accuracies on n images: how
+    far any figure of a curve or table can be trusted, said once for all of them (1.0 when n is 0)."""
+    if not n:
+        return 1.0
+    return max((high - low) / 2 for low, high in (wilson_interval(round(a * n), n) for a in accuracies))
+
+
 def ci95(accuracy: float, n: int) -> tuple[float, float]:
     """The Wilson 95% interval of an accuracy over n images, rounded for report.json."""
     low, high = wilson_interval(round(accuracy * n), n)

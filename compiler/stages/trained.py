@@ -141,13 +141,13 @@ def say_holdout_choice(role: str, selection: dict) -> None:
 
 
 def say_choice(role: str, choice) -> None:
-    from edgetl.compiler.evaluation.stats import wilson_interval
+    from edgetl.compiler.evaluation.stats import widest_half_interval
 
     n = choice.estimate.n
     for recipe, accuracies in (choice.recipes or {None: choice.accuracy_by_epoch}).items():
         curve = " ".join(f"{a:.1%}" for a in accuracies)
         # One interval per figure would drown the curve; the widest says how far any of them can be trusted.
-        widest = max((high - low) / 2 for low, high in (wilson_interval(round(a * n), n) for a in accuracies)) if n else 1.0
+        widest = widest_half_interval(accuracies, n)
         console.print(f"    {role}{f' ({recipe})' if recipe else ''}: out-of-fold accuracy by epoch (0 = probe; n={n}, "
                       f"each within about ±{100 * widest:.1f} points at 95%): {curve}")
     if choice.probe_kept:
