@@ -3,8 +3,9 @@
     python -m edgetl.benchmarks.compression_study --student S.keras [--teacher T.keras] \
         --data ../shared/datasets/flowers12 --work /tmp/q/study [--steps ptq,calib,qat,prune,cluster]
 
-Prints (and writes to WORK/results.json) one row per artefact: test accuracy and its change
-from the float model, size on disk, gzip size, LiteRT / ONNX Runtime latency p50 (batch 1,
+Prints (and writes to WORK/results.json) one row per artefact: test accuracy with its 95% Wilson
+interval, its change from the float model with the paired (Newcombe) interval, how often its top
+class agrees with the float model's (Wilson interval), size on disk, gzip size, LiteRT / ONNX Runtime latency p50 (batch 1,
 `--threads` threads, `--runs` timed runs after warm-up). Intermediate models are kept in WORK
 so a rerun of one step does not redo the others.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import edgetl  # noqa: F401  (legacy Keras before TensorFlow)
+from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference, wilson_interval
 from edgetl.compiler.spec.config import CompileConfig
 
 
@@ -77,7 +79,7 @@ class Study:
         probs = self.student.predict(self.x_test.astype(np.float32), batch_size=32, verbose=0)
         self.float_acc = float(np.mean(probs.argmax(1) == self.y_test))
         self.float_probs = probs
-        print(f"float student: test accuracy {self.float_acc:.4f} on {len(self.y_test)} images; "
+        print(f"float student: test accuracy {describe_accuracy(self.float_acc, len(self.y_test))}; "
               f"train {len(self.y_train)}, val {len(self.y_val)}")
 
     def save(self):
@@ -86,10 +88,16 @@ class Study:
     def row(self, name: str, path: Path, fmt: str, precision: str, extra: dict | None = None, latency: bool = True):
         a = self.args
         acc, probs = accuracy(path, self.x_test, self.y_test, a.threads)
-        agree = float(np.mean(probs.argmax(1) == self.float_probs.argmax(1)))
+        n = len(self.y_test)
+        agreeing = int(np.sum(probs.argmax(1) == self.float_probs.argmax(1)))
+        # Paired on the same test images: most of them are right for both files, so this interval
+        # is far narrower than the two accuracies' own intervals would suggest.
+        delta = paired_difference(probs.argmax(1) == self.y_test, self.float_probs.argmax(1) == self.y_test)
         row = {
             "artifact": name, "file": str(path), "format": fmt, "precision": precision,
-            "accuracy": acc, "delta_points": 100 * (acc - self.float_acc), "agreement": agree,
+            "accuracy": acc, "n": n, "ci95": list(wilson_interval(round(acc * n), n)),
+            "delta_points": 100 * (acc - self.float_acc), "delta_ci95_points": [100 * delta.low, 100 * delta.high],
+            "agreement": agreeing / n, "agreement_ci95": list(wilson_interval(agreeing, n)),
             "size": path.stat().st_size, "gzip": gzip_size(path),
             "latency_ms": latency_ms(path, self.x_test, a.threads, a.runs) if latency else None,
             **(extra or {}),
@@ -155,8 +163,9 @@ class Study:
                                       "tflite_l1": dev, "onnx_accuracy": onnx_acc, "onnx_convert_s": onnx_seconds,
                                       "onnx_l1": onnx_dev}
                 self.save()
-                print(f"calibration {n:4d} images (seed {seed}): tflite int8 {acc:.4f} (mean L1 to float {dev:.4f}, "
-                      f"{seconds:.0f} s), onnx int8 {onnx_acc:.4f} (L1 {onnx_dev:.4f}, {onnx_seconds:.0f} s)", flush=True)
+                print(f"calibration {n:4d} images (seed {seed}): tflite int8 {describe_accuracy(acc, len(self.y_test))} "
+                      f"(mean L1 to float {dev:.4f}, {seconds:.0f} s), onnx int8 {describe_accuracy(onnx_acc, len(self.y_test))} "
+                      f"(L1 {onnx_dev:.4f}, {onnx_seconds:.0f} s)", flush=True)
         for bad, images in {
             "black": np.zeros_like(self.calibration(16)),
             "one image x16": np.repeat(self.calibration(1), 16, axis=0),
@@ -165,7 +174,7 @@ class Study:
             acc, _ = accuracy(path, self.x_test, self.y_test, self.args.threads)
             out[f"broken: {bad}"] = {"tflite_accuracy": acc}
             self.save()
-            print(f"calibration broken ({bad}): tflite int8 {acc:.4f}", flush=True)
+            print(f"calibration broken ({bad}): tflite int8 {describe_accuracy(acc, len(self.y_test))}", flush=True)
 
     def _fine_tune(self, model, epochs, lr, label):
         from edgetl.compiler.compression.compress import fine_tune
@@ -291,7 +300,8 @@ class Study:
                                   "gzip": gzip_size(path), "accuracy_no_finetune": acc}
             self.save()
             print(f"one-shot {target:.2f}: sparsity {sparsity_of(model):.3f} size {path.stat().st_size / 1e6:.2f} MB "
-                  f"gzip {gzip_size(path) / 1e6:.2f} MB  accuracy without fine-tuning {acc:.4f}", flush=True)
+                  f"gzip {gzip_size(path) / 1e6:.2f} MB  accuracy without fine-tuning {describe_accuracy(acc, len(self.y_test))}",
+                  flush=True)
 
     def latency_again(self):
         """Re-time every file (a quiet machine gives steadier figures than the training steps)."""
@@ -305,9 +315,23 @@ class Study:
 
 
 def format_row(row: dict) -> str:
+    """One artefact's line: accuracy (95% CI, n), change from the float model (paired 95% CI),
+    top-class agreement with it (95% CI), sizes and p50. Rows written before the intervals were
+    recorded (an older WORK/results.json) print without them."""
     lat = f"{row['latency_ms']:.2f} ms" if row.get("latency_ms") is not None else "-"
-    return (f"{row['artifact']:<38} acc {row['accuracy']:.4f} ({row['delta_points']:+.2f} pt, agree "
-            f"{row['agreement']:.3f})  size {row['size'] / 1e6:6.2f} MB  gzip {row['gzip'] / 1e6:6.2f} MB  p50 {lat}")
+    if "n" not in row:
+        accuracy = f"acc {row['accuracy']:.1%} (no interval recorded)"
+        change = f"{row['delta_points']:+.1f} pt"
+        agree = f"{row['agreement']:.1%}"
+    else:
+        low, high = row["ci95"]
+        accuracy = f"acc {row['accuracy']:.1%} ({low:.1%}-{high:.1%}, n={row['n']})"
+        d_low, d_high = row["delta_ci95_points"]
+        change = f"{row['delta_points']:+.1f} pt ({d_low:+.1f} to {d_high:+.1f})"
+        a_low, a_high = row["agreement_ci95"]
+        agree = f"{row['agreement']:.1%} ({a_low:.1%}-{a_high:.1%})"
+    return (f"{row['artifact']:<38} {accuracy}, vs float {change}, agree {agree}  "
+            f"size {row['size'] / 1e6:6.2f} MB  gzip {row['gzip'] / 1e6:6.2f} MB  p50 {lat}")
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@
 TEACHER.keras is the fine-tuned teacher of an `edgetl compile` of DATA (its registry name is the
 model's name); the splits are edgetl's defaults, so val and test are the compile's. The student is head-initialised once, then each (T, alpha) pair trains
 from that same start with the same budget; alpha 0 is the no-teacher baseline. Prints val and
-test accuracy per pair (the default is chosen on val, never on test).
+test accuracy per pair, each with its 95% Wilson interval and n, and each pair's test change from
+the baseline with its paired (Newcombe) interval (the default is chosen on val, never on test).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import argparse
 import time
 from pathlib import Path
 
-from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.data.datasets import scan_dataset
+from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.data.image_store import ImageCache
 from edgetl.compiler.stages.student import new_student, student_views
 from edgetl.compiler.stages.trained import TrainedModel
@@ -61,7 +63,8 @@ def main() -> None:
     train_head(student, config, images.get("train", size), val, label="student")
     head_weights = student.get_weights()
     t_test = KerasSession(model=teacher_model).predict(images.get("test", teacher.input_size)[0])
-    print(f"teacher {config.teacher}: test accuracy {(t_test.argmax(1) == y_test).mean():.4f}")
+    print(f"teacher {config.teacher}: test accuracy {describe_accuracy(float((t_test.argmax(1) == y_test).mean()), len(y_test))}")
+    n_val, n_test = len(val[1]), len(y_test)
 
     pairs = [(0.0, 1.0)] + [
         (float(a), float(t)) for t in args.temperatures.split(",") for a in args.alphas.split(",")
@@ -85,13 +88,25 @@ def main() -> None:
             seed=config.seed,
             label=f"alpha {alpha} T {temperature}",
         )
-        test_acc = float((KerasSession(model=student).predict(x_test).argmax(1) == y_test).mean())
-        rows.append((alpha, temperature, result.stage.best_val_accuracy, test_acc, result.stage.epochs_run, time.perf_counter() - start))
-        print(f"alpha {alpha:.2f}  T {temperature:4.1f}  val {rows[-1][2]:.4f}  test {test_acc:.4f}  epochs {rows[-1][4]}  {rows[-1][5]:.0f}s", flush=True)
+        correct = KerasSession(model=student).predict(x_test).argmax(1) == y_test
+        if not rows:  # the first pair is alpha 0: the no-teacher baseline the others are paired with
+            baseline = correct
+        rows.append((alpha, temperature, result.stage.best_val_accuracy, correct, result.stage.epochs_run, time.perf_counter() - start))
+        print(f"alpha {alpha:.2f}  T {temperature:4.1f}  val {describe_accuracy(rows[-1][2], n_val)}  "
+              f"test {describe_accuracy(float(correct.mean()), n_test)}  epochs {rows[-1][4]}  {rows[-1][5]:.0f}s", flush=True)
 
-    print("\nalpha  T     val acc  test acc  epochs  seconds")
-    for alpha, t, val_acc, test_acc, epochs, secs in rows:
-        print(f"{alpha:5.2f}  {t:4.1f}  {val_acc:7.4f}  {test_acc:8.4f}  {epochs:6d}  {secs:7.0f}")
+    def interval(accuracy: float, n: int) -> str:
+        low, high = wilson_interval(round(accuracy * n), n)
+        return f"{accuracy:6.1%} ({low:.1%}-{high:.1%})"
+
+    # Each pair against the no-teacher baseline (the first row) on the same test images.
+    print(f"\nval n={n_val}, test n={n_test}; 95% intervals (Wilson; the change from alpha 0 is paired, Newcombe)")
+    print(f"alpha  T     {'val acc':<22}  {'test acc':<22}  {'test - alpha 0 (points)':<26}  epochs  seconds")
+    for alpha, t, val_acc, correct, epochs, secs in rows:
+        d = paired_difference(correct, baseline)
+        change = f"{d.difference * 100:+.1f} ({d.low * 100:+.1f} to {d.high * 100:+.1f})"
+        print(f"{alpha:5.2f}  {t:4.1f}  {interval(val_acc, n_val):<22}  {interval(float(correct.mean()), n_test):<22}  "
+              f"{change:<26}  {epochs:6d}  {secs:7.0f}")
 
 
 if __name__ == "__main__":

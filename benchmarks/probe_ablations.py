@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.benchmarks.fewshot import block_features, probe_features, subset
+from edgetl.compiler.evaluation.stats import describe_accuracy, widest_half_interval
 
 REFERENCE = "final map"
 VARIANTS = (REFERENCE, "edgetl", "C by accuracy", "plain scaling")
@@ -181,17 +182,17 @@ def holdout_refit(f: np.ndarray, y: np.ndarray, f_test: np.ndarray, y_test: np.n
         kept, _ = carve_val(y, seed, val_fraction)
         accuracy, loss = scored(kept)
         rows.append({"seed": seed, "train_images": int(len(kept)), "train_only": {"accuracy": accuracy, "log_loss": loss}})
-        print(f"carving {seed}: probe on {len(kept)} images {accuracy:.1%} (cross-entropy {loss:.4f}); "
-              f"on all {len(y)}: {everything[0]:.1%} ({everything[1]:.4f})", flush=True)
+        print(f"carving {seed}: probe on {len(kept)} images {describe_accuracy(accuracy, len(y_test))} (cross-entropy {loss:.4f}); "
+              f"on all {len(y)}: {describe_accuracy(everything[0], len(y_test))} ({everything[1]:.4f})", flush=True)
     diffs = np.array([everything[0] - r["train_only"]["accuracy"] for r in rows])
     summary = {
         "carvings": rows, "all": {"accuracy": everything[0], "log_loss": everything[1]},
         "mean_train_only": {k: float(np.mean([r["train_only"][k] for r in rows])) for k in ("accuracy", "log_loss")},
         "refit_better": int((diffs > 0).sum()), "refit_worse": int((diffs < 0).sum()),
     }
-    print(f"refit on train + val: {everything[0]:.2%} (cross-entropy {everything[1]:.4f}) against train alone "
-          f"{summary['mean_train_only']['accuracy']:.2%} ({summary['mean_train_only']['log_loss']:.4f}) on average over {carvings} "
-          f"carvings; more accurate on {summary['refit_better']}, less on {summary['refit_worse']}", flush=True)
+    print(f"refit on train + val: {describe_accuracy(everything[0], len(y_test))} (cross-entropy {everything[1]:.4f}) against "
+          f"train alone {summary['mean_train_only']['accuracy']:.2%} ({summary['mean_train_only']['log_loss']:.4f}) on average over "
+          f"{carvings} carvings; more accurate on {summary['refit_better']}, less on {summary['refit_worse']}", flush=True)
     return summary
 
 
@@ -264,12 +265,17 @@ def main(argv=None) -> dict:
                         "int8": float(np.mean((f_test @ int8_head(kernel) + bias).argmax(1) == y_test)),
                     }
             rows.append(row)
-            print(f"{shot:>4}/class seed {seed}: " + "; ".join(
+            # Said once per line rather than after each of a dozen figures: on n test images every
+            # one of them is this uncertain, so variants closer than that are not told apart.
+            half = widest_half_interval([row[v][k] for v in variants for k in ("float", "int8")], len(y_test))
+            print(f"{shot:>4}/class seed {seed} (n={len(y_test)}, each 95% CI within ±{half:.1%}): " + "; ".join(
                 f"{v} {row[v]['float']:.1%} / {row[v]['int8']:.1%} (C {row[v]['C']:g}"
                 + (f", {row[v]['views']} views" if "views" in row[v] else "")
                 + ((", with the block" if row[v]["block"] else ", final map alone") if "block" in row[v] else "") + ")"
                 for v in variants), flush=True)
-    print(f"\nmean test accuracy over the seeds (n_test={len(y_test)}), float / int8 head; in brackets the mean difference from {REFERENCE}")
+    print(f"\nmean test accuracy over the seeds (n_test={len(y_test)} per seed), float / int8 head; in brackets the mean "
+          f"difference from {REFERENCE}; a single seed's accuracy has a 95% Wilson interval of up to "
+          f"±{widest_half_interval([r[v][k] for r in rows for v in variants for k in ('float', 'int8')], len(y_test)):.1%}")
     summary = {}
     for shot in dict.fromkeys(r["shots"] for r in rows):
         group = [r for r in rows if r["shots"] == shot]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from edgetl.compiler.evaluation.stats import ci95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +22,9 @@ class ParityResult:
         return self.max_abs_diff <= self.tolerance
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "passed": self.passed}
+        # Agreement is a share of `images` like an accuracy, and as uncertain: its Wilson interval.
+        return {**dataclasses.asdict(self), "top1_agreement_ci95": list(ci95(self.top1_agreement, self.images)),
+                "passed": self.passed}
 
     def describe_failure(self) -> str:
         return (

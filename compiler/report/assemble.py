@@ -38,7 +38,7 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
     rows = [_artifact(out / keras_file(teacher), "keras", teacher.test_probs, y_test, classes, None, held_out)]
     if deployed is not teacher:
         rows.append(_artifact(out / STUDENT_FILE, "keras", deployed.test_probs, y_test, classes, None, held_out))
-    fp32_accuracy = {}
+    fp32_correct = {}  # per format: which scored images the fp32 file gets right
     n_gate = len(images.get("val", deployed.input_size)[1])  # the images each candidate's gate figure is on
     variant_rows = []
     for c in optimizer.candidates:
@@ -60,11 +60,18 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
                            {"on": optimizer.gate_images(), "split": "val" if optimizer.gates_on_val() else "train", **Accuracy(round(c.val_accuracy * n_gate), n_gate).to_json()}),
             gate=c.gate,
         )
+        correct = np.asarray(c.test_probs).argmax(1) == y_test
         if c.name == "fp32":
-            fp32_accuracy[c.format] = scored(row)["accuracy"]
-        variant_rows.append(row)
-    for row in variant_rows:
-        row["accuracy_delta"] = scored(row)["accuracy"] - fp32_accuracy[row["format"]]
+            fp32_correct[c.format] = correct
+        variant_rows.append((row, correct, c.name == "fp32"))
+    for row, correct, reference in variant_rows:
+        # Paired on the same images (most are right for both files), so the interval says whether
+        # quantizing or pruning cost anything beyond noise; the accuracies' own intervals cannot.
+        change = paired_difference(correct, fp32_correct[row["format"]])
+        row["accuracy_delta"] = change.difference
+        if not reference:  # the fp32 file itself: its change is 0 by definition, not a measurement
+            row["accuracy_delta_ci95"] = [round(change.low, 4), round(change.high, 4)]
+    variant_rows = [row for row, _, _ in variant_rows]
     by_file = {row["file"]: row for row in variant_rows}
     for final, variant in ((TFLITE_FILE, deployed_files["deployed"]["tflite_variant"]), (ONNX_FILE, deployed_files["deployed"]["onnx_variant"])):
         row = dict(by_file[variant], file=final, size_bytes=(out / final).stat().st_size, gzip_bytes=gzip_size(out / final), variant=variant)

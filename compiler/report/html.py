@@ -76,6 +76,23 @@ def _pct(x) -> str:
     return f"{x:.2%}" if x is not None else ""
 
 
+def _change(row: dict) -> str:
+    """A file's accuracy change from its fp32 file, with the paired 95% interval when recorded."""
+    delta, span = row.get("accuracy_delta"), row.get("accuracy_delta_ci95")
+    if delta is None or not span:
+        return _points(delta)
+    return f"{_points(delta)} <span class='ci'>[{span[0] * 100:+.1f} to {span[1] * 100:+.1f}]</span>"
+
+
+def _agreement(parity: dict) -> str:
+    """Top-1 agreement with the file's source, with its 95% interval and n when recorded."""
+    span = parity.get("top1_agreement_ci95")
+    if not span:
+        return _pct(parity.get("top1_agreement"))
+    return (f"{_pct(parity.get('top1_agreement'))} <span class='ci'>[{span[0]:.1%}-{span[1]:.1%}] "
+            f"n={parity.get('images')}</span>")
+
+
 def _acc(entry) -> str:
     """An accuracy cell: the figure, its 95% interval and n (cross-validated ones say so)."""
     figure = accuracy_figure(entry)
@@ -376,20 +393,21 @@ def render(report: dict, out: Path) -> str:
                  + "</tr>")
     for a in report["artifacts"]:
         parity = a.get("parity") or {}
-        delta = a.get("accuracy_delta")
         parts.append(
             f"<tr class='{'chosen' if a['file'] in (chosen, deployed.get('onnx')) else ''}'>"
             f"<td>{_e(a['file'])}</td><td>{_e(a['runtime'])}</td><td>{_e(a.get('precision', ''))}</td>"
             f"<td class='n'>{_pct(a.get('sparsity')) if a.get('sparsity') else ''}</td>"
             f"<td class='n'>{_acc(a)}</td>"
-            f"<td class='n'>{_points(delta)}</td>"
+            f"<td class='n'>{_change(a)}</td>"
             f"<td class='n'>{_mb(a['size_bytes'])}</td><td class='n'>{_mb(a.get('gzip_bytes'))}</td>"
             f"<td class='n'>{_ms(a.get('latency_p50_ms'))}</td>"
             + (f"<td class='n' title=\"against the {_e(parity.get('against', 'float Keras model'))}\">" if parity else "<td class='n'>")
-            + f"{_pct(parity.get('top1_agreement')) if parity else '(reference)'}</td></tr>"
+            + f"{_agreement(parity) if parity else '(reference)'}</td></tr>"
         )
-    parts.append("</table><p class='muted'>Top-1 agreement is with the Keras model each file was converted "
-                 "from: for a pruned file, the pruned model. Latency is measured on the compiling machine.</p>")
+    parts.append("</table><p class='muted'>&Delta; vs float is on the images the accuracy column is on, with the "
+                 "paired 95% interval (Newcombe): a change whose interval holds zero is within noise. Top-1 agreement "
+                 "is with the Keras model each file was converted from (for a pruned file, the pruned model), with "
+                 "its 95% Wilson interval. Latency is measured on the compiling machine.</p>")
     figures = [accuracy_figure(a) for a in report["artifacts"]]
     widest = max(((f.high - f.low) * 50 for f in figures if f), default=0)
     if widest > 2:

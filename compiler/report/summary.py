@@ -130,6 +130,9 @@ def print_summary(report: dict) -> None:
         )
     console.print(table)
     console.print("[dim]agree: top-1 agreement with the Keras model the file was converted from (for a pruned file, the pruned model)[/]")
+    noise = change_noise(report["artifacts"])
+    if noise:
+        console.print(Text(noise, style="dim"))
     # Text, not markup: the reason may hold brackets that rich would read as tags.
     console.print(Text.assemble(("deployed: ", "bold"), report["deployed"].get("why", "")))
 
@@ -181,4 +184,24 @@ def _print_tail(report: dict) -> None:
     if optional:
         console.print(f"optional   {'; '.join(optional)}", markup=False, highlight=False)
     console.print(f"[bold green]done:[/] {report['out']}/ holds {', '.join(report['files'])}")
+
+
+def change_noise(artifacts: list[dict]) -> str | None:
+    """One line on how far the table's Δ fp32 and agree columns can be trusted: the widest paired
+    95% interval of a change and the widest Wilson interval of an agreement (the console has no
+    room for one per cell; report.html and report.json give each). None when neither was recorded."""
+    changes = [a for a in artifacts if a.get("accuracy_delta_ci95")]
+    agreements = [(a["parity"]["top1_agreement_ci95"], a["parity"].get("images")) for a in artifacts
+                  if (a.get("parity") or {}).get("top1_agreement_ci95")]
+    parts = []
+    if changes:
+        widest = max(a["accuracy_delta_ci95"][1] - a["accuracy_delta_ci95"][0] for a in changes) * 50
+        beyond = sorted({a["file"] for a in changes if not a["accuracy_delta_ci95"][0] <= 0 <= a["accuracy_delta_ci95"][1]})
+        parts.append(f"Δ fp32 is paired on the same images, each 95% interval within ±{widest:.1f} points; "
+                     + (f"beyond noise: {', '.join(beyond)}" if beyond else "none is beyond noise"))
+    if agreements:
+        widest = max(span[1] - span[0] for span, _ in agreements) / 2
+        n = agreements[0][1]
+        parts.append(f"agree: 95% intervals within ±{widest:.1%} (n={n})")
+    return "; ".join(parts) + " (each in report.html and report.json)." if parts else None
 

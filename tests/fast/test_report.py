@@ -447,3 +447,39 @@ def test_a_sentence_that_starts_with_a_file_name_keeps_its_case():
 
     assert _capitalised("model.tflite 97.1% and the teacher 97.5%") == "model.tflite 97.1% and the teacher 97.5%"
     assert _capitalised("the deployed student (float) 96.7%") == "The deployed student (float) 96.7%"
+
+
+def test_a_file_s_change_from_fp32_and_its_agreement_carry_their_intervals(tmp_path, capsys):
+    """Δ vs float is paired on the same images and agreement is a share of them: each gets its
+    95% interval in the page, and the console says once how wide they are and which change is
+    beyond noise."""
+    from edgetl.compiler.evaluation.stats import paired_difference, wilson_interval
+    from edgetl.compiler.report.summary import change_noise, print_summary
+
+    report = make_report(tmp_path / "data", tmp_path, num_classes=3, per_class=20)
+    n = 60
+    fp32 = [True] * n
+    level = paired_difference([i != 0 for i in range(n)], fp32)  # one image lost: within noise
+    worse = paired_difference([i % 4 != 0 for i in range(n)], fp32)  # 15 lost: beyond noise
+    assert not level.significant and worse.significant
+    low, high = wilson_interval(59, n)
+    for row, change in zip(report["artifacts"][:2], (level, worse)):
+        row["accuracy_delta"] = change.difference
+        row["accuracy_delta_ci95"] = [change.low, change.high]
+        row["parity"] = {"images": n, "top1_agreement": 59 / n, "top1_agreement_ci95": [low, high], "against": "student"}
+    page = render(report, tmp_path)
+    assert f"{level.difference * 100:+.2f} pt <span class='ci'>[{level.low * 100:+.1f} to {level.high * 100:+.1f}]</span>" in page
+    assert f"98.33% <span class='ci'>[{low:.1%}-{high:.1%}] n=60</span>" in page
+    line = change_noise(report["artifacts"])
+    assert f"±{(worse.high - worse.low) * 50:.1f} points" in line and f"beyond noise: {report['artifacts'][1]['file']}" in line
+    assert report["artifacts"][0]["file"] not in line and f"±{(high - low) / 2:.1%} (n=60)" in line
+    print_summary(report)
+    assert "beyond noise:" in capsys.readouterr().out
+    # Older report.json files (no intervals recorded) print as before, with no claim about noise.
+    for row in report["artifacts"]:
+        row.pop("accuracy_delta_ci95", None)
+        row["parity"] = None
+    assert change_noise(report["artifacts"]) is None
+    from edgetl.compiler.report.html import _agreement, _change
+
+    assert _change(report["artifacts"][0]) == f"{level.difference * 100:+.2f} pt" and _agreement({"top1_agreement": 1.0}) == "100.00%"
