@@ -412,6 +412,7 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     report["adaptation"] = adaptation
     report["robustness"] = robustness_report
     report["deployed"]["test_predictions"] = assemble.test_predictions(dataset, optimizer, deployed_files, teacher, deployed, baseline)
+    report["deployed"]["cv_predictions"] = assemble.cv_predictions(dataset, deployed)
     write_report(report, out)
     write_html_report(report, out)
     write_recipe(given, out)

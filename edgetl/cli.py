@@ -337,7 +337,7 @@ def models_command(
 @app.command("report")
 def report_command(
     build: Annotated[Path, typer.Argument(help="A finished build: the --out folder of `edgetl compile`.")],
-    other: Annotated[Optional[Path], typer.Argument(help="A second build to compare with the first, side by side.")] = None,
+    other: Annotated[Optional[Path], typer.Argument(help="A second build to compare with the first, side by side: paired image by image on the same test images, or out of fold when both cross-validated one folder.")] = None,
     html: Annotated[bool, typer.Option("--html", help="Rewrite BUILD/report.html from its report.json with this edgetl.")] = False,
 ):
     """Print a finished build's summary again; with two builds, compare them side by side."""

@@ -280,6 +280,10 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     cv = report["models"]["teacher"]["cv"]
     assert cv["n"] == 36 and cv["folds"] == 3 and cv["ci95"][0] <= cv["accuracy"] <= cv["ci95"][1]
     assert np.array(cv["confusion_matrix"]).sum() == 36
+    # Each training image's out-of-fold answer, by path, for `edgetl report A B` to pair two such builds.
+    answers = report["deployed"]["cv_predictions"]
+    assert len({row["path"] for row in answers}) == 36 and all(row["path"].startswith(row["true"] + "/") for row in answers)
+    assert sum(row["predicted"] == row["true"] for row in answers) == cv["correct"]
     # No held-out test: no file claims a test accuracy; what quantization changed is on the training images.
     deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
     assert deployed["test"] is None and deployed["training_images"]["images"] == 36

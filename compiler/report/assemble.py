@@ -160,6 +160,18 @@ def build_report(config, dataset, unlabeled_skipped, images, teacher, deployed, 
     }
 
 
+def cv_predictions(dataset: Dataset, deployed: TrainedModel) -> list[dict] | None:
+    """Per labelled training image, the deployed model's out-of-fold answer (the one its
+    cross-validated estimate counts), so that `edgetl report A B` can pair two builds of one folder
+    that had no test split. None when the model was not chosen by cross-validation."""
+    oof = (deployed.selection or {}).get("oof_pred")
+    train = dataset.splits["train"]
+    if dataset.selection != "cv" or oof is None or len(oof) != len(train):
+        return None
+    return [{"path": s.path.relative_to(dataset.root).as_posix(), "true": dataset.classes[s.label],
+             "predicted": dataset.classes[int(p)]} for s, p in zip(train, oof)]
+
+
 def _correct(trained: TrainedModel, y_true, held_out: bool) -> np.ndarray:
     """Per image, whether `trained` got it right: on the test split, or out of fold."""
     pred = trained.test_probs.argmax(1) if held_out else np.asarray(trained.selection["oof_pred"], np.int64)

@@ -1,7 +1,8 @@
 """`edgetl report DIR [DIR2]`: a finished build's summary again, or two builds side by side.
 
 Reads only report.json (no TensorFlow), so it answers at once. Two builds scored on the same
-test images are compared image by image (paired difference); otherwise by their intervals.
+test images are compared image by image (paired difference); so are two cross-validated builds
+of the same labelled images, by their out-of-fold answers; otherwise by their intervals.
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ def load_report(folder: str | Path) -> dict:
 
 def paired_builds(a: dict, b: dict):
     """B's model.tflite minus A's on the same test images, or None when they were scored on different ones."""
-    rows_a, rows_b = test_predictions(a), test_predictions(b)
-    if not rows_a or [(r["path"], r["true"]) for r in rows_a] != [(r["path"], r["true"]) for r in rows_b]:
+    return _paired(test_predictions(a), test_predictions(b))
+
+
+def paired_cv_builds(a: dict, b: dict):
+    """B's out-of-fold estimate minus A's on the same labelled images (both builds chose by
+    cross-validation on one folder), or None when they were not."""
+    return _paired(a.get("deployed", {}).get("cv_predictions"), b.get("deployed", {}).get("cv_predictions"))
+
+
+def _paired(rows_a, rows_b):
+    if not rows_a or not rows_b or [(r["path"], r["true"]) for r in rows_a] != [(r["path"], r["true"]) for r in rows_b]:
         return None
     return paired_difference([r["predicted"] == r["true"] for r in rows_b], [r["predicted"] == r["true"] for r in rows_a])
 
@@ -61,6 +71,16 @@ def compare_lines(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> lis
     fa, fb = deployed_figure(a), deployed_figure(b)
     if fa is None or fb is None:
         return ["One build has no accuracy figure: nothing to compare."]
+    cv = paired_cv_builds(a, b) if fa.source == fb.source == "cv" else None
+    if cv is not None:
+        sentence = cv.verdict(name_b, name_a)
+        if not cv.significant:
+            sentence += ": these images cannot separate them"
+        # What is paired is each build's estimate of its float model, as its report gives it: the
+        # fold models differ from the deployed file, and one cross-validation run does not count
+        # the training's own randomness, so a difference near the edge of the interval is fragile.
+        return [f"Out of fold on the same {cv.n} labelled images (each build's cross-validated estimate of its "
+                f"float model, not a score of its file): {sentence}."]
     if fa.source != "test" or fb.source != "test":
         # Cross-validated estimates: each model's out-of-fold answers, whose fold models differ
         # between the builds, so even on the same images they are not the deployed files' answers.

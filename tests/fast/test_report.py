@@ -483,3 +483,28 @@ def test_a_file_s_change_from_fp32_and_its_agreement_carry_their_intervals(tmp_p
     from edgetl.compiler.report.html import _agreement, _change
 
     assert _change(report["artifacts"][0]) == f"{level.difference * 100:+.2f} pt" and _agreement({"top1_agreement": 1.0}) == "100.00%"
+
+
+def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_path):
+    """No test split in either build: their out-of-fold answers on the same labelled images are
+    paired, as two test splits would be; builds of other images still are not."""
+    from edgetl.compiler.report.compare import compare_lines
+
+    a = make_report(tmp_path / "data", tmp_path / "a", with_test=False)
+    b = make_report(tmp_path / "data", tmp_path / "b", with_test=False)
+    paths = [f"{c}/img_{i:03d}.jpg" for c in ("daisy", "tulip") for i in range(60)]
+
+    def answers(wrong: set[int]) -> list[dict]:
+        return [{"path": p, "true": p.split("/")[0], "predicted": "rose" if i in wrong else p.split("/")[0]}
+                for i, p in enumerate(paths)]
+
+    a["deployed"]["cv_predictions"] = answers(set(range(0, 120, 4)))  # 30 of 120 wrong
+    b["deployed"]["cv_predictions"] = answers({0, 8})  # 2 wrong, both also wrong in A
+    (line,) = compare_lines(a, b)
+    assert line.startswith("Out of fold on the same 120 labelled images") and "B is better than A (+23.3 points" in line
+    b["deployed"]["cv_predictions"] = answers(set(range(0, 120, 4)) - {0})  # one image apart
+    (line,) = compare_lines(a, b)
+    assert "within noise" in line and "cannot separate them" in line
+    b["deployed"]["cv_predictions"] = answers(set())[1:]  # another set of images: not paired
+    (line,) = compare_lines(a, b)
+    assert line.startswith("A build without a test split has a cross-validated estimate")
