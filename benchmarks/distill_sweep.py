@@ -104,7 +104,7 @@ def main() -> None:
     print(f"alpha  T     {'val acc':<22}  {'test acc':<22}  {'test - alpha 0 (points)':<26}  epochs  seconds")
     for alpha, t, val_acc, correct, epochs, secs in rows:
         d = paired_difference(correct, baseline)
-        change = f"{d.difference * 100:+.1f} ({d.low * 100:+.1f} to {d.high * 100:+.1f})"
+        change = "(baseline)" if alpha == 0 else f"{d.difference * 100:+.1f} ({d.low * 100:+.1f} to {d.high * 100:+.1f})"
         print(f"{alpha:5.2f}  {t:4.1f}  {interval(val_acc, n_val):<22}  {interval(float(correct.mean()), n_test):<22}  "
               f"{change:<26}  {epochs:6d}  {secs:7.0f}")
 

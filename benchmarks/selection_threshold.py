@@ -77,7 +77,8 @@ def main() -> None:
         print(f"{per_class * k:>5} {over_seeds(hold):>22} {over_seeds(cv):>22} "
               f"{gaps.mean() * 100:>+18.2f} pt ({(gaps.mean() - half_width(gaps)) * 100:+.2f} to "
               f"{(gaps.mean() + half_width(gaps)) * 100:+.2f})", flush=True)
-    print(f"one seed's test accuracy, n={len(y_test)}: 95% Wilson interval within ±{max(widest):.1%}")
+    if widest:
+        print(f"one seed's test accuracy, n={len(y_test)}: 95% Wilson interval within ±{max(widest):.1%}")
 
 
 def half_width(values) -> float:

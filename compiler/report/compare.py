@@ -49,9 +49,17 @@ def paired_cv_builds(a: dict, b: dict):
 
 
 def _paired(rows_a, rows_b):
-    if not rows_a or not rows_b or [(r["path"], r["true"]) for r in rows_a] != [(r["path"], r["true"]) for r in rows_b]:
+    """B minus A on the images both answered, matched by path and label (not by order), or None
+    unless both answered exactly the same images."""
+    if not rows_a or not rows_b:
         return None
-    return paired_difference([r["predicted"] == r["true"] for r in rows_b], [r["predicted"] == r["true"] for r in rows_a])
+    by_a = {(r["path"], r["true"]): r for r in rows_a}
+    by_b = {(r["path"], r["true"]): r for r in rows_b}
+    if by_a.keys() != by_b.keys() or len(by_a) != len(rows_a) or len(by_b) != len(rows_b):
+        return None
+    keys = sorted(by_a)
+    return paired_difference([by_b[k]["predicted"] == by_b[k]["true"] for k in keys],
+                             [by_a[k]["predicted"] == by_a[k]["true"] for k in keys])
 
 
 def differing_settings(a: dict, b: dict) -> list[tuple[str, object, object]]:
@@ -81,11 +89,17 @@ def compare_lines(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> lis
         # the training's own randomness, so a difference near the edge of the interval is fragile.
         return [f"Out of fold on the same {cv.n} labelled images (each build's cross-validated estimate of its "
                 f"float model, not a score of its file): {sentence}."]
-    if fa.source != "test" or fb.source != "test":
-        # Cross-validated estimates: each model's out-of-fold answers, whose fold models differ
-        # between the builds, so even on the same images they are not the deployed files' answers.
+    if fa.source == fb.source == "cv":
+        # Both cross-validated, but not pairable: other images, or a report written before the
+        # out-of-fold answers were recorded.
+        recorded = all(r.get("deployed", {}).get("cv_predictions") for r in (a, b))
+        note = ("The two builds' cross-validated estimates are on different labelled images, so they cannot be paired "
+                "image by image: " if recorded else
+                "One build's report does not record its out-of-fold answers (compiled with an older edgetl: compile it "
+                "again to record them), so the two cannot be paired image by image: ")
+    elif fa.source != "test" or fb.source != "test":
         note = ("A build without a test split has a cross-validated estimate of its model, not a score of its "
-                "file, so the two cannot be paired image by image: ")
+                "file, so it cannot be paired image by image with a build scored on a test split: ")
     else:
         note = "The two builds were not scored on the same images, so they cannot be paired image by image: "
     if intervals_overlap(fa, fb):

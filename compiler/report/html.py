@@ -404,7 +404,11 @@ def render(report: dict, out: Path) -> str:
             + (f"<td class='n' title=\"against the {_e(parity.get('against', 'float Keras model'))}\">" if parity else "<td class='n'>")
             + f"{_agreement(parity) if parity else '(reference)'}</td></tr>"
         )
-    parts.append("</table><p class='muted'>&Delta; vs float is on the images the accuracy column is on, with the "
+    # Without a test split the accuracy cells are empty and the change is on the training images,
+    # which calibrated int8: how far a file moved from fp32, not what it costs on unseen photos.
+    delta_on = ("the test images" if any(a.get("test") for a in report["artifacts"]) else
+                "the training images (there is no test split): how far each file moved from fp32, not accuracy,")
+    parts.append(f"</table><p class='muted'>&Delta; vs float is on {delta_on} with the "
                  "paired 95% interval (Newcombe): a change whose interval holds zero is within noise. Top-1 agreement "
                  "is with the Keras model each file was converted from (for a pruned file, the pruned model), with "
                  "its 95% Wilson interval. Latency is measured on the compiling machine.</p>")

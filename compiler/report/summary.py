@@ -190,7 +190,8 @@ def change_noise(artifacts: list[dict]) -> str | None:
     """One line on how far the table's Δ fp32 and agree columns can be trusted: the widest paired
     95% interval of a change and the widest Wilson interval of an agreement (the console has no
     room for one per cell; report.html and report.json give each). None when neither was recorded."""
-    changes = [a for a in artifacts if a.get("accuracy_delta_ci95")]
+    # model.tflite and model.onnx repeat a variant's row: name each file once, by its variant.
+    changes = [a for a in artifacts if a.get("accuracy_delta_ci95") and not a.get("variant")]
     agreements = [(a["parity"]["top1_agreement_ci95"], a["parity"].get("images")) for a in artifacts
                   if (a.get("parity") or {}).get("top1_agreement_ci95")]
     parts = []

@@ -81,6 +81,8 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     assert figure.source == "cv" and figure.n == report["models"]["student"]["cv"]["n"]
     page = render(report, tmp_path)
     assert "cross-validat" in page and "No gallery: this compile had no test split" in page
+    assert "Delta; vs float is on the training images (there is no test split)" in page
+    assert "Delta; vs float is on the test images" in render(make_report(tmp_path / "data4", tmp_path / "d"), tmp_path / "d")
     # The macro F1 column reads the cross-validated figure too, marked as such (it was left empty).
     f1 = report["models"]["student"]["cv"]["macro_f1"]
     assert f"<td class='n'>{f1:.3f} (cv)</td>" in page
@@ -97,6 +99,8 @@ def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, caps
     from edgetl.compiler.report.compare import compare_lines
 
     (line,) = compare_lines(report, make_report(tmp_path / "data2", tmp_path / "b", with_test=False))
+    assert line.startswith("One build's report does not record its out-of-fold answers")
+    (line,) = compare_lines(report, make_report(tmp_path / "data3", tmp_path / "c"))
     assert line.startswith("A build without a test split has a cross-validated estimate of its model, not a score of its file")
 
 
@@ -463,7 +467,8 @@ def test_a_file_s_change_from_fp32_and_its_agreement_carry_their_intervals(tmp_p
     worse = paired_difference([i % 4 != 0 for i in range(n)], fp32)  # 15 lost: beyond noise
     assert not level.significant and worse.significant
     low, high = wilson_interval(59, n)
-    for row, change in zip(report["artifacts"][:2], (level, worse)):
+    # artifacts[0] is model.tflite, a copy of the row of variant artifacts[1]: named once, by its variant.
+    for row, change in zip(report["artifacts"][:3], (worse, worse, level)):
         row["accuracy_delta"] = change.difference
         row["accuracy_delta_ci95"] = [change.low, change.high]
         row["parity"] = {"images": n, "top1_agreement": 59 / n, "top1_agreement_ci95": [low, high], "against": "student"}
@@ -471,8 +476,8 @@ def test_a_file_s_change_from_fp32_and_its_agreement_carry_their_intervals(tmp_p
     assert f"{level.difference * 100:+.2f} pt <span class='ci'>[{level.low * 100:+.1f} to {level.high * 100:+.1f}]</span>" in page
     assert f"98.33% <span class='ci'>[{low:.1%}-{high:.1%}] n=60</span>" in page
     line = change_noise(report["artifacts"])
-    assert f"±{(worse.high - worse.low) * 50:.1f} points" in line and f"beyond noise: {report['artifacts'][1]['file']}" in line
-    assert report["artifacts"][0]["file"] not in line and f"±{(high - low) / 2:.1%} (n=60)" in line
+    assert f"±{(worse.high - worse.low) * 50:.1f} points" in line and f"beyond noise: {report['artifacts'][1]['file']};" in line
+    assert f"±{(high - low) / 2:.1%} (n=60)" in line
     print_summary(report)
     assert "beyond noise:" in capsys.readouterr().out
     # Older report.json files (no intervals recorded) print as before, with no claim about noise.
@@ -482,7 +487,7 @@ def test_a_file_s_change_from_fp32_and_its_agreement_carry_their_intervals(tmp_p
     assert change_noise(report["artifacts"]) is None
     from edgetl.compiler.report.html import _agreement, _change
 
-    assert _change(report["artifacts"][0]) == f"{level.difference * 100:+.2f} pt" and _agreement({"top1_agreement": 1.0}) == "100.00%"
+    assert _change(report["artifacts"][2]) == f"{level.difference * 100:+.2f} pt" and _agreement({"top1_agreement": 1.0}) == "100.00%"
 
 
 def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_path):
@@ -505,6 +510,8 @@ def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_pat
     b["deployed"]["cv_predictions"] = answers(set(range(0, 120, 4)) - {0})  # one image apart
     (line,) = compare_lines(a, b)
     assert "within noise" in line and "cannot separate them" in line
+    b["deployed"]["cv_predictions"] = list(reversed(answers(set(range(0, 120, 4)) - {0})))  # matched by path, not order
+    assert compare_lines(a, b) == [line]
     b["deployed"]["cv_predictions"] = answers(set())[1:]  # another set of images: not paired
     (line,) = compare_lines(a, b)
-    assert line.startswith("A build without a test split has a cross-validated estimate")
+    assert line.startswith("The two builds' cross-validated estimates are on different labelled images")
