@@ -515,3 +515,22 @@ def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_pat
     b["deployed"]["cv_predictions"] = answers(set())[1:]  # another set of images: not paired
     (line,) = compare_lines(a, b)
     assert line.startswith("The two builds' cross-validated estimates are on different labelled images")
+
+
+def test_a_pruned_file_gated_on_its_own_training_images_is_called_unmeasured(tmp_path):
+    """Without a test split the gate compares a pruned or QAT file with fp32 on the images their
+    fine-tuning trained on (on 60 flowers12 photos it passed a pruned file that lost 8 points on
+    60 test photos): the verdict says the check cannot see that."""
+    def with_deployed(report, variant):
+        deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
+        deployed["variant"] = variant
+        deployed["gate_accuracy"] = {"split": "train", "accuracy": 1.0, "n": 18, "ci95": [0.82, 1.0]}
+        return " ".join(build_verdict(report).comparisons)
+
+    report = make_report(tmp_path / "data", tmp_path, with_test=False)
+    text = with_deployed(report, "variants/model.int8-qat-pruned50.tflite")
+    assert "fine-tuned by pruning and quantization-aware training on the training images" in text
+    assert "A test/ folder" in text
+    assert "fine-tuned by" not in with_deployed(report, "variants/model.int8.tflite")  # post-training: nothing trained
+    scored = make_report(tmp_path / "data2", tmp_path / "b")  # a test split measures it: no caveat
+    assert "fine-tuned by" not in with_deployed(scored, "variants/model.int8-qat-pruned50.tflite")
