@@ -151,9 +151,9 @@ def _unseen_compression(report: dict) -> list[str]:
     figure = deployed_figure(report)
     if not trained or (figure is not None and figure.source == "test") or _gate_split(report) != "the training images":
         return []
-    return [f"{artifact.get('file', 'model.tflite')} was fine-tuned by {' and '.join(trained)} on the training images, and the "
-            "accuracy gate compared it with fp32 on those same images: a check of fidelity that cannot see what the "
-            "compression costs on new photos. A test/ folder of photos it never saw would measure it."]
+    return [(f"{artifact.get('file', 'model.tflite')} was fine-tuned by {' and '.join(trained)} on the training images, and the "
+             "accuracy gate compared it with fp32 on those same images: a check of fidelity that cannot see what the "
+             "compression costs on new photos. A test/ folder of photos it never saw would measure it.")]
 
 
 def _weakest_class(report: dict) -> tuple[dict, str | None] | None:
