@@ -190,9 +190,10 @@ class SlimOption:
                 "p50_vs_own_size": round(self.p50_vs_own_size, 3), "int8_mb": round(self.file_mb, 3)}
 
 
-def slim_advice(options: list[SlimOption], max_latency_ms: float) -> tuple[SlimOption | None, str]:
+def slim_advice(options: list[SlimOption], max_latency_ms: float, reference: str = "the student's own size") -> tuple[SlimOption | None, str]:
     """(the option to compile, or None, and a clause saying so). `options` come widest variant
-    first and, within one, largest size first: the first within the budget cuts the least."""
+    first and, within one, largest size first: the first within the budget cuts the least.
+    `reference` names the file each option's p50 ratio is paired with."""
     if not options:
         return None, ""
     within = [o for o in options if o.p50_ms <= max_latency_ms]
@@ -202,7 +203,7 @@ def slim_advice(options: list[SlimOption], max_latency_ms: float) -> tuple[SlimO
                       f"is {fastest.p50_ms:.2f} ms int8 p50 untrained")
     pick = within[0]
     return pick, (f"; a channel-pruned student meets it: {pick.model} at {pick.size} px is {pick.p50_ms:.2f} ms int8 p50 "
-                  f"({pick.p50_vs_own_size:.2f}x the own size; untrained graph, so its accuracy is unknown until "
+                  f"({pick.p50_vs_own_size:.2f}x {reference}; untrained graph, so its accuracy is unknown until "
                   f"distilled): it is distilled after the full student and deployed if it passes the accuracy gate")
 
 
@@ -240,7 +241,7 @@ def choose_student_size(config: CompileConfig, model_config, images: ImageCache,
             slim, note = _time_slim_options(config, model_config.name, passing, candidates[0].size, paths[candidates[0].size],
                                             images, num_classes, Path(folder))
             timing_notes.append(note)
-            pick, clause = slim_advice(slim, config.max_latency_ms)
+            pick, clause = slim_advice(slim, config.max_latency_ms, f"the {candidates[0].size} px {model_config.name} file")
             why += clause or f"; {model_config.name} has no narrower channel-pruned variant to try"
     console.print(f"    student input size: {why}")
     head = heads[chosen.size]

@@ -125,6 +125,8 @@ def test_a_budget_no_size_meets_names_the_widest_cut_at_the_largest_size_within_
     # slim50 at 192 px is faster and also within the budget, but cuts more channels: not named.
     assert (pick.model, pick.size) == ("lite0_slim75", 160)
     assert "lite0_slim75 at 160 px is 1.23 ms" in clause and "distilled after the full student" in clause
+    assert "x the student's own size;" in clause
+    assert "x the 224 px lite0 file;" in slim_advice(options, 1.3, "the 224 px lite0 file")[1]
     assert slim_advice(options, max_latency_ms=1.0)[0] is options[5]  # only slim50 at 160 px is that fast
     # Nothing within the budget: nothing to compile, and the fastest is named with its figure.
     pick, clause = slim_advice(options, max_latency_ms=0.5)
