@@ -99,6 +99,15 @@ class StageCache:
         except Exception:  # a damaged entry is a cache miss, never an error
             return None
 
+    def record(self, stage: str, key: str) -> dict | None:
+        """The JSON record of a finished stage without loading its model (for the dry run), or None."""
+        if self.root is None:
+            return None
+        try:
+            return json.loads((self._dir(stage, key) / self.RECORD).read_text())
+        except (OSError, ValueError):  # missing or damaged: a miss, as in load()
+            return None
+
     def load_files(self, stage: str, key: str, names: list[str]) -> dict[str, Path] | None:
         """Paths of files a finished stage stored (e.g. verified exports), or None."""
         if not self.holds(stage, key, names):

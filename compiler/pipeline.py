@@ -336,9 +336,16 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
             train_head = lambda: train_student_head(config, student_config, size, images, len(classes), strategy)  # noqa: E731
         with stages.stage("student", f"distilling {config.teacher} into {config.student} ({size_text})"):
             head = cached(cache, "student_head", keys["student_head"], train_head)
+            if config.chooses_student_size:
+                keys = keys_at_kept_size(config, keys, head.input_size, dataset, unlabeled)
             deployed = cached(
                 cache, "student", keys["student"], lambda: distil(config, student_config, head, teacher, images, len(classes), strategy, dataset.selection)
             )
+            # The size search's record is this run's (a cached student may come from a compile with
+            # other budgets, or from one of a fixed size, which has none).
+            deployed.training = {k: v for k, v in deployed.training.items() if k != "resolution"}
+            if "resolution" in head.training:
+                deployed.training["resolution"] = head.training["resolution"]
             student_run = config  # the settings the deployed student was trained with
             if config.chooses_student_size:  # no size met --max-latency-ms: the channel-pruned student that does, gated
                 slim = try_slim_student(config, head, deployed, teacher, images, len(classes), strategy, dataset.selection, cache,
@@ -420,6 +427,15 @@ def _run_stages_on(config, out: Path, stages: StageSequence, start, target, teac
     return report
 
 
+def keys_at_kept_size(config: CompileConfig, keys: dict[str, str], size: int, dataset, unlabeled) -> dict[str, str]:
+    """--student-size auto, once the search kept `size`: the distillation, the baseline and the
+    exports depend on that size, not on the budgets that chose it, so they take the keys of a
+    compile of that size (a budget that keeps the same size, or `--student-size N`, reuses them);
+    the search's own entry stays keyed by its budgets."""
+    sized = dataclasses.replace(config, student_size=size)
+    return {**stage_keys(sized, dataset, unlabeled), "student_head": keys["student_head"]}
+
+
 def plan(config: CompileConfig) -> dict:
     """The resolved recipe and the stages a compile would run (compiler/stages/__init__.py, the declaration
     the run itself is held to), with what the cache already holds.
@@ -437,6 +453,9 @@ def plan(config: CompileConfig) -> dict:
     unlabeled = scan_unlabeled(config.unlabeled)[0] if config.unlabeled else []
     keys = stage_keys(config, dataset, unlabeled)
     cache = StageCache((config.cache_dir or default_cache_root()) if config.use_cache else None)
+    kept = cache.record("student_head", keys["student_head"]) if config.chooses_student_size else None
+    if kept is not None:  # the size search is cached: the later stages are keyed by the size it kept
+        keys = keys_at_kept_size(config, keys, kept["input_size"], dataset, unlabeled)
     stages = [{"stage": s.name, "does": s.does, "cached": s.cached(cache, keys), "keys": {e: keys[e] for e in s.caches}}
               for s in stages_for(config)]
     if config.chooses_student_size:  # say which sizes the student stage will measure

@@ -57,12 +57,21 @@ def test_every_size_is_measured_and_the_files_are_at_the_kept_one(auto_build):
 def test_a_replay_takes_the_choice_from_the_cache(auto_build, capsys):
     root, data, cache, report = auto_build
     again = compile_model(CompileConfig(data=data, out=root / "again", cache_dir=cache, **AUTO))
-    assert again["models"]["student"]["cached"] and "trying 32 px" not in capsys.readouterr().out
+    said = capsys.readouterr()  # progress goes to stderr, the summary to stdout
+    assert again["models"]["student"]["cached"] and "trying 32 px" not in said.out + said.err
     assert again["models"]["student"]["training"]["resolution"] == report["models"]["student"]["training"]["resolution"]
+    # The dry run reads the size the cached search kept, so it finds the later stages cached too.
+    dry = compile_model(CompileConfig(data=data, out=root / "planned", cache_dir=cache, **AUTO), dry_run=True)
+    planned = {s["stage"]: s["cached"] for s in dry["stages"]}
+    assert planned["student"] and planned["export"], planned
     # A latency budget is part of the choice: it is not taken from the cache of a compile without one.
     budget = compile_model(CompileConfig(data=data, out=root / "budget", cache_dir=cache, max_latency_ms=1e-6, **AUTO))
     choice = budget["models"]["student"]["training"]["resolution"]
-    assert not budget["models"]["student"]["cached"] and "NO size" in choice["why"] and choice["max_latency_ms"] == 1e-6
+    said = capsys.readouterr()
+    assert "trying 32 px" in said.out + said.err and "NO size" in choice["why"] and choice["max_latency_ms"] == 1e-6
+    # The distillation is keyed by the size kept, not by the budget: the same size reuses it.
+    first = report["models"]["student"]["training"]["resolution"]["chosen"]
+    assert budget["models"]["student"]["cached"] == (choice["chosen"] == first)
     # No size meets it, so the channel-pruned variant was timed at every passing size, paired
     # with the own size's file; none is that fast either, and the choice says so.
     passing = [row["size"] for row in choice["sizes"] if row["gate"] == "passed"]
@@ -73,6 +82,18 @@ def test_a_replay_takes_the_choice_from_the_cache(auto_build, capsys):
     assert "channel-pruned variants were timed too" in page and page.count("<td>tiny_cnn_slim50</td>") == len(passing)
     # Without a budget, or with one a size meets, nothing more is built.
     assert report["models"]["student"]["training"]["resolution"]["slim_options"] == []
+
+
+def test_a_fixed_size_compile_reuses_the_student_distilled_at_the_size_auto_kept(auto_build):
+    """`--student-size N` after an `auto` compile that kept N: the same distillation, from the cache,
+    and no size-search record that this compile did not make."""
+    root, data, cache, report = auto_build
+    size = report["models"]["student"]["training"]["resolution"]["chosen"]
+    fixed = compile_model(CompileConfig(data=data, out=root / "fixed", cache_dir=cache, **{**AUTO, "student_size": size}))
+    student = fixed["models"]["student"]
+    assert student["cached"] and student["input_size"] == size and "resolution" not in student["training"]
+    assert student["training"]["distillation"]["selection"] == report["models"]["student"]["training"]["distillation"]["selection"]
+    assert "Student input size" not in (root / "fixed" / "report.html").read_text()
 
 
 def _timed_by_pixels(sessions, chains, label):
