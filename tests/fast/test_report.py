@@ -73,6 +73,13 @@ def test_label_error_needs_a_confident_mistake_that_the_other_models_repeat(tmp_
     assert flags[a["path"]] is True  # confident and repeated by teacher and baseline
     assert flags[b["path"]] is False  # the other models keep the label
     assert flags[c["path"]] is False  # not confident
+    assert "check the labels of the 1 test image" in build_verdict(report).next_step
+    # A latency budget the file misses is the next step before a flagged label: the user asked for it.
+    from edgetl.compiler.report.facts import deployed_artifact
+
+    deployed_artifact(report)["latency_p50_ms"] = 1.89
+    report.setdefault("config", {})["max_latency_ms"] = 1.3
+    assert "budget" in build_verdict(report).next_step
 
 
 def test_without_a_test_split_the_cross_validated_figure_is_shown(tmp_path, capsys):
