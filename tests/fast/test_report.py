@@ -149,7 +149,16 @@ def test_a_missed_latency_budget_names_the_compile_that_can_meet_it(tmp_path):
             "on the 100 val images, 5.0 points below") in step
     assert "--selection cv" in step
     trial["accuracy_on"] = "out of fold on the 720 training images"
-    assert "--max-accuracy-drop 5.5" in build_verdict(report).next_step
+    assert "--max-accuracy-drop 5.5 to deploy it anyway" in build_verdict(report).next_step
+    # ... unless that gate would also pass a smaller input size that meets the budget by itself
+    # (flowers12: 128 px at 2.36 points below): the search would keep it, not the slim student.
+    row = lambda px, acc, ms: {"size": px, "accuracy": {"accuracy": acc}, "int8_p50_ms": ms}  # noqa: E731
+    resolution["sizes"] = [row(224, 0.985, 2.6), row(160, 0.979, 1.4), row(128, 0.95, 1.0)]
+    step = build_verdict(report).next_step
+    assert "--max-accuracy-drop 5.5 would not deploy it: the size search would then pass 128 px (3.50 points below 224 px" in step
+    assert "--student efficientnet_lite0_slim75 --student-size 160 to deploy" in step
+    resolution["sizes"][2]["int8_p50_ms"] = 1.35  # over the 1.3 ms budget: no such way round
+    assert "--max-accuracy-drop 5.5 to deploy it anyway" in build_verdict(report).next_step
 
 
 def test_every_accuracy_in_the_page_carries_its_interval_and_n(tmp_path):
