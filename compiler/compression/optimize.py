@@ -234,7 +234,11 @@ class Optimizer:
         for precision in precisions:
             calibration = self.calibration if precision == "int8" else None
             io_dtype = self.config.io_dtype if precision == "int8" else "float32"
-            candidate = self._candidate("tflite", precision, "post-training quantization", compressed)
+            if precision != "fp32":
+                origin = "post-training quantization"
+            else:  # a pruned or clustered model's fp32 file: converted here, but nothing in it is quantized
+                origin = "float export of the pruned or clustered model" if compressed else "float export of the model"
+            candidate = self._candidate("tflite", precision, origin, compressed)
             with progress_bar(f"TFLite {candidate.name}", 1) as advance:
                 data = convert_tflite(model, precision, calibration=calibration, io_dtype=io_dtype)
                 advance()
