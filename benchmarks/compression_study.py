@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import edgetl  # noqa: F401  (legacy Keras before TensorFlow)
-from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.evaluation.stats import accuracy_span, describe_accuracy, paired_difference, points_span, wilson_interval
 from edgetl.compiler.spec.config import CompileConfig
 
 
@@ -324,12 +324,10 @@ def format_row(row: dict) -> str:
         change = f"{row['delta_points']:+.1f} pt"
         agree = f"{row['agreement']:.1%}"
     else:
-        low, high = row["ci95"]
-        accuracy = f"acc {row['accuracy']:.1%} ({low:.1%}-{high:.1%}, n={row['n']})"
-        d_low, d_high = row["delta_ci95_points"]
-        change = f"{row['delta_points']:+.1f} pt ({d_low:+.1f} to {d_high:+.1f})"
-        a_low, a_high = row["agreement_ci95"]
-        agree = f"{row['agreement']:.1%} ({a_low:.1%}-{a_high:.1%})"
+        accuracy = f"acc {accuracy_span(row['accuracy'], row['ci95'])} n={row['n']}"
+        # results.json keeps the change in points; the formatter takes fractions.
+        change = points_span(row["delta_points"] / 100, [v / 100 for v in row["delta_ci95_points"]])
+        agree = accuracy_span(row["agreement"], row["agreement_ci95"])
     return (f"{row['artifact']:<38} {accuracy}, vs float {change}, agree {agree}  "
             f"size {row['size'] / 1e6:6.2f} MB  gzip {row['gzip'] / 1e6:6.2f} MB  p50 {lat}")
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgetl.compiler.data.datasets import scan_dataset
-from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.evaluation.stats import accuracy_span, describe_accuracy, paired_difference, points_span, wilson_interval
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.data.image_store import ImageCache
 from edgetl.compiler.stages.student import new_student, student_views
@@ -96,15 +96,14 @@ def main() -> None:
               f"test {describe_accuracy(float(correct.mean()), n_test)}  epochs {rows[-1][4]}  {rows[-1][5]:.0f}s", flush=True)
 
     def interval(accuracy: float, n: int) -> str:
-        low, high = wilson_interval(round(accuracy * n), n)
-        return f"{accuracy:6.1%} ({low:.1%}-{high:.1%})"
+        return accuracy_span(accuracy, wilson_interval(round(accuracy * n), n))
 
     # Each pair against the no-teacher baseline (the first row) on the same test images.
     print(f"\nval n={n_val}, test n={n_test}; 95% intervals (Wilson; the change from alpha 0 is paired, Newcombe)")
     print(f"alpha  T     {'val acc':<22}  {'test acc':<22}  {'test - alpha 0 (points)':<26}  epochs  seconds")
     for alpha, t, val_acc, correct, epochs, secs in rows:
         d = paired_difference(correct, baseline)
-        change = "(baseline)" if alpha == 0 else f"{d.difference * 100:+.1f} ({d.low * 100:+.1f} to {d.high * 100:+.1f})"
+        change = "(baseline)" if alpha == 0 else points_span(d.difference, (d.low, d.high))
         print(f"{alpha:5.2f}  {t:4.1f}  {interval(val_acc, n_val):<22}  {interval(float(correct.mean()), n_test):<22}  "
               f"{change:<26}  {epochs:6d}  {secs:7.0f}")
 

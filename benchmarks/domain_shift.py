@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     from edgetl.compiler.data.corruptions import apply_steps, describe_steps
     from edgetl.compiler.data.datasets import load_images, scan_dataset
     from edgetl.compiler.compression.quantize import calibration_sample
-    from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference
+    from edgetl.compiler.evaluation.stats import describe_accuracy, paired_difference, points_span
     from edgetl.runtime.keras_model import KerasSession, load_keras_model
 
     wall = time.perf_counter()
@@ -194,9 +194,8 @@ def main(argv=None) -> dict:
             )
             if "shifted_gain" in row:
                 gain, change = row["shifted_gain"], row["clean_change"]
-                line += (f"\n        paired, same images: shifted {gain['difference'] * 100:+.1f} pt (95% CI {gain['ci95'][0] * 100:+.1f} "
-                         f"to {gain['ci95'][1] * 100:+.1f}), clean {change['difference'] * 100:+.1f} pt (95% CI "
-                         f"{change['ci95'][0] * 100:+.1f} to {change['ci95'][1] * 100:+.1f})")
+                line += (f"\n        paired, same images (95% CI): shifted {points_span(gain['difference'], gain['ci95'])}, "
+                         f"clean {points_span(change['difference'], change['ci95'])}")
             if "camera" in row:
                 line += ("\n        the true camera: " if row["camera_known"] else "\n        fitted camera: ") + (
                     describe_steps(row["camera"]) or "none (nothing trained)")

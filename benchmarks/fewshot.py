@@ -33,7 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
+from edgetl.compiler.evaluation.stats import (
+    Accuracy,
+    accuracy_span,
+    paired_difference,
+    points_span,
+)
 
 C_GRID = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0]
 
@@ -243,9 +248,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         p, d, diff = r["probe"], r["deployed"], r["difference"]
         print(f"{r['shots']:>5}  {r['seed']:>4}  {r['train_images']:>5}  "
-              f"{p['accuracy']:6.1%} ({p['ci95'][0]:.1%}-{p['ci95'][1]:.1%})   "
-              f"{d['accuracy']:6.1%} ({d['ci95'][0]:.1%}-{d['ci95'][1]:.1%})   "
-              f"{diff['difference'] * 100:+5.1f} pt ({diff['ci95'][0] * 100:+.1f} to {diff['ci95'][1] * 100:+.1f})   {r['wall_s']:6.0f} s")
+              f"{accuracy_span(p['accuracy'], p['ci95']):<23}  {accuracy_span(d['accuracy'], d['ci95']):<24}  "
+              f"{points_span(diff['difference'], diff['ci95']):<29}  {r['wall_s']:6.0f} s")
     print("\nmean over seeds:")
     for shots in dict.fromkeys(r["shots"] for r in rows):
         group = [r for r in rows if r["shots"] == shots]

@@ -46,7 +46,12 @@ from edgetl.benchmarks.fewshot import (
     run_logged,
     subset,
 )
-from edgetl.compiler.evaluation.stats import Accuracy, paired_difference
+from edgetl.compiler.evaluation.stats import (
+    Accuracy,
+    accuracy_span,
+    paired_difference,
+    points_span,
+)
 
 POINT_CHILD = "--compile-with-point-estimate-rule"
 
@@ -146,9 +151,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         a, b, d = r["rule"]["accuracy"], r["point"]["accuracy"], r["difference"]
         same = "   (same recipe)" if r["point"].get("same_recipe") else ""
-        print(f"{r['shots']:>5}  {r['seed']:>4}  {a['accuracy']:6.1%} ({a['ci95'][0]:.1%}-{a['ci95'][1]:.1%})   "
-              f"{b['accuracy']:6.1%} ({b['ci95'][0]:.1%}-{b['ci95'][1]:.1%})   "
-              f"{d['difference'] * 100:+5.1f} pt ({d['ci95'][0] * 100:+.1f} to {d['ci95'][1] * 100:+.1f}){same}")
+        print(f"{r['shots']:>5}  {r['seed']:>4}  {accuracy_span(a['accuracy'], a['ci95']):<23}  "
+              f"{accuracy_span(b['accuracy'], b['ci95']):<24}  {points_span(d['difference'], d['ci95'])}{same}")
         for arm in ("rule", "point"):
             print(f"{'':13}{arm}: {_describe(r[arm]['selection'])}")
     print("\nmean over seeds:")

@@ -54,6 +54,19 @@ def ci95(accuracy: float, n: int) -> tuple[float, float]:
     return round(low, 4), round(high, 4)
 
 
+def accuracy_span(accuracy: float, interval: Sequence[float]) -> str:
+    """A table cell: '95.8% (93.1%-97.5%)'. The column header says it is a 95% interval and
+    gives n once, so each cell stays short."""
+    low, high = interval
+    return f"{accuracy:.1%} ({low:.1%}-{high:.1%})"
+
+
+def points_span(difference: float, interval: Sequence[float]) -> str:
+    """A table cell for a paired difference given as fractions: '+1.2 pt (-0.4 to +2.8)'."""
+    low, high = interval
+    return f"{difference * 100:+.1f} pt ({low * 100:+.1f} to {high * 100:+.1f})"
+
+
 @dataclasses.dataclass(frozen=True)
 class Accuracy:
     """An accuracy with its sample size and 95% Wilson interval."""

@@ -11,7 +11,7 @@ import pytest
 
 from edgetl.compiler.training.crossval import choose_epochs, choose_recipe, fold_choices, fold_count, held_fold_of, stratified_folds
 from edgetl.compiler.training.probe import fit_probe, fit_probe_at
-from edgetl.compiler.evaluation.stats import Accuracy, describe_accuracy, paired_difference, wilson_interval
+from edgetl.compiler.evaluation.stats import Accuracy, accuracy_span, describe_accuracy, paired_difference, points_span, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -44,6 +44,16 @@ def test_accuracy_describes_itself_with_interval_and_n():
     text = describe_accuracy(0.975, 240)
     assert text.startswith("97.5% (95% CI ") and text.endswith("n=240)")
     assert Accuracy(234, 240).to_json()["ci95"] == list(wilson_interval(234, 240))
+
+
+def test_table_cells_show_the_figure_and_its_interval():
+    # The benchmarks' table cells: one formatter each, so a fix reaches every script.
+    assert accuracy_span(0.9583, wilson_interval(230, 240)) == "95.8% (92.5%-97.7%)"
+    a = [True] * 48 + [False] * 2
+    b = [True] * 36 + [False] * 12 + [True] * 2
+    d = paired_difference(a, b)
+    assert points_span(d.difference, (d.low, d.high)) == "+20.0 pt (+5.7 to +34.0)"
+    assert points_span(-0.004, (-0.033, 0.024)) == "-0.4 pt (-3.3 to +2.4)"
 
 
 def test_paired_difference_matches_newcombe_example():
