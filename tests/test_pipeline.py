@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetl.compiler.cache import file_digest
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.pipeline import compile_model
 from edgetl.errors import DataError, OutputExistsError
@@ -68,6 +69,7 @@ def test_report_holds_what_the_gallery_and_the_curves_need(compiled):
     cm = np.zeros((len(classes), len(classes)), int)
     for r in rows:
         assert (Path(report["dataset"]["root"]) / r["path"]).is_file() and 0 < r["confidence"] <= 1
+        assert r["digest"] == file_digest(Path(report["dataset"]["root"]) / r["path"]).hex()[:16]  # the photo's bytes
         assert set(r["keras"]) == set(report["models"])  # teacher, student, baseline
         cm[classes.index(r["true"]), classes.index(r["predicted"])] += 1
     assert cm.tolist() == deployed["test"]["confusion_matrix"]  # model.tflite's own answers, in test order
@@ -284,6 +286,8 @@ def test_small_data_keeps_the_probe_when_fine_tuning_is_ruined(tmp_path):
     answers = report["deployed"]["cv_predictions"]
     assert len({row["path"] for row in answers}) == 36 and all(row["path"].startswith(row["true"] + "/") for row in answers)
     assert sum(row["predicted"] == row["true"] for row in answers) == cv["correct"]
+    root = Path(report["dataset"]["root"])  # each photo's bytes, so a replaced photo is not paired
+    assert all(row["digest"] == file_digest(root / row["path"]).hex()[:16] for row in answers)
     # No held-out test: no file claims a test accuracy; what quantization changed is on the training images.
     deployed = next(a for a in report["artifacts"] if a["file"] == "model.tflite")
     assert deployed["test"] is None and deployed["training_images"]["images"] == 36

@@ -94,6 +94,7 @@ def test_predictions(dataset: Dataset, optimizer, deployed_files: dict, teacher,
     for i, sample in enumerate(dataset.splits["test"]):  # empty without a held-out test split
         row = {
             "path": sample.path.relative_to(dataset.root).as_posix(),
+            **_digest(dataset, sample),
             "true": dataset.classes[sample.label],
             "predicted": dataset.classes[int(probs[i].argmax())],
             "confidence": round(float(probs[i].max()), 4),
@@ -168,8 +169,17 @@ def cv_predictions(dataset: Dataset, deployed: TrainedModel) -> list[dict] | Non
     train = dataset.splits["train"]
     if dataset.selection != "cv" or oof is None or len(oof) != len(train):
         return None
-    return [{"path": s.path.relative_to(dataset.root).as_posix(), "true": dataset.classes[s.label],
+    return [{"path": s.path.relative_to(dataset.root).as_posix(), **_digest(dataset, s), "true": dataset.classes[s.label],
              "predicted": dataset.classes[int(p)]} for s, p in zip(train, oof)]
+
+
+def _digest(dataset: Dataset, sample) -> dict:
+    """{"digest": first 16 hex digits of the image's bytes' digest} from the data scan, so that
+    `edgetl report A B` pairs two builds' answers only on the same photos, not merely the same
+    names (a folder whose photos were replaced under the same names is other images); {} when
+    the scan did not read the file."""
+    digest = dataset.fingerprints.get(sample.path)
+    return {"digest": digest.hex()[:16]} if digest else {}
 
 
 def _correct(trained: TrainedModel, y_true, held_out: bool) -> np.ndarray:

@@ -49,12 +49,19 @@ def paired_cv_builds(a: dict, b: dict):
 
 
 def _paired(rows_a, rows_b):
-    """B minus A on the images both answered, matched by path and label (not by order), or None
-    unless both answered exactly the same images."""
+    """B minus A on the images both answered, matched by path, label and, where both reports
+    recorded it, the digest of the image's bytes (not by order), or None unless both answered
+    exactly the same images. Reports written before the digests were recorded match by path and
+    label alone."""
     if not rows_a or not rows_b:
         return None
-    by_a = {(r["path"], r["true"]): r for r in rows_a}
-    by_b = {(r["path"], r["true"]): r for r in rows_b}
+    with_digest = all("digest" in r for r in (*rows_a, *rows_b))
+
+    def key(row):
+        return (row["path"], row["true"], row["digest"] if with_digest else None)
+
+    by_a = {key(r): r for r in rows_a}
+    by_b = {key(r): r for r in rows_b}
     if by_a.keys() != by_b.keys() or len(by_a) != len(rows_a) or len(by_b) != len(rows_b):
         return None
     keys = sorted(by_a)

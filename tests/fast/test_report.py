@@ -532,6 +532,18 @@ def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_pat
     (line,) = compare_lines(a, b)
     assert line.startswith("The two builds' cross-validated estimates are on different labelled images")
 
+    # The same names and labels, but one photo replaced between the builds: its digest differs, so
+    # the two answered other images and are not paired; with every digest equal they are.
+    def with_digests(rows, changed=None):
+        return [{**r, "digest": f"{i:016x}" if i != changed else "f" * 16} for i, r in enumerate(rows)]
+
+    a["deployed"]["cv_predictions"] = with_digests(answers(set(range(0, 120, 4))))
+    b["deployed"]["cv_predictions"] = with_digests(answers({0, 8}), changed=5)
+    (line,) = compare_lines(a, b)
+    assert line.startswith("The two builds' cross-validated estimates are on different labelled images")
+    b["deployed"]["cv_predictions"] = with_digests(answers({0, 8}))
+    assert compare_lines(a, b)[0].startswith("Out of fold on the same 120 labelled images")
+
 
 def test_a_pruned_file_gated_on_its_own_training_images_is_called_unmeasured(tmp_path):
     """Without a test split the gate compares a pruned or QAT file with fp32 on the images their
