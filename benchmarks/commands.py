@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from edgetl.runtime import MAX_THREADS
 
 
 def bench_command(
@@ -75,6 +76,7 @@ def bench_command(
     """Latency (p50/p90/p99), load time, memory, size and accuracy per file × runtime × threads."""
     from edgetl.benchmarks.harness import BenchConfig, parse_int_list, run_bench
     from edgetl.benchmarks.table import print_table
+
     from edgetl.errors import ModelFileError
 
     _warn_incomplete_builds(models)
@@ -119,7 +121,7 @@ def predict_command(
         Optional[str],
         typer.Option("--runtime", "-r", help="Runtime to use (default: litert for .tflite, onnxruntime for .onnx)."),
     ] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: the runtime's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, max=MAX_THREADS, help="CPU threads (default: the runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     trust_model: Annotated[
         bool,
@@ -131,9 +133,10 @@ def predict_command(
     ] = False,
 ):
     """Top-k labels and probabilities for each image, read from the model's model_info.json / labels.txt."""
-    from edgetl.errors import DataError, ModelFileError
     from edgetl.runtime import RUNTIMES, open_session
     from edgetl.runtime.classify import classify_files
+
+    from edgetl.errors import DataError, ModelFileError
 
     if runtime is not None and runtime not in RUNTIMES:
         raise ModelFileError(f"--runtime {runtime!r} is not a runtime; one of {', '.join(RUNTIMES)}")
@@ -161,8 +164,12 @@ def predict_command(
         for p in predictions:
             typer.echo(f"{p.path}: " + ", ".join(f"{label} {prob:.4f}" for label, prob in p.top))
     if failures:
-        total = len(predictions) + len(failures)
-        raise DataError(f"cannot read {len(failures)} of {total} image{'s' if total != 1 else ''}: " + "; ".join(failures))
+        folders = sum("the folder cannot be read" in f for f in failures)  # classify_files' line for one
+        images = len(failures) - folders
+        total = len(predictions) + images
+        said = [f"cannot read {images} of {total} image{'s' if total != 1 else ''}"] if images else []
+        said += [f"cannot list {folders} folder{'s' if folders != 1 else ''}"] if folders else []
+        raise DataError(" and ".join(said) + ": " + "; ".join(failures))
 
 
 def _warn_incomplete_builds(paths) -> None:

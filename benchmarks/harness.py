@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.compiler.evaluation.stats import describe_accuracy, wilson_interval
+from edgetl.compiler.report.facts import report_shape_problem
 from edgetl.errors import BenchSettingsError, DataError, ModelFileError
+from edgetl.runtime import MAX_THREADS
 
 BENCH_JSON = "bench.json"
 BENCH_PNG = "bench.png"
@@ -90,6 +92,8 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
         raise BenchSettingsError(f"--{what} is empty; pass e.g. {'0' if what == 'cores' else '1,2'}")
     if what == "threads" and min(out) < 1:
         raise BenchSettingsError(f"--threads {text!r}: thread counts must be at least 1")
+    if what == "threads" and max(out) > MAX_THREADS:
+        raise BenchSettingsError(f"--threads {text!r}: thread counts must be at most {MAX_THREADS}")
     return tuple(dict.fromkeys(out))
 
 
@@ -279,6 +283,10 @@ def _probe(path: Path, trust_model: bool = False) -> _Artefact:
             report = json.loads(report_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             report = None
+        # A report.json of another shape (hand-edited, another tool's) is not this file's compile
+        # report: ignored, as an unreadable one is, rather than failing the bench after its runs.
+        if report is not None and report_shape_problem(report):
+            report = None
     art = _Artefact(
         path=path,
         format=fmt,
@@ -323,7 +331,8 @@ def scan_eval_data(root: Path, compile_config: dict | None = None, compile_data:
     from edgetl.compiler.data.datasets import scan_dataset
 
     root = Path(root).expanduser()
-    ds = scan_dataset(root, val_fraction=0.0, test_fraction=0.0)
+    # One class is enough to score (e.g. photos of one kind taken on the device); training needs two.
+    ds = scan_dataset(root, val_fraction=0.0, test_fraction=0.0, min_classes=1)
     compiled_from_it = compile_data is not None and Path(compile_data).expanduser().resolve() == ds.root.resolve()
     if ds.layout == "class-folders" and not compiled_from_it:
         samples, split = ds.splits["train"], f"every image in the class folders of {ds.root}"
@@ -357,11 +366,17 @@ def scan_eval_data(root: Path, compile_config: dict | None = None, compile_data:
     )
 
 
+def _why_no_labels(art: _Artefact) -> str:
+    """Why a file has no labels: nothing beside it, or a file beside it that was ignored (and why)."""
+    ignored = [note for note in art.assumed if "ignored" in note]
+    return "; ".join(ignored) if ignored else "no model_info.json or labels.txt beside it"
+
+
 def map_labels(data: EvalData, art: _Artefact) -> np.ndarray:
     """Data labels -> the model's output indices, matched by class name."""
     if art.labels_source == "assumed":
         raise DataError(
-            f"{art.path} comes without labels (no model_info.json or labels.txt beside it), so the "
+            f"{art.path} comes without labels ({_why_no_labels(art)}), so the "
             f"class folders of {data.root} cannot be matched to its outputs; put a labels.txt (one "
             "name per line, in output order) beside it"
         )
@@ -446,13 +461,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], object] | None = None) -
             "those rows measure threads waiting for cores, not what the device would do")
     files = discover_models(config.models, include_keras=bool(runtimes and "keras" in runtimes), log=log)
     out_dir = default_out(config, files)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")
-    if (out_dir / BENCH_JSON).exists() and not config.overwrite:
-        # An earlier bench's figures are the user's: another run (other files, other data) must not
-        # replace them unasked.
-        raise BenchSettingsError(f"{out_dir} already holds {BENCH_JSON} from an earlier bench; pass --overwrite to replace it, "
-                                 "or --out another folder")
+    check_out_dir(out_dir, config.overwrite)
     arts = [_probe(f, config.trust_model) for f in files]
     cases = plan_cases(arts, runtimes, tuple(threads))
     if not cases:
@@ -586,6 +595,24 @@ def _load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any run, an --out folder the results could not be written to or that holds
+    an earlier bench's files (the user's: another run must not replace them unasked)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchSettingsError(f"--out {out_dir} is a file, not a folder; pass a folder for bench.json and bench.png")
+    earlier = [name for name in (BENCH_JSON, BENCH_PNG) if (out_dir / name).exists()]
+    if earlier and not overwrite:
+        raise BenchSettingsError(f"{out_dir} already holds {' and '.join(earlier)} from an earlier bench; pass --overwrite "
+                                 "to replace them, or --out another folder")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchSettingsError(f"--out {out_dir} is below {existing}, a file; pass a folder for bench.json and bench.png")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchSettingsError(f"--out {out_dir}: cannot write in {existing} (permission denied); pass another folder")
 
 
 def _eval_batch(art: _Artefact) -> int:

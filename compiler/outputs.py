@@ -59,10 +59,12 @@ CREATE_ERRNOS = ENVIRONMENT_ERRNOS | {errno.ENOTDIR, errno.EEXIST, errno.ENOENT,
 
 
 def describe_os_error(exc: OSError, path: Path | str | None = None) -> str:
-    """'cannot write /x/y: No space left on device' (what an environment error says)."""
+    """'cannot write /x/y: No space left on device' (what an environment error says). A refused
+    permission may come from a read as well as a write, so it says "access"."""
     where = exc.filename or path
     cause = exc.strerror or str(exc)
-    return f"cannot write {where}: {cause}" if where else f"cannot write the output: {cause}"
+    verb = "access" if exc.errno in (errno.EACCES, errno.EPERM) else "write"
+    return f"cannot {verb} {where}: {cause}" if where else f"cannot {verb} the output: {cause}"
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import typer
 from edgetl.compiler.spec.config import CompileConfig
 from edgetl.compiler.spec.modes import Adapt, ChannelOrder, IoDtype, MixedPrecision, ModelOutput, Preprocess, Quantize, Selection, Strategy
 from edgetl.errors import EdgetlError
+from edgetl.runtime import MAX_THREADS
 
 app = typer.Typer(
     name="edgetl",
@@ -161,7 +162,7 @@ def compile_command(
     mixed_precision: Annotated[
         MixedPrecision, typer.Option(help="Teacher training in bf16 mixed precision: auto (where the model family gains and the CPU has bf16), bf16, off. Exports stay float32.", rich_help_panel="Teacher")
     ] = _DEFAULT["mixed_precision"],
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = _DEFAULT["threads"],
+    threads: Annotated[Optional[int], typer.Option(min=1, max=MAX_THREADS, help="Threads for latency measurement. \\[default: the target's, capped by cores]", rich_help_panel="Quantization and pruning")] = _DEFAULT["threads"],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step on each replica (the global batch is this times the replicas).", rich_help_panel="Data")] = _DEFAULT["batch_size"],
     strategy: Annotated[
         Strategy, typer.Option(help="Training devices: auto (every GPU of this machine when there are several), one, mirrored (every GPU here), multi-worker (the machines of TF_CONFIG; README: Scaling out).", rich_help_panel="Data")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgetl.errors import ModelFileError, RuntimeUnavailableError
+from edgetl.errors import ModelFileError, RuntimeUnavailableError, SettingError
 from edgetl.runtime._session import Session
 from edgetl.runtime.model_info import ModelInfo, find_model_info
 
@@ -44,6 +44,11 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec("keras", "keras", "cpu", "tf_keras reference model (TensorFlow)", ("tf_keras",)),
     )
 }
+
+# The most threads a session is opened with. More than any CPU edgetl targets has cores, and far
+# below what breaks the runtimes: LiteRT crashed the process at 100,000 and ONNX Runtime hung
+# creating 10,000 (2026-12-02).
+MAX_THREADS = 256
 
 FORMAT_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "keras"}
 DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime", "keras": "keras"}
@@ -76,6 +81,8 @@ def open_session(
     GPU provider).
     """
     path = Path(path)
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise SettingError(f"{threads} threads: pass between 1 and {MAX_THREADS}")
     fmt = model_format(path)
     if runtime is None:
         if fmt is None:

@@ -59,8 +59,14 @@ def classify_files(
     paths: list[Path] = []
     for path in map(Path, images):
         if path.is_dir():
-            inside = images_in(path)
+            unreadable: list[tuple[Path, OSError]] = []
+            inside = images_in(path, unreadable)
+            # A folder that cannot be listed is said, not silently left out: its images are missing.
+            failures += [f"{folder}: the folder cannot be read ({exc.strerror or exc}), so its images were left out"
+                         for folder, exc in unreadable]
             if not inside:
+                if unreadable:
+                    raise DataError(f"'{path}' holds no image file that can be read: {failures[-1]}")
                 raise DataError(f"'{path}' is a folder with no image files in it (by name: {', '.join(sorted(IMAGE_SUFFIXES))})")
             paths += inside
         else:

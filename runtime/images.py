@@ -12,6 +12,7 @@ This module must stay free of TensorFlow: `edgetl predict` imports it.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,9 @@ def list_folder(folder: Path) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
-def files_below(folder: Path) -> list[Path]:
-    """All non-hidden files below `folder` (any depth, linked folders too), sorted; symlink loops are cut."""
+def files_below(folder: Path, unreadable: list[tuple[Path, OSError]] | None = None) -> list[Path]:
+    """All non-hidden files below `folder` (any depth, linked folders too), sorted; symlink loops
+    are cut. Folders that cannot be listed are left out, and appended to `unreadable` when given."""
     out: list[Path] = []
     seen: set[str] = set()
 
@@ -55,7 +57,9 @@ def files_below(folder: Path) -> list[Path]:
         seen.add(real)
         try:
             dirs, files = list_folder(d)
-        except OSError:
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable.append((d, exc))
             return  # an unreadable subfolder: nothing we can list or report per file
         out.extend(d / f for f in files)
         for sub in dirs:
@@ -65,9 +69,9 @@ def files_below(folder: Path) -> list[Path]:
     return sorted(out)
 
 
-def images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path, unreadable: list[tuple[Path, OSError]] | None = None) -> list[Path]:
     """The image files (by name suffix) among `files_below(folder)`: what `predict` reads of a folder."""
-    return [path for path in files_below(folder) if path.suffix.lower() in IMAGE_SUFFIXES]
+    return [path for path in files_below(folder, unreadable) if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
 # What a deployed app has to do to an image before feeding it to an exported model. It is
@@ -150,7 +154,12 @@ def decode_rgb(path: Path, target: int | None = None) -> Image.Image:
     """
     if os.stat(path).st_size == 0:
         raise EmptyFileError(path)
-    with Image.open(path) as im:
+    # Pillow warns (on stderr, with its source line) above 89 Mpx; edgetl's own limit, checked
+    # below, is the one that decides, so the warning would only be noise before the answer.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
         if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded yet
             raise Image.DecompressionBombError(
                 f"{im.width}x{im.height} = {im.width * im.height} pixels, over the limit of {MAX_IMAGE_PIXELS}"

@@ -54,8 +54,11 @@ class ModelInfo:
     @classmethod
     def from_json(cls, data: dict) -> "ModelInfo":
         inp = data["input"]
+        labels = data["labels"]
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError("labels must be a list of class names")  # a string would read as one label per letter
         return cls(
-            labels=tuple(data["labels"]),
+            labels=tuple(labels),
             input_size=int(inp["size"][0]),
             resize_policy=inp["resize"],
             model=data.get("model", "unknown"),

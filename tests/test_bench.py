@@ -16,6 +16,7 @@ from edgetl.benchmarks.harness import (
     BENCH_PNG,
     BenchConfig,
     BenchSettingsError,
+    check_out_dir,
     discover_models,
     parse_int_list,
     resolve_runtimes,
@@ -109,7 +110,8 @@ def test_peak_memory_is_this_process_and_can_be_reset():
 def test_parse_int_list():
     assert parse_int_list("1,2,4", "threads") == (1, 2, 4)
     assert parse_int_list("0-2,5,1", "cores") == (0, 1, 2, 5)
-    for bad, what in (("two", "threads"), ("0", "threads"), ("3-1", "cores"), ("1-2", "threads"), (",", "cores")):
+    for bad, what in (("two", "threads"), ("0", "threads"), ("3-1", "cores"), ("1-2", "threads"), (",", "cores"),
+                      ("1,100000", "threads")):  # LiteRT crashed the process at 100,000 threads
         with pytest.raises(BenchSettingsError, match=f"--{what}"):
             parse_int_list(bad, what)
 
@@ -193,6 +195,18 @@ def test_bench_accuracy_is_exactly_the_in_process_accuracy(bench, art, eval_dir)
             continue
         expected = float((open_session(r["path"]).predict(x).argmax(1) == truth).mean())
         assert r["accuracy"]["value"] == expected and r["accuracy"]["images"] == 15
+
+
+def test_photos_of_one_class_are_scored(art, eval_dir, tmp_path):
+    # Photos of one kind taken on the device: enough to score, though a compile needs two classes.
+    one = tmp_path / "device"
+    shutil.copytree(eval_dir / LABELS[1], one / LABELS[1])
+    data = scan_eval_data(one)
+    assert data.classes == [LABELS[1]] and len(data.paths) == 5
+    config = BenchConfig(models=(art["tflite"],), data=one, threads=(1,), runs=2, warmup=0, out=tmp_path / "o", chart=False)
+    report = run_bench(config, log=lambda m: None)
+    (row,) = [r for r in report["results"] if r["status"] == "ok"]
+    assert row["accuracy"]["images"] == 5
 
 
 def test_bench_writes_json_and_chart_atomically(bench):
@@ -299,6 +313,22 @@ def test_bench_command_prints_the_table(art, tmp_path, capsys):
     code, _, err = run_cli(*again, "--overwrite", capsys=capsys)
     assert code == 0, err
     assert [r["file"] for r in json.loads((tmp_path / BENCH_JSON).read_text())["results"]] == ["model.tflite"]
+
+
+def test_an_out_folder_that_cannot_take_the_results_is_refused_before_any_run(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BenchSettingsError, match="below .*afile, a file"):
+        check_out_dir(tmp_path / "afile" / "sub", overwrite=False)
+    with pytest.raises(BenchSettingsError, match="is a file, not a folder"):
+        check_out_dir(tmp_path / "afile", overwrite=False)
+    # An earlier bench's chart alone is the user's too: kept unless --overwrite.
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / BENCH_PNG).write_bytes(b"png")
+    with pytest.raises(BenchSettingsError, match=f"already holds {BENCH_PNG}"):
+        check_out_dir(tmp_path / "o", overwrite=False)
+    check_out_dir(tmp_path / "o", overwrite=True)
+    check_out_dir(tmp_path / "new" / "deeper", overwrite=False)  # created when the results are written
+    assert not (tmp_path / "new").exists()
 
 
 def test_bench_default_out_is_the_model_folder(art, capsys):

@@ -227,6 +227,19 @@ def test_model_info_for_another_model_is_not_used(art, tmp_path):
     assert any("224 px" in a for a in info.assumed)
 
 
+def test_a_model_info_with_labels_that_are_not_a_list_is_ignored(art, tmp_path):
+    # "labels": "xyz" once read as the three labels x, y and z.
+    shutil.copy(art["onnx"], tmp_path / "model.onnx")
+    ModelInfo(labels=LABELS, input_size=SIZE, resize_policy="p").write(tmp_path)
+    info_file = tmp_path / "model_info.json"
+    data = json.loads(info_file.read_text())
+    data["labels"] = "".join(label[0] for label in LABELS)
+    info_file.write_text(json.dumps(data))
+    (tmp_path / "labels.txt").unlink()
+    info = open_session(tmp_path / "model.onnx").info()
+    assert info.source == "assumed" and any("not a valid model_info.json" in a for a in info.assumed)
+
+
 def test_labels_inside_the_tflite_file(art, tmp_path):
     inside = tmp_path / "with_metadata.tflite"
     shutil.copy(art["tflite"], inside)
@@ -411,6 +424,23 @@ def test_predict_classifies_every_image_in_a_folder(art, tmp_path, capsys, monke
     (empty / "notes.txt").write_text("not an image")
     code, out, err = run_cli("predict", art["tflite"], images[0], empty, capsys=capsys)
     assert code == 1 and out == "" and "folder with no image files" in _one_error_line(err)
+    # A sub-folder that cannot be listed is said (its images are missing), not silently left out.
+    from edgetl.runtime import images as images_module
+
+    listing = images_module.list_folder
+
+    def refuse_night(folder):
+        if Path(folder).name == "night":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return listing(folder)
+
+    monkeypatch.setattr(images_module, "list_folder", refuse_night)
+    code, out, err = run_cli("predict", art["tflite"], photos, capsys=capsys)
+    line = _one_error_line(err)
+    assert code == 1 and out.count("\n") == 2 and line.startswith("error: cannot list 1 folder: ")
+    assert f"{photos / 'night'}: the folder cannot be read (Permission denied)" in line
+    code, out, err = run_cli("predict", art["tflite"], photos / "night", capsys=capsys)
+    assert code == 1 and out == "" and "holds no image file that can be read" in _one_error_line(err)
 
 
 def test_predict_error_is_one_line_for_a_real_process(art, tmp_path):

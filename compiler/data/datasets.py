@@ -276,6 +276,7 @@ def scan_dataset(
     selection: str = "holdout",
     cv_below: int = 0,
     progress: Callable[[int], object] | None = None,
+    min_classes: int = 2,
 ) -> Dataset:
     """Find classes and images under `root`, decode-check every file, and build the splits.
 
@@ -368,7 +369,7 @@ def scan_dataset(
             f"class folder name {unusable[0]!r} cannot be a label: it is blank or holds a line break or another "
             "control character; rename the folder"
         )
-    if len(classes) < 2:
+    if len(classes) < min_classes:  # 1 where images are only scored (`edgetl bench --data`), not trained on
         where = "train/" if layout == "splits" else str(root)
         raise DataError(
             f"only one class folder ('{classes[0]}') found in {where}; a classifier needs at "

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgetl.compiler.progress import summary_console as console
 from edgetl.compiler.report.summary import REPORT_FILE
-from edgetl.compiler.report.facts import deployed_artifact, deployed_figure, intervals_overlap, test_predictions
+from edgetl.compiler.report.facts import deployed_artifact, deployed_figure, intervals_overlap, report_shape_problem, test_predictions
 from edgetl.compiler.evaluation.stats import paired_difference
 from edgetl.errors import ReportError
 
@@ -29,11 +29,16 @@ def load_report(folder: str | Path) -> dict:
     if not path.is_file():
         raise ReportError(f"{folder} holds no {REPORT_FILE}: pass the --out folder of a finished `edgetl compile`")
     try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        report = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path} cannot be read as JSON ({exc}); was the compile interrupted?") from exc
-    if not isinstance(report, dict) or not {"artifacts", "deployed", "models", "dataset"} <= report.keys():
-        raise ReportError(f"{path} is not an edgetl compile report (artifacts, deployed, models or dataset missing)")
+    problem = report_shape_problem(report)
+    if problem:
+        raise ReportError(f"{path} is not an edgetl compile report: {problem}")
     return report
 
 

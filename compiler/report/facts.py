@@ -16,6 +16,41 @@ import dataclasses
 from edgetl.compiler.evaluation.stats import PairedDifference, describe_accuracy, paired_difference, wilson_interval
 
 
+# report.json's top-level fields that every reader relies on, and what each must be.
+_SECTIONS = {"artifacts": list, "deployed": dict, "models": dict, "dataset": dict}
+# config fields that `edgetl bench --data` reads to find the compile's test split, and their types.
+_CONFIG_FIELDS = {"seed": int, "val_fraction": (int, float), "test_fraction": (int, float),
+                  "cv_below": int, "batch_size": int, "selection": str}
+
+
+def report_shape_problem(report) -> str | None:
+    """What makes `report` (parsed report.json) unreadable as an edgetl compile report, in words,
+    or None. Checks the shape every reader relies on, so that a hand-edited or foreign file is
+    refused in one line rather than failing halfway through a summary or a benchmark."""
+    if not isinstance(report, dict):
+        return f"it holds a JSON {type(report).__name__}, not an object"
+    missing = [k for k in _SECTIONS if k not in report]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    for key, kind in _SECTIONS.items():
+        if not isinstance(report[key], kind):
+            return f'"{key}" is a {type(report[key]).__name__}, not a {kind.__name__}'
+    if not all(isinstance(a, dict) for a in report["artifacts"]):
+        return '"artifacts" holds something other than objects'
+    classes = report["dataset"].get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return '"dataset.classes" is not a list of class names'
+    config = report.get("config", {})
+    if not isinstance(config, dict):
+        return f'"config" is a {type(config).__name__}, not an object'
+    for key, kind in _CONFIG_FIELDS.items():
+        if config.get(key) is not None and (not isinstance(config[key], kind) or isinstance(config[key], bool)):
+            return f'"config.{key}" is {config[key]!r}'
+    if not isinstance(report.get("total_s", 0), (int, float)):
+        return f'"total_s" is {report["total_s"]!r}, not a number'
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Figure:
     """An accuracy as a report states it."""

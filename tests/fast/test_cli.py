@@ -44,6 +44,7 @@ def test_models_lists_the_registry(capsys):
         (["compile", ".", "--batch-size", "0"], "--batch-size"),
         (["compile", ".", "--cluster", "16"], "give --prune too"),
         (["compile", ".", "--prune", "0.5", "--cluster", "1"], "--cluster 1 must be"),
+        (["compile", ".", "--threads", "100000"], "--threads"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(args, message, capsys, tmp_path):
@@ -53,6 +54,18 @@ def test_bad_input_is_one_line_and_exit_code_1(args, message, capsys, tmp_path):
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and message in errors[0]
     assert "Traceback" not in err
     assert "==>" not in out + err  # refused before any stage starts
+
+
+def test_predict_refuses_more_threads_than_the_runtimes_survive(capsys):
+    # LiteRT crashed the process at 100,000 threads and ONNX Runtime hung creating 10,000.
+    from edgetl.runtime import MAX_THREADS, open_session
+
+    from edgetl.errors import SettingError
+
+    code, _, err = run_cli("predict", "model.tflite", "x.jpg", "--threads", "100000", capsys=capsys)
+    assert code == 1 and "--threads" in err and "Traceback" not in err
+    with pytest.raises(SettingError, match=f"between 1 and {MAX_THREADS}"):
+        open_session("model.tflite", threads=MAX_THREADS + 1)
 
 
 def test_one_class_folder_fails_in_one_line(tmp_path, capsys):
@@ -75,8 +88,9 @@ def test_compile_options_take_their_defaults_from_the_config():
     import inspect
     import textwrap
 
-    from edgetl.cli import _DEFAULT, _FIELD, _NOT_SETTINGS, compile_command
     from edgetl.compiler.spec.config import CompileConfig
+
+    from edgetl.cli import _DEFAULT, _FIELD, _NOT_SETTINGS, compile_command
 
     fields = {f.name: f for f in dataclasses.fields(CompileConfig)}
     tree = ast.parse(textwrap.dedent(inspect.getsource(compile_command)))
@@ -98,7 +112,6 @@ def test_every_option_reaches_the_config(tmp_path, capsys):
     """The settings are read from the options by name (no hand-kept list): a value given on the
     line is the value in the resolved recipe."""
     import yaml
-
     from conftest import write_color_dataset
 
     data = write_color_dataset(tmp_path / "data")
@@ -143,7 +156,6 @@ def test_dry_run_prints_the_resolved_recipe_and_writes_nothing(tmp_path, capsys)
 
 def test_a_recipe_replays_with_one_change(tmp_path, capsys):
     import yaml
-
     from conftest import write_color_dataset
     from edgetl.compiler.spec.config import CompileConfig
 
@@ -157,7 +169,6 @@ def test_a_recipe_replays_with_one_change(tmp_path, capsys):
 
 def test_a_recipe_names_its_data_so_it_replays_from_any_folder(tmp_path, capsys, monkeypatch):
     import yaml
-
     from conftest import write_color_dataset
     from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.spec.recipe import recipe_text

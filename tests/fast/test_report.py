@@ -244,6 +244,19 @@ def test_report_command_reprints_and_compares(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("report", str(tmp_path / "empty"), capsys=capsys)
     assert code == 1 and err.count("\n") == 1 and "empty holds no report.json" in err
+    # A report.json of another shape (hand-edited, another tool's) is refused in one line, before
+    # any of it is printed, naming the field that is wrong.
+    for change, field in ((lambda r: r.update(artifacts="x"), '"artifacts"'), (lambda r: r.update(deployed=None), '"deployed"'),
+                          (lambda r: r["dataset"].pop("classes"), '"dataset.classes"'), (lambda r: r.update(config=[1]), '"config"'),
+                          (lambda r: r["config"].update(seed="abc"), '"config.seed"'), (lambda r: r.update(total_s="x"), '"total_s"')):
+        broken = json.loads(json.dumps(a))
+        change(broken)
+        (tmp_path / "a" / "report.json").write_text(json.dumps(broken))
+        code, out, err = run_cli("report", str(tmp_path / "a"), capsys=capsys)
+        assert code == 1 and not out and err.count("\n") == 1 and "is not an edgetl compile report" in err and field in err
+    (tmp_path / "a" / "report.json").write_text("[1]")
+    code, _, err = run_cli("report", str(tmp_path / "a"), capsys=capsys)
+    assert code == 1 and "a JSON list, not an object" in err
 
 
 # -- a real browser ---------------------------------------------------------------------------
