@@ -100,6 +100,13 @@ def _compile(config: CompileConfig, dry_run: bool, trust_model: bool) -> dict:
         console.print(f"[yellow]note:[/] --student-size {config.student_size} is not used: with --student none the teacher "
                       "is deployed at its own input size")
     config = config.resolved()
+    if config.distils_into_itself():
+        # Not changed behind the user's back (self-distillation can help, and the selection keeps
+        # it only beyond noise), but its cost is said before it is spent.
+        console.print(f"[yellow]note:[/] the student is the teacher's own network ({config.student} at {config.student_size} px, "
+                      "both from ImageNet weights): distilling trains the same model a second time, kept only when it "
+                      "beats the student's linear probe beyond noise. --student none deploys the teacher and skips that "
+                      "stage; a smaller student (e.g. --student-size 160) makes distillation buy speed")
     target = get_target(config.target) if config.target else None
     teacher_config = get_config(config.teacher)  # unknown names fail before any work
     student_config = get_config(config.student) if config.distills else None

@@ -107,7 +107,8 @@ def test_report_lists_skipped_files_and_checks_each_export(compiled):
     for a in report["artifacts"]:
         if a["runtime"] != "keras":
             gate = a["gate_accuracy"]
-            assert gate["on"] == gate["split"] == "val" and gate["n"] == val_images and gate["accuracy"] == pytest.approx(a["val_accuracy"])
+            assert gate["on"] == gate["split"] == "val" and gate["n"] == val_images
+            assert "val_accuracy" not in a  # the gate's figure is said once, with its interval
             assert gate["ci95"][0] <= gate["accuracy"] <= gate["ci95"][1]
     for role in ("teacher", "student"):
         head = report["models"][role]["training"]["head"]

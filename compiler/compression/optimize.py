@@ -512,7 +512,11 @@ class Optimizer:
                     chosen = min(match, key=lambda c: c.latency_p50_ms)
                     if tried:
                         return chosen, f"{pinned} was asked for but {'; '.join(tried)}; {chosen.name} is the next option that passes"
-                    return chosen, f"{chosen.name} as asked for; within {points(self.config.max_accuracy_drop)} of fp32 on {self.gate_images()}"
+                    # The precision may come from --quantize or from the target's profile: "set", not "asked for".
+                    if chosen.kind == "fp32" and not chosen.pruned:
+                        return chosen, "fp32, the precision set for this build"
+                    return chosen, (f"{chosen.name}, the precision set for this build; within {points(self.config.max_accuracy_drop)} "
+                                    f"of fp32 on {self.gate_images()}")
                 failed = [c for c in pool if c.kind == name]
                 tried.append(f"{name} {failed[0].gate}" if failed else f"{name} was not built")
             fp32 = next(c for c in pool if c.kind == "fp32" and not c.pruned)

@@ -104,6 +104,7 @@ def score_robustness(
             "model": reference,
             "accuracy": weakest["accuracy"][reference],
             "ci95": weakest["ci95"][reference],
+            "n": n,
             "drop_from_clean": clean[reference] - weakest["accuracy"][reference],
         },
         "seconds": round(time.perf_counter() - start, 2),

@@ -53,7 +53,6 @@ def artifacts(out: Path, teacher, deployed, optimizer, deployed_files: dict, ima
             origin=c.origin,
             gzip_bytes=gzip_size(c.path),
             latency_p50_ms=c.latency_p50_ms,
-            val_accuracy=c.val_accuracy,
             # The figure the accuracy gate compared, with its interval and n: on val, or under
             # cross-validation on the training images (fidelity to fp32, not accuracy).
             gate_accuracy=(None if c.val_accuracy is None else

@@ -266,7 +266,7 @@ def _next_step(report: dict) -> str | None:
     flagged = [m for g in misclassified(report) for m in g.mistakes if m.possible_label_error]
     if flagged:
         return (f"check the labels of the {len(flagged)} test image{'s' if len(flagged) > 1 else ''} flagged as possible "
-                "label errors in the gallery below: a wrong label costs accuracy no training can recover, and "
+                "label errors in report.html's gallery of mistakes: a wrong label costs accuracy no training can recover, and "
                 "the same mistake is likely in the training images too.")
     refused = _failed_quantization(report)
     if refused:

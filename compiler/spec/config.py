@@ -312,6 +312,16 @@ class CompileConfig:
     def distills(self) -> bool:
         return self.student.lower() != "none"
 
+    def distils_into_itself(self) -> bool:
+        """The student would be the teacher's own network at its own size, from the same ImageNet
+        weights, with no --unlabeled images to add: distillation then trains the same model a
+        second time, for the price of the student stages. Call on a resolved config."""
+        from edgetl.models import get_config
+
+        return (self.distills and self.model is None and self.unlabeled is None and self.student == self.teacher
+                and self.student_size == get_config(self.teacher).input_size
+                and self.student_weights.lower() == self.teacher_weights.lower() == "imagenet")
+
     @property
     def adapts(self) -> bool:
         """The deployed model is adapted to the --unlabeled images (the adapt stage runs)."""

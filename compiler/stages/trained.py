@@ -135,7 +135,8 @@ def holdout_selection(probe_val: float | None, stage: dict, val_samples) -> dict
 def say_holdout_choice(role: str, selection: dict) -> None:
     versus = selection.get("versus_probe")
     if versus and selection["probe_kept"]:
-        console.print(f"    {role}: the linear probe is kept on val: {versus['verdict']}, not beyond noise")
+        # The verdict says why in its own words ("within noise of each other", or the probe is better).
+        console.print(f"    {role}: the linear probe is kept on val: {versus['verdict']}")
     elif versus:
         console.print(f"    {role}: {selection['chosen_epochs']} epochs chosen on val; {versus['verdict']}")
 

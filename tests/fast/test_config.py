@@ -114,3 +114,16 @@ def test_a_kept_probe_is_refit_unless_the_model_is_then_adapted(tmp_path):
     assert adapted.adapts and not adapted.refits_kept_probe
     unadapted = CompileConfig(data=tmp_path, out=tmp_path / "o", unlabeled=tmp_path, adapt="none")
     assert unadapted.refits_kept_probe
+
+
+def test_a_student_that_is_the_teachers_own_network_is_noticed(tmp_path):
+    """Lite0 distilled into Lite0 at 224 px from the same ImageNet weights trains one model twice:
+    the compile says so (it does not change the choice). A smaller size, another network, other
+    starting weights or --unlabeled images make the student something else."""
+    base = dict(data=tmp_path, out=tmp_path / "o", teacher="efficientnet_lite0", student="efficientnet_lite0", mixed_precision="off")
+    assert CompileConfig(**base).resolved().distils_into_itself()
+    assert CompileConfig(**base, target="android-cpu").resolved().distils_into_itself()  # the target's size is 224 too
+    assert not CompileConfig(**base, student_size=160).resolved().distils_into_itself()
+    assert not CompileConfig(**{**base, "teacher": "efficientnet_lite2"}).resolved().distils_into_itself()
+    assert not CompileConfig(**base, unlabeled=tmp_path).resolved().distils_into_itself()
+    assert not CompileConfig(**{**base, "student": "none"}).resolved().distils_into_itself()

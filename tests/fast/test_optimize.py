@@ -71,7 +71,7 @@ def test_pruning_asked_for_prefers_a_pruned_file_that_passes(tmp_path):
         ],
     )
     chosen, why = opt.choose("tflite", pinned="int8", prefer_pruned=True)
-    assert chosen.name == "int8-qat-pruned50" and "as asked for" in why
+    assert chosen.name == "int8-qat-pruned50" and "the precision set for this build" in why
 
 
 def test_latencies_within_noise_go_to_the_smaller_file(tmp_path):
@@ -110,7 +110,7 @@ def test_candidates_are_named_from_their_fields_and_chosen_by_them(tmp_path):
     assert opt.candidates[0].gate.startswith("failed") and opt.has("fp16") and not opt.has("int8")
     # A pruned, clustered file counts as the precision it computes in when that is pinned.
     chosen, why = opt.choose("tflite", pinned="fp16", prefer_pruned=True)
-    assert chosen.name == "fp16-pruned50-clustered16" and "as asked for" in why
+    assert chosen.name == "fp16-pruned50-clustered16" and "the precision set for this build" in why
     assert opt.choose("tflite", pinned="fp16", prefer_pruned=False)[0].name == "fp16-pruned50-clustered16"  # faster
 
 

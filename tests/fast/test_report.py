@@ -541,6 +541,10 @@ def test_two_cross_validated_builds_of_one_folder_are_paired_out_of_fold(tmp_pat
     assert "within noise" in line and "cannot separate them" in line
     b["deployed"]["cv_predictions"] = list(reversed(answers(set(range(0, 120, 4)) - {0})))  # matched by path, not order
     assert compare_lines(a, b) == [line]
+    other_task = json.loads(json.dumps(b))
+    other_task["dataset"]["classes"] = ["bark", "brick"]
+    (line,) = compare_lines(a, other_task)
+    assert "classify different classes (3 and 2, 0 shared)" in line and "cannot be compared" in line
     b["deployed"]["cv_predictions"] = answers(set())[1:]  # another set of images: not paired
     (line,) = compare_lines(a, b)
     assert line.startswith("The two builds' cross-validated estimates are on different labelled images")
