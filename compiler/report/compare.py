@@ -86,8 +86,8 @@ def compare_lines(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> lis
     if classes_a != classes_b:
         # Two builds of other tasks: no figure of one says anything about the other.
         shared = len(set(classes_a) & set(classes_b))
-        return [f"{name_a} and {name_b} classify different classes ({len(classes_a)} and {len(classes_b)}, {shared} shared): "
-                "they are builds of different tasks, so their accuracies cannot be compared."]
+        return [(f"{name_a} and {name_b} classify different classes ({len(classes_a)} and {len(classes_b)}, {shared} shared): "
+                 "they are builds of different tasks, so their accuracies cannot be compared.")]
     diff = paired_builds(a, b)
     if diff is not None:
         sentence = diff.verdict(name_b, name_a)

@@ -120,7 +120,7 @@ def test_a_student_that_is_the_teachers_own_network_is_noticed(tmp_path):
     """Lite0 distilled into Lite0 at 224 px from the same ImageNet weights trains one model twice:
     the compile says so (it does not change the choice). A smaller size, another network, other
     starting weights or --unlabeled images make the student something else."""
-    base = dict(data=tmp_path, out=tmp_path / "o", teacher="efficientnet_lite0", student="efficientnet_lite0", mixed_precision="off")
+    base = {"data": tmp_path, "out": tmp_path / "o", "teacher": "efficientnet_lite0", "student": "efficientnet_lite0", "mixed_precision": "off"}
     assert CompileConfig(**base).resolved().distils_into_itself()
     assert CompileConfig(**base, target="android-cpu").resolved().distils_into_itself()  # the target's size is 224 too
     assert not CompileConfig(**base, student_size=160).resolved().distils_into_itself()
