@@ -273,9 +273,17 @@ def demo_command(
     """Offline end-to-end run: make a small labelled image set, then compile it."""
     from edgetl.compiler.spec.config import CompileConfig
     from edgetl.compiler.demo import make_demo_dataset
+    from edgetl.compiler.outputs import RUN_MARKER
     from edgetl.compiler.pipeline import compile_model, prepare_output
 
-    prepare_output(out, overwrite)
+    # A demo that was interrupted left only its own images and an unfinished compile: the same
+    # command resumes it (the images are made again, the same, and finished stages come from the
+    # cache), as a compile does. Anything else in --out still needs --overwrite.
+    held = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+    interrupted = held <= {"data", "compiled"} and (out / "compiled" / RUN_MARKER).is_file()
+    if interrupted and not overwrite:
+        typer.echo(f"resuming the interrupted demo in {out}", err=True)
+    prepare_output(out, overwrite or interrupted)
     data = make_demo_dataset(out / "data")
     typer.echo(f"demo images written to {data}/ (4 classes of textures, one truncated JPEG)", err=True)
     compile_model(

@@ -30,3 +30,26 @@ def test_demo_runs_offline_and_reports_the_broken_upload(tmp_path):
     assert report["dataset"]["selection"] == "cv" and by_file["model.tflite"]["test"] is None
     assert report["models"]["student"]["cv"]["accuracy"] >= 0.9  # four distinct textures
     assert by_file["model.tflite"]["training_images"]["accuracy"] >= 0.9
+
+
+def test_an_interrupted_demo_resumes_without_overwrite_and_anything_else_is_kept(tmp_path, monkeypatch, capsys):
+    """A demo killed mid-compile leaves its images and an unfinished compile: the same command
+    goes on (a newcomer's first demo died of the host's thread limit and the rerun was refused).
+    A folder holding anything else, or a finished demo, still needs --overwrite."""
+    from edgetl.compiler import pipeline
+    from edgetl.compiler.outputs import RUN_MARKER
+
+    calls = []
+    monkeypatch.setattr(pipeline, "compile_model", lambda config: calls.append(config))
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "compiled").mkdir()
+    (out / "compiled" / RUN_MARKER).write_text("run\n")
+    assert run(["demo", "--out", str(out)]) == 0 and len(calls) == 1
+    assert "resuming the interrupted demo" in capsys.readouterr().err
+    (out / "compiled" / RUN_MARKER).unlink()  # finished: kept unless asked
+    assert run(["demo", "--out", str(out)]) == 1 and len(calls) == 1
+    (out / "compiled" / RUN_MARKER).write_text("run\n")
+    (out / "notes.txt").write_text("mine")  # the user's file beside it: kept unless asked
+    assert run(["demo", "--out", str(out)]) == 1 and len(calls) == 1
+    assert (out / "notes.txt").read_text() == "mine"
