@@ -356,7 +356,8 @@ def report_command(
     if other is None:
         from edgetl.compiler.report.summary import print_summary
 
-        print_summary(first)
+        # The folder as given now: a build moved or copied since its compile is where it is.
+        print_summary({**first, "out": str(build).rstrip("/")})
     else:
         print_comparison(first, load_report(other), str(build), str(other))
     if html:

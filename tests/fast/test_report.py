@@ -236,6 +236,9 @@ def test_report_command_reprints_and_compares(tmp_path, capsys):
         (tmp_path / build / "report.json").write_text(json.dumps(report))
     code, out, _ = run_cli("report", str(tmp_path / "a"), capsys=capsys)
     assert code == 0 and "Next step:" in out and "95% CI" in out
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")  # a build copied since its compile is named where it is now
+    code, out, _ = run_cli("report", str(tmp_path / "moved"), capsys=capsys)
+    assert code == 0 and f"done: {tmp_path / 'moved'}/ holds" in "".join(out.split("\n"))
     code, out, _ = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), capsys=capsys)
     assert code == 0 and "settings that differ" in out and "seed" in out
     assert f"On the same {len(a['deployed']['test_predictions'])} test images" in out
