@@ -13,12 +13,11 @@ def case_label(row: dict) -> str:
 
 
 def plot_bench(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    from edgetl.compiler.report.charts import _pyplot
 
     from edgetl.atomic import atomic_path
+
+    plt = _pyplot()
 
     rows = [r for r in report["results"] if r["status"] == "ok"]
     skipped = [r for r in report["results"] if r["status"] != "ok"]

@@ -139,10 +139,9 @@ def format_table(section: dict) -> str:
 
 
 def _chart(section: dict) -> str | None:
-    import matplotlib
+    from edgetl.compiler.report.charts import _pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = section["models"]
     rows = [{"corruption": "clean", "accuracy": section["clean"]}] + section["table"]

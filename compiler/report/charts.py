@@ -16,11 +16,17 @@ _RUNTIME_COLOURS = {"litert": "#1f77b4", "onnxruntime": "#ff7f0e", "keras": "#7f
 
 
 def _pyplot():
+    """pyplot on the Agg backend (no display needed), for every chart edgetl draws."""
+    import warnings
+
     import matplotlib
 
-    matplotlib.use("Agg")  # no display needed
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # A class name in a script the installed fonts lack (e.g. CJK: DejaVu Sans has none) is drawn
+    # as boxes; matplotlib's per-glyph warning, with its source line, would only clutter the console.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
     return plt
 
 

@@ -582,3 +582,15 @@ def test_a_pruned_file_gated_on_its_own_training_images_is_called_unmeasured(tmp
     assert "fine-tuned by" not in with_deployed(report, "variants/model.int8.tflite")  # post-training: nothing trained
     scored = make_report(tmp_path / "data2", tmp_path / "b")  # a test split measures it: no caveat
     assert "fine-tuned by" not in with_deployed(scored, "variants/model.int8-qat-pruned50.tflite")
+
+
+def test_a_class_name_the_fonts_cannot_draw_prints_no_warning(recwarn):
+    """A CJK class name (DejaVu Sans has no glyph for it) once printed matplotlib's warning, with
+    its source line, four times into a compile's console."""
+    from edgetl.compiler.report.charts import _pyplot, confusion_figure, png_data_uri
+
+    plt = _pyplot()
+    fig = confusion_figure([[3, 1], [0, 4]], ["桜 blossom", "Löwenzahn"], "confusion")
+    assert png_data_uri(fig).startswith("data:image/png;base64,")
+    plt.close(fig)
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
